@@ -1,0 +1,3 @@
+//! The networks. One folder per model family; each part is a plain struct built from a `VarBuilder`.
+
+pub mod wan;
