@@ -21,7 +21,10 @@ fn check(manifest: &str, preset: Config) {
     let requested = rec.requested();
     let missing: Vec<_> = tensors.keys().filter(|k| !requested.contains_key(*k)).collect();
     let extra: Vec<_> = requested.keys().filter(|k| !tensors.contains_key(*k)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{manifest}: never asked for {missing:?}; asked for unknown {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{manifest}: never asked for {missing:?}; asked for unknown {extra:?}"
+    );
     for (name, shape) in &tensors {
         assert_eq!(&requested[name], shape, "{manifest}: shape of {name}");
     }

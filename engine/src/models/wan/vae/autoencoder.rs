@@ -112,6 +112,9 @@ impl AutoencoderKLWan {
     /// `vae.decode(z).sample`: `[B, z, T, h, w]` → `[B, 3, F, H, W]` f32 on the host, in [-1, 1].
     pub fn decode(&self, z: &Tensor, tiling: Option<&Tiling>, progress: &mut dyn FnMut(VaeProgress)) -> Result<Tensor> {
         let (b, _c, t, h, w) = self.check_latents(z)?;
+        if let Some(tl) = tiling {
+            tl.validate(self.cfg.scale_factor_spatial).map_err(candle_core::Error::msg)?;
+        }
         let (decoder, pq) = match (&self.decoder, &self.post_quant_conv) {
             (Some(d), Some(p)) => (d, p),
             _ => candle_core::bail!("this VAE was loaded without its decoder"),
@@ -128,7 +131,6 @@ impl AutoencoderKLWan {
             let zs = z.get(bi)?.transpose(0, 1)?.to_device(&self.device)?.to_dtype(self.dtype)?.contiguous()?;
             match tiling {
                 Some(tl) if TilePlan::decode_needs_tiling(tl, h, w, spatial) => {
-                    tl.validate(spatial).map_err(candle_core::Error::msg)?;
                     let plan = TilePlan::for_decode(tl, h, w, spatial, p);
                     let total = plan.rows() * plan.cols();
                     let mut asm = TileAssembler::new(&plan);
@@ -207,6 +209,9 @@ impl AutoencoderKLWan {
         if h % p != 0 || w % p != 0 {
             candle_core::bail!("video {h}x{w}: height and width must be divisible by the patch size {p}");
         }
+        if let Some(tl) = tiling {
+            tl.validate(net).map_err(candle_core::Error::msg)?;
+        }
         if b == 0 || f == 0 {
             candle_core::bail!("video shape {dims:?} has an empty dimension");
         }
@@ -222,7 +227,6 @@ impl AutoencoderKLWan {
             let xs = patchify(&video.get(bi)?.to_device(&self.device)?.to_dtype(self.dtype)?, p)?; // (f, c·p², h/p, w/p)
             let moments = match tiling {
                 Some(tl) if TilePlan::encode_needs_tiling(tl, h, w) => {
-                    tl.validate(net).map_err(candle_core::Error::msg)?;
                     let plan = TilePlan::for_encode(tl, h / p, w / p, net);
                     let total = plan.rows() * plan.cols();
                     let lat_t = 1 + (f - 1) / 4;
