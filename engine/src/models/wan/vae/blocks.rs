@@ -228,7 +228,7 @@ pub struct AvgDown3D {
 
 impl AvgDown3D {
     pub fn new(in_channels: usize, out_channels: usize, factor_t: usize, factor_s: usize) -> Result<Self> {
-        if (in_channels * factor_t * factor_s * factor_s) % out_channels != 0 {
+        if !(in_channels * factor_t * factor_s * factor_s).is_multiple_of(out_channels) {
             candle_core::bail!("AvgDown3D {in_channels}->{out_channels}: channels do not divide");
         }
         Ok(Self { out_channels, factor_t, factor_s })
@@ -263,7 +263,7 @@ pub struct DupUp3D {
 impl DupUp3D {
     pub fn new(in_channels: usize, out_channels: usize, factor_t: usize, factor_s: usize) -> Result<Self> {
         let factor = factor_t * factor_s * factor_s;
-        if (out_channels * factor) % in_channels != 0 {
+        if !(out_channels * factor).is_multiple_of(in_channels) {
             candle_core::bail!("DupUp3D {in_channels}->{out_channels}: channels do not divide");
         }
         Ok(Self { out_channels, factor_t, factor_s, repeats: out_channels * factor / in_channels })

@@ -171,7 +171,7 @@ impl Config {
             ));
         }
         let p = self.patch();
-        if self.in_channels % (p * p) != 0 || self.out_channels % (p * p) != 0 {
+        if !self.in_channels.is_multiple_of(p * p) || !self.out_channels.is_multiple_of(p * p) {
             return Err(format!(
                 "in/out channels {}/{} do not divide by patch² = {}",
                 self.in_channels,

@@ -87,6 +87,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Going through a method makes closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Convolves frames in time and space: output frame `t` is
 /// `init + Σ_k Σ_{dy,dx} W[:, :, k, dy, dx] · inputs[t][k]` where `inputs[t][k]` is the input
 /// frame feeding time tap `k` (or `None` for a causal zero frame, which contributes nothing).
@@ -111,9 +118,8 @@ pub fn conv_frames(
         (0..frames).flat_map(|t| (0..g.h_out).step_by(band).map(move |y0| (t, y0, (y0 + band).min(g.h_out)))).collect();
     let ptr = OutPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&(t, y0, y1)| {
-        let ptr = ptr;
         // SAFETY: `out` has `frames` frames (asserted); (t, y0..y1) bands are disjoint across tasks.
-        let frame_out = unsafe { ptr.0.add(t * g.out_frame_len()) };
+        let frame_out = unsafe { ptr.get().add(t * g.out_frame_len()) };
         unsafe { init_rows(frame_out, init, t, g, y0, y1) };
         for (k, input) in inputs[t].iter().enumerate() {
             if let Some(input) = input {
@@ -133,15 +139,15 @@ unsafe fn init_rows(frame_out: *mut f32, init: RowInit<'_>, t: usize, g: ConvGeo
         RowInit::Bias(b) => (b, None),
         RowInit::BiasPlus(b, r) => (b, Some(r[t])),
     };
-    for o in 0..g.out_channels {
+    for (o, &b) in bias.iter().enumerate().take(g.out_channels) {
         let start = o * plane + y0 * g.w_out;
         let len = (y1 - y0) * g.w_out;
         let dst = std::slice::from_raw_parts_mut(frame_out.add(start), len);
         match residual {
-            None => dst.fill(bias[o]),
+            None => dst.fill(b),
             Some(r) => {
                 for (d, &s) in dst.iter_mut().zip(&r[start..start + len]) {
-                    *d = bias[o] + s;
+                    *d = b + s;
                 }
             }
         }
@@ -225,7 +231,6 @@ pub fn rms_norm_frames(out: &mut [f32], x: &[f32], scale: &[f32], plane: usize, 
     let chunks_per_frame = plane.div_ceil(CHUNK);
     let ptr = OutPtr(out.as_mut_ptr());
     (0..frames * chunks_per_frame).into_par_iter().for_each(|task| {
-        let ptr = ptr;
         let (t, ci) = (task / chunks_per_frame, task % chunks_per_frame);
         let p0 = ci * CHUNK;
         let p1 = (p0 + CHUNK).min(plane);
@@ -243,7 +248,7 @@ pub fn rms_norm_frames(out: &mut [f32], x: &[f32], scale: &[f32], plane: usize, 
         for (c, &sc) in scale.iter().enumerate() {
             let src = &xf[c * plane + p0..c * plane + p1];
             // SAFETY: (t, c, p0..p1) ranges are disjoint across tasks and inside `out`.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(t * frame + c * plane + p0), p1 - p0) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(t * frame + c * plane + p0), p1 - p0) };
             for ((d, &v), &r) in dst.iter_mut().zip(src).zip(inv.iter()) {
                 let y = v * r * sc;
                 *d = if silu { y / (1.0 + (-y).exp()) } else { y };
