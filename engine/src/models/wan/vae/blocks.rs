@@ -132,6 +132,8 @@ pub struct Resample {
     /// `resample.1`: the per-frame 3×3 conv.
     conv: CausalConv3d,
     time_conv: Option<CausalConv3d>,
+    /// Sub-pixel weights of the fused upsample conv (CPU f32 only).
+    phases: Option<Tensor>,
 }
 
 impl Resample {
@@ -151,12 +153,20 @@ impl Resample {
                 Some(CausalConv3d::new(dim, dim, 3, 1, 0, vb.pp("time_conv"))?),
             ),
         };
-        Ok(Self { mode, conv, time_conv })
+        let phases = match mode {
+            ResampleMode::Upsample2d | ResampleMode::Upsample3d => ops::upsample_phases(conv.weight())?,
+            _ => None,
+        };
+        Ok(Self { mode, conv, time_conv, phases })
     }
 
-    pub fn forward(&self, xs: Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    /// `residual` (upsampling modes only) is added to the output, fused into the conv on CPU.
+    pub fn forward(&self, xs: Tensor, cache: &mut FeatCache, residual: Option<&Tensor>) -> Result<Tensor> {
+        if residual.is_some() && matches!(self.mode, ResampleMode::Downsample2d | ResampleMode::Downsample3d) {
+            candle_core::bail!("a residual can only be fused into an upsampling resample");
+        }
         match self.mode {
-            ResampleMode::Upsample2d => self.upsample(xs),
+            ResampleMode::Upsample2d => self.upsample(xs, residual),
             ResampleMode::Upsample3d => {
                 let slot = cache.next_slot();
                 let xs = if matches!(slot, Slot::Empty) {
@@ -170,7 +180,7 @@ impl Resample {
                                                                          // Channels [0,c) give frame 2i, [c,2c) frame 2i+1: a free reshape in this layout.
                     ys.reshape((2 * t, c, h, w))?
                 };
-                self.upsample(xs)
+                self.upsample(xs, residual)
             }
             ResampleMode::Downsample2d => self.conv.forward(&xs, None),
             ResampleMode::Downsample3d => {
@@ -194,11 +204,8 @@ impl Resample {
     }
 
     /// Nearest ×2 upsampling then the 3×3 conv, per frame.
-    fn upsample(&self, xs: Tensor) -> Result<Tensor> {
-        let (_t, _c, h, w) = xs.dims4()?;
-        let up = xs.upsample_nearest2d(2 * h, 2 * w)?;
-        drop(xs);
-        self.conv.forward(&up, None)
+    fn upsample(&self, xs: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        ops::upsample_conv(&xs, self.conv.weight(), self.conv.bias(), self.phases.as_ref(), residual)
     }
 
     /// Stride-2 causal time conv over `[prev_last, xs…]` without padding: output k reads frames
@@ -273,6 +280,20 @@ impl DupUp3D {
     pub fn forward(&self, xs: &Tensor, first_chunk: bool) -> Result<Tensor> {
         let (ft, fs, r) = (self.factor_t, self.factor_s, self.repeats);
         let (t, c, h, w) = xs.dims4()?;
+        let skip = if first_chunk { ft - 1 } else { 0 };
+        if ops::cpu_fast_path(xs) {
+            let xs = xs.contiguous()?;
+            let out = super::cpu_kernels::dup_up_frames(
+                ops::cpu_slice(&xs)?,
+                (t, c, h, w),
+                self.out_channels,
+                ft,
+                fs,
+                r,
+                skip,
+            );
+            return Tensor::from_vec(out, (t * ft - skip, self.out_channels, h * fs, w * fs), xs.device());
+        }
         // repeat_interleave over channels: packed channel q reads input channel q / r.
         let rep = xs.unsqueeze(2)?.broadcast_as((t, c, r, h, w))?.reshape((t, c * r, h, w))?;
         // q = ((o·ft + a)·fs + dh)·fs + dw  →  out[t·ft + a, o, h·fs + dh, w·fs + dw].
@@ -281,8 +302,8 @@ impl DupUp3D {
             .permute(vec![0, 2, 1, 5, 3, 6, 4])?
             .contiguous()?
             .reshape((t * ft, self.out_channels, h * fs, w * fs))?;
-        if first_chunk && ft > 1 {
-            ys.narrow(0, ft - 1, t * ft - (ft - 1))
+        if skip > 0 {
+            ys.narrow(0, skip, t * ft - skip)
         } else {
             Ok(ys)
         }

@@ -63,6 +63,23 @@ impl ConvGeom {
     }
 }
 
+/// Where output pixel (o, y, x) of a conv lands in the destination frame: `offset + o·plane +
+/// y·row_stride + x·col_stride`. The identity map is the dense `[O, h_out, w_out]` frame; the
+/// sub-pixel phases of a fused upsample+conv write every other row and column of a larger frame.
+#[derive(Debug, Clone, Copy)]
+struct OutMap {
+    plane: usize,
+    row_stride: usize,
+    col_stride: usize,
+    offset: usize,
+}
+
+impl OutMap {
+    fn dense(g: &ConvGeom) -> Self {
+        Self { plane: g.h_out * g.w_out, row_stride: g.w_out, col_stride: 1, offset: 0 }
+    }
+}
+
 /// The weight of one conv as stored by PyTorch, `[O, I, kt, kh, kw]` contiguous; a time tap selects
 /// one `[O, I, kh, kw]` slice through strides, so weights are never rearranged or copied.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +142,7 @@ pub fn conv_frames(
             if let Some(input) = input {
                 assert_eq!(input.len(), g.in_frame_len(), "conv_frames: input frame size");
                 // SAFETY: bounds follow from the geometry checks in `accumulate_rows`.
-                unsafe { accumulate_rows(frame_out, input, weight, k, g, y0, y1) };
+                unsafe { accumulate_rows(frame_out, OutMap::dense(&g), input, weight, k, g, y0, y1) };
             }
         }
     });
@@ -157,9 +174,12 @@ unsafe fn init_rows(frame_out: *mut f32, init: RowInit<'_>, t: usize, g: ConvGeo
 /// Adds time tap `k` of the weight applied to `input` into output rows `y0..y1`.
 ///
 /// # Safety
-/// `frame_out` must point to a frame of `g.out_frame_len()` values; `input` has `g.in_frame_len()`.
+/// `frame_out` must point to a frame that `map` keeps in bounds for all of `g`'s output pixels;
+/// `input` has `g.in_frame_len()` values.
+#[allow(clippy::too_many_arguments)]
 unsafe fn accumulate_rows(
     frame_out: *mut f32,
+    map: OutMap,
     input: &[f32],
     weight: WeightView<'_>,
     k: usize,
@@ -170,7 +190,6 @@ unsafe fn accumulate_rows(
     let taps = weight.kt * g.kh * g.kw;
     let w_o_stride = (g.in_channels * taps) as isize;
     let w_i_stride = taps as isize;
-    let out_plane = (g.h_out * g.w_out) as isize;
     let in_plane = (g.h_in * g.w_in) as isize;
     let s = g.stride;
     for y in y0..y1 {
@@ -197,9 +216,9 @@ unsafe fn accumulate_rows(
                     g.out_channels,
                     n,
                     g.in_channels,
-                    frame_out.add(y * g.w_out + x_lo),
-                    1,
-                    out_plane,
+                    frame_out.add(map.offset + y * map.row_stride + x_lo * map.col_stride),
+                    map.col_stride as isize,
+                    map.plane as isize,
                     true,
                     weight.data.as_ptr().add(tap),
                     w_i_stride,
@@ -217,6 +236,144 @@ unsafe fn accumulate_rows(
             }
         }
     }
+}
+
+/// Sub-pixel weights of "nearest ×2 upsample, then 3×3 conv (pad 1)": for output phase (py, px)
+/// the conv only ever sees each input pixel in a 2×2 neighbourhood, so the 3×3 taps fold into a 2×2
+/// kernel per phase. Returns `[4][O, I, 2, 2]` (phase-major, py·2 + px) from a `[O, I, 3, 3]` weight.
+pub fn upsample_phase_weights(w: &[f32], out_c: usize, in_c: usize) -> Vec<f32> {
+    // Tap groups per phase along one axis: phase 0 reads rows (y-1 | y) with taps {0 | 1,2};
+    // phase 1 reads rows (y | y+1) with taps {0,1 | 2}.
+    const GROUPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+    let mut out = vec![0f32; 4 * out_c * in_c * 4];
+    for py in 0..2 {
+        for px in 0..2 {
+            let phase = py * 2 + px;
+            for o in 0..out_c {
+                for i in 0..in_c {
+                    let src = &w[(o * in_c + i) * 9..(o * in_c + i) * 9 + 9];
+                    for ry in 0..2 {
+                        for rx in 0..2 {
+                            let mut acc = 0f32;
+                            for &dy in GROUPS[py][ry] {
+                                for &dx in GROUPS[px][rx] {
+                                    acc += src[dy * 3 + dx];
+                                }
+                            }
+                            out[((phase * out_c + o) * in_c + i) * 4 + ry * 2 + rx] = acc;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Nearest ×2 upsample followed by a 3×3 pad-1 conv, without ever building the upsampled frame:
+/// four 2×2 sub-pixel convs on the low-resolution input, each writing every other row and column
+/// of the output (2.25× fewer FLOPs, no 4× intermediate). `inputs` are `[I, H, W]` frames, `out`
+/// holds as many `[O, 2H, 2W]` frames; `phases` come from [`upsample_phase_weights`].
+#[allow(clippy::too_many_arguments)]
+pub fn upsample2x_conv3x3_frames(
+    out: &mut [f32],
+    inputs: &[&[f32]],
+    phases: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    in_c: usize,
+    out_c: usize,
+    h: usize,
+    w: usize,
+) {
+    let frames = inputs.len();
+    let out_frame = out_c * 4 * h * w;
+    assert_eq!(out.len(), frames * out_frame, "upsample conv: output size");
+    assert_eq!(phases.len(), 4 * out_c * in_c * 4, "upsample conv: phase weights size");
+    let threads = rayon::current_num_threads().max(1);
+    let bands_per_frame = (threads * 4).div_ceil(frames.max(1)).clamp(1, h.max(1));
+    let band = h.div_ceil(bands_per_frame).max(1);
+    let tasks: Vec<(usize, usize, usize)> =
+        (0..frames).flat_map(|t| (0..h).step_by(band).map(move |y0| (t, y0, (y0 + band).min(h)))).collect();
+    let ptr = OutPtr(out.as_mut_ptr());
+    tasks.par_iter().for_each(|&(t, y0, y1)| {
+        // SAFETY: low-res rows y0..y1 of frame t map to output rows 2·y0..2·y1, disjoint across tasks.
+        let frame_out = unsafe { ptr.get().add(t * out_frame) };
+        let (h2, w2) = (2 * h, 2 * w);
+        for (o, &b) in bias.iter().enumerate().take(out_c) {
+            let start = o * h2 * w2 + 2 * y0 * w2;
+            let len = 2 * (y1 - y0) * w2;
+            let dst = unsafe { std::slice::from_raw_parts_mut(frame_out.add(start), len) };
+            match residual {
+                None => dst.fill(b),
+                Some(r) => {
+                    let r = &r[t * out_frame + start..t * out_frame + start + len];
+                    for (d, &v) in dst.iter_mut().zip(r) {
+                        *d = b + v;
+                    }
+                }
+            }
+        }
+        for py in 0..2 {
+            for px in 0..2 {
+                let phase = py * 2 + px;
+                let g = ConvGeom {
+                    in_channels: in_c,
+                    out_channels: out_c,
+                    h_in: h,
+                    w_in: w,
+                    kh: 2,
+                    kw: 2,
+                    stride: 1,
+                    pad_top: 1 - py,
+                    pad_left: 1 - px,
+                    h_out: h,
+                    w_out: w,
+                };
+                let map = OutMap { plane: h2 * w2, row_stride: 2 * w2, col_stride: 2, offset: py * w2 + px };
+                let wv = WeightView { data: &phases[phase * out_c * in_c * 4..(phase + 1) * out_c * in_c * 4], kt: 1 };
+                // SAFETY: the map keeps every (o, y < h, x < w) inside the [O, 2H, 2W] frame.
+                unsafe { accumulate_rows(frame_out, map, inputs[t], wv, 0, g, y0, y1) };
+            }
+        }
+    });
+}
+
+/// `DupUp3D` in one pass: `out[t·ft + a − skip, o, y·fs + dh, x·fs + dw] = x[t, q / r, y, x]` with
+/// `q = ((o·ft + a)·fs + dh)·fs + dw`, where the first `skip` output frames are dropped. `x` is
+/// `[T, C, H, W]`; returns `[T·ft − skip, O, H·fs, W·fs]`.
+#[allow(clippy::too_many_arguments)]
+pub fn dup_up_frames(
+    x: &[f32],
+    (t_n, c_n, h, w): (usize, usize, usize, usize),
+    out_c: usize,
+    ft: usize,
+    fs: usize,
+    repeats: usize,
+    skip: usize,
+) -> Vec<f32> {
+    let (h2, w2) = (h * fs, w * fs);
+    let frames = t_n * ft - skip;
+    let mut out = vec![0f32; frames * out_c * h2 * w2];
+    out.par_chunks_mut(h2 * w2).enumerate().for_each(|(fo, plane)| {
+        let (f, o) = (fo / out_c + skip, fo % out_c);
+        let (t, a) = (f / ft, f % ft);
+        for dh in 0..fs {
+            for dw in 0..fs {
+                let q = ((o * ft + a) * fs + dh) * fs + dw;
+                let c = q / repeats;
+                debug_assert!(c < c_n);
+                let src = &x[(t * c_n + c) * h * w..(t * c_n + c + 1) * h * w];
+                for y in 0..h {
+                    let row = &mut plane[(y * fs + dh) * w2..(y * fs + dh + 1) * w2];
+                    for (xx, &v) in src[y * w..(y + 1) * w].iter().enumerate() {
+                        row[xx * fs + dw] = v;
+                    }
+                }
+            }
+        }
+    });
+    out
 }
 
 /// `out = x / max(‖x‖₂ over channels, 1e-12) · scale[c]` per pixel, optionally followed by SiLU.
@@ -334,6 +491,30 @@ mod tests {
         check(1, (3, 3), 2, (0, 1, 0, 1), (7, 5));
         check(1, (1, 1), 1, (0, 0, 0, 0), (4, 6));
         check(3, (1, 1), 1, (0, 0, 0, 0), (3, 3));
+    }
+
+    #[test]
+    fn fused_upsample_conv_matches_upsample_then_conv() {
+        let (ci, co, h, w) = (3, 4, 5, 6);
+        let wt = pseudo(co * ci * 9, 5);
+        let b = pseudo(co, 6);
+        let x = pseudo(ci * h * w, 7);
+        // Reference: materialise the nearest-upsampled frame and run the plain conv on it.
+        let mut up = vec![0f32; ci * 4 * h * w];
+        for c in 0..ci {
+            for y in 0..2 * h {
+                for xx in 0..2 * w {
+                    up[(c * 2 * h + y) * 2 * w + xx] = x[(c * h + y / 2) * w + xx / 2];
+                }
+            }
+        }
+        let g = ConvGeom::new(ci, co, (2 * h, 2 * w), (3, 3), 1, (1, 1, 1, 1));
+        let want = naive(&[vec![Some(up)]], &wt, 1, &b, g);
+        let mut got = vec![0f32; want.len()];
+        let phases = upsample_phase_weights(&wt, co, ci);
+        upsample2x_conv3x3_frames(&mut got, &[&x], &phases, &b, None, ci, co, h, w);
+        let max = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max < 1e-4, "fused upsample conv: max diff {max}");
     }
 
     #[test]

@@ -21,17 +21,17 @@ struct UpBlock {
 
 impl UpBlock {
     fn forward(&self, xs: Tensor, cache: &mut FeatCache, first_chunk: bool) -> Result<Tensor> {
-        let input = self.shortcut.as_ref().map(|_| xs.clone());
+        // The shortcut depends only on the block input: compute it first so the input can be freed,
+        // then fuse the add into the upsampler's conv.
+        let shortcut = self.shortcut.as_ref().map(|dup| dup.forward(&xs, first_chunk)).transpose()?;
         let mut hs = xs;
         for r in &self.resnets {
             hs = r.forward(hs, cache)?;
         }
-        if let Some(u) = &self.upsampler {
-            hs = u.forward(hs, cache)?;
-        }
-        match (&self.shortcut, input) {
-            (Some(dup), Some(input)) => hs + dup.forward(&input, first_chunk)?,
-            _ => Ok(hs),
+        match (&self.upsampler, shortcut) {
+            (Some(u), shortcut) => u.forward(hs, cache, shortcut.as_ref()),
+            (None, Some(shortcut)) => hs + shortcut,
+            (None, None) => Ok(hs),
         }
     }
 }

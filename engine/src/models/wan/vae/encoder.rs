@@ -32,7 +32,7 @@ impl ResidualDownBlock {
             hs = r.forward(hs, cache)?;
         }
         if let Some(d) = &self.downsampler {
-            hs = d.forward(hs, cache)?;
+            hs = d.forward(hs, cache, None)?;
         }
         hs + shortcut
     }
@@ -123,7 +123,7 @@ impl Encoder {
                 for layer in layers {
                     hs = match layer {
                         DownLayer::Res(r) => r.forward(hs, cache)?,
-                        DownLayer::Resample(r) => r.forward(hs, cache)?,
+                        DownLayer::Resample(r) => r.forward(hs, cache, None)?,
                     };
                 }
             }

@@ -27,6 +27,11 @@ pub fn set_kernel_choice(choice: KernelChoice) {
     FORCE_GENERIC.store(choice == KernelChoice::Generic, Ordering::SeqCst);
 }
 
+/// Whether the CPU kernels handle `xs` (f32 on the CPU, generic path not forced).
+pub fn cpu_fast_path(xs: &Tensor) -> bool {
+    use_cpu_kernels(xs)
+}
+
 fn use_cpu_kernels(xs: &Tensor) -> bool {
     !FORCE_GENERIC.load(Ordering::Relaxed) && xs.device().is_cpu() && xs.dtype() == DType::F32
 }
@@ -116,6 +121,52 @@ pub fn conv_frames(
         outs.push(acc);
     }
     Tensor::stack(&outs, 0)
+}
+
+/// Sub-pixel weights for [`upsample_conv`] when the CPU kernels will run, else `None`.
+pub fn upsample_phases(weight: &Tensor) -> Result<Option<Tensor>> {
+    let (o, i, _kt, kh, kw) = weight.dims5()?;
+    if kh != 3 || kw != 3 || !weight.device().is_cpu() || weight.dtype() != DType::F32 || !weight.is_contiguous() {
+        return Ok(None);
+    }
+    let phases = cpu_kernels::upsample_phase_weights(cpu_slice(weight)?, o, i);
+    Ok(Some(from_vec(phases, &[4, o, i, 2, 2])?))
+}
+
+/// Nearest ×2 upsample then a 3×3 pad-1 conv (`weight` `[O, I, 1, 3, 3]`) on `[T, I, H, W]`, plus an
+/// optional `[T, O, 2H, 2W]` residual. On CPU the upsampled tensor is never built.
+pub fn upsample_conv(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    phases: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (t, i, h, w) = xs.dims4()?;
+    let o = weight.dim(0)?;
+    if let (Some(phases), true) = (phases, use_cpu_kernels(xs)) {
+        let xs = xs.contiguous()?;
+        let data = cpu_slice(&xs)?;
+        let frames: Vec<&[f32]> = data.chunks(i * h * w).collect();
+        let res = residual.map(cpu_slice).transpose()?;
+        let mut out = vec![0f32; t * o * 4 * h * w];
+        cpu_kernels::upsample2x_conv3x3_frames(
+            &mut out,
+            &frames,
+            cpu_slice(phases)?,
+            cpu_slice(bias)?,
+            res,
+            i,
+            o,
+            h,
+            w,
+        );
+        return from_vec(out, &[t, o, 2 * h, 2 * w]);
+    }
+    let up = xs.upsample_nearest2d(2 * h, 2 * w)?;
+    let frames: Vec<Tensor> = (0..t).map(|k| up.get(k)).collect::<Result<_>>()?;
+    let taps = frames.iter().map(|f| vec![Some(f)]).collect();
+    conv_frames(&ConvInputs { taps }, weight, bias, 1, (1, 1, 1, 1), residual)
 }
 
 /// `x / max(‖x‖ over C, 1e-12) · scale[c]` (+ SiLU) on `[T, C, H, W]`; `scale = γ·√C` as `[C]`.
