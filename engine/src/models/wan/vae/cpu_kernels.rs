@@ -246,17 +246,17 @@ pub fn upsample_phase_weights(w: &[f32], out_c: usize, in_c: usize) -> Vec<f32> 
     // phase 1 reads rows (y | y+1) with taps {0,1 | 2}.
     const GROUPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
     let mut out = vec![0f32; 4 * out_c * in_c * 4];
-    for py in 0..2 {
-        for px in 0..2 {
+    for (py, rows) in GROUPS.iter().enumerate() {
+        for (px, cols) in GROUPS.iter().enumerate() {
             let phase = py * 2 + px;
             for o in 0..out_c {
                 for i in 0..in_c {
                     let src = &w[(o * in_c + i) * 9..(o * in_c + i) * 9 + 9];
-                    for ry in 0..2 {
-                        for rx in 0..2 {
+                    for (ry, dys) in rows.iter().enumerate() {
+                        for (rx, dxs) in cols.iter().enumerate() {
                             let mut acc = 0f32;
-                            for &dy in GROUPS[py][ry] {
-                                for &dx in GROUPS[px][rx] {
+                            for &dy in *dys {
+                                for &dx in *dxs {
                                     acc += src[dy * 3 + dx];
                                 }
                             }
