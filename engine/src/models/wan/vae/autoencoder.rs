@@ -14,6 +14,7 @@ use super::config::Config;
 use super::decoder::Decoder;
 use super::encoder::Encoder;
 use super::layers::CausalConv3d;
+use super::split::{split_rows, RowExchange};
 use super::tiling::{TileAssembler, TileBuf, TilePlan, TileSpec, Tiling};
 
 /// Which halves of the VAE to load: decoding never needs the encoder's weights and vice versa.
@@ -163,6 +164,54 @@ impl AutoencoderKLWan {
             }
         }
         out.into_tensor()
+    }
+
+    /// Halo mode: this rank decodes its row slab of every frame (`split_rows` of the latent height
+    /// over the exchange's ranks), exchanging halo rows at every spatial conv; the finished rows of
+    /// each latent chunk go to rank 0, which returns the whole video (others return `None`). Equal
+    /// to the untiled [`Self::decode`] within f32 rounding.
+    pub fn decode_halo(
+        &self,
+        z: &Tensor,
+        split: std::sync::Arc<dyn RowExchange>,
+        progress: &mut dyn FnMut(VaeProgress),
+    ) -> Result<Option<Tensor>> {
+        let (b, _c, t, h, w) = self.check_latents(z)?;
+        let (decoder, pq) = match (&self.decoder, &self.post_quant_conv) {
+            (Some(d), Some(p)) => (d, p),
+            _ => candle_core::bail!("this VAE was loaded without its decoder"),
+        };
+        let world = split.world_size();
+        if world > h {
+            candle_core::bail!(
+                "halo decode over {world} ranks needs at least {world} latent rows, got {h}; use at most {h} ranks"
+            );
+        }
+        let rows = split_rows(h, world)[split.rank()].clone();
+        let p = self.cfg.patch();
+        let net = self.cfg.network_spatial_factor();
+        let frames = self.decoded_frames(t);
+        let mut out = (split.rank() == 0)
+            .then(|| OutputVideo::new(b, self.cfg.out_channels / (p * p), frames, h * net * p, w * net * p, p));
+        for bi in 0..b {
+            let zs = z.get(bi)?.transpose(0, 1)?.narrow(2, rows.start, rows.len())?;
+            let zs = zs.to_device(&self.device)?.to_dtype(self.dtype)?.contiguous()?;
+            let xs = pq.forward(&zs, None)?;
+            let mut cache = FeatCache::with_split(split.clone());
+            let mut frame = 0;
+            for i in 0..t {
+                let ys = decoder.forward_chunk(&xs.narrow(0, i, 1)?, &mut cache, i == 0)?;
+                let n = ys.dim(0)?;
+                if let Some(full) = split.gather_to_root(&to_host_f32(&ys)?, 2)? {
+                    if let Some(out) = out.as_mut() {
+                        out.write_frames(bi, frame, &full)?;
+                    }
+                }
+                frame += n;
+                progress(VaeProgress::Chunk { index: i, total: t });
+            }
+        }
+        out.map(OutputVideo::into_tensor).transpose()
     }
 
     /// Decodes one latent tile `[T, z, th, tw]` over all its frames with its own cache.

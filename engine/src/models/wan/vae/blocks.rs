@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 use super::cache::{FeatCache, Slot};
 use super::layers::{CausalConv3d, RmsNorm};
 use super::ops::{self, ConvInputs};
+use super::split::{with_halo, RowExchange};
 
 /// `WanResidualBlock`: `conv2(silu(norm2(conv1(silu(norm1(x)))))) + shortcut(x)`.
 #[derive(Debug, Clone)]
@@ -41,10 +42,11 @@ impl ResidualBlock {
         };
         let hs = self.norm1.forward(&xs, true)?;
         drop(xs);
-        let hs = self.conv1.forward_cached(&hs, cache.next_slot(), None)?;
+        let split = cache.split();
+        let hs = self.conv1.forward_cached(&hs, cache.next_slot(), None, split.as_deref())?;
         let hs = self.norm2.forward(&hs, true)?;
         // The residual add is fused into conv2's output initialisation.
-        self.conv2.forward_cached(&hs, cache.next_slot(), Some(&shortcut))
+        self.conv2.forward_cached(&hs, cache.next_slot(), Some(&shortcut), split.as_deref())
     }
 }
 
@@ -71,22 +73,30 @@ impl AttentionBlock {
         })
     }
 
-    pub fn forward(&self, xs: Tensor) -> Result<Tensor> {
+    /// In halo mode (`halo` given) `xs` is this rank's row slab: keys and values of the whole frame
+    /// are gathered, queries stay local, so each rank attends for its own pixels exactly.
+    pub fn forward(&self, xs: Tensor, halo: Option<&dyn super::split::RowExchange>) -> Result<Tensor> {
         let (t, c, h, w) = xs.dims4()?;
         let qkv = self.to_qkv.forward(&self.norm.forward(&xs, false)?, None)?; // (t, 3c, h, w)
-        let qkv = qkv.reshape((t, 3 * c, h * w))?;
-        let q = qkv.narrow(1, 0, c)?.transpose(1, 2)?.contiguous()?; // (t, hw, c)
-        let k = qkv.narrow(1, c, c)?.contiguous()?; // (t, c, hw)
-        let v = qkv.narrow(1, 2 * c, c)?.transpose(1, 2)?.contiguous()?; // (t, hw, c)
+        let q = qkv.narrow(1, 0, c)?.reshape((t, c, h * w))?.transpose(1, 2)?.contiguous()?; // (t, hw, c)
+        let kv = match halo {
+            Some(ex) => ex.all_gather(&qkv.narrow(1, c, 2 * c)?.contiguous()?, 2)?, // (t, 2c, H, w)
+            None => qkv.narrow(1, c, 2 * c)?,
+        };
         drop(qkv);
+        let n_kv = kv.dim(2)? * w;
+        let kv = kv.reshape((t, 2 * c, n_kv))?;
+        let k = kv.narrow(1, 0, c)?.contiguous()?; // (t, c, HW)
+        let v = kv.narrow(1, c, c)?.transpose(1, 2)?.contiguous()?; // (t, HW, c)
+        drop(kv);
         let scale = 1.0 / (self.dim as f64).sqrt();
         let n = h * w;
-        let block = (ATTN_SCORE_BLOCK / n.max(1)).clamp(1, n);
+        let block = (ATTN_SCORE_BLOCK / n_kv.max(1)).clamp(1, n);
         let mut outs = Vec::with_capacity(n.div_ceil(block));
         for start in (0..n).step_by(block) {
             let len = block.min(n - start);
             let qb = (q.narrow(1, start, len)? * scale)?;
-            let scores = qb.matmul(&k)?; // (t, len, hw)
+            let scores = qb.matmul(&k)?; // (t, len, HW)
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             outs.push(probs.matmul(&v)?); // (t, len, c)
         }
@@ -111,7 +121,8 @@ impl MidBlock {
 
     pub fn forward(&self, xs: Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let xs = self.resnets[0].forward(xs, cache)?;
-        let xs = self.attentions[0].forward(xs)?;
+        let split = cache.split();
+        let xs = self.attentions[0].forward(xs, split.as_deref())?;
         self.resnets[1].forward(xs, cache)
     }
 }
@@ -165,8 +176,9 @@ impl Resample {
         if residual.is_some() && matches!(self.mode, ResampleMode::Downsample2d | ResampleMode::Downsample3d) {
             candle_core::bail!("a residual can only be fused into an upsampling resample");
         }
+        let split = cache.split();
         match self.mode {
-            ResampleMode::Upsample2d => self.upsample(xs, residual),
+            ResampleMode::Upsample2d => self.upsample(xs, residual, split.as_deref()),
             ResampleMode::Upsample3d => {
                 let slot = cache.next_slot();
                 let xs = if matches!(slot, Slot::Empty) {
@@ -176,15 +188,15 @@ impl Resample {
                 } else {
                     let time_conv = self.time_conv.as_ref().expect("upsample3d has a time conv");
                     let (t, c, h, w) = xs.dims4()?;
-                    let ys = time_conv.forward_cached(&xs, slot, None)?; // (t, 2c, h, w)
-                                                                         // Channels [0,c) give frame 2i, [c,2c) frame 2i+1: a free reshape in this layout.
+                    let ys = time_conv.forward_cached(&xs, slot, None, None)?; // (t, 2c, h, w)
+                                                                               // Channels [0,c) give frame 2i, [c,2c) frame 2i+1: a free reshape in this layout.
                     ys.reshape((2 * t, c, h, w))?
                 };
-                self.upsample(xs, residual)
+                self.upsample(xs, residual, split.as_deref())
             }
-            ResampleMode::Downsample2d => self.conv.forward(&xs, None),
+            ResampleMode::Downsample2d => self.conv.forward_split(&xs, None, split.as_deref()),
             ResampleMode::Downsample3d => {
-                let xs = self.conv.forward(&xs, None)?;
+                let xs = self.conv.forward_split(&xs, None, split.as_deref())?;
                 let slot = cache.next_slot();
                 let t_len = xs.dim(0)?;
                 match slot.frames().cloned() {
@@ -204,8 +216,24 @@ impl Resample {
     }
 
     /// Nearest ×2 upsampling then the 3×3 conv, per frame.
-    fn upsample(&self, xs: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        ops::upsample_conv(&xs, self.conv.weight(), self.conv.bias(), self.phases.as_ref(), residual)
+    ///
+    /// In halo mode the slab gets one neighbour row above and below; the upsampled conv over that
+    /// extended slab is exact for the slab's own rows, which are cut out (the residual is added after).
+    fn upsample(&self, xs: Tensor, residual: Option<&Tensor>, halo: Option<&dyn RowExchange>) -> Result<Tensor> {
+        match halo {
+            None => ops::upsample_conv(&xs, self.conv.weight(), self.conv.bias(), self.phases.as_ref(), residual),
+            Some(ex) => {
+                let h = xs.dim(2)?;
+                let ext = with_halo(ex, &xs, 1, 1)?;
+                drop(xs);
+                let ys = ops::upsample_conv(&ext, self.conv.weight(), self.conv.bias(), self.phases.as_ref(), None)?;
+                let ys = ys.narrow(2, 2, 2 * h)?.contiguous()?;
+                match residual {
+                    Some(r) => ys + r,
+                    None => Ok(ys),
+                }
+            }
+        }
     }
 
     /// Stride-2 causal time conv over `[prev_last, xs…]` without padding: output k reads frames

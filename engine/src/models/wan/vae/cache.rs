@@ -4,7 +4,11 @@
 //! diffusers' `feat_cache` / `feat_idx` list, so one `FeatCache` per video (or per tile) holds the
 //! whole temporal state of the network between chunks.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
+
+use super::split::RowExchange;
 
 /// State of one cached module.
 #[derive(Debug, Clone, Default)]
@@ -27,16 +31,28 @@ impl Slot {
     }
 }
 
-/// All slots of one encoder or decoder pass, plus the cursor of the chunk being processed.
+/// All slots of one encoder or decoder pass, plus the cursor of the chunk being processed, and —
+/// in halo mode — the exchange with the ranks holding the neighbouring row slabs.
 #[derive(Debug, Default)]
 pub struct FeatCache {
     slots: Vec<Slot>,
     cursor: usize,
+    split: Option<Arc<dyn RowExchange>>,
 }
 
 impl FeatCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cache for a rank that holds one row slab of every feature map (halo mode).
+    pub fn with_split(split: Arc<dyn RowExchange>) -> Self {
+        Self { split: Some(split), ..Self::default() }
+    }
+
+    /// The row exchange of halo mode, if any.
+    pub fn split(&self) -> Option<Arc<dyn RowExchange>> {
+        self.split.clone()
     }
 
     /// Rewinds the cursor: call before each chunk.

@@ -113,12 +113,13 @@ impl Decoder {
     /// the first chunk yields 1 frame per latent frame, later chunks 4.
     pub fn forward_chunk(&self, xs: &Tensor, cache: &mut FeatCache, first_chunk: bool) -> Result<Tensor> {
         cache.start_chunk();
-        let mut hs = self.conv_in.forward_cached(xs, cache.next_slot(), None)?;
+        let split = cache.split();
+        let mut hs = self.conv_in.forward_cached(xs, cache.next_slot(), None, split.as_deref())?;
         hs = self.mid_block.forward(hs, cache)?;
         for b in &self.up_blocks {
             hs = b.forward(hs, cache, first_chunk)?;
         }
         let hs = self.norm_out.forward(&hs, true)?;
-        self.conv_out.forward_cached(&hs, cache.next_slot(), None)
+        self.conv_out.forward_cached(&hs, cache.next_slot(), None, split.as_deref())
     }
 }

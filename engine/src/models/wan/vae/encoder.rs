@@ -117,7 +117,8 @@ impl Encoder {
     /// Encodes one temporal chunk `[T, C_in, H, W]` (1 frame first, then 4) into `[T', 2z, h, w]`.
     pub fn forward_chunk(&self, xs: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         cache.start_chunk();
-        let mut hs = self.conv_in.forward_cached(xs, cache.next_slot(), None)?;
+        let split = cache.split();
+        let mut hs = self.conv_in.forward_cached(xs, cache.next_slot(), None, split.as_deref())?;
         match &self.down_blocks {
             DownBlocks::Flat(layers) => {
                 for layer in layers {
@@ -135,6 +136,6 @@ impl Encoder {
         }
         let hs = self.mid_block.forward(hs, cache)?;
         let hs = self.norm_out.forward(&hs, true)?;
-        self.conv_out.forward_cached(&hs, cache.next_slot(), None)
+        self.conv_out.forward_cached(&hs, cache.next_slot(), None, split.as_deref())
     }
 }

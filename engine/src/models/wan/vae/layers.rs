@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::cache::Slot;
 use super::ops::{self, ConvInputs, Pad2d};
+use super::split::{with_halo, RowExchange};
 
 /// Frames of the causal time window kept between chunks (diffusers `CACHE_T`).
 pub const CACHE_T: usize = 2;
@@ -52,24 +53,56 @@ impl CausalConv3d {
         self.weight.dims()[0]
     }
 
+    /// In halo mode the rows a conv reads beyond its slab (its top/bottom padding) come from the
+    /// neighbouring slabs instead, and only the left/right padding stays.
+    fn with_rows(&self, xs: &Tensor, halo: Option<&dyn RowExchange>) -> Result<(Tensor, Pad2d)> {
+        let (pt, pb, pl, pr) = self.pad;
+        match halo {
+            Some(ex) if pt + pb > 0 => Ok((with_halo(ex, xs, pt, pb)?, (0, 0, pl, pr))),
+            _ => Ok((xs.clone(), self.pad)),
+        }
+    }
+
     /// Per-frame application of a conv without time extent (kt = 1), optionally adding `residual`.
     pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_split(xs, residual, None)
+    }
+
+    /// [`Self::forward`] on a row slab (halo mode) when `halo` is given.
+    pub fn forward_split(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        halo: Option<&dyn RowExchange>,
+    ) -> Result<Tensor> {
         if self.kt() != 1 {
             candle_core::bail!("conv with {} time taps needs its cache (forward_cached)", self.kt());
         }
+        let (xs, pad) = self.with_rows(xs, halo)?;
         let frames: Vec<Tensor> = (0..xs.dim(0)?).map(|t| xs.get(t)).collect::<Result<_>>()?;
         let taps = frames.iter().map(|f| vec![Some(f)]).collect();
-        ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, self.pad, residual)
+        ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, pad, residual)
     }
 
     /// Causal conv over the chunk `xs` `[T, C, H, W]`, reading the previous chunk's last frames from
     /// `slot` (zeros before the start) and leaving this chunk's in it: running chunk by chunk equals
     /// running over the whole sequence with `kt - 1` zero frames in front.
-    pub fn forward_cached(&self, xs: &Tensor, slot: &mut Slot, residual: Option<&Tensor>) -> Result<Tensor> {
+    ///
+    /// In halo mode (`halo` given) the chunk is first extended with its neighbours' rows and the
+    /// cache keeps the extended frames, so cached frames never need a second exchange.
+    pub fn forward_cached(
+        &self,
+        xs: &Tensor,
+        slot: &mut Slot,
+        residual: Option<&Tensor>,
+        halo: Option<&dyn RowExchange>,
+    ) -> Result<Tensor> {
         let kt = self.kt();
         if kt == 1 {
-            return self.forward(xs, residual);
+            return self.forward_split(xs, residual, halo);
         }
+        let (xs, pad) = self.with_rows(xs, halo)?;
+        let xs = &xs;
         let history = slot.frames().cloned();
         let n_hist = history.as_ref().map(|h| h.dim(0)).transpose()?.unwrap_or(0);
         let t_len = xs.dim(0)?;
@@ -97,7 +130,7 @@ impl CausalConv3d {
                     .collect()
             })
             .collect();
-        let ys = ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, self.pad, residual)?;
+        let ys = ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, pad, residual)?;
         *slot = Slot::Frames(next_history(history.as_ref(), xs)?);
         Ok(ys)
     }

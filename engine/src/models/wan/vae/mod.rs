@@ -6,6 +6,7 @@
 //! - [`encoder`], [`decoder`], [`blocks`], [`layers`]: the module tree, one struct per diffusers
 //!   module, built from a `VarBuilder` with the checkpoint's key names.
 //! - [`cache`]: per-conv causal caches for chunked processing.
+//! - [`split`]: row slabs and the neighbour exchange of halo mode.
 //! - [`tiling`]: the reusable tile plan (grid, blend, crop) shared with the parallel decode.
 //! - [`ops`], [`cpu_kernels`]: memory-lean CPU kernels (direct conv accumulated over time taps that
 //!   read cache and chunk in place, fused RMS-norm + SiLU, fused residual adds) and the generic
@@ -20,6 +21,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod layers;
 pub mod ops;
+pub mod split;
 pub mod tiling;
 
 pub use autoencoder::{AutoencoderKLWan, Moments, VaeParts, VaeProgress};
