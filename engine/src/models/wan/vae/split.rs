@@ -73,6 +73,9 @@ pub fn with_halo(ex: &dyn RowExchange, xs: &Tensor, above: usize, below: usize) 
     Tensor::cat(&parts, 2)
 }
 
+/// One directed channel between neighbours, halves taken by the two endpoints.
+type Link = (Option<Sender<Tensor>>, Option<Receiver<Tensor>>);
+
 #[derive(Debug)]
 struct Shared {
     barrier: Barrier,
@@ -96,8 +99,8 @@ impl LocalRowExchange {
     pub fn world(world: usize) -> Vec<LocalRowExchange> {
         let shared = Arc::new(Shared { barrier: Barrier::new(world), gather: Mutex::new(vec![None; world]) });
         // down[r]: rank r → rank r+1 ; up[r]: rank r+1 → rank r.
-        let mut down: Vec<(Option<Sender<Tensor>>, Option<Receiver<Tensor>>)> = Vec::new();
-        let mut up: Vec<(Option<Sender<Tensor>>, Option<Receiver<Tensor>>)> = Vec::new();
+        let mut down: Vec<Link> = Vec::new();
+        let mut up: Vec<Link> = Vec::new();
         for _ in 0..world.saturating_sub(1) {
             let (s, r) = channel();
             down.push((Some(s), Some(r)));
