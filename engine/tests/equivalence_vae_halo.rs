@@ -65,3 +65,32 @@ fn halo_needs_a_row_per_rank() {
     let err = model.decode_halo(&z, ex, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("use at most 2 ranks"), "{err}");
 }
+
+fn halo_encode(model: &Arc<AutoencoderKLWan>, video: &Tensor, world: usize) -> Vec<Tensor> {
+    let handles: Vec<_> = LocalRowExchange::world(world)
+        .into_iter()
+        .map(|ex| {
+            let (model, video) = (model.clone(), video.clone());
+            std::thread::spawn(move || {
+                let ex: Arc<dyn RowExchange> = Arc::new(ex);
+                model.encode_halo(&video, ex, &mut |_| {}).unwrap().mean
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Every rank gets the whole latent (image-to-video needs it everywhere), equal to the untiled encode.
+#[test]
+fn halo_encode_equals_untiled() {
+    let dev = Device::Cpu;
+    for (case, world) in [("vae21", 2), ("vae22", 3), ("../golden-seed1/vae21", 3)] {
+        let dir = golden(case);
+        let model = Arc::new(vae::load(&dir, VaeParts::Encoder, DType::F32, &dev).unwrap());
+        let video = tensor_io::read_tensor(&dir.join("inputs.safetensors"), "video", DType::F32, &dev).unwrap();
+        let untiled = model.encode(&video, None, &mut |_| {}).unwrap().mean;
+        for (rank, got) in halo_encode(&model, &video, world).iter().enumerate() {
+            assert_close(&format!("{case} halo encode x{world} rank {rank} vs untiled"), got, &untiled, 1e-6);
+        }
+    }
+}

@@ -233,42 +233,12 @@ impl AutoencoderKLWan {
         tiling: Option<&Tiling>,
         progress: &mut dyn FnMut(VaeProgress),
     ) -> Result<Moments> {
-        let (encoder, qc) = match (&self.encoder, &self.quant_conv) {
-            (Some(e), Some(q)) => (e, q),
-            _ => candle_core::bail!("this VAE was loaded without its encoder"),
-        };
-        let dims = video.dims();
-        let [b, c, f, h, w] = dims[..] else {
-            candle_core::bail!("video must be 5-D [B, 3, F, H, W], got {dims:?}");
-        };
-        let vc = self.cfg.video_channels();
-        if c != vc {
-            candle_core::bail!("video has {c} channels, expected {vc} (RGB) (shape {dims:?})");
-        }
+        let (encoder, qc) = self.encoder_parts()?;
+        let (b, f, h, w) = self.check_video(video)?;
         let p = self.cfg.patch();
         let net = self.cfg.network_spatial_factor();
-        if self.cfg.is_residual && (h % (p * net) != 0 || w % (p * net) != 0) {
-            candle_core::bail!(
-                "video {h}x{w}: this VAE needs height and width divisible by {} (nearest: {}x{})",
-                p * net,
-                h / (p * net) * (p * net),
-                w / (p * net) * (p * net)
-            );
-        }
-        if h % p != 0 || w % p != 0 {
-            candle_core::bail!("video {h}x{w}: height and width must be divisible by the patch size {p}");
-        }
         if let Some(tl) = tiling {
             tl.validate(net).map_err(candle_core::Error::msg)?;
-        }
-        if b == 0 || f == 0 {
-            candle_core::bail!("video shape {dims:?} has an empty dimension");
-        }
-        if (f - 1) % 4 != 0 {
-            tracing::warn!(
-                "video has {f} frames; encoding uses the first {} (4k+1), as diffusers does",
-                1 + (f - 1) / 4 * 4
-            );
         }
         let mut means = Vec::with_capacity(b);
         let mut logvars = Vec::with_capacity(b);
@@ -305,6 +275,86 @@ impl AutoencoderKLWan {
         Ok(Moments { mean: Tensor::stack(&means, 0)?, logvar: Tensor::stack(&logvars, 0)? })
     }
 
+    fn encoder_parts(&self) -> Result<(&Encoder, &CausalConv3d)> {
+        match (&self.encoder, &self.quant_conv) {
+            (Some(e), Some(q)) => Ok((e, q)),
+            _ => candle_core::bail!("this VAE was loaded without its encoder"),
+        }
+    }
+
+    /// Validates a `[B, 3, F, H, W]` video for encoding; returns (B, F, H, W).
+    fn check_video(&self, video: &Tensor) -> Result<(usize, usize, usize, usize)> {
+        let dims = video.dims();
+        let [b, c, f, h, w] = dims[..] else {
+            candle_core::bail!("video must be 5-D [B, 3, F, H, W], got {dims:?}");
+        };
+        let vc = self.cfg.video_channels();
+        if c != vc {
+            candle_core::bail!("video has {c} channels, expected {vc} (RGB) (shape {dims:?})");
+        }
+        let p = self.cfg.patch();
+        let net = self.cfg.network_spatial_factor();
+        if self.cfg.is_residual && (h % (p * net) != 0 || w % (p * net) != 0) {
+            candle_core::bail!(
+                "video {h}x{w}: this VAE needs height and width divisible by {} (nearest: {}x{})",
+                p * net,
+                h / (p * net) * (p * net),
+                w / (p * net) * (p * net)
+            );
+        }
+        if h % p != 0 || w % p != 0 {
+            candle_core::bail!("video {h}x{w}: height and width must be divisible by the patch size {p}");
+        }
+        if b == 0 || f == 0 {
+            candle_core::bail!("video shape {dims:?} has an empty dimension");
+        }
+        if (f - 1) % 4 != 0 {
+            tracing::warn!(
+                "video has {f} frames; encoding uses the first {} (4k+1), as diffusers does",
+                1 + (f - 1) / 4 * 4
+            );
+        }
+        Ok((b, f, h, w))
+    }
+
+    /// Halo-mode encode: each rank encodes its row slab with halo exchange at every conv; every rank
+    /// receives the whole mean/logvar (all of them need the latents of an input image).
+    pub fn encode_halo(
+        &self,
+        video: &Tensor,
+        split: std::sync::Arc<dyn RowExchange>,
+        progress: &mut dyn FnMut(VaeProgress),
+    ) -> Result<Moments> {
+        let (encoder, qc) = self.encoder_parts()?;
+        let (b, _f, h, _w) = self.check_video(video)?;
+        let unit = self.cfg.patch() * self.cfg.network_spatial_factor();
+        if h % unit != 0 {
+            candle_core::bail!(
+                "halo encode needs a height divisible by {unit}, got {h} (nearest: {})",
+                h / unit * unit
+            );
+        }
+        let lat_h = h / unit;
+        let world = split.world_size();
+        if world > lat_h {
+            candle_core::bail!("halo encode over {world} ranks needs at least {world} latent rows, got {lat_h}; use at most {lat_h} ranks");
+        }
+        let rows = split_rows(lat_h, world)[split.rank()].clone();
+        let net = self.cfg.network_spatial_factor();
+        let (mut means, mut logvars) = (Vec::with_capacity(b), Vec::with_capacity(b));
+        for bi in 0..b {
+            let xs = patchify(&video.get(bi)?.to_device(&self.device)?.to_dtype(self.dtype)?, self.cfg.patch())?;
+            let xs = xs.narrow(2, rows.start * net, rows.len() * net)?.contiguous()?;
+            let mut cache = FeatCache::with_split(split.clone());
+            let own = to_host_f32(&self.encode_chunks(encoder, qc, &xs, &mut cache, progress)?)?;
+            let moments = split.all_gather(&own, 2)?.transpose(0, 1)?.contiguous()?; // (2z, t, h, w)
+            let (mean, logvar) = split_moments(&moments, self.cfg.z_dim, 0)?;
+            means.push(mean);
+            logvars.push(logvar);
+        }
+        Ok(Moments { mean: Tensor::stack(&means, 0)?, logvar: Tensor::stack(&logvars, 0)? })
+    }
+
     /// Encodes `[F, C, H, W]` in chunks of 1 then 4 frames, then applies `quant_conv`.
     fn encode_frames(
         &self,
@@ -313,13 +363,23 @@ impl AutoencoderKLWan {
         xs: &Tensor,
         progress: &mut dyn FnMut(VaeProgress),
     ) -> Result<Tensor> {
+        self.encode_chunks(encoder, qc, xs, &mut FeatCache::new(), progress)
+    }
+
+    fn encode_chunks(
+        &self,
+        encoder: &Encoder,
+        qc: &CausalConv3d,
+        xs: &Tensor,
+        cache: &mut FeatCache,
+        progress: &mut dyn FnMut(VaeProgress),
+    ) -> Result<Tensor> {
         let f = xs.dim(0)?;
         let chunks = 1 + (f - 1) / 4;
-        let mut cache = FeatCache::new();
         let mut outs = Vec::with_capacity(chunks);
         for i in 0..chunks {
             let chunk = if i == 0 { xs.narrow(0, 0, 1)? } else { xs.narrow(0, 1 + 4 * (i - 1), 4)? };
-            let ys = encoder.forward_chunk(&chunk, &mut cache)?;
+            let ys = encoder.forward_chunk(&chunk, cache)?;
             outs.push(qc.forward(&ys, None)?);
             progress(VaeProgress::Chunk { index: i, total: chunks });
         }

@@ -16,7 +16,8 @@ pub trait RowExchange: Send + Sync + std::fmt::Debug {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
     /// Sends `to_above` to rank−1 and `to_below` to rank+1 (skipped at the edges) and returns what
-    /// (rank−1, rank+1) sent this rank. Every rank calls it in the same order.
+    /// (rank−1, rank+1) sent this rank. Every rank calls it in the same order with the same pattern,
+    /// so a rank that sends up also receives from below, and one that sends down receives from above.
     fn exchange(&self, to_above: Option<Tensor>, to_below: Option<Tensor>) -> Result<(Option<Tensor>, Option<Tensor>)>;
     /// Every rank's `xs` concatenated along `dim` in rank order, on every rank.
     fn all_gather(&self, xs: &Tensor, dim: usize) -> Result<Tensor>;
@@ -48,9 +49,10 @@ pub fn with_halo(ex: &dyn RowExchange, xs: &Tensor, above: usize, below: usize) 
     if rows < above.max(below) {
         candle_core::bail!("halo of {above}/{below} rows needs slabs of at least that many rows, this one has {rows}");
     }
-    // The rank above needs my first `above` rows; the rank below needs my last `below` rows.
-    let to_above = if above > 0 { Some(xs.narrow(2, 0, above)?.contiguous()?) } else { None };
-    let to_below = if below > 0 { Some(xs.narrow(2, rows - below, below)?.contiguous()?) } else { None };
+    // Every rank runs the same conv: the rank above wants `below` rows from me (my first ones),
+    // the rank below wants `above` rows from me (my last ones).
+    let to_above = if below > 0 { Some(xs.narrow(2, 0, below)?.contiguous()?) } else { None };
+    let to_below = if above > 0 { Some(xs.narrow(2, rows - above, above)?.contiguous()?) } else { None };
     let (from_above, from_below) = ex.exchange(to_above, to_below)?;
     let zeros = |n: usize| -> Result<Tensor> {
         let (t, c, _, w) = xs.dims4()?;
@@ -163,9 +165,12 @@ impl RowExchange for LocalRowExchange {
             }
             Ok(())
         };
+        let (expect_above, expect_below) = (to_below.is_some(), to_above.is_some());
         send(&self.to_above, to_above, "above")?;
         send(&self.to_below, to_below, "below")?;
-        Ok((recv(&self.from_above, "above")?, recv(&self.from_below, "below")?))
+        let from_above = if expect_above { recv(&self.from_above, "above")? } else { None };
+        let from_below = if expect_below { recv(&self.from_below, "below")? } else { None };
+        Ok((from_above, from_below))
     }
 
     fn all_gather(&self, xs: &Tensor, dim: usize) -> Result<Tensor> {
