@@ -3,3 +3,4 @@
 //! `models/transformers/transformer_wan.py`.
 
 pub mod vae;
+pub mod transformer;
