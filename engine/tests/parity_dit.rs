@@ -8,7 +8,9 @@ use std::sync::{Barrier, Mutex};
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use tessera_engine::models::wan::transformer::attention::{naive_attention, Attention, AttentionBackend, ChunkedAttention};
+use tessera_engine::models::wan::transformer::attention::{
+    naive_attention, Attention, AttentionBackend, ChunkedAttention,
+};
 use tessera_engine::models::wan::transformer::WanTransformer3DModel;
 use tessera_engine::tensor_io::read_tensor;
 

@@ -247,3 +247,29 @@ impl WanAttention {
         self.to_out.forward(&out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn chunked_equals_naive_on_small_sizes() -> Result<()> {
+        let dev = Device::Cpu;
+        for (lq, lk) in [(1, 1), (1, 9), (9, 1), (17, 23)] {
+            let q = (Tensor::randn(0f32, 1., (1, 2, lq, 8), &dev)? * 4.0)?;
+            let k = Tensor::randn(0f32, 1., (1, 2, lk, 8), &dev)?;
+            let v = Tensor::randn(0f32, 1., (1, 2, lk, 8), &dev)?;
+            let reference = naive_attention(&q, &k, &v)?;
+            for (qb, kb) in [(1, 1), (4, 5), (32, 32)] {
+                let out = ChunkedAttention::new(qb, kb).attend(&q, &k, &v)?;
+                let err = (out - &reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(err < 1e-5, "lq {lq} lk {lk} blocks {qb}x{kb}: max-abs {err}");
+            }
+        }
+        let q = Tensor::zeros((1, 2, 3, 8), DType::F32, &dev)?;
+        let k = Tensor::zeros((1, 2, 4, 6), DType::F32, &dev)?;
+        assert!(ChunkedAttention::default().attend(&q, &k, &k).is_err(), "mismatched head dims are rejected");
+        Ok(())
+    }
+}

@@ -35,7 +35,8 @@ pub fn bench_forward(
     device: &Device,
 ) -> Result<BenchResult> {
     let varmap = VarMap::new();
-    let model = WanTransformer3DModel::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?.with_attention(attention);
+    let model =
+        WanTransformer3DModel::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?.with_attention(attention);
     let (f, h, w) = latent;
     let xs = Tensor::randn(0f32, 1., (1, cfg.in_channels, f, h, w), device)?;
     let text = Tensor::randn(0f32, 1., (1, text_len, cfg.text_dim), device)?;

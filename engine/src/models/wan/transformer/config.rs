@@ -14,7 +14,8 @@ pub const CLASS_NAME: &str = "WanTransformer3DModel";
 /// The diffusers version stamped into written configs (the one that produced the golden cases).
 const DIFFUSERS_VERSION: &str = "0.42.1";
 /// Archs `transformer_config_for_arch` knows, for error messages.
-pub const ARCHS: [&str; 5] = ["wan2.2-ti2v-5b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"];
+pub const ARCHS: [&str; 5] =
+    ["wan2.2-ti2v-5b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"];
 
 /// `config.json` of a diffusers `WanTransformer3DModel`. Unknown keys (`_class_name`,
 /// `_use_default_values`, …) are ignored; missing keys take diffusers' defaults.
@@ -135,7 +136,7 @@ impl Config {
                 self.num_layers
             );
         }
-        if self.attention_head_dim % 2 != 0 {
+        if !self.attention_head_dim.is_multiple_of(2) {
             candle_core::bail!(
                 "transformer config: attention_head_dim {} must be even (RoPE rotates pairs)",
                 self.attention_head_dim
@@ -175,7 +176,9 @@ impl Config {
         if let Some(q) = self.qk_norm.as_deref() {
             if q != "rms_norm_across_heads" {
                 // diffusers ignores the value and always normalises across heads; so do we.
-                tracing::warn!("transformer config: qk_norm {q:?} treated as \"rms_norm_across_heads\" as diffusers does");
+                tracing::warn!(
+                    "transformer config: qk_norm {q:?} treated as \"rms_norm_across_heads\" as diffusers does"
+                );
             }
         }
         Ok(())

@@ -114,7 +114,8 @@ impl WanStem {
             [tb] if tb == b || tb == 1 => (t.reshape((tb, 1))?, TokenRuns::single(len)),
             [tb, tl] if (tb == b || tb == 1) && tl == len => {
                 let (runs, starts) = TokenRuns::from_timesteps(&t.to_vec2::<f32>()?)?;
-                let idx = Tensor::from_vec(starts.iter().map(|&s| s as u32).collect::<Vec<_>>(), starts.len(), t.device())?;
+                let idx =
+                    Tensor::from_vec(starts.iter().map(|&s| s as u32).collect::<Vec<_>>(), starts.len(), t.device())?;
                 (t.index_select(&idx, 1)?, runs)
             }
             _ => candle_core::bail!(
@@ -167,7 +168,8 @@ impl WanTransformer3DModel {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let stem = WanStem::new(cfg, vb.clone())?;
         let vb_blocks = vb.pp("blocks");
-        let blocks = (0..cfg.num_layers).map(|i| WanTransformerBlock::new(cfg, vb_blocks.pp(i))).collect::<Result<_>>()?;
+        let blocks =
+            (0..cfg.num_layers).map(|i| WanTransformerBlock::new(cfg, vb_blocks.pp(i))).collect::<Result<_>>()?;
         Ok(Self::from_parts(cfg.clone(), stem, blocks))
     }
 

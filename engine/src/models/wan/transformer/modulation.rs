@@ -89,7 +89,11 @@ impl TokenRuns {
         let r = self.count();
         for row in rows {
             if row.dims3()? != (b, r, d) {
-                candle_core::bail!("modulation rows {:?} do not match input {:?} with {r} runs", row.shape(), xs.shape());
+                candle_core::bail!(
+                    "modulation rows {:?} do not match input {:?} with {r} runs",
+                    row.shape(),
+                    xs.shape()
+                );
             }
         }
         if r == 1 {
@@ -150,4 +154,57 @@ pub fn scale_shift(runs: &TokenRuns, xs: &Tensor, scale: &Tensor, shift: &Tensor
 /// `x · gate` with per-run rows.
 pub fn gate(runs: &TokenRuns, xs: &Tensor, gate: &Tensor) -> Result<Tensor> {
     runs.broadcast_apply(xs, &[gate], |x, r| x.broadcast_mul(&r[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Per-token materialisation: row of token j's run, for every token.
+    fn expand(rows: &Tensor, runs: &TokenRuns) -> Result<Tensor> {
+        let idx: Vec<u32> = runs.lens.iter().enumerate().flat_map(|(r, &n)| std::iter::repeat_n(r as u32, n)).collect();
+        let n = idx.len();
+        rows.index_select(&Tensor::from_vec(idx, n, rows.device())?, 1)
+    }
+
+    #[test]
+    fn runs_from_timesteps() -> Result<()> {
+        let (runs, starts) = TokenRuns::from_timesteps(&[vec![0., 0., 5., 5., 5., 7.], vec![1., 1., 1., 1., 1., 1.]])?;
+        assert_eq!((runs.lens.clone(), starts), (vec![2, 3, 1], vec![0, 2, 5]));
+        // A column differing in the second batch row splits a run too.
+        let (runs, _) = TokenRuns::from_timesteps(&[vec![3., 3., 3.], vec![1., 2., 2.]])?;
+        assert_eq!(runs.lens, vec![1, 2]);
+        assert!(TokenRuns::from_timesteps(&[vec![1.], vec![1., 2.]]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn slice_keeps_the_rows_it_touches() -> Result<()> {
+        let runs = TokenRuns { lens: vec![4, 4, 4] };
+        let (s, rows) = runs.slice(3, 6)?;
+        assert_eq!((s.lens, rows), (vec![1, 4, 1], 0..3));
+        let (s, rows) = runs.slice(4, 4)?;
+        assert_eq!((s.lens, rows), (vec![4], 1..2));
+        assert!(runs.slice(10, 3).is_err());
+        Ok(())
+    }
+
+    /// Every path (one run, equal runs, ragged runs) equals the materialised per-token math.
+    #[test]
+    fn broadcast_apply_equals_per_token() -> Result<()> {
+        let dev = Device::Cpu;
+        for lens in [vec![12], vec![4, 4, 4], vec![4, 1, 1, 6], vec![1; 12]] {
+            let runs = TokenRuns { lens };
+            let (b, d, r) = (2, 5, runs.count());
+            let xs = Tensor::randn(0f32, 1., (b, 12, d), &dev)?;
+            let scale = Tensor::randn(0f32, 1., (b, r, d), &dev)?;
+            let shift = Tensor::randn(0f32, 1., (b, r, d), &dev)?;
+            let ours = scale_shift(&runs, &xs, &scale, &shift)?;
+            let reference = xs.mul(&(expand(&scale, &runs)? + 1.0)?)?.add(&expand(&shift, &runs)?)?;
+            let diff = (ours - reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "runs {:?}", runs.lens);
+        }
+        Ok(())
+    }
 }

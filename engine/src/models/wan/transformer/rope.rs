@@ -27,7 +27,7 @@ pub struct WanRope {
 
 impl WanRope {
     pub fn new(head_dim: usize, max_seq_len: usize) -> Result<Self> {
-        if head_dim % 2 != 0 || head_dim == 0 {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 {
             candle_core::bail!("rope: head dim {head_dim} must be even and > 0");
         }
         // Tables are built with widths (t, h, w) = (hd − 2·2·(hd//6), 2·(hd//6), 2·(hd//6)) and
@@ -127,7 +127,10 @@ pub struct RopeTables {
 impl RopeTables {
     /// The tables of tokens `start..start+len` (a sequence shard).
     pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
-        Ok(Self { cos: self.cos.narrow(0, start, len)?.contiguous()?, sin: self.sin.narrow(0, start, len)?.contiguous()? })
+        Ok(Self {
+            cos: self.cos.narrow(0, start, len)?.contiguous()?,
+            sin: self.sin.narrow(0, start, len)?.contiguous()?,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -154,5 +157,54 @@ impl RopeTables {
         let dtype = xs.dtype();
         let x32 = xs.to_dtype(DType::F32)?.contiguous()?;
         candle_nn::rotary_emb::rope_i(&x32, &self.cos, &self.sin)?.to_dtype(dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Head dim 128: pairs 0..22 rotate with the frame, 22..43 with the row, 43..64 with the
+    /// column, at `ω = 10000^(−2j/d)` per axis (models.md §2.3).
+    #[test]
+    fn tables_follow_the_44_42_42_split() -> Result<()> {
+        let rope = WanRope::new(128, 1024)?;
+        let (nf, nh, nw) = (3, 4, 5);
+        let t = rope.tables((nf, nh, nw), &Device::Cpu)?;
+        let (cos, sin) = (t.cos.to_vec2::<f32>()?, t.sin.to_vec2::<f32>()?);
+        assert_eq!((cos.len(), cos[0].len()), (60, 64));
+        let (f, h, w) = (2usize, 3usize, 4usize);
+        let tok = f * nh * nw + h * nw + w;
+        for i in 0..64 {
+            let (pos, j, d) = if i < 22 {
+                (f, i, 44)
+            } else if i < 43 {
+                (h, i - 22, 42)
+            } else {
+                (w, i - 43, 42)
+            };
+            let angle = pos as f64 / 10000f64.powf(2.0 * j as f64 / d as f64);
+            assert_eq!(cos[tok][i], angle.cos() as f32, "cos pair {i}");
+            assert_eq!(sin[tok][i], angle.sin() as f32, "sin pair {i}");
+        }
+        assert!(rope.tables((1025, 1, 1), &Device::Cpu).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn apply_rotates_interleaved_pairs() -> Result<()> {
+        let rope = WanRope::new(12, 16)?;
+        let t = rope.tables((2, 2, 2), &Device::Cpu)?;
+        let xs = Tensor::randn(0f32, 1., (1, 3, 8, 12), &Device::Cpu)?;
+        let (x, y) = (xs.get(0)?.get(1)?.to_vec2::<f32>()?, t.apply(&xs)?.get(0)?.get(1)?.to_vec2::<f32>()?);
+        let (cos, sin) = (t.cos.to_vec2::<f32>()?, t.sin.to_vec2::<f32>()?);
+        for tok in 0..8 {
+            for i in 0..6 {
+                let (a, b) = (x[tok][2 * i], x[tok][2 * i + 1]);
+                assert!((y[tok][2 * i] - (a * cos[tok][i] - b * sin[tok][i])).abs() < 1e-6);
+                assert!((y[tok][2 * i + 1] - (a * sin[tok][i] + b * cos[tok][i])).abs() < 1e-6);
+            }
+        }
+        Ok(())
     }
 }
