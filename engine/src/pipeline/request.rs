@@ -36,7 +36,7 @@ pub enum ParamsError {
 impl GenerateParams {
     /// `multiple`: VAE spatial factor × transformer patch (16 for the Wan2.1 VAE, 32 for Wan2.2).
     pub fn validate(&self, multiple: usize) -> Result<(), ParamsError> {
-        if self.frames == 0 || (self.frames - 1) % 4 != 0 {
+        if self.frames == 0 || !(self.frames - 1).is_multiple_of(4) {
             let below = if self.frames == 0 { 1 } else { (self.frames - 1) / 4 * 4 + 1 };
             return Err(ParamsError::Frames { got: self.frames, below, above: below + 4 });
         }
