@@ -30,6 +30,10 @@ enum Command {
     Vae(cmd::vae::VaeCommand),
     /// Write a diffusers folder with a real architecture's config and seeded random weights.
     MakeModel(cmd::make_model::MakeModelArgs),
+    /// Generate a video (text-to-video, or image-to-video with --image).
+    Generate(Box<cmd::generate::GenerateArgs>),
+    /// Encode a prompt to UMT5 embeddings (`prompt_embeds` [1, N, d_model]).
+    EncodePrompt(cmd::encode_prompt::Args),
     /// Benchmarks (time and peak memory tables).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
         Some(Command::Vae(c)) => cmd::vae::run(c),
         Some(Command::MakeModel(a)) => cmd::make_model::run(a),
         Some(Command::Bench(c)) => cmd::bench::run(c),
+        Some(Command::Generate(a)) => cmd::generate::run(*a),
+        Some(Command::EncodePrompt(a)) => cmd::encode_prompt::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,8 +6,10 @@
 //! - [`text`]: prompt cleaning, tokenizer, UMT5 prompt embeddings and their on-disk cache.
 //! - [`pipeline`]: text/image-to-video on one device (denoise loop, CFG, expert switch, decode).
 //! - [`random_weights`]: seeded random checkpoints of the real architectures (`make-model`).
+//! - [`media`]: saving video as MP4 (OpenH264 + muxide), PNG frames or safetensors.
 //! - [`tensor_io`]: reading/writing named tensors for the CLI (atomic writes).
 
+pub mod media;
 pub mod models;
 pub mod pipeline;
 pub mod random_weights;
