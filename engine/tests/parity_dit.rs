@@ -15,6 +15,8 @@ use tessera_engine::models::wan::transformer::WanTransformer3DModel;
 use tessera_engine::tensor_io::read_tensor;
 
 const CASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/dit");
+/// The second golden set (gen.py seed 1): other weights, 2×8×6 latents, 11 text tokens.
+const CASE_SEED1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden-seed1/dit");
 
 /// f32 CPU vs torch f32 CPU: the only differences are summation order in matmuls/reductions and
 /// last-ulp differences of exp/sin/cos, which land around 1e-6..1e-5 relative; 1e-4 is the
@@ -28,17 +30,25 @@ fn errors(out: &Tensor, reference: &Tensor) -> Result<(f64, f64)> {
     Ok((max_abs, norm(&diff)? / norm(&reference.to_dtype(DType::F64)?)?))
 }
 
+fn read_in(case: &str, file: &str, name: &str) -> Result<Tensor> {
+    Ok(read_tensor(&Path::new(case).join(file), name, DType::F32, &Device::Cpu)?)
+}
+
 fn input(name: &str) -> Result<Tensor> {
-    Ok(read_tensor(&Path::new(CASE).join("inputs.safetensors"), name, DType::F32, &Device::Cpu)?)
+    read_in(CASE, "inputs.safetensors", name)
 }
 
 fn output(name: &str) -> Result<Tensor> {
-    Ok(read_tensor(&Path::new(CASE).join("outputs.safetensors"), name, DType::F32, &Device::Cpu)?)
+    read_in(CASE, "outputs.safetensors", name)
+}
+
+fn model_in(case: &str, attention: ChunkedAttention) -> Result<WanTransformer3DModel> {
+    let dir = Path::new(case).join("transformer");
+    Ok(WanTransformer3DModel::load(&dir, DType::F32, &Device::Cpu)?.with_attention(attention))
 }
 
 fn model(attention: ChunkedAttention) -> Result<WanTransformer3DModel> {
-    let dir = Path::new(CASE).join("transformer");
-    Ok(WanTransformer3DModel::load(&dir, DType::F32, &Device::Cpu)?.with_attention(attention))
+    model_in(CASE, attention)
 }
 
 fn check(name: &str, out: &Tensor, reference: &Tensor) -> Result<()> {
@@ -61,6 +71,23 @@ fn dit_matches_diffusers_per_token_timestep() -> Result<()> {
     let m = model(ChunkedAttention::default())?;
     let out = m.forward(&input("latents")?, &input("timestep_per_token")?, &input("context")?)?;
     check("out_per_token", &out, &output("out_per_token")?)
+}
+
+#[test]
+fn dit_matches_diffusers_seed1() -> Result<()> {
+    for attention in [ChunkedAttention::default(), ChunkedAttention::new(3, 4)] {
+        let m = model_in(CASE_SEED1, attention)?;
+        let (latents, context) = (
+            read_in(CASE_SEED1, "inputs.safetensors", "latents")?,
+            read_in(CASE_SEED1, "inputs.safetensors", "context")?,
+        );
+        for (t, reference) in [("timestep", "out"), ("timestep_per_token", "out_per_token")] {
+            let out = m.forward(&latents, &read_in(CASE_SEED1, "inputs.safetensors", t)?, &context)?;
+            let name = format!("seed1 {reference} ({}x{} attention blocks)", attention.q_block, attention.kv_block);
+            check(&name, &out, &read_in(CASE_SEED1, "outputs.safetensors", reference)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Tiny blocks force the multi-block online softmax through the whole model (36 tokens, 16 text

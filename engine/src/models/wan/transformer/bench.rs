@@ -56,3 +56,27 @@ pub fn bench_forward(
     let min_secs = times.iter().copied().fold(f64::INFINITY, f64::min);
     Ok(BenchResult { tokens, secs_per_forward, min_secs })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_runs_on_a_tiny_model() -> Result<()> {
+        let cfg = Config {
+            num_attention_heads: 2,
+            attention_head_dim: 12,
+            in_channels: 4,
+            out_channels: Some(4),
+            text_dim: 8,
+            freq_dim: 16,
+            ffn_dim: 32,
+            num_layers: 1,
+            ..Config::default()
+        };
+        let r = bench_forward(&cfg, (2, 4, 4), 3, 1, ChunkedAttention::default(), DType::F32, &Device::Cpu)?;
+        assert_eq!(r.tokens, 8);
+        assert!(r.secs_per_forward > 0.0 && r.min_secs <= r.secs_per_forward);
+        Ok(())
+    }
+}

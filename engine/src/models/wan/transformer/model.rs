@@ -230,3 +230,112 @@ impl WanTransformer3DModel {
         self.stem.head(&xs, &p.time, p.grid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    fn tiny(image: bool) -> Config {
+        Config {
+            num_attention_heads: 2,
+            attention_head_dim: 12,
+            in_channels: 4,
+            out_channels: Some(3),
+            text_dim: 8,
+            freq_dim: 16,
+            ffn_dim: 32,
+            num_layers: 2,
+            image_dim: image.then_some(6),
+            added_kv_proj_dim: image.then_some(24),
+            ..Config::default()
+        }
+    }
+
+    fn random_model(cfg: &Config) -> Result<WanTransformer3DModel> {
+        let varmap = VarMap::new();
+        let model = WanTransformer3DModel::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+        // VarMap zero-initialises plain `get`s (tables, norms): give every variable values.
+        for var in varmap.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.5, var.shape(), &Device::Cpu)?)?;
+        }
+        Ok(model)
+    }
+
+    #[test]
+    fn wan21_image_branch_runs_and_is_required() -> Result<()> {
+        let dev = Device::Cpu;
+        let model = random_model(&tiny(true))?;
+        let xs = Tensor::randn(0f32, 1., (1, 4, 2, 4, 6), &dev)?;
+        let text = Tensor::randn(0f32, 1., (1, 5, 8), &dev)?;
+        let img = Tensor::randn(0f32, 1., (1, 3, 6), &dev)?;
+        let t = Tensor::new(&[700f32], &dev)?;
+        let out = model.forward_with_image(&xs, &t, &text, Some(&img))?;
+        assert_eq!(out.dims(), &[1, 3, 2, 4, 6]);
+        // The image tokens change the result (the branch is wired in, not ignored).
+        let img2 = (&img * 2.0)?;
+        let out2 = model.forward_with_image(&xs, &t, &text, Some(&img2))?;
+        assert!((out2 - &out)?.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
+        assert!(model.forward(&xs, &t, &text).is_err(), "image embeddings are required");
+        assert!(random_model(&tiny(false))?.forward_with_image(&xs, &t, &text, Some(&img)).is_err());
+        Ok(())
+    }
+
+    /// Per-token timesteps constant per frame (the real TI2V case) through the run-compressed
+    /// conditioning equal diffusers' layout of one conditioning row per token, and all-equal
+    /// per-token timesteps equal the scalar path exactly.
+    #[test]
+    fn per_token_runs_equal_materialised_rows() -> Result<()> {
+        let dev = Device::Cpu;
+        let model = random_model(&tiny(false))?;
+        let xs = Tensor::randn(0f32, 1., (1, 4, 3, 4, 6), &dev)?;
+        let text = Tensor::randn(0f32, 1., (1, 5, 8), &dev)?;
+        let per_token: Vec<f32> = [0f32, 600., 600.].iter().flat_map(|&t| std::iter::repeat_n(t, 6)).collect();
+        let t_tok = Tensor::from_vec(per_token, (1, 18), &dev)?;
+        let p = model.stem().prepare(&xs, &t_tok, &text, None)?;
+        assert_eq!(p.time.runs.lens(), &[6, 12], "frames 1 and 2 share one run");
+        // Materialise one row per token, as diffusers does.
+        let idx: Vec<u32> =
+            p.time.runs.lens().iter().enumerate().flat_map(|(r, &n)| std::iter::repeat_n(r as u32, n)).collect();
+        let idx = Tensor::from_vec(idx, 18, &dev)?;
+        let dense = TimeConditioning {
+            temb: p.time.temb.index_select(&idx, 1)?,
+            proj: p.time.proj.index_select(&idx, 1)?,
+            runs: TokenRuns::per_token(18),
+        };
+        let backend = ChunkedAttention::default();
+        let attention = Attention { self_attn: &backend, cross_attn: &backend };
+        let run = |time: &TimeConditioning| -> Result<Tensor> {
+            let mut h = p.tokens.clone();
+            for block in model.blocks() {
+                h = block.forward(&h, &p.context, time, &p.rope, attention)?;
+            }
+            model.stem().head(&h, time, p.grid)
+        };
+        let max_diff =
+            |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
+        assert_eq!(max_diff(&run(&p.time)?, &run(&dense)?)?, 0.0);
+        assert_eq!(max_diff(&run(&p.time)?, &model.forward(&xs, &t_tok, &text)?)?, 0.0);
+        let same = model.forward(&xs, &Tensor::full(600f32, (1, 18), &dev)?, &text)?;
+        let scalar = model.forward(&xs, &Tensor::new(&[600f32], &dev)?, &text)?;
+        assert_eq!(max_diff(&same, &scalar)?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected_with_shapes() -> Result<()> {
+        let dev = Device::Cpu;
+        let model = random_model(&tiny(false))?;
+        let text = Tensor::zeros((1, 5, 8), DType::F32, &dev)?;
+        let t = Tensor::new(&[1f32], &dev)?;
+        let odd = Tensor::zeros((1, 4, 2, 5, 6), DType::F32, &dev)?;
+        let err = model.forward(&odd, &t, &text).unwrap_err().to_string();
+        assert!(err.contains("multiples of the patch"), "{err}");
+        let xs = Tensor::zeros((1, 4, 2, 4, 6), DType::F32, &dev)?;
+        let err = model.forward(&xs, &Tensor::zeros((1, 7), DType::F32, &dev)?, &text).unwrap_err().to_string();
+        assert!(err.contains("L = 12 patch tokens"), "{err}");
+        let err = model.forward(&xs, &t, &Tensor::zeros((1, 5, 9), DType::F32, &dev)?).unwrap_err().to_string();
+        assert!(err.contains("encoder_hidden_states"), "{err}");
+        Ok(())
+    }
+}

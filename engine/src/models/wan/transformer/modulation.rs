@@ -20,6 +20,16 @@ impl TokenRuns {
         Self { lens: vec![len] }
     }
 
+    /// One run per token: diffusers' materialised `(B, L, …)` layout (a reference for tests).
+    pub fn per_token(len: usize) -> Self {
+        Self { lens: vec![1; len] }
+    }
+
+    /// The length of each run, in token order.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
     /// Splits per-token timesteps (one `Vec` per batch row, all of equal length) into maximal runs
     /// of equal columns. Returns the runs and the index of each run's first token.
     pub fn from_timesteps(rows: &[Vec<f32>]) -> Result<(Self, Vec<usize>)> {
