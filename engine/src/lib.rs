@@ -7,9 +7,9 @@
 //! - [`runtime`]: one `tessera-worker` process per device: supervisor, control protocol, telemetry.
 //! - [`alloc`]: counting global allocator used by the worker for heap telemetry.
 
-pub mod models;
-pub mod tensor_io;
-pub mod weights;
 pub mod alloc;
+pub mod models;
 pub mod parallel;
 pub mod runtime;
+pub mod tensor_io;
+pub mod weights;

@@ -49,7 +49,10 @@ fn run_world(world: usize) {
         checks += 1;
     }
     sup.shutdown();
-    println!("world {world}: {checks} collective checks bit-identical to the reference in {:.2} s", start.elapsed().as_secs_f64());
+    println!(
+        "world {world}: {checks} collective checks bit-identical to the reference in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

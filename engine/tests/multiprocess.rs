@@ -72,7 +72,9 @@ fn telemetry_events_and_json_report() {
         let peak = events
             .iter()
             .filter_map(|e| match e {
-                JobEvent::Memory { rank: r, peak_bytes, rss_bytes, .. } if *r == rank => Some((*peak_bytes, *rss_bytes)),
+                JobEvent::Memory { rank: r, peak_bytes, rss_bytes, .. } if *r == rank => {
+                    Some((*peak_bytes, *rss_bytes))
+                }
                 _ => None,
             })
             .max();
@@ -254,10 +256,7 @@ fn handshake_timeout_names_the_missing_rank() {
 
 #[test]
 fn missing_worker_executable_is_a_clear_error() {
-    let spec = tessera_engine::runtime::WorldSpec {
-        worker_exe: Some("/nonexistent/tessera-worker".into()),
-        ..spec(2)
-    };
+    let spec = tessera_engine::runtime::WorldSpec { worker_exe: Some("/nonexistent/tessera-worker".into()), ..spec(2) };
     let err = Supervisor::spawn(spec).unwrap_err().to_string();
     assert!(err.starts_with("worker executable not found"), "{err}");
     assert!(err.contains("/nonexistent/tessera-worker"), "{err}");

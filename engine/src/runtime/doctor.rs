@@ -106,14 +106,16 @@ pub fn nvml_report() -> NvmlReport {
     use nvml_wrapper::enum_wrappers::device::{P2pCapabilitiesIndex, P2pStatus};
     let nvml = match nvml_wrapper::Nvml::init() {
         Ok(nvml) => nvml,
-        Err(e) => return NvmlReport { error: Some(format!("NVML unavailable (no NVIDIA driver?): {e}")), ..Default::default() },
+        Err(e) => {
+            return NvmlReport {
+                error: Some(format!("NVML unavailable (no NVIDIA driver?): {e}")),
+                ..Default::default()
+            }
+        }
     };
     let mut report = NvmlReport {
         driver_version: nvml.sys_driver_version().ok(),
-        cuda_driver_version: nvml
-            .sys_cuda_driver_version()
-            .ok()
-            .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10)),
+        cuda_driver_version: nvml.sys_cuda_driver_version().ok().map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10)),
         ..Default::default()
     };
     let count = match nvml.device_count() {
@@ -232,7 +234,8 @@ impl DoctorReport {
                 s += &format!("Worker {exe}: CPU build (no CUDA); runs CPU ranks only\n");
             }
             (Some(p), _) => {
-                s += &format!("Worker {exe}: CUDA build, NCCL {}\n", p.nccl_version.as_deref().unwrap_or("unavailable"));
+                s +=
+                    &format!("Worker {exe}: CUDA build, NCCL {}\n", p.nccl_version.as_deref().unwrap_or("unavailable"));
                 if let Some(e) = &p.cuda_error {
                     s += &format!("  CUDA error: {e}\n");
                 }

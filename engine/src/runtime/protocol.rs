@@ -62,23 +62,52 @@ impl DeviceInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// Sent once every rank said `Hello`: form the data plane (NCCL id from rank 0 when on CUDA).
-    Init { protocol_version: u32, world_size: usize, nccl_id: Option<Vec<u8>> },
-    Run { job_id: JobId, job: Job },
-    Cancel { job_id: JobId },
+    Init {
+        protocol_version: u32,
+        world_size: usize,
+        nccl_id: Option<Vec<u8>>,
+    },
+    Run {
+        job_id: JobId,
+        job: Job,
+    },
+    Cancel {
+        job_id: JobId,
+    },
     Shutdown,
 }
 
 /// Worker → supervisor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
-    Hello { rank: Rank, protocol_version: u32, pid: u32, device: DeviceInfo, nccl_id: Option<Vec<u8>> },
+    Hello {
+        rank: Rank,
+        protocol_version: u32,
+        pid: u32,
+        device: DeviceInfo,
+        nccl_id: Option<Vec<u8>>,
+    },
     /// The data plane is up; the worker is idle.
-    Ready { rank: Rank },
-    Event { job_id: JobId, event: WorkerEvent },
-    Done { job_id: JobId, output: JobOutput, summary: RankSummary },
+    Ready {
+        rank: Rank,
+    },
+    Event {
+        job_id: JobId,
+        event: WorkerEvent,
+    },
+    Done {
+        job_id: JobId,
+        output: JobOutput,
+        summary: RankSummary,
+    },
     /// The job (or, with `job_id: None`, the worker setup) failed; the message is for humans.
-    Failed { job_id: Option<JobId>, message: String },
-    Cancelled { job_id: JobId },
+    Failed {
+        job_id: Option<JobId>,
+        message: String,
+    },
+    Cancelled {
+        job_id: JobId,
+    },
 }
 
 /// Streamed while a job runs.
@@ -200,7 +229,10 @@ pub struct BenchRow {
 pub enum JobOutput {
     #[default]
     None,
-    Pong { rank: Rank, pid: u32 },
+    Pong {
+        rank: Rank,
+        pid: u32,
+    },
     /// `None` when this rank was not in the checked sub-group.
     Tensor(Option<WireTensor>),
     Bench(Vec<BenchRow>),
@@ -273,7 +305,10 @@ mod tests {
                     seed: 9,
                 }),
             },
-            ToWorker::Run { job_id: JobId(8), job: Job::Diagnostic(Diagnostic::Fail { rank: Rank(1), message: "x".into() }) },
+            ToWorker::Run {
+                job_id: JobId(8),
+                job: Job::Diagnostic(Diagnostic::Fail { rank: Rank(1), message: "x".into() }),
+            },
             ToWorker::Cancel { job_id: JobId(7) },
             ToWorker::Shutdown,
         ];

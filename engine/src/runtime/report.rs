@@ -11,8 +11,15 @@ use crate::parallel::Rank;
 /// Plain-data events of one job, in arrival order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JobEvent {
-    Started { world_size: usize },
-    Progress { rank: Rank, step: u64, total: u64, message: String },
+    Started {
+        world_size: usize,
+    },
+    Progress {
+        rank: Rank,
+        step: u64,
+        total: u64,
+        message: String,
+    },
     /// `used_bytes`/`peak_bytes`: heap (counting allocator) on CPU, device memory on CUDA.
     Memory {
         rank: Rank,
@@ -22,11 +29,26 @@ pub enum JobEvent {
         rss_bytes: u64,
         device_total_bytes: Option<u64>,
     },
-    PhaseSpan { rank: Rank, name: String, start_secs: f64, seconds: f64, peak_bytes: u64 },
-    Log { rank: Rank, level: LogLevel, message: String },
-    Finished { wall_seconds: f64 },
+    PhaseSpan {
+        rank: Rank,
+        name: String,
+        start_secs: f64,
+        seconds: f64,
+        peak_bytes: u64,
+    },
+    Log {
+        rank: Rank,
+        level: LogLevel,
+        message: String,
+    },
+    Finished {
+        wall_seconds: f64,
+    },
     /// `rank` is `None` when the failure is not one rank's (e.g. a cancel timeout).
-    Failed { rank: Option<Rank>, message: String },
+    Failed {
+        rank: Option<Rank>,
+        message: String,
+    },
     Cancelled,
 }
 

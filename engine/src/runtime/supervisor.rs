@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 
 use super::launch::{resolve_worker_exe, CommBackend, WorkerArgs};
 use super::protocol::{
-    read_msg, write_msg, DeviceInfo, DeviceKind, FromWorker, Job, JobId, JobOutput, RankSummary, ToWorker,
-    WorkerEvent, PROTOCOL_VERSION,
+    read_msg, write_msg, DeviceInfo, DeviceKind, FromWorker, Job, JobId, JobOutput, RankSummary, ToWorker, WorkerEvent,
+    PROTOCOL_VERSION,
 };
 use super::report::{JobEvent, PhaseReport, RankReport, RunReport};
 use super::RuntimeError;
@@ -255,7 +255,8 @@ impl Supervisor {
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 // Own process group: signals go to the worker and anything it starts.
                 .process_group(0);
-            let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn { rank: Rank(rank), exe: exe.clone(), source })?;
+            let mut child =
+                cmd.spawn().map_err(|source| RuntimeError::Spawn { rank: Rank(rank), exe: exe.clone(), source })?;
             let pid = child.id();
             let mut threads = Vec::new();
             if let Some(stderr) = child.stderr.take() {
@@ -336,7 +337,9 @@ impl Supervisor {
             stream.set_read_timeout(Some(remaining)).map_err(|e| format!("control socket: {e}"))?;
             match read_msg::<FromWorker>(stream) {
                 Ok(FromWorker::Ready { .. }) => ready[rank] = true,
-                Ok(FromWorker::Failed { message, .. }) => return Err(format!("rank {rank} failed to start: {message}")),
+                Ok(FromWorker::Failed { message, .. }) => {
+                    return Err(format!("rank {rank} failed to start: {message}"))
+                }
                 Ok(other) => return Err(format!("rank {rank}: expected ready, got {other:?}")),
                 Err(e) => {
                     self.check_startup_exits()?;

@@ -40,7 +40,11 @@ impl Sampler {
     /// Resident set size of this process (0 if unavailable).
     pub fn rss_bytes(&mut self) -> u64 {
         let (Some(sys), Some(pid)) = (self.sys.as_mut(), self.pid) else { return 0 };
-        sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, ProcessRefreshKind::nothing().with_memory());
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing().with_memory(),
+        );
         sys.process(pid).map(|p| p.memory()).unwrap_or(0)
     }
 

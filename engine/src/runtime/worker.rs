@@ -80,9 +80,8 @@ fn open_device(kind: DeviceKind, ordinal: usize) -> Result<(Device, DeviceInfo),
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
-            let device = Device::new_cuda(ordinal).map_err(|e| {
-                format!("cannot open cuda:{ordinal} ({e}); check CUDA_VISIBLE_DEVICES and the driver")
-            })?;
+            let device = Device::new_cuda(ordinal)
+                .map_err(|e| format!("cannot open cuda:{ordinal} ({e}); check CUDA_VISIBLE_DEVICES and the driver"))?;
             let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(|e| format!("cuda:{ordinal}: {e}"))?;
             let name = ctx.name().unwrap_or_else(|_| format!("cuda:{ordinal}"));
             let total = ctx.mem_get_info().map(|(_, t)| t as u64).unwrap_or(0);
@@ -162,7 +161,9 @@ fn form_comm(
         use crate::parallel::comm::nccl::{id_from_bytes, NcclComm};
         let id = match own_id {
             Some(id) => id,
-            None => id_from_bytes(nccl_id.as_deref().ok_or("the supervisor sent no NCCL id")?).map_err(|e| e.to_string())?,
+            None => {
+                id_from_bytes(nccl_id.as_deref().ok_or("the supervisor sent no NCCL id")?).map_err(|e| e.to_string())?
+            }
         };
         let comm = NcclComm::new(device, args.rank, args.world_size, id, mesh).map_err(|e| e.to_string())?;
         return Ok(Arc::new(comm));
@@ -191,10 +192,13 @@ fn run(args: &WorkerArgs) -> Result<(), String> {
         nccl_id,
     };
     write_msg(&mut control, &hello).map_err(|e| format!("sending hello: {e}"))?;
-    control
-        .set_read_timeout(Some(Duration::from_millis(args.handshake_timeout_ms)))
-        .map_err(|e| e.to_string())?;
+    control.set_read_timeout(Some(Duration::from_millis(args.handshake_timeout_ms))).map_err(|e| e.to_string())?;
     let init = read_msg::<ToWorker>(&mut control).map_err(|e| format!("waiting for init: {e}"))?;
+    if init == ToWorker::Shutdown {
+        // The handshake failed elsewhere (e.g. another rank never arrived).
+        tracing::info!("shut down during the handshake");
+        return Ok(());
+    }
     let ToWorker::Init { protocol_version, world_size, nccl_id } = init else {
         return Err(format!("expected init, got {init:?}"));
     };
@@ -219,6 +223,7 @@ fn run(args: &WorkerArgs) -> Result<(), String> {
 struct RunningJob {
     job_id: JobId,
     cancel: Arc<AtomicBool>,
+    replied: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -244,25 +249,31 @@ fn serve(
         };
         match msg {
             ToWorker::Run { job_id, job } => {
-                if running.as_ref().is_some_and(|r| !r.thread.is_finished()) {
+                // `replied` is set just before the terminal reply, so the next `Run` may arrive while
+                // the previous thread is still returning: join it then instead of refusing.
+                if running.as_ref().is_some_and(|r| !r.replied.load(std::sync::atomic::Ordering::SeqCst)) {
                     writer.send(&FromWorker::Failed {
                         job_id: Some(job_id),
                         message: "busy: a job is still running on this rank".into(),
                     });
                     continue;
                 }
+                if let Some(previous) = running.take() {
+                    let _ = previous.thread.join();
+                }
                 let cancel = Arc::new(AtomicBool::new(false));
+                let replied = Arc::new(AtomicBool::new(false));
                 let ctx = JobCtx::new(topology, device.clone(), comm.clone(), cancel.clone(), telemetry.clone(), {
                     let writer = writer.clone();
                     let emit: EmitFn = Arc::new(move |event| writer.send(&FromWorker::Event { job_id, event }));
                     emit
                 });
-                let (writer, telemetry) = (writer.clone(), telemetry.clone());
+                let (writer, telemetry, done) = (writer.clone(), telemetry.clone(), replied.clone());
                 let thread = std::thread::Builder::new()
                     .name(format!("job-{}", job_id.0))
-                    .spawn(move || run_job_thread(ctx, job_id, job, &writer, &telemetry))
+                    .spawn(move || run_job_thread(ctx, job_id, job, &writer, &telemetry, &done))
                     .map_err(|e| format!("job thread: {e}"))?;
-                running = Some(RunningJob { job_id, cancel, thread });
+                running = Some(RunningJob { job_id, cancel, replied, thread });
             }
             ToWorker::Cancel { job_id } => {
                 if let Some(r) = running.as_ref().filter(|r| r.job_id == job_id) {
@@ -278,7 +289,14 @@ fn serve(
     }
 }
 
-fn run_job_thread(ctx: JobCtx, job_id: JobId, job: super::protocol::Job, writer: &ControlWriter, telemetry: &Telemetry) {
+fn run_job_thread(
+    ctx: JobCtx,
+    job_id: JobId,
+    job: super::protocol::Job,
+    writer: &ControlWriter,
+    telemetry: &Telemetry,
+    replied: &AtomicBool,
+) {
     telemetry.start_job(job_id);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| jobs::run(&ctx, &job)));
     let summary = telemetry.finish_job();
@@ -295,6 +313,8 @@ fn run_job_thread(ctx: JobCtx, job_id: JobId, job: super::protocol::Job, writer:
             FromWorker::Failed { job_id: Some(job_id), message: format!("panicked: {what}") }
         }
     };
+    drop(ctx);
+    replied.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.send(&reply);
 }
 

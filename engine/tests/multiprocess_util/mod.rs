@@ -59,7 +59,10 @@ pub fn assert_no_orphans(pids: &[u32], within: Duration) {
         if live.is_empty() && members.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "still running after {within:?}: workers {live:?}, group members {members:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still running after {within:?}: workers {live:?}, group members {members:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -19,9 +19,16 @@ use crate::parallel::Rank;
 pub enum CollectiveOp {
     /// Ring: rank `r` sends to `r + 1` and receives from `r - 1`.
     SendRecv,
-    AllGather { dim: usize },
-    Broadcast { root: usize },
-    AllToAll { split_dim: usize, concat_dim: usize },
+    AllGather {
+        dim: usize,
+    },
+    Broadcast {
+        root: usize,
+    },
+    AllToAll {
+        split_dim: usize,
+        concat_dim: usize,
+    },
     AllReduce(ReduceOp),
     Barrier,
 }

@@ -94,21 +94,15 @@ impl MeshComm {
         let peer = self.members[member];
         let frame = self.transport.recv(peer).map_err(|e| self.fail(e))?;
         let h = &frame.header;
-        let matches = h.op == op
-            && h.group == self.group
-            && expected.is_none_or(|e| e.dtype == h.dtype && e.shape == h.shape);
+        let matches =
+            h.op == op && h.group == self.group && expected.is_none_or(|e| e.dtype == h.dtype && e.shape == h.shape);
         if !matches {
             let describe = |op: OpCode, group: u64, dtype: Option<WireDType>, shape: Option<&[usize]>| {
                 format!("{op:?} in group {group:016x} with {dtype:?} {shape:?}")
             };
             let err = CommError::Mismatch {
                 peer,
-                expected: describe(
-                    op,
-                    self.group,
-                    expected.map(|e| e.dtype),
-                    expected.map(|e| e.shape.as_slice()),
-                ),
+                expected: describe(op, self.group, expected.map(|e| e.dtype), expected.map(|e| e.shape.as_slice())),
                 received: describe(h.op, h.group, Some(h.dtype), Some(&h.shape)),
             };
             return Err(self.fail(err));

@@ -15,7 +15,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor,
+};
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclReduceOp};
 
@@ -114,7 +116,13 @@ fn nccl_err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
 
 impl NcclComm {
     /// `ncclCommInitRank` on `device`'s stream. Blocks until every rank has called it.
-    pub fn new(device: &Device, rank: usize, world_size: usize, id: Id, host: MeshComm) -> std::result::Result<Self, CommError> {
+    pub fn new(
+        device: &Device,
+        rank: usize,
+        world_size: usize,
+        id: Id,
+        host: MeshComm,
+    ) -> std::result::Result<Self, CommError> {
         let Device::Cuda(cuda) = device else {
             return Err(CommError::Setup("the NCCL backend needs a CUDA device".into()));
         };
@@ -162,8 +170,9 @@ impl NcclOp<'_> {
         s: &CudaStorage,
         l: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (start, end) =
-            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("NCCL op on a non-contiguous tensor".into()))?;
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("NCCL op on a non-contiguous tensor".into()))?;
         let src = s.as_cuda_slice::<T>()?.slice(start..end);
         let n = end - start;
         let dev = s.device.clone();
@@ -227,8 +236,9 @@ impl CustomOp1 for NcclOp<'_> {
 /// `ncclSend` of a contiguous CUDA tensor (inside a group).
 fn send_raw(comm: &Comm, xs: &Tensor, peer: usize) -> Result<()> {
     fn go<T: NcclType + CudaDType>(comm: &Comm, s: &CudaStorage, l: &Layout, peer: usize) -> Result<()> {
-        let (start, end) =
-            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("NCCL send of a non-contiguous tensor".into()))?;
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("NCCL send of a non-contiguous tensor".into()))?;
         let src = s.as_cuda_slice::<T>()?.slice(start..end);
         comm.send(&src, peer as i32).map_err(|e| nccl_err("send", e))
     }

@@ -151,7 +151,11 @@ impl SocketListener {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
-                        return Err(CommError::SetupTimeout { rank: self.rank, missing: missing(streams), after: timeout });
+                        return Err(CommError::SetupTimeout {
+                            rank: self.rank,
+                            missing: missing(streams),
+                            after: timeout,
+                        });
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -208,7 +212,9 @@ fn write_frame(stream: &mut UnixStream, frame: &Frame) -> std::io::Result<()> {
 fn read_frame(reader: &mut impl Read, peer: usize, io_timeout: Duration) -> Result<Frame, CommError> {
     let map = |e: std::io::Error| match e.kind() {
         ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => CommError::PeerClosed { peer },
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => CommError::Timeout { peer, what: "data frame", after: io_timeout },
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            CommError::Timeout { peer, what: "data frame", after: io_timeout }
+        }
         _ => CommError::Io { peer, source: e },
     };
     let mut len = [0u8; 4];
@@ -347,7 +353,11 @@ mod tests {
                         let comm = comm.unwrap();
                         let xs = Tensor::full(comm.rank().0 as f32 + 1.0, n, &Device::Cpu).unwrap();
                         let ys = comm.all_gather(&xs, 0).unwrap();
-                        ys.narrow(0, 0, 1).unwrap().to_vec1::<f32>().unwrap().into_iter()
+                        ys.narrow(0, 0, 1)
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap()
+                            .into_iter()
                             .chain(ys.narrow(0, 2 * n, 1).unwrap().to_vec1::<f32>().unwrap())
                             .collect()
                     })

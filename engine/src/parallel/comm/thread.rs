@@ -80,7 +80,9 @@ impl ThreadComm {
         to.into_iter()
             .zip(from)
             .enumerate()
-            .map(|(rank, (to, from))| MeshComm::world(Arc::new(ThreadTransport { rank, world_size, to, from, timeout })))
+            .map(|(rank, (to, from))| {
+                MeshComm::world(Arc::new(ThreadTransport { rank, world_size, to, from, timeout }))
+            })
             .collect()
     }
 

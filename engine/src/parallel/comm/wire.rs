@@ -19,8 +19,15 @@ pub enum WireDType {
 }
 
 impl WireDType {
-    pub const ALL: [WireDType; 7] =
-        [WireDType::F32, WireDType::F16, WireDType::BF16, WireDType::F64, WireDType::U8, WireDType::U32, WireDType::I64];
+    pub const ALL: [WireDType; 7] = [
+        WireDType::F32,
+        WireDType::F16,
+        WireDType::BF16,
+        WireDType::F64,
+        WireDType::U8,
+        WireDType::U32,
+        WireDType::I64,
+    ];
 
     pub fn from_dtype(dtype: DType) -> candle_core::Result<Self> {
         Ok(match dtype {
@@ -132,7 +139,12 @@ pub fn tensor_to_bytes(xs: &Tensor) -> candle_core::Result<Vec<u8>> {
 }
 
 /// Rebuilds a tensor from bytes made by [`tensor_to_bytes`].
-pub fn tensor_from_bytes(bytes: &[u8], dtype: WireDType, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+pub fn tensor_from_bytes(
+    bytes: &[u8],
+    dtype: WireDType,
+    shape: &[usize],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
     if bytes.len() != expected {
         candle_core::bail!("payload of {} bytes does not match {dtype:?} {shape:?} ({expected} bytes)", bytes.len());

@@ -38,11 +38,8 @@ pub fn bench(ctx: &JobCtx, spec: &BenchSpec) -> Result<JobOutput, JobError> {
     let comm = ctx.comm().as_ref();
     let n = comm.world_size();
     let esz = spec.dtype.size_in_bytes();
-    let total: u64 = spec
-        .ops
-        .iter()
-        .map(|op| if *op == CollectiveOp::Barrier { 1 } else { spec.sizes_bytes.len() as u64 })
-        .sum();
+    let total: u64 =
+        spec.ops.iter().map(|op| if *op == CollectiveOp::Barrier { 1 } else { spec.sizes_bytes.len() as u64 }).sum();
     let mut rows = Vec::new();
     let mut step = 0;
     for &op in &spec.ops {
@@ -56,7 +53,11 @@ pub fn bench(ctx: &JobCtx, spec: &BenchSpec) -> Result<JobOutput, JobError> {
             other => other,
         };
         let _phase = ctx.phase(&op.label());
-        let sizes: &[u64] = if op == CollectiveOp::Barrier { &spec.sizes_bytes[..1.min(spec.sizes_bytes.len())] } else { &spec.sizes_bytes };
+        let sizes: &[u64] = if op == CollectiveOp::Barrier {
+            &spec.sizes_bytes[..1.min(spec.sizes_bytes.len())]
+        } else {
+            &spec.sizes_bytes
+        };
         for &bytes in sizes {
             ctx.check_cancelled()?;
             // Whole elements, and a multiple of the world size for all_to_all.

@@ -151,14 +151,18 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::parallel::comm::check::CollectiveOp;
+    use crate::parallel::comm::wire::WireDType;
     use crate::parallel::comm::ThreadComm;
     use crate::runtime::protocol::{BenchSpec, DeviceKind, Diagnostic};
     use crate::runtime::telemetry::Sampler;
-    use crate::parallel::comm::check::CollectiveOp;
-    use crate::parallel::comm::wire::WireDType;
 
     /// Runs `job` on an in-process world of `n` threads; returns outputs and each rank's events.
-    fn run_threads(n: usize, job: &Job, cancel_rank: Option<usize>) -> Vec<(Result<JobOutput, String>, Vec<WorkerEvent>)> {
+    fn run_threads(
+        n: usize,
+        job: &Job,
+        cancel_rank: Option<usize>,
+    ) -> Vec<(Result<JobOutput, String>, Vec<WorkerEvent>)> {
         let comms = ThreadComm::world(n, std::time::Duration::from_secs(10));
         std::thread::scope(|s| {
             let handles: Vec<_> = comms
@@ -199,7 +203,10 @@ mod tests {
     #[test]
     fn bench_reports_a_row_per_op_and_size_on_rank_zero() {
         let spec = BenchSpec {
-            ops: vec![CollectiveOp::AllReduce(crate::parallel::comm::ReduceOp::Sum), CollectiveOp::AllGather { dim: 0 }],
+            ops: vec![
+                CollectiveOp::AllReduce(crate::parallel::comm::ReduceOp::Sum),
+                CollectiveOp::AllGather { dim: 0 },
+            ],
             sizes_bytes: vec![64, 4096],
             dtype: WireDType::F32,
             iters: 2,
