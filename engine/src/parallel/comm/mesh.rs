@@ -217,9 +217,9 @@ impl Collective for MeshComm {
             self.send_to(peer, header.clone(), Payload::whole(Arc::new(tensor_to_bytes(&chunks[peer])?)))?;
         }
         let mut parts = Vec::with_capacity(n);
-        for member in 0..n {
+        for (member, own) in chunks.iter().enumerate() {
             if member == self.me {
-                parts.push(chunks[member].clone());
+                parts.push(own.clone());
             } else {
                 let frame = self.recv_from(member, OpCode::AllToAll, Some(&header))?;
                 parts.push(tensor_from_bytes(frame.payload.as_slice(), header.dtype, &header.shape, xs.device())?);
