@@ -1,0 +1,5 @@
+//! CLI subcommands.
+
+pub mod bench;
+pub mod make_model;
+pub mod vae;

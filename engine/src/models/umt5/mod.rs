@@ -1,0 +1,22 @@
+//! UMT5-XXL, the text encoder of every Wan2.x model (transformers `UMT5EncoderModel`,
+//! models.md §5): a T5 v1.1 encoder whose **every** layer carries its own relative-position bias
+//! (candle's `t5.rs` shares block 0's bias across layers, which is wrong for UMT5).
+//!
+//! - [`config`]: the `text_encoder/config.json` keys (transformers `UMT5Config`).
+//! - [`attention`]: relative-position buckets and the unscaled self-attention.
+//! - [`block`]: one encoder layer (RMSNorm → attention, RMSNorm → gated-GELU FFN).
+//! - [`encoder`]: token embedding, the block stack and the final norm.
+//!
+//! Each layer is built from its own `VarBuilder` prefix (`encoder.block.{i}`) and
+//! [`UMT5EncoderModel::forward_blocks`] runs any contiguous slice of layers, so a caller can hold
+//! only some layers' weights at a time (per-layer loading for FSDP-style sharding or offload).
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod encoder;
+
+pub use attention::{AttentionInputs, UMT5Attention};
+pub use block::UMT5Block;
+pub use config::Config;
+pub use encoder::UMT5EncoderModel;
