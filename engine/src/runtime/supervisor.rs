@@ -287,6 +287,10 @@ impl Supervisor {
         let mut nccl_id = None;
         // Phase 1: Hello from everyone.
         while self.workers.iter().any(|w| w.control.is_none()) {
+            // Deadline first: a rank that gave up waiting for a missing peer is not the culprit.
+            if Instant::now() >= deadline {
+                return Err(self.missing("did not connect", |w| w.control.is_none()));
+            }
             self.check_startup_exits()?;
             match listener.accept() {
                 Ok((mut stream, _)) => {
@@ -315,12 +319,7 @@ impl Supervisor {
                     w.device = Some(device);
                     w.control = Some(stream);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        return Err(self.missing("did not connect", |w| w.control.is_none()));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
                 Err(e) => return Err(format!("accepting workers: {e}")),
             }
         }

@@ -192,7 +192,10 @@ fn run(args: &WorkerArgs) -> Result<(), String> {
         nccl_id,
     };
     write_msg(&mut control, &hello).map_err(|e| format!("sending hello: {e}"))?;
-    control.set_read_timeout(Some(Duration::from_millis(args.handshake_timeout_ms))).map_err(|e| e.to_string())?;
+    // The supervisor enforces the handshake deadline (and names the missing rank); wait longer than
+    // it, so that a slow peer is reported as missing rather than this rank as failed.
+    let init_wait = Duration::from_millis(args.handshake_timeout_ms.saturating_mul(2)) + Duration::from_secs(5);
+    control.set_read_timeout(Some(init_wait)).map_err(|e| e.to_string())?;
     let init = read_msg::<ToWorker>(&mut control).map_err(|e| format!("waiting for init: {e}"))?;
     if init == ToWorker::Shutdown {
         // The handshake failed elsewhere (e.g. another rank never arrived).
