@@ -8,11 +8,17 @@
 //! - [`random_weights`]: seeded random checkpoints of the real architectures (`make-model`).
 //! - [`media`]: saving video as MP4 (OpenH264 + muxide), PNG frames or safetensors.
 //! - [`tensor_io`]: reading/writing named tensors for the CLI (atomic writes).
+//! - [`parallel`]: ranks and the `Collective` data plane (LocalSocket, threads, NCCL).
+//! - [`runtime`]: one `tessera-worker` process per device: supervisor, control protocol, telemetry.
+//! - [`alloc`]: counting global allocator used by the worker for heap telemetry.
 
+pub mod alloc;
 pub mod media;
 pub mod models;
+pub mod parallel;
 pub mod pipeline;
 pub mod random_weights;
+pub mod runtime;
 pub mod scheduler;
 pub mod tensor_io;
 pub mod text;

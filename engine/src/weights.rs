@@ -87,11 +87,13 @@ impl Checkpoint {
     }
 
     /// A memory-mapped `VarBuilder` that converts every tensor to `dtype` on `device` when asked.
+    ///
+    /// Each tensor is copied out of the mapping and its pages are then released from this process
+    /// (`MADV_DONTNEED` on a read-only file map), so loading peaks at the converted weights plus one
+    /// tensor — never at the whole file mapped *and* copied.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, WeightsError> {
-        // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody truncating
-        // them while the process runs (they were validated just above).
-        unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }
-            .map_err(|e| WeightsError::Corrupt { path: self.dir.clone(), msg: e.to_string() })
+        let backend = MmapBackend::open(&self.files)?;
+        Ok(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
     }
 
     /// Total bytes of the weight files (as stored).
@@ -122,6 +124,101 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>, WeightsError> {
         }
     }
     Ok(files)
+}
+
+/// Where one tensor lives: file index, stored dtype, shape and absolute byte range.
+#[derive(Debug, Clone)]
+struct TensorLoc {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// Memory-mapped safetensors files serving tensors by name (see [`Checkpoint::var_builder`]).
+struct MmapBackend {
+    maps: Vec<(PathBuf, memmap2::Mmap)>,
+    index: std::collections::HashMap<String, TensorLoc>,
+}
+
+fn candle_dtype(d: safetensors::Dtype) -> Option<DType> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        S::F32 => DType::F32,
+        S::F16 => DType::F16,
+        S::BF16 => DType::BF16,
+        S::F64 => DType::F64,
+        S::U8 => DType::U8,
+        S::U32 => DType::U32,
+        S::I64 => DType::I64,
+        _ => return None,
+    })
+}
+
+impl MmapBackend {
+    fn open(files: &[PathBuf]) -> Result<Self, WeightsError> {
+        let mut maps = Vec::with_capacity(files.len());
+        let mut index = std::collections::HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let corrupt = |msg: String| WeightsError::Corrupt { path: path.clone(), msg };
+            let file = std::fs::File::open(path).map_err(|source| WeightsError::Io { path: path.clone(), source })?;
+            // SAFETY: mapped read-only; like every mmap user we rely on the file not being truncated
+            // while the process runs (its length was validated against its header when found).
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|source| WeightsError::Io { path: path.clone(), source })?;
+            let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| corrupt(e.to_string()))?;
+            for (name, info) in meta.tensors() {
+                let dtype = candle_dtype(info.dtype)
+                    .ok_or_else(|| corrupt(format!("tensor {name} has unsupported dtype {:?}", info.dtype)))?;
+                let (a, b) = info.data_offsets;
+                index.insert(
+                    name,
+                    TensorLoc { file: i, dtype, shape: info.shape.clone(), start: 8 + header + a, end: 8 + header + b },
+                );
+            }
+            maps.push((path.clone(), map));
+        }
+        Ok(Self { maps, index })
+    }
+
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let Some(loc) = self.index.get(name) else { candle_core::bail!("cannot find tensor {name} in the checkpoint") };
+        let (path, map) = &self.maps[loc.file];
+        let bytes = map.get(loc.start..loc.end).ok_or_else(|| {
+            candle_core::Error::msg(format!("tensor {name} lies beyond the end of {}", path.display()))
+        })?;
+        let tensor = Tensor::from_raw_buffer(bytes, loc.dtype, &loc.shape, &Device::Cpu)?;
+        // SAFETY: `bytes` is no longer used; dropping the pages of a read-only private file mapping
+        // only makes later reads fault them in again from the file.
+        unsafe {
+            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, loc.start, loc.end - loc.start);
+        }
+        tensor.to_dtype(dtype)?.to_device(dev)
+    }
+}
+
+impl SimpleBackend for MmapBackend {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let tensor = self.load(name, dtype, dev)?;
+        if tensor.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: tensor.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
 }
 
 /// Checks the safetensors header and that the file is as long as the header says, so a truncated

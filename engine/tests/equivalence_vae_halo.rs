@@ -1,6 +1,6 @@
 //! Halo mode (row slabs with neighbour exchange at every conv) equals the untiled decode, on ranks
-//! that are threads of this process (`LocalRowExchange`); the multi-process runtime runs the same
-//! model code over its collectives.
+//! that are threads of this process (`ThreadComm` under `CommRowExchange`); worker processes run
+//! the same code over the socket collectives.
 //!
 //! Tolerance: the slabs run the very same taps in the same order as the untiled decode; only the
 //! attention's key blocks can be split differently, so the results agree to f32 rounding (1e-6).
@@ -11,17 +11,19 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, golden};
-use tessera_engine::models::wan::vae::split::{LocalRowExchange, RowExchange};
+use tessera_engine::models::wan::vae::split::{CommRowExchange, RowExchange};
 use tessera_engine::models::wan::vae::{self, AutoencoderKLWan, VaeParts};
+use tessera_engine::parallel::comm::ThreadComm;
 use tessera_engine::tensor_io;
 
 fn halo_decode(model: &Arc<AutoencoderKLWan>, z: &Tensor, world: usize) -> Tensor {
-    let handles: Vec<_> = LocalRowExchange::world(world)
+    let latent_h = z.dim(3).unwrap();
+    let handles: Vec<_> = ThreadComm::world(world, std::time::Duration::from_secs(60))
         .into_iter()
-        .map(|ex| {
+        .map(|comm| {
             let (model, z) = (model.clone(), z.clone());
             std::thread::spawn(move || {
-                let ex: Arc<dyn RowExchange> = Arc::new(ex);
+                let ex: Arc<dyn RowExchange> = Arc::new(CommRowExchange::new(Arc::new(comm), latent_h));
                 model.decode_halo(&z, ex, &mut |_| {}).unwrap()
             })
         })
@@ -61,18 +63,20 @@ fn halo_needs_a_row_per_rank() {
     let dev = Device::Cpu;
     let model = Arc::new(vae::load(&golden("vae22"), VaeParts::Decoder, DType::F32, &dev).unwrap());
     let z = Tensor::zeros((1, 8, 1, 2, 3), DType::F32, &dev).unwrap();
-    let ex: Arc<dyn RowExchange> = Arc::new(LocalRowExchange::world(3).remove(0));
+    let comm = ThreadComm::world(3, std::time::Duration::from_secs(5)).remove(0);
+    let ex: Arc<dyn RowExchange> = Arc::new(CommRowExchange::new(Arc::new(comm), 2));
     let err = model.decode_halo(&z, ex, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("use at most 2 ranks"), "{err}");
 }
 
 fn halo_encode(model: &Arc<AutoencoderKLWan>, video: &Tensor, world: usize) -> Vec<Tensor> {
-    let handles: Vec<_> = LocalRowExchange::world(world)
+    let latent_h = video.dim(3).unwrap() / (model.config().patch() * model.config().network_spatial_factor());
+    let handles: Vec<_> = ThreadComm::world(world, std::time::Duration::from_secs(60))
         .into_iter()
-        .map(|ex| {
+        .map(|comm| {
             let (model, video) = (model.clone(), video.clone());
             std::thread::spawn(move || {
-                let ex: Arc<dyn RowExchange> = Arc::new(ex);
+                let ex: Arc<dyn RowExchange> = Arc::new(CommRowExchange::new(Arc::new(comm), latent_h));
                 model.encode_halo(&video, ex, &mut |_| {}).unwrap().mean
             })
         })

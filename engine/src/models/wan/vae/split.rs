@@ -2,14 +2,16 @@
 //! feature map; every spatial conv first fetches the rows it needs from the neighbouring slabs (zeros
 //! at the frame's top and bottom), so the result equals the untiled decode — no seams.
 //!
-//! The model code only sees [`RowExchange`]; the runtime implements it over its collectives, and
-//! [`LocalRowExchange`] implements it between threads of one process (tests, single-process runs).
+//! The model code only sees [`RowExchange`]; [`CommRowExchange`] implements it over any of the
+//! runtime's collectives (socket or NCCL workers, or threads of one process in tests).
 
 use std::ops::Range;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
+
+use crate::parallel::comm::Collective;
+use crate::parallel::Rank;
 
 /// Neighbour exchange between the ranks that each hold a slab of rows (dim 2 of `[T, C, H, W]`).
 pub trait RowExchange: Send + Sync + std::fmt::Debug {
@@ -75,116 +77,90 @@ pub fn with_halo(ex: &dyn RowExchange, xs: &Tensor, above: usize, below: usize) 
     Tensor::cat(&parts, 2)
 }
 
-/// One directed channel between neighbours, halves taken by the two endpoints.
-type Link = (Option<Sender<Tensor>>, Option<Receiver<Tensor>>);
-
+/// [`RowExchange`] over the runtime's collectives (worker processes on sockets or NCCL, or
+/// in-process ranks on `ThreadComm`). Slabs may differ by a row; gathers pad to the tallest slab and
+/// cut the padding out again.
 #[derive(Debug)]
-struct Shared {
-    barrier: Barrier,
-    gather: Mutex<Vec<Option<Tensor>>>,
+pub struct CommRowExchange {
+    comm: Arc<dyn Collective>,
+    latent_rows: Vec<Range<usize>>,
 }
 
-/// In-process ranks (one thread each) exchanging rows over channels.
-#[derive(Debug)]
-pub struct LocalRowExchange {
-    rank: usize,
-    world: usize,
-    to_above: Option<Sender<Tensor>>,
-    to_below: Option<Sender<Tensor>>,
-    from_above: Option<Mutex<Receiver<Tensor>>>,
-    from_below: Option<Mutex<Receiver<Tensor>>>,
-    shared: Arc<Shared>,
-}
+impl CommRowExchange {
+    /// `latent_h`: the latent height that [`split_rows`] divides over the group.
+    pub fn new(comm: Arc<dyn Collective>, latent_h: usize) -> Self {
+        let latent_rows = split_rows(latent_h, comm.world_size());
+        Self { comm, latent_rows }
+    }
 
-impl LocalRowExchange {
-    /// One endpoint per rank, to be moved into that rank's thread.
-    pub fn world(world: usize) -> Vec<LocalRowExchange> {
-        let shared = Arc::new(Shared { barrier: Barrier::new(world), gather: Mutex::new(vec![None; world]) });
-        // down[r]: rank r → rank r+1 ; up[r]: rank r+1 → rank r.
-        let mut down: Vec<Link> = Vec::new();
-        let mut up: Vec<Link> = Vec::new();
-        for _ in 0..world.saturating_sub(1) {
-            let (s, r) = channel();
-            down.push((Some(s), Some(r)));
-            let (s, r) = channel();
-            up.push((Some(s), Some(r)));
+    /// Rows of `rank`'s slab in a feature map of this rank's `my_rows` rows.
+    fn rows_of(&self, rank: usize, my_rows: usize) -> Result<usize> {
+        let mine = self.latent_rows[self.comm.rank().0].len();
+        if mine == 0 || my_rows % mine != 0 {
+            candle_core::bail!("slab of {my_rows} rows is not a multiple of this rank's {mine} latent rows");
         }
-        (0..world)
-            .map(|rank| LocalRowExchange {
-                rank,
-                world,
-                to_below: if rank + 1 < world { down[rank].0.take() } else { None },
-                from_above: if rank > 0 { down[rank - 1].1.take().map(Mutex::new) } else { None },
-                to_above: if rank > 0 { up[rank - 1].0.take() } else { None },
-                from_below: if rank + 1 < world { up[rank].1.take().map(Mutex::new) } else { None },
-                shared: shared.clone(),
-            })
-            .collect()
+        Ok(self.latent_rows[rank].len() * (my_rows / mine))
     }
 }
 
-impl LocalRowExchange {
-    /// Deposits `xs`, waits for everyone, and returns all parts if `take` (barriers keep rounds apart).
-    fn gather_parts(&self, xs: &Tensor, take: bool) -> Result<Vec<Tensor>> {
-        let lock = || self.shared.gather.lock().map_err(|_| candle_core::Error::msg("row gather lock poisoned"));
-        lock()?[self.rank] = Some(xs.clone());
-        self.shared.barrier.wait();
-        let parts: Vec<Tensor> = if take { lock()?.iter().flatten().cloned().collect() } else { vec![] };
-        self.shared.barrier.wait();
-        if self.rank == 0 {
-            lock()?.iter_mut().for_each(|p| *p = None);
-        }
-        self.shared.barrier.wait();
-        Ok(parts)
-    }
-}
-
-fn recv(rx: &Option<Mutex<Receiver<Tensor>>>, what: &str) -> Result<Option<Tensor>> {
-    match rx {
-        None => Ok(None),
-        Some(rx) => {
-            let rx = rx.lock().map_err(|_| candle_core::Error::msg("row exchange lock poisoned"))?;
-            rx.recv().map(Some).map_err(|_| candle_core::Error::msg(format!("the rank {what} stopped")))
-        }
-    }
-}
-
-impl RowExchange for LocalRowExchange {
+impl RowExchange for CommRowExchange {
     fn rank(&self) -> usize {
-        self.rank
+        self.comm.rank().0
     }
 
     fn world_size(&self) -> usize {
-        self.world
+        self.comm.world_size()
     }
 
     fn exchange(&self, to_above: Option<Tensor>, to_below: Option<Tensor>) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let send = |tx: &Option<Sender<Tensor>>, t: Option<Tensor>, what: &str| -> Result<()> {
-            if let (Some(tx), Some(t)) = (tx, t) {
-                tx.send(t).map_err(|_| candle_core::Error::msg(format!("the rank {what} stopped")))?;
-            }
-            Ok(())
+        let (rank, world) = (self.rank(), self.world_size());
+        // A neighbour sends back what it was asked for in the same pattern: as many rows as I send
+        // the other way, with my shape otherwise.
+        let shape_from_above = to_below.as_ref().map(|t| t.dims().to_vec());
+        let shape_from_below = to_above.as_ref().map(|t| t.dims().to_vec());
+        let dtype = to_above.as_ref().or(to_below.as_ref()).map(|t| t.dtype());
+        if let (Some(t), true) = (&to_above, rank > 0) {
+            self.comm.send(t, Rank(rank - 1))?;
+        }
+        if let (Some(t), true) = (&to_below, rank + 1 < world) {
+            self.comm.send(t, Rank(rank + 1))?;
+        }
+        let (Some(dtype), true) = (dtype, world > 1) else { return Ok((None, None)) };
+        let from_above = match (shape_from_above, rank > 0) {
+            (Some(shape), true) => Some(self.comm.recv(Rank(rank - 1), &shape, dtype)?),
+            _ => None,
         };
-        let (expect_above, expect_below) = (to_below.is_some(), to_above.is_some());
-        send(&self.to_above, to_above, "above")?;
-        send(&self.to_below, to_below, "below")?;
-        let from_above = if expect_above { recv(&self.from_above, "above")? } else { None };
-        let from_below = if expect_below { recv(&self.from_below, "below")? } else { None };
+        let from_below = match (shape_from_below, rank + 1 < world) {
+            (Some(shape), true) => Some(self.comm.recv(Rank(rank + 1), &shape, dtype)?),
+            _ => None,
+        };
         Ok((from_above, from_below))
     }
 
     fn all_gather(&self, xs: &Tensor, dim: usize) -> Result<Tensor> {
-        let parts = self.gather_parts(xs, true)?;
+        let my_rows = xs.dim(dim)?;
+        let rows: Vec<usize> = (0..self.world_size()).map(|r| self.rows_of(r, my_rows)).collect::<Result<_>>()?;
+        let tallest = rows.iter().copied().max().unwrap_or(my_rows);
+        let padded = if my_rows < tallest { xs.pad_with_zeros(dim, 0, tallest - my_rows)? } else { xs.clone() };
+        let all = self.comm.all_gather(&padded.contiguous()?, dim)?;
+        let parts: Vec<Tensor> =
+            rows.iter().enumerate().map(|(r, &n)| all.narrow(dim, r * tallest, n)).collect::<Result<_>>()?;
         Tensor::cat(&parts, dim)
     }
 
     fn gather_to_root(&self, xs: &Tensor, dim: usize) -> Result<Option<Tensor>> {
-        let parts = self.gather_parts(xs, self.rank == 0)?;
-        if self.rank == 0 {
-            Ok(Some(Tensor::cat(&parts, dim)?))
-        } else {
-            Ok(None)
+        let my_rows = xs.dim(dim)?;
+        if self.rank() != 0 {
+            self.comm.send(&xs.contiguous()?, Rank(0))?;
+            return Ok(None);
         }
+        let mut parts = vec![xs.clone()];
+        for r in 1..self.world_size() {
+            let mut shape = xs.dims().to_vec();
+            shape[dim] = self.rows_of(r, my_rows)?;
+            parts.push(self.comm.recv(Rank(r), &shape, xs.dtype())?);
+        }
+        Ok(Some(Tensor::cat(&parts, dim)?))
     }
 }
 

@@ -1,0 +1,340 @@
+//! The control plane: typed messages between the supervisor and each worker, as length-prefixed
+//! postcard frames (`[u32 LE length][postcard bytes]`) over a Unix socket.
+//!
+//! [`Job`] is the extension point for new work: add a variant here, and an arm in
+//! `runtime::jobs::run` that calls the model code.
+
+use std::io::{ErrorKind, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::parallel::comm::check::{CheckSpec, CollectiveOp};
+use crate::parallel::comm::wire::WireDType;
+use crate::parallel::Rank;
+
+/// Bumped on every incompatible change of the messages below; checked in the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// The device a worker drives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub kind: DeviceKind,
+    pub ordinal: usize,
+    /// e.g. "cpu" or "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    pub mem_total_bytes: u64,
+}
+
+impl DeviceInfo {
+    /// `cpu` or `cuda:N`, as written in reports.
+    pub fn label(&self) -> String {
+        match self.kind {
+            DeviceKind::Cpu => "cpu".into(),
+            DeviceKind::Cuda => format!("cuda:{}", self.ordinal),
+        }
+    }
+}
+
+/// Supervisor → worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Sent once every rank said `Hello`: form the data plane (NCCL id from rank 0 when on CUDA).
+    Init {
+        protocol_version: u32,
+        world_size: usize,
+        nccl_id: Option<Vec<u8>>,
+    },
+    Run {
+        job_id: JobId,
+        job: Job,
+    },
+    Cancel {
+        job_id: JobId,
+    },
+    Shutdown,
+}
+
+/// Worker → supervisor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    Hello {
+        rank: Rank,
+        protocol_version: u32,
+        pid: u32,
+        device: DeviceInfo,
+        nccl_id: Option<Vec<u8>>,
+    },
+    /// The data plane is up; the worker is idle.
+    Ready {
+        rank: Rank,
+    },
+    Event {
+        job_id: JobId,
+        event: WorkerEvent,
+    },
+    Done {
+        job_id: JobId,
+        output: JobOutput,
+        summary: RankSummary,
+    },
+    /// The job (or, with `job_id: None`, the worker setup) failed; the message is for humans.
+    Failed {
+        job_id: Option<JobId>,
+        message: String,
+    },
+    Cancelled {
+        job_id: JobId,
+    },
+}
+
+/// Streamed while a job runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WorkerEvent {
+    Progress { step: u64, total: u64, message: String },
+    Memory(MemorySample),
+    PhaseSpan(PhaseSpan),
+    Log { level: LogLevel, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+/// One telemetry sample (~10 Hz while a job runs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// Seconds since the job started on this rank.
+    pub elapsed_secs: f64,
+    /// Heap bytes live now / at most so far in this job (counting allocator; 0 if not installed).
+    pub heap_live_bytes: u64,
+    pub heap_peak_bytes: u64,
+    /// Resident set size of the worker process.
+    pub rss_bytes: u64,
+    /// CUDA workers: device memory in use / total (whole device, `cuMemGetInfo`).
+    pub device_used_bytes: Option<u64>,
+    pub device_total_bytes: Option<u64>,
+}
+
+/// A named, timed part of a job (e.g. "load", "decode").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSpan {
+    pub name: String,
+    /// Seconds from the job start to the phase start, on this rank.
+    pub start_secs: f64,
+    pub seconds: f64,
+    /// Peak of the rank's tracked memory during the phase (heap on CPU, device on CUDA).
+    pub peak_bytes: u64,
+}
+
+/// Per-rank totals sent with `Done`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankSummary {
+    pub seconds: f64,
+    /// Heap peak on CPU; device-used peak on CUDA.
+    pub peak_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// Bytes of weights the job loaded (0 for jobs without a model).
+    pub weights_bytes: u64,
+}
+
+/// Work for every rank of the world. All ranks run the same job (replication); jobs that shard use
+/// the world's `Collective`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Job {
+    /// Answers `Pong` from every rank; checks the control plane.
+    Ping,
+    /// Runs one collective on deterministic inputs and returns each rank's output (tests, doctor).
+    CommCheck(CheckSpec),
+    /// Times collectives at several payload sizes (`tessera bench comm`); rank 0 returns the table.
+    CommBench(BenchSpec),
+    /// Fault injection and waiting, to test supervision. Never used by real pipelines.
+    Diagnostic(Diagnostic),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchSpec {
+    pub ops: Vec<CollectiveOp>,
+    /// Payload per rank, in bytes (rounded down to whole elements of `dtype`).
+    pub sizes_bytes: Vec<u64>,
+    pub dtype: WireDType,
+    pub iters: u32,
+    pub warmup: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Diagnostic {
+    /// Sleeps, checking for cancellation (collectively) every 20 ms.
+    Sleep { ms: u64 },
+    /// `rank` (or every rank when `None`) exits the process with `code` mid-job.
+    Exit { rank: Option<Rank>, code: i32 },
+    /// `rank` aborts (SIGABRT) mid-job.
+    Abort { rank: Rank },
+    /// `rank` panics inside the job; the worker must report it as `Failed`.
+    Panic { rank: Rank },
+    /// `rank` returns an error from the job.
+    Fail { rank: Rank, message: String },
+}
+
+/// A tensor in a control message (only small ones: check results).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireTensor {
+    pub dtype: WireDType,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// One row of `tessera bench comm`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchRow {
+    pub op: String,
+    /// Payload per rank.
+    pub bytes: u64,
+    pub iters: u32,
+    /// Mean and best time per op, the slowest rank's view.
+    pub mean_secs: f64,
+    pub min_secs: f64,
+    /// Payload bytes / time.
+    pub algbw_gbps: f64,
+    /// Bus bandwidth, NCCL-tests convention (corrects algbw for the op's traffic pattern).
+    pub busbw_gbps: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum JobOutput {
+    #[default]
+    None,
+    Pong {
+        rank: Rank,
+        pid: u32,
+    },
+    /// `None` when this rank was not in the checked sub-group.
+    Tensor(Option<WireTensor>),
+    Bench(Vec<BenchRow>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection closed")]
+    Closed,
+    #[error("timed out waiting for a message")]
+    Timeout,
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("undecodable message: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("I/O error: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => Self::Closed,
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => Self::Timeout,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+/// Writes one frame. Serialises fully before writing, so a frame is never half-written by us.
+pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
+    let body = postcard::to_stdvec(msg)?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame.
+pub fn read_msg<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, ProtocolError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(postcard::from_bytes(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parallel::comm::ReduceOp;
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = vec![
+            ToWorker::Init { protocol_version: PROTOCOL_VERSION, world_size: 3, nccl_id: Some(vec![1, 2, 3]) },
+            ToWorker::Run {
+                job_id: JobId(7),
+                job: Job::CommCheck(CheckSpec {
+                    op: CollectiveOp::AllReduce(ReduceOp::Max),
+                    dtype: WireDType::BF16,
+                    shape: vec![2, 3],
+                    group: Some(vec![0, 2]),
+                    seed: 9,
+                }),
+            },
+            ToWorker::Run {
+                job_id: JobId(8),
+                job: Job::Diagnostic(Diagnostic::Fail { rank: Rank(1), message: "x".into() }),
+            },
+            ToWorker::Cancel { job_id: JobId(7) },
+            ToWorker::Shutdown,
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            write_msg(&mut buf, m).unwrap();
+        }
+        let mut r = buf.as_slice();
+        for m in &msgs {
+            assert_eq!(&read_msg::<ToWorker>(&mut r).unwrap(), m);
+        }
+        assert!(matches!(read_msg::<ToWorker>(&mut r), Err(ProtocolError::Closed)));
+
+        let reply = FromWorker::Done {
+            job_id: JobId(7),
+            output: JobOutput::Tensor(Some(WireTensor { dtype: WireDType::U8, shape: vec![2], bytes: vec![4, 5] })),
+            summary: RankSummary { seconds: 0.5, peak_bytes: 10, peak_rss_bytes: 20, weights_bytes: 0 },
+        };
+        let mut buf = Vec::new();
+        write_msg(&mut buf, &reply).unwrap();
+        assert_eq!(read_msg::<FromWorker>(&mut buf.as_slice()).unwrap(), reply);
+    }
+
+    #[test]
+    fn oversized_length_is_rejected() {
+        let buf = (u32::MAX).to_le_bytes();
+        assert!(matches!(read_msg::<ToWorker>(&mut buf.as_slice()), Err(ProtocolError::TooLarge(_))));
+    }
+}
