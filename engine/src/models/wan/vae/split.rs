@@ -96,7 +96,7 @@ impl CommRowExchange {
     /// Rows of `rank`'s slab in a feature map of this rank's `my_rows` rows.
     fn rows_of(&self, rank: usize, my_rows: usize) -> Result<usize> {
         let mine = self.latent_rows[self.comm.rank().0].len();
-        if mine == 0 || my_rows % mine != 0 {
+        if mine == 0 || !my_rows.is_multiple_of(mine) {
             candle_core::bail!("slab of {my_rows} rows is not a multiple of this rank's {mine} latent rows");
         }
         Ok(self.latent_rows[rank].len() * (my_rows / mine))
