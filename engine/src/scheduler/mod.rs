@@ -1,8 +1,8 @@
 //! Flow-matching samplers for the denoising loop, configured from a diffusers
 //! `scheduler/scheduler_config.json` (candle C6: the sampling math lives apart from the network).
 //!
-//! - [`flow_unipc`]: `UniPCMultistepScheduler` in flow mode (`use_flow_sigmas`), Wan's default.
-//! - [`flow_match_euler`]: `FlowMatchEulerDiscreteScheduler`.
+//! - [`flow_unipc`] — `UniPCMultistepScheduler` in flow mode (`use_flow_sigmas`), Wan's default.
+//! - [`flow_match_euler`] — `FlowMatchEulerDiscreteScheduler`.
 //!
 //! Both reproduce diffusers' numerics: the sigma tables are built in float64 like numpy and stored
 //! as float32, and every per-step coefficient is a float32 scalar, as the torch code computes it.
