@@ -1,1 +1,76 @@
-fn main() {}
+//! `tessera`: the Tessera command line (and, later, the studio when run without arguments).
+//!
+//! - `cmd/`: one module per subcommand; each parses its own clap `Args` and returns `anyhow::Result`.
+//! - `report.rs`: turning errors into one actionable line.
+//! - `progress.rs`: terminal progress bars.
+//!
+//! This binary never links CUDA: GPU work runs in `tessera-worker` processes.
+
+#![deny(unsafe_code)]
+
+mod cmd;
+mod progress;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about = "Wan video diffusion across all the GPUs of one workstation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Decode latents to video or encode video to latents with a Wan VAE.
+    #[command(subcommand)]
+    Vae(cmd::vae::VaeCommand),
+    /// Write a diffusers folder with a real architecture's config and seeded random weights.
+    MakeModel(cmd::make_model::MakeModelArgs),
+    /// Generate a video (text-to-video, or image-to-video with --image).
+    Generate(Box<cmd::generate::GenerateArgs>),
+    /// Encode a prompt to UMT5 embeddings (`prompt_embeds` [1, N, d_model]).
+    EncodePrompt(cmd::encode_prompt::Args),
+    /// Benchmarks (time and peak memory tables).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            Ok(())
+        }
+        Some(Command::Vae(c)) => cmd::vae::run(c),
+        Some(Command::MakeModel(a)) => cmd::make_model::run(a),
+        Some(Command::Bench(c)) => cmd::bench::run(c),
+        Some(Command::Generate(a)) => cmd::generate::run(*a),
+        Some(Command::EncodePrompt(a)) => cmd::encode_prompt::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
+}

@@ -1,12 +1,18 @@
 //! Tessera engine: Wan model code, checkpoint loading and the multi-device runtime.
 //!
 //! - [`weights`]: diffusers folder discovery, mmap'd safetensors → `VarBuilder`, manifest checks.
-//! - [`models`]: the networks (Wan VAE, …), candle-transformers style.
+//! - [`models`]: the networks (Wan VAE, Wan transformer, UMT5), candle-transformers style.
 //! - [`scheduler`]: UniPC (flow) and FlowMatchEuler samplers from `scheduler_config.json`.
 //! - [`text`]: prompt cleaning, tokenizer, UMT5 prompt embeddings and their on-disk cache.
+//! - [`pipeline`]: text/image-to-video on one device (denoise loop, CFG, expert switch, decode).
+//! - [`random_weights`]: seeded random checkpoints of the real architectures (`make-model`).
+//! - [`media`]: saving video as MP4 (OpenH264 + muxide), PNG frames or safetensors.
 //! - [`tensor_io`]: reading/writing named tensors for the CLI (atomic writes).
 
+pub mod media;
 pub mod models;
+pub mod pipeline;
+pub mod random_weights;
 pub mod scheduler;
 pub mod tensor_io;
 pub mod text;

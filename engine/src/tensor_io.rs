@@ -59,10 +59,7 @@ pub fn write_atomic(path: &Path, tensors: &[(&str, Tensor)]) -> Result<(), Tenso
 
 /// Runs `write` on a temporary path next to `path`, then renames it over `path`. On any error the
 /// temporary file is removed and `path` is untouched.
-pub fn write_file_atomic(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<(), TensorIoError> {
+pub fn write_file_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), TensorIoError> {
     let err = |msg: String| TensorIoError::Write { path: path.to_path_buf(), msg };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

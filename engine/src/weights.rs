@@ -101,7 +101,8 @@ impl Checkpoint {
 }
 
 fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>, WeightsError> {
-    let text = std::fs::read_to_string(index).map_err(|source| WeightsError::Io { path: index.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(index).map_err(|source| WeightsError::Io { path: index.to_path_buf(), source })?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| WeightsError::BadIndex { path: index.to_path_buf(), msg: e.to_string() })?;
     let map = value
@@ -182,14 +183,7 @@ impl RecordingBackend {
 }
 
 impl SimpleBackend for RecordingBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         if let Ok(mut m) = self.requested.lock() {
             m.insert(name.to_string(), s.dims().to_vec());
         }

@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cache = if args.bypass_cache {
         None
     } else {
-        args.cache_dir.clone().map(|d| PromptCache::new(d)).or_else(|| PromptCache::default_dir().map(PromptCache::new))
+        args.cache_dir.clone().map(PromptCache::new).or_else(|| PromptCache::default_dir().map(PromptCache::new))
     };
     let start = std::time::Instant::now();
     let embeds = text::embed_prompts(&args.model, &[args.prompt.as_str()], &opts, cache.as_ref())

@@ -2,4 +2,5 @@
 //! Upstream: huggingface/diffusers@58eb52c0 `models/autoencoders/autoencoder_kl_wan.py`,
 //! `models/transformers/transformer_wan.py`.
 
+pub mod transformer;
 pub mod vae;

@@ -1,0 +1,156 @@
+//! Saving generated video: H.264 MP4 (OpenH264, bundled and compiled from source, muxed by
+//! `muxide`; no system libraries), PNG frame folders, or the raw safetensors tensor. Every file is
+//! written to a temporary name and renamed, so a failed save never leaves a partial file.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+
+use crate::tensor_io::{write_file_atomic, TensorIoError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("video tensor must be (F, 3, H, W) or (1, F, 3, H, W) in [0, 1], got {0:?}")]
+    Shape(Vec<usize>),
+    #[error("H.264 needs an even width and height, got {0}x{1}")]
+    OddSize(usize, usize),
+    #[error("encoding MP4 {path}: {msg}")]
+    Encode { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Io(#[from] TensorIoError),
+}
+
+/// Frames as RGB8 images: `(F, 3, H, W)` (or with a leading batch of 1) in [0, 1].
+pub struct Frames {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<Vec<u8>>,
+}
+
+impl Frames {
+    pub fn from_tensor(video: &Tensor) -> Result<Self, MediaError> {
+        let shape = video.dims().to_vec();
+        let video = match shape[..] {
+            [1, _, 3, _, _] => video.squeeze(0),
+            [_, 3, _, _] => Ok(video.clone()),
+            _ => return Err(MediaError::Shape(shape)),
+        }
+        .map_err(|_| MediaError::Shape(shape.clone()))?;
+        let (f, _c, h, w) = video.dims4().map_err(|_| MediaError::Shape(shape.clone()))?;
+        // (f, 3, h, w) -> (f, h, w, 3), rounded like torchvision/diffusers' `(x * 255).round()`.
+        let data = video
+            .to_dtype(DType::F32)
+            .and_then(|v| v.permute((0, 2, 3, 1))?.contiguous()?.flatten_all()?.to_vec1::<f32>())
+            .map_err(|_| MediaError::Shape(shape.clone()))?;
+        let frame = h * w * 3;
+        let rgb = (0..f)
+            .map(|i| {
+                data[i * frame..(i + 1) * frame].iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+            })
+            .collect();
+        Ok(Self { width: w, height: h, rgb })
+    }
+}
+
+/// Writes an H.264 MP4 at `fps`.
+pub fn write_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<(), MediaError> {
+    use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, FrameType};
+    use openh264::formats::{RgbSliceU8, YUVBuffer};
+    use openh264::OpenH264API;
+
+    let (w, h) = (frames.width, frames.height);
+    if w % 2 != 0 || h % 2 != 0 {
+        return Err(MediaError::OddSize(w, h));
+    }
+    let err = |msg: String| MediaError::Encode { path: path.to_path_buf(), msg };
+    // About 0.2 bits per pixel per frame: visually clean for generated video at modest size.
+    let bps = ((w * h) as f64 * fps * 0.2).clamp(500_000.0, 50_000_000.0) as u32;
+    let config = EncoderConfig::new().bitrate(BitRate::from_bps(bps)).max_frame_rate(FrameRate::from_hz(fps as f32));
+    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| err(e.to_string()))?;
+    let mut nals = Vec::with_capacity(frames.rgb.len());
+    for rgb in &frames.rgb {
+        let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(rgb, (w, h)));
+        let bits = encoder.encode(&yuv).map_err(|e| err(e.to_string()))?;
+        let key = matches!(bits.frame_type(), FrameType::IDR | FrameType::I);
+        nals.push((bits.to_vec(), key));
+    }
+    Ok(write_file_atomic(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|e| e.to_string())?;
+        let mut muxer = muxide::api::MuxerBuilder::new(std::io::BufWriter::new(file))
+            .video(muxide::api::VideoCodec::H264, w as u32, h as u32, fps)
+            .with_fast_start(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        for (i, (nal, key)) in nals.iter().enumerate() {
+            muxer.write_video(i as f64 / fps, nal, *key).map_err(|e| e.to_string())?;
+        }
+        muxer.finish().map_err(|e| e.to_string())
+    })?)
+}
+
+/// Writes `frame_00000.png`, … into `dir` (created). Each file is written atomically.
+pub fn write_png_frames(dir: &Path, frames: &Frames) -> Result<(), MediaError> {
+    std::fs::create_dir_all(dir).map_err(|e| TensorIoError::Write { path: dir.to_path_buf(), msg: e.to_string() })?;
+    for (i, rgb) in frames.rgb.iter().enumerate() {
+        let path = dir.join(format!("frame_{i:05}.png"));
+        write_file_atomic(&path, |tmp| {
+            image::save_buffer_with_format(
+                tmp,
+                rgb,
+                frames.width as u32,
+                frames.height as u32,
+                image::ColorType::Rgb8,
+                image::ImageFormat::Png,
+            )
+            .map_err(|e| e.to_string())
+        })?;
+    }
+    Ok(())
+}
+
+/// Where `--out` sends the video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputKind {
+    Safetensors,
+    Mp4,
+    PngFrames,
+}
+
+impl OutputKind {
+    /// `x.safetensors`, `x.mp4`, or a folder (existing, or a path ending in `/`).
+    pub fn of(path: &Path) -> Result<Self, String> {
+        let text = path.to_string_lossy();
+        if text.ends_with('/') || path.is_dir() {
+            return Ok(Self::PngFrames);
+        }
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("safetensors") => Ok(Self::Safetensors),
+            Some("mp4") => Ok(Self::Mp4),
+            _ => Err(format!(
+                "--out {text}: use a .safetensors file (the video tensor), a .mp4 file, or a folder ending in / (PNG frames)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn mp4_and_png_are_written() {
+        let dir = std::env::temp_dir().join(format!("tessera-media-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let video = Tensor::rand(0f32, 1.0, (5, 3, 32, 48), &Device::Cpu).unwrap();
+        let frames = Frames::from_tensor(&video).unwrap();
+        write_mp4(&dir.join("v.mp4"), &frames, 16.0).unwrap();
+        let bytes = std::fs::read(dir.join("v.mp4")).unwrap();
+        assert!(bytes.len() > 100 && bytes.windows(4).any(|w| w == b"ftyp"));
+        write_png_frames(&dir.join("frames"), &frames).unwrap();
+        assert_eq!(std::fs::read_dir(dir.join("frames")).unwrap().count(), 5);
+        assert_eq!(OutputKind::of(Path::new("a/b.MP4")).unwrap(), OutputKind::Mp4);
+        assert!(OutputKind::of(Path::new("a/b.gif")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

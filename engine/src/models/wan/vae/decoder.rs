@@ -1,0 +1,125 @@
+//! `WanDecoder3d`: conv_in → mid block → up stages → norm/SiLU → conv_out, one latent frame per
+//! call. Wan2.1 up blocks halve their input width after the first stage; Wan2.2 residual up blocks
+//! keep it and add a `DupUp3D` shortcut.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::blocks::{DupUp3D, MidBlock, Resample, ResampleMode, ResidualBlock};
+use super::cache::FeatCache;
+use super::config::Config;
+use super::layers::{CausalConv3d, RmsNorm};
+
+/// One up stage: `WanUpBlock` (Wan2.1, `upsamplers.0`) or `WanResidualUpBlock` (Wan2.2, `upsampler`
+/// plus the `DupUp3D` shortcut).
+#[derive(Debug, Clone)]
+struct UpBlock {
+    resnets: Vec<ResidualBlock>,
+    upsampler: Option<Resample>,
+    shortcut: Option<DupUp3D>,
+}
+
+impl UpBlock {
+    fn forward(&self, xs: Tensor, cache: &mut FeatCache, first_chunk: bool) -> Result<Tensor> {
+        // The shortcut depends only on the block input: compute it first so the input can be freed,
+        // then fuse the add into the upsampler's conv.
+        let shortcut = self.shortcut.as_ref().map(|dup| dup.forward(&xs, first_chunk)).transpose()?;
+        let mut hs = xs;
+        for r in &self.resnets {
+            hs = r.forward(hs, cache)?;
+        }
+        match (&self.upsampler, shortcut) {
+            (Some(u), shortcut) => u.forward(hs, cache, shortcut.as_ref()),
+            (None, Some(shortcut)) => hs + shortcut,
+            (None, None) => Ok(hs),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    conv_in: CausalConv3d,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    norm_out: RmsNorm,
+    conv_out: CausalConv3d,
+}
+
+impl Decoder {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.decoder_dim();
+        let stages = cfg.dim_mult.len();
+        let dims: Vec<usize> = std::iter::once(cfg.dim_mult[stages - 1])
+            .chain(cfg.dim_mult.iter().rev().copied())
+            .map(|u| u * dim)
+            .collect();
+        let temperal_upsample: Vec<bool> = cfg.temperal_downsample.iter().rev().copied().collect();
+        let conv_in = CausalConv3d::new(cfg.z_dim, dims[0], 3, 3, 1, vb.pp("conv_in"))?;
+        let mid_block = MidBlock::new(dims[0], vb.pp("mid_block"))?;
+        let mut up_blocks = Vec::with_capacity(stages);
+        for i in 0..stages {
+            let (mut in_dim, out_dim) = (dims[i], dims[i + 1]);
+            if i > 0 && !cfg.is_residual {
+                in_dim /= 2;
+            }
+            let up_flag = i != stages - 1;
+            let temporal = up_flag && temperal_upsample[i];
+            let mode = if temporal { ResampleMode::Upsample3d } else { ResampleMode::Upsample2d };
+            let vbi = vb.pp("up_blocks").pp(i);
+            let mut resnets = Vec::with_capacity(cfg.num_res_blocks + 1);
+            let mut cur = in_dim;
+            for j in 0..=cfg.num_res_blocks {
+                resnets.push(ResidualBlock::new(cur, out_dim, vbi.pp("resnets").pp(j))?);
+                cur = out_dim;
+            }
+            let block = if cfg.is_residual {
+                UpBlock {
+                    resnets,
+                    upsampler: if up_flag {
+                        Some(Resample::new(out_dim, mode, out_dim, vbi.pp("upsampler"))?)
+                    } else {
+                        None
+                    },
+                    shortcut: if up_flag {
+                        Some(DupUp3D::new(in_dim, out_dim, if temporal { 2 } else { 1 }, 2)?)
+                    } else {
+                        None
+                    },
+                }
+            } else {
+                UpBlock {
+                    resnets,
+                    upsampler: if up_flag {
+                        Some(Resample::new(out_dim, mode, out_dim / 2, vbi.pp("upsamplers").pp(0))?)
+                    } else {
+                        None
+                    },
+                    shortcut: None,
+                }
+            };
+            up_blocks.push(block);
+        }
+        let out_dim = dims[stages];
+        Ok(Self {
+            conv_in,
+            mid_block,
+            up_blocks,
+            norm_out: RmsNorm::new(out_dim, false, vb.pp("norm_out"))?,
+            conv_out: CausalConv3d::new(out_dim, cfg.out_channels, 3, 3, 1, vb.pp("conv_out"))?,
+        })
+    }
+
+    /// Decodes one latent chunk `[T, z, h, w]` (one frame in diffusers' loop) to `[T', C_out, H, W]`;
+    /// the first chunk yields 1 frame per latent frame, later chunks 4.
+    pub fn forward_chunk(&self, xs: &Tensor, cache: &mut FeatCache, first_chunk: bool) -> Result<Tensor> {
+        cache.start_chunk();
+        let split = cache.split();
+        let mut hs = self.conv_in.forward_cached(xs, cache.next_slot(), None, split.as_deref())?;
+        hs = self.mid_block.forward(hs, cache)?;
+        for b in &self.up_blocks {
+            hs = b.forward(hs, cache, first_chunk)?;
+        }
+        let hs = self.norm_out.forward(&hs, true)?;
+        self.conv_out.forward_cached(&hs, cache.next_slot(), None, split.as_deref())
+    }
+}

@@ -1,0 +1,174 @@
+//! The VAE's leaf layers: the causal 3-D convolution (with its cache protocol) and the channel RMS
+//! norm. Weights keep PyTorch's layout; see `ops` for how they are applied.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::cache::Slot;
+use super::ops::{self, ConvInputs, Pad2d};
+use super::split::{with_halo, RowExchange};
+
+/// Frames of the causal time window kept between chunks (diffusers `CACHE_T`).
+pub const CACHE_T: usize = 2;
+
+/// `WanCausalConv3d` (and plain `Conv2d` layers, as kt = 1): weight `[O, I, kt, kh, kw]`.
+#[derive(Debug, Clone)]
+pub struct CausalConv3d {
+    weight: Tensor,
+    bias: Tensor,
+    /// Spatial zero padding (top, bottom, left, right).
+    pad: Pad2d,
+    stride: usize,
+}
+
+impl CausalConv3d {
+    /// A causal conv with kernel `(kt, k, k)` and symmetric spatial padding `pad`; the time padding
+    /// is always `kt - 1` frames in front (zeros, or the cached frames).
+    pub fn new(in_c: usize, out_c: usize, kt: usize, k: usize, pad: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_c, in_c, kt, k, k), "weight")?;
+        let bias = vb.get(out_c, "bias")?;
+        Ok(Self { weight, bias, pad: (pad, pad, pad, pad), stride: 1 })
+    }
+
+    /// An `nn.Conv2d` applied per frame: weight `[O, I, k, k]` viewed as `[O, I, 1, k, k]`.
+    pub fn conv2d(in_c: usize, out_c: usize, k: usize, stride: usize, pad: Pad2d, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_c, in_c, k, k), "weight")?.unsqueeze(2)?;
+        let bias = vb.get(out_c, "bias")?;
+        Ok(Self { weight, bias, pad, stride })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    pub fn kt(&self) -> usize {
+        self.weight.dims()[2]
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// In halo mode the rows a conv reads beyond its slab (its top/bottom padding) come from the
+    /// neighbouring slabs instead, and only the left/right padding stays.
+    fn with_rows(&self, xs: &Tensor, halo: Option<&dyn RowExchange>) -> Result<(Tensor, Pad2d)> {
+        let (pt, pb, pl, pr) = self.pad;
+        match halo {
+            Some(ex) if pt + pb > 0 => Ok((with_halo(ex, xs, pt, pb)?, (0, 0, pl, pr))),
+            _ => Ok((xs.clone(), self.pad)),
+        }
+    }
+
+    /// Per-frame application of a conv without time extent (kt = 1), optionally adding `residual`.
+    pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_split(xs, residual, None)
+    }
+
+    /// [`Self::forward`] on a row slab (halo mode) when `halo` is given.
+    pub fn forward_split(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        halo: Option<&dyn RowExchange>,
+    ) -> Result<Tensor> {
+        if self.kt() != 1 {
+            candle_core::bail!("conv with {} time taps needs its cache (forward_cached)", self.kt());
+        }
+        let (xs, pad) = self.with_rows(xs, halo)?;
+        let frames: Vec<Tensor> = (0..xs.dim(0)?).map(|t| xs.get(t)).collect::<Result<_>>()?;
+        let taps = frames.iter().map(|f| vec![Some(f)]).collect();
+        ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, pad, residual)
+    }
+
+    /// Causal conv over the chunk `xs` `[T, C, H, W]`, reading the previous chunk's last frames from
+    /// `slot` (zeros before the start) and leaving this chunk's in it: running chunk by chunk equals
+    /// running over the whole sequence with `kt - 1` zero frames in front.
+    ///
+    /// In halo mode (`halo` given) the chunk is first extended with its neighbours' rows and the
+    /// cache keeps the extended frames, so cached frames never need a second exchange.
+    pub fn forward_cached(
+        &self,
+        xs: &Tensor,
+        slot: &mut Slot,
+        residual: Option<&Tensor>,
+        halo: Option<&dyn RowExchange>,
+    ) -> Result<Tensor> {
+        let kt = self.kt();
+        if kt == 1 {
+            return self.forward_split(xs, residual, halo);
+        }
+        let (xs, pad) = self.with_rows(xs, halo)?;
+        let xs = &xs;
+        let history = slot.frames().cloned();
+        let n_hist = history.as_ref().map(|h| h.dim(0)).transpose()?.unwrap_or(0);
+        let t_len = xs.dim(0)?;
+        let hist_frames: Vec<Tensor> = match &history {
+            Some(h) => (0..n_hist).map(|i| h.get(i)).collect::<Result<_>>()?,
+            None => vec![],
+        };
+        let x_frames: Vec<Tensor> = (0..t_len).map(|t| xs.get(t)).collect::<Result<_>>()?;
+        // Virtual sequence: (kt-1-n_hist) zero frames, history, chunk.
+        let lead = kt - 1;
+        let zeros = lead.saturating_sub(n_hist);
+        let taps = (0..t_len)
+            .map(|t| {
+                (0..kt)
+                    .map(|k| {
+                        let s = t + k;
+                        if s < zeros {
+                            None
+                        } else if s < lead {
+                            hist_frames.get(s - zeros + n_hist.saturating_sub(lead))
+                        } else {
+                            Some(&x_frames[s - lead])
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let ys = ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, pad, residual)?;
+        *slot = Slot::Frames(next_history(history.as_ref(), xs)?);
+        Ok(ys)
+    }
+}
+
+/// The last `CACHE_T` frames of `history ++ xs`, in fresh storage.
+pub fn next_history(history: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
+    let t_len = xs.dim(0)?;
+    if t_len >= CACHE_T {
+        return ops::copy_frames(xs, t_len - CACHE_T, CACHE_T);
+    }
+    match history {
+        Some(h) => {
+            let keep = CACHE_T - t_len;
+            let n = h.dim(0)?;
+            let old = h.narrow(0, n.saturating_sub(keep), keep.min(n))?;
+            Tensor::cat(&[&old, xs], 0)
+        }
+        None => ops::copy_frames(xs, 0, t_len),
+    }
+}
+
+/// `WanRMS_norm`: `x / ‖x‖ · √C · γ` over channels (γ stored as `[C,1,1,1]` or `[C,1,1]`).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// γ·√C flattened to `[C]`.
+    scale: Tensor,
+}
+
+impl RmsNorm {
+    /// `images`: γ of shape `[C,1,1]` (attention blocks) instead of `[C,1,1,1]`.
+    pub fn new(dim: usize, images: bool, vb: VarBuilder) -> Result<Self> {
+        let gamma = if images { vb.get((dim, 1, 1), "gamma")? } else { vb.get((dim, 1, 1, 1), "gamma")? };
+        let scale = (gamma.flatten_all()? * (dim as f64).sqrt())?;
+        Ok(Self { scale })
+    }
+
+    pub fn forward(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+        ops::rms_norm(xs, &self.scale, silu)
+    }
+}
