@@ -1,6 +1,6 @@
 //! Parity of the UniPC (flow) and FlowMatchEuler schedulers with diffusers 0.42.1, against
-//! `tests/fixtures/golden/scheduler` (written by `gen.py`): the timestep and sigma tables, then every
-//! step of a 10-step run where the "model" is `sin(sample·(i+1)) + 0.1·i`.
+//! `tests/fixtures/golden{,-seed1}/scheduler` (written by `gen.py`): the timestep and sigma tables,
+//! then every step of a 10-step (shift 5) and a 7-step (shift 3) run where the "model" is `sin(sample·(i+1)) + 0.1·i`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +11,11 @@ use tessera_engine::scheduler::{
 };
 use tessera_engine::tensor_io;
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/scheduler");
+/// Both golden sets: seed 0 (shift 5, 10 steps) and seed 1 (shift 3, 7 steps).
+const GOLDEN: [&str; 2] = [
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/scheduler"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden-seed1/scheduler"),
+];
 
 /// Max-abs and relative (‖a−b‖/‖b‖) error.
 fn errors(ours: &Tensor, reference: &Tensor) -> (f32, f32) {
@@ -21,11 +25,12 @@ fn errors(ours: &Tensor, reference: &Tensor) -> (f32, f32) {
     (max_abs.expect("max"), norm(&diff) / norm(reference).max(f32::MIN_POSITIVE))
 }
 
-fn golden() -> (serde_json::Value, HashMap<String, Tensor>) {
+fn golden(dir: &str) -> (serde_json::Value, HashMap<String, Tensor>) {
+    println!("{dir}");
     let case: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(GOLDEN).join("case.json")).expect("case.json"))
+        serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("case.json")).expect("case.json"))
             .expect("case.json parses");
-    let outputs = tensor_io::read_all(&Path::new(GOLDEN).join("outputs.safetensors"), &Device::Cpu).expect("outputs");
+    let outputs = tensor_io::read_all(&Path::new(dir).join("outputs.safetensors"), &Device::Cpu).expect("outputs");
     (case, outputs)
 }
 
@@ -58,20 +63,24 @@ fn check(name: &str, sched: &mut dyn Scheduler, steps: usize, out: &HashMap<Stri
 
 #[test]
 fn unipc_flow_every_step_matches_diffusers() {
-    let (case, out) = golden();
-    let cfg: FlowUniPcConfig = serde_json::from_value(case["unipc_config"].clone()).expect("unipc config");
-    let steps = case["steps"].as_u64().expect("steps") as usize;
-    let mut sched = FlowUniPcScheduler::new(cfg).expect("valid UniPC config");
-    check("unipc", &mut sched, steps, &out);
+    for dir in GOLDEN {
+        let (case, out) = golden(dir);
+        let cfg: FlowUniPcConfig = serde_json::from_value(case["unipc_config"].clone()).expect("unipc config");
+        let steps = case["steps"].as_u64().expect("steps") as usize;
+        let mut sched = FlowUniPcScheduler::new(cfg).expect("valid UniPC config");
+        check("unipc", &mut sched, steps, &out);
+    }
 }
 
 #[test]
 fn flow_match_euler_every_step_matches_diffusers() {
-    let (case, out) = golden();
-    let cfg: FlowMatchEulerConfig = serde_json::from_value(case["euler_config"].clone()).expect("euler config");
-    let steps = case["steps"].as_u64().expect("steps") as usize;
-    let mut sched = FlowMatchEulerScheduler::new(cfg).expect("valid Euler config");
-    check("euler", &mut sched, steps, &out);
+    for dir in GOLDEN {
+        let (case, out) = golden(dir);
+        let cfg: FlowMatchEulerConfig = serde_json::from_value(case["euler_config"].clone()).expect("euler config");
+        let steps = case["steps"].as_u64().expect("steps") as usize;
+        let mut sched = FlowMatchEulerScheduler::new(cfg).expect("valid Euler config");
+        check("euler", &mut sched, steps, &out);
+    }
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! Prompts in, embeddings out: what `WanPipeline.encode_prompt` does, on whatever device is given.
 //!
-//! - [`clean`]: diffusers' `prompt_clean` (HTML unescape twice, whitespace collapse).
-//! - [`tokenizer`]: `tokenizer/tokenizer.json` with the `tokenizers` crate, padded/truncated.
-//! - [`encoder`]: [`TextEncoder`] = tokenizer + UMT5; embeddings trimmed to the prompt's length
+//! - [`clean`] — diffusers' `prompt_clean` (HTML unescape twice, whitespace collapse).
+//! - [`tokenizer`] — `tokenizer/tokenizer.json` with the `tokenizers` crate, padded/truncated.
+//! - [`encoder`] — [`TextEncoder`] = tokenizer + UMT5; embeddings trimmed to the prompt's length
 //!   and zero-padded exactly as `_get_t5_prompt_embeds`.
-//! - [`cache`]: embeddings on disk keyed by (prompt, model identity, length, dtype), so a re-run
+//! - [`cache`] — embeddings on disk keyed by (prompt, model identity, length, dtype), so a re-run
 //!   with the same prompt never loads the 11 GB encoder.
 //!
 //! The intended placement for generation is [`embed_prompts`]: look every prompt up in the cache,

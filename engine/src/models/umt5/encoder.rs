@@ -17,7 +17,7 @@ pub const EMBEDDING_NAMES: [&str; 2] = ["shared.weight", "encoder.embed_tokens.w
 #[derive(Debug, Clone)]
 pub struct UMT5EncoderModel {
     embed_tokens: Embedding,
-    blocks: Vec<UMT5Block>,
+    layers: UMT5Layers,
     final_layer_norm: RmsNorm,
     cfg: Config,
     span: tracing::Span,
@@ -28,13 +28,12 @@ impl UMT5EncoderModel {
     /// `encoder.block.{i}.…`, `encoder.final_layer_norm.weight`).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let embed_tokens = embedding(cfg, &vb)?;
-        let vb_blocks = vb.pp("encoder").pp("block");
-        let blocks = (0..cfg.num_layers).map(|i| UMT5Block::new(cfg, vb_blocks.pp(i))).collect::<Result<Vec<_>>>()?;
+        let layers = UMT5Layers::new(cfg, &vb, 0..cfg.num_layers)?;
         let final_layer_norm =
             RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, vb.pp("encoder").pp("final_layer_norm"))?;
         Ok(Self {
             embed_tokens,
-            blocks,
+            layers,
             final_layer_norm,
             cfg: cfg.clone(),
             span: tracing::span!(tracing::Level::TRACE, "umt5-encoder"),
@@ -56,7 +55,7 @@ impl UMT5EncoderModel {
         let (_, t) = input_ids.dims2()?;
         let inputs = AttentionInputs::new(&self.cfg, t, attention_mask, input_ids.device())?;
         let xs = self.embed(input_ids)?;
-        let xs = self.forward_blocks(&xs, &inputs, 0..self.blocks.len())?;
+        let xs = self.layers.forward(&xs, &inputs)?;
         self.final_norm(&xs)
     }
 
@@ -76,19 +75,56 @@ impl UMT5EncoderModel {
 
     /// Runs blocks `layers` (a sub-range of `0..num_layers`) over the f32 residual stream.
     pub fn forward_blocks(&self, xs: &Tensor, inputs: &AttentionInputs, layers: Range<usize>) -> Result<Tensor> {
-        if layers.end > self.blocks.len() || layers.start > layers.end {
-            candle_core::bail!("layer range {layers:?} is outside 0..{}", self.blocks.len())
-        }
-        let mut xs = xs.clone();
-        for block in &self.blocks[layers] {
-            xs = block.forward(&xs, inputs)?;
-        }
-        Ok(xs)
+        self.layers.forward_range(xs, inputs, layers)
     }
 
     /// `encoder.final_layer_norm`, returned in f32.
     pub fn final_norm(&self, xs: &Tensor) -> Result<Tensor> {
         self.final_layer_norm.forward(xs)?.to_dtype(DType::F32)
+    }
+}
+
+/// A contiguous run of encoder layers, built from the checkpoint root without touching the other
+/// layers' weights: what one rank holds when the encoder is split by layer, or what an offloading
+/// caller builds one layer at a time.
+#[derive(Debug, Clone)]
+pub struct UMT5Layers {
+    range: Range<usize>,
+    blocks: Vec<UMT5Block>,
+}
+
+impl UMT5Layers {
+    /// Builds `encoder.block.{i}` for `i` in `layers` from the root `vb`.
+    pub fn new(cfg: &Config, vb: &VarBuilder, layers: Range<usize>) -> Result<Self> {
+        if layers.end > cfg.num_layers || layers.start > layers.end {
+            candle_core::bail!("layer range {layers:?} is outside 0..{}", cfg.num_layers)
+        }
+        let vb_blocks = vb.pp("encoder").pp("block");
+        let blocks = layers.clone().map(|i| UMT5Block::new(cfg, vb_blocks.pp(i))).collect::<Result<Vec<_>>>()?;
+        Ok(Self { range: layers, blocks })
+    }
+
+    /// The layer indices held.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// Runs every held layer, in order, over the f32 residual stream.
+    pub fn forward(&self, xs: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {
+        self.forward_range(xs, inputs, self.range())
+    }
+
+    /// Runs the held layers `layers` (absolute indices, within [`Self::range`]).
+    pub fn forward_range(&self, xs: &Tensor, inputs: &AttentionInputs, layers: Range<usize>) -> Result<Tensor> {
+        if layers.start < self.range.start || layers.end > self.range.end || layers.start > layers.end {
+            candle_core::bail!("layer range {layers:?} is not within the held layers {:?}", self.range)
+        }
+        let offset = self.range.start;
+        let mut xs = xs.clone();
+        for block in &self.blocks[layers.start - offset..layers.end - offset] {
+            xs = block.forward(&xs, inputs)?;
+        }
+        Ok(xs)
     }
 }
 

@@ -2,14 +2,15 @@
 //! models.md §5): a T5 v1.1 encoder whose **every** layer carries its own relative-position bias
 //! (candle's `t5.rs` shares block 0's bias across layers, which is wrong for UMT5).
 //!
-//! - [`config`]: the `text_encoder/config.json` keys (transformers `UMT5Config`).
-//! - [`attention`]: relative-position buckets and the unscaled self-attention.
-//! - [`block`]: one encoder layer (RMSNorm → attention, RMSNorm → gated-GELU FFN).
-//! - [`encoder`]: token embedding, the block stack and the final norm.
+//! - [`config`] — the `text_encoder/config.json` keys (transformers `UMT5Config`).
+//! - [`attention`] — relative-position buckets and the unscaled self-attention.
+//! - [`block`] — one encoder layer (RMSNorm → attention, RMSNorm → gated-GELU FFN).
+//! - [`encoder`] — token embedding, the block stack and the final norm.
 //!
-//! Each layer is built from its own `VarBuilder` prefix (`encoder.block.{i}`) and
-//! [`UMT5EncoderModel::forward_blocks`] runs any contiguous slice of layers, so a caller can hold
-//! only some layers' weights at a time (per-layer loading for FSDP-style sharding or offload).
+//! Each layer is built from its own `VarBuilder` prefix (`encoder.block.{i}`): [`UMT5Layers`]
+//! holds any contiguous slice of layers and [`UMT5EncoderModel`] exposes `embed`,
+//! `forward_blocks` and `final_norm`, so a caller can hold only some layers' weights at a time
+//! (split across ranks, or loaded layer by layer).
 
 pub mod attention;
 pub mod block;
@@ -19,4 +20,4 @@ pub mod encoder;
 pub use attention::{AttentionInputs, UMT5Attention};
 pub use block::UMT5Block;
 pub use config::Config;
-pub use encoder::UMT5EncoderModel;
+pub use encoder::{UMT5EncoderModel, UMT5Layers};
