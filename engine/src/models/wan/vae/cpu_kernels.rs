@@ -133,19 +133,108 @@ pub fn conv_frames(
     let band = g.h_out.div_ceil(bands_per_frame);
     let tasks: Vec<(usize, usize, usize)> =
         (0..frames).flat_map(|t| (0..g.h_out).step_by(band).map(move |y0| (t, y0, (y0 + band).min(g.h_out)))).collect();
+    // Narrow rows make per-row GEMMs tiny (N = width) so packing the weights dominates; there the
+    // band is padded once into a scratch and each tap becomes one GEMM over the whole band.
+    let banded = g.stride == 1 && g.kh * g.kw > 1 && g.w_out < BANDED_BELOW_WIDTH;
     let ptr = OutPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&(t, y0, y1)| {
         // SAFETY: `out` has `frames` frames (asserted); (t, y0..y1) bands are disjoint across tasks.
         let frame_out = unsafe { ptr.get().add(t * g.out_frame_len()) };
         unsafe { init_rows(frame_out, init, t, g, y0, y1) };
+        for input in inputs[t].iter().flatten() {
+            assert_eq!(input.len(), g.in_frame_len(), "conv_frames: input frame size");
+        }
+        if banded {
+            // SAFETY: the band's rows of this frame belong to this task only.
+            unsafe { accumulate_band_padded(frame_out, &inputs[t], weight, g, y0, y1) };
+            return;
+        }
         for (k, input) in inputs[t].iter().enumerate() {
             if let Some(input) = input {
-                assert_eq!(input.len(), g.in_frame_len(), "conv_frames: input frame size");
                 // SAFETY: bounds follow from the geometry checks in `accumulate_rows`.
                 unsafe { accumulate_rows(frame_out, OutMap::dense(&g), input, weight, k, g, y0, y1) };
             }
         }
     });
+}
+
+/// Output width below which [`conv_frames`] switches to padded bands (one GEMM per tap and band).
+const BANDED_BELOW_WIDTH: usize = 192;
+
+/// Stride-1 conv of output rows `y0..y1`: each input frame's band (plus the kernel's halo rows and
+/// zero padding) is copied into a padded scratch `[I, rows + kh − 1, Wp]`, so a tap (dy, dx) is a
+/// single GEMM whose columns run over the whole band (the `kw − 1` wrap-around columns per row land
+/// in scratch columns that are thrown away). Results are added onto the initialised output rows.
+///
+/// # Safety
+/// `frame_out` must point to a dense `[O, h_out, w_out]` frame whose rows `y0..y1` only this call writes.
+unsafe fn accumulate_band_padded(
+    frame_out: *mut f32,
+    inputs: &[Option<&[f32]>],
+    weight: WeightView<'_>,
+    g: ConvGeom,
+    y0: usize,
+    y1: usize,
+) {
+    let rows = y1 - y0;
+    let wp = g.w_out + g.kw - 1;
+    let prow = rows + g.kh - 1;
+    let mut padded = vec![0f32; g.in_channels * prow * wp];
+    let mut acc = vec![0f32; g.out_channels * rows * wp];
+    let taps = weight.kt * g.kh * g.kw;
+    let n = rows * wp - (g.kw - 1);
+    for (k, input) in inputs.iter().enumerate() {
+        let Some(input) = input else { continue };
+        padded.fill(0.0);
+        let cols = g.w_in.min(wp - g.pad_left);
+        for i in 0..g.in_channels {
+            for r in 0..prow {
+                let iy = (y0 + r) as isize - g.pad_top as isize;
+                if iy < 0 || iy >= g.h_in as isize {
+                    continue;
+                }
+                let src = (i * g.h_in + iy as usize) * g.w_in;
+                let dst = (i * prow + r) * wp + g.pad_left;
+                padded[dst..dst + cols].copy_from_slice(&input[src..src + cols]);
+            }
+        }
+        for dy in 0..g.kh {
+            for dx in 0..g.kw {
+                let tap = (k * g.kh + dy) * g.kw + dx;
+                gemm(
+                    g.out_channels,
+                    n,
+                    g.in_channels,
+                    acc.as_mut_ptr(),
+                    1,
+                    (rows * wp) as isize,
+                    true,
+                    weight.data.as_ptr().add(tap),
+                    taps as isize,
+                    (g.in_channels * taps) as isize,
+                    padded.as_ptr().add(dy * wp + dx),
+                    1,
+                    (prow * wp) as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        }
+    }
+    let plane = g.h_out * g.w_out;
+    for o in 0..g.out_channels {
+        for r in 0..rows {
+            let dst = std::slice::from_raw_parts_mut(frame_out.add(o * plane + (y0 + r) * g.w_out), g.w_out);
+            let src = &acc[(o * rows + r) * wp..(o * rows + r) * wp + g.w_out];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+    }
 }
 
 /// # Safety
@@ -486,6 +575,9 @@ mod tests {
     #[test]
     fn conv_matches_direct_loops() {
         check(3, (3, 3), 1, (1, 1, 1, 1), (6, 9));
+        // Wide enough for the per-row path (narrow ones take the padded-band path).
+        check(3, (3, 3), 1, (1, 1, 1, 1), (3, BANDED_BELOW_WIDTH + 7));
+        check(1, (3, 3), 1, (0, 0, 1, 1), (4, 5));
         check(1, (3, 3), 1, (1, 1, 1, 1), (5, 4));
         check(1, (3, 3), 2, (0, 1, 0, 1), (8, 10));
         check(1, (3, 3), 2, (0, 1, 0, 1), (7, 5));
