@@ -34,6 +34,8 @@ enum Command {
     Generate(Box<cmd::generate::GenerateArgs>),
     /// Encode a prompt to UMT5 embeddings (`prompt_embeds` [1, N, d_model]).
     EncodePrompt(cmd::encode_prompt::Args),
+    /// List devices: CPU cores and RAM; GPUs, driver, NCCL and peer access when present.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Benchmarks (time and peak memory tables).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Some(Command::Vae(c)) => cmd::vae::run(c),
         Some(Command::MakeModel(a)) => cmd::make_model::run(a),
         Some(Command::Bench(c)) => cmd::bench::run(c),
+        Some(Command::Doctor(a)) => cmd::doctor::run(a),
         Some(Command::Generate(a)) => cmd::generate::run(*a),
         Some(Command::EncodePrompt(a)) => cmd::encode_prompt::run(a),
     };

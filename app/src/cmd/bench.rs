@@ -19,6 +19,8 @@ use tessera_engine::tensor_io;
 pub enum BenchCommand {
     /// Decode benchmark table for the Wan2.1 and Wan2.2 VAEs.
     Vae(BenchVaeArgs),
+    /// Bandwidth and latency of every collective across N worker processes.
+    Comm(super::bench_comm::BenchCommArgs),
     /// One measured decode (used by `bench vae`; prints one JSON line).
     #[command(hide = true)]
     VaeCase(VaeCaseArgs),
@@ -77,6 +79,7 @@ struct Row {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Vae(a) => bench_vae(a),
+        BenchCommand::Comm(a) => super::bench_comm::run(a),
         BenchCommand::VaeCase(a) => {
             let r = vae_case(&a)?;
             println!("{}", serde_json::to_string(&r)?);

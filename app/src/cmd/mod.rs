@@ -1,6 +1,8 @@
 //! CLI subcommands.
 
 pub mod bench;
+pub mod bench_comm;
+pub mod doctor;
 pub mod encode_prompt;
 pub mod generate;
 pub mod make_model;
