@@ -133,3 +133,30 @@ fn make_model_writes_a_loadable_real_architecture() {
     let max = v.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(max <= 1.0 && max > 0.0, "decoded values clamped to [-1, 1] and not all zero: {max}");
 }
+
+/// `--ranks N` runs the decode on N worker processes in halo mode (row slabs with halo exchange over
+/// the socket collectives); the result equals diffusers' untiled decode.
+#[test]
+fn decode_on_worker_processes_in_halo_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, ranks) in [("vae21", "3"), ("vae22", "2")] {
+        let want = read(&golden(case).join("outputs.safetensors"));
+        let out = dir.path().join(format!("{case}-halo.safetensors"));
+        let o = run(tessera()
+            .args(["vae", "decode", "--model"])
+            .arg(golden(case))
+            .arg("--latents")
+            .arg(golden(case).join("inputs.safetensors"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--ranks", ranks]));
+        assert!(o.status.success());
+        let (max, rel) = errors(&read(&out)["video"], &want["decoded"]);
+        println!("{case} halo decode on {ranks} worker processes: max_abs {max:.2e} rel {rel:.2e}");
+        assert!(rel < 1e-4);
+    }
+    // More ranks than latent rows: a clear error naming the limit, no output.
+    let latents = golden("vae22").join("inputs.safetensors");
+    let line = decode_fails(&golden("vae22"), &latents, &["--ranks", "7"]);
+    assert!(line.contains("use at most 6 ranks"), "{line}");
+}

@@ -31,6 +31,9 @@ pub struct DecodeArgs {
     /// Spatial tiling as diffusers' enable_tiling: TILE_H,TILE_W,STRIDE_H,STRIDE_W in sample pixels.
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = Tiling::parse)]
     pub tiling: Option<Tiling>,
+    /// Worker processes (CPU ranks). >1 without --tiling decodes in halo mode: each rank a row slab.
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +76,9 @@ fn check_out(out: &Path) -> Result<()> {
 
 fn decode(a: DecodeArgs) -> Result<()> {
     check_out(&a.out)?;
+    if a.ranks > 1 {
+        return decode_on_workers(&a);
+    }
     let latents = tensor_io::read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
     let vae = load(&a.model, VaeParts::Decoder)?;
     let started = std::time::Instant::now();
@@ -83,6 +89,35 @@ fn decode(a: DecodeArgs) -> Result<()> {
     pb.finish_and_clear();
     tracing::info!("decoded {:?} -> {:?} in {:.2}s", latents.dims(), video.dims(), started.elapsed().as_secs_f64());
     tensor_io::write_atomic(&a.out, &[("video", video)])?;
+    Ok(())
+}
+
+/// The decode as a job on `--ranks` worker processes (halo mode, or rank 0 for a tiled decode).
+fn decode_on_workers(a: &DecodeArgs) -> Result<()> {
+    use tessera_engine::runtime::protocol::{Job, VaeDecodeSpec};
+    use tessera_engine::runtime::{JobEvent, Supervisor, WorldSpec};
+    let spec = VaeDecodeSpec {
+        model: a.model.clone(),
+        latents: a.latents.clone(),
+        out: a.out.clone(),
+        tiling: a.tiling.map(|t| {
+            [t.tile_sample_min_height, t.tile_sample_min_width, t.tile_sample_stride_height, t.tile_sample_stride_width]
+        }),
+    };
+    let mut sup =
+        Supervisor::spawn(WorldSpec { ranks: a.ranks, ..WorldSpec::default() }).context("starting the workers")?;
+    let pb = crate::progress::bar(1, "decode");
+    let started = std::time::Instant::now();
+    let result = sup.run_job(Job::VaeDecode(spec), |e| {
+        if let JobEvent::Progress { step, total, .. } = e {
+            pb.set_length(*total);
+            pb.set_position(*step);
+        }
+    });
+    pb.finish_and_clear();
+    sup.shutdown();
+    result.with_context(|| format!("decoding {} on {} ranks", a.latents.display(), a.ranks))?;
+    tracing::info!("decoded on {} ranks in {:.2}s", a.ranks, started.elapsed().as_secs_f64());
     Ok(())
 }
 

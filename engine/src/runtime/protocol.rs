@@ -175,6 +175,20 @@ pub enum Job {
     CommBench(BenchSpec),
     /// Fault injection and waiting, to test supervision. Never used by real pipelines.
     Diagnostic(Diagnostic),
+    /// `tessera vae decode` across the world (see `jobs::vae`).
+    VaeDecode(VaeDecodeSpec),
+}
+
+/// A VAE decode job: every rank reads the same files; rank 0 writes `out` (tensor `video`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VaeDecodeSpec {
+    /// Pipeline folder or its `vae/` folder.
+    pub model: std::path::PathBuf,
+    /// Safetensors file holding tensor `latents` [B, C, T, H, W].
+    pub latents: std::path::PathBuf,
+    pub out: std::path::PathBuf,
+    /// Tiled decode as diffusers' `enable_tiling` (TH, TW, SH, SW in sample pixels), on rank 0.
+    pub tiling: Option<[usize; 4]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 
 mod comm;
 mod diagnostic;
+mod vae;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -143,6 +144,7 @@ pub fn run(ctx: &JobCtx, job: &Job) -> Result<JobOutput, JobError> {
         Job::CommCheck(spec) => comm::check(ctx, spec),
         Job::CommBench(spec) => comm::bench(ctx, spec),
         Job::Diagnostic(d) => diagnostic::run(ctx, d),
+        Job::VaeDecode(spec) => vae::decode(ctx, spec),
     }
 }
 
