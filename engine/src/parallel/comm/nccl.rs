@@ -14,6 +14,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{
     CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor,
