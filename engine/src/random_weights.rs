@@ -182,6 +182,62 @@ pub fn write_vae(
     )
 }
 
+/// diffusers' default `max_shard_size` ("5GB" = 5·10⁹ bytes): real-size transformers are written
+/// in shards of this size, as the Hub checkpoints are (T2V-A14B in f32: 12 shards per expert).
+pub const DIFFUSERS_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Writes a random `WanTransformer3DModel` folder (`config.json` + weights, sharded with an index
+/// above `shard_bytes`) for `cfg`. Only one shard's values are in memory at a time.
+pub fn write_transformer(
+    dir: &Path,
+    cfg: &crate::models::wan::transformer::Config,
+    seed: u64,
+    dtype: StoreDtype,
+    shard_bytes: u64,
+) -> Result<WrittenComponent, TensorIoError> {
+    use crate::models::wan::transformer::WanTransformer3DModel;
+    cfg.validate().map_err(|e| TensorIoError::Write { path: dir.into(), msg: e.to_string() })?;
+    write_component(
+        dir,
+        "diffusion_pytorch_model",
+        &cfg.to_diffusers_json(),
+        |vb| WanTransformer3DModel::new(cfg, vb).map(|_| ()),
+        seed,
+        dtype,
+        shard_bytes,
+    )
+}
+
+/// Every tensor `build` asks for (name → shape), without allocating any of them.
+pub fn requested_tensors(
+    build: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<()>,
+) -> candle_core::Result<BTreeMap<String, Vec<usize>>> {
+    let rec = RecordingBackend::new();
+    build(rec.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu))?;
+    Ok(rec.requested())
+}
+
+/// The shards [`write_component`] makes of `tensors` (names per shard, greedy in name order), to
+/// plan a real-size write without doing it. A test keeps the two in step.
+pub fn plan_shards(tensors: &BTreeMap<String, Vec<usize>>, dtype: StoreDtype, shard_bytes: u64) -> Vec<Vec<String>> {
+    let elem = match dtype {
+        StoreDtype::F32 => 4u64,
+        StoreDtype::Bf16 => 2,
+    };
+    let mut shards: Vec<Vec<String>> = vec![vec![]];
+    let mut cur = 0u64;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<usize>() as u64 * elem;
+        if cur > 0 && cur + bytes > shard_bytes {
+            shards.push(vec![]);
+            cur = 0;
+        }
+        shards.last_mut().expect("one shard").push(name.clone());
+        cur += bytes;
+    }
+    shards
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +272,69 @@ mod tests {
         let video = m.decode(&z, None, &mut |_| {}).unwrap();
         assert_eq!(video.dims(), &[1, 3, 5, 24, 24]);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn plan_shards_matches_what_write_component_writes() {
+        use crate::models::wan::transformer::Config;
+        let cfg = Config {
+            num_attention_heads: 2,
+            attention_head_dim: 8,
+            in_channels: 4,
+            out_channels: Some(4),
+            text_dim: 8,
+            freq_dim: 16,
+            ffn_dim: 32,
+            num_layers: 3,
+            ..Config::default()
+        };
+        let dir = std::env::temp_dir().join(format!("tessera-rw-shards-{}", std::process::id()));
+        // A shard size smaller than the model but larger than any tensor: several shards.
+        let shard_bytes = 8 * 1024;
+        let w = write_transformer(&dir, &cfg, 1, StoreDtype::F32, shard_bytes).unwrap();
+        let tensors =
+            requested_tensors(|vb| crate::models::wan::transformer::WanTransformer3DModel::new(&cfg, vb).map(|_| ()))
+                .unwrap();
+        let plan = plan_shards(&tensors, StoreDtype::F32, shard_bytes);
+        assert!(w.shards > 2 && w.shards == plan.len(), "{} shards written, {} planned", w.shards, plan.len());
+        let index: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("diffusion_pytorch_model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap();
+        for (i, names) in plan.iter().enumerate() {
+            let file = format!("diffusion_pytorch_model-{:05}-of-{:05}.safetensors", i + 1, plan.len());
+            for n in names {
+                assert_eq!(index["weight_map"][n], file.as_str(), "{n}");
+            }
+        }
+        // The sharded folder loads as one checkpoint.
+        let m = crate::models::wan::transformer::WanTransformer3DModel::load(
+            &dir,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(m.config(), &cfg);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn real_size_transformers_plan_diffusers_shards() {
+        use crate::models::wan::transformer::{transformer_config_for_arch, WanTransformer3DModel};
+        // Real widths and depths, planned (not written): f32 as the Hub stores them, 5 GB shards.
+        for (arch, params, shards) in
+            [("wan2.2-t2v-a14b", 14_288_491_584usize, 12usize), ("wan2.2-i2v-a14b", 14_288_901_184, 12)]
+        {
+            let cfg = transformer_config_for_arch(arch, None).unwrap();
+            let tensors = requested_tensors(|vb| WanTransformer3DModel::new(&cfg, vb).map(|_| ())).unwrap();
+            assert_eq!(tensors.values().map(|s| s.iter().product::<usize>()).sum::<usize>(), params, "{arch}");
+            let plan = plan_shards(&tensors, StoreDtype::F32, DIFFUSERS_SHARD_BYTES);
+            assert_eq!(plan.len(), shards, "{arch}");
+            // No shard exceeds the limit: the most a writer holds at once.
+            for names in &plan {
+                let bytes: usize = names.iter().map(|n| tensors[n].iter().product::<usize>() * 4).sum();
+                assert!(bytes as u64 <= DIFFUSERS_SHARD_BYTES, "{arch}: shard of {bytes} bytes");
+            }
+        }
     }
 }
