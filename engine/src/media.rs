@@ -54,7 +54,7 @@ impl Frames {
 
 /// Writes an H.264 MP4 at `fps`.
 pub fn write_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<(), MediaError> {
-    use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, FrameType};
+    use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, FrameType, RateControlMode};
     use openh264::formats::{RgbSliceU8, YUVBuffer};
     use openh264::OpenH264API;
 
@@ -65,7 +65,14 @@ pub fn write_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<(), MediaErro
     let err = |msg: String| MediaError::Encode { path: path.to_path_buf(), msg };
     // About 0.2 bits per pixel per frame: visually clean for generated video at modest size.
     let bps = ((w * h) as f64 * fps * 0.2).clamp(500_000.0, 50_000_000.0) as u32;
-    let config = EncoderConfig::new().bitrate(BitRate::from_bps(bps)).max_frame_rate(FrameRate::from_hz(fps as f32));
+    let config = EncoderConfig::new()
+        .bitrate(BitRate::from_bps(bps))
+        .max_frame_rate(FrameRate::from_hz(fps as f32))
+        // Every frame must be coded: with frame skipping on, rate control drops frames of noisy
+        // (generated) video as empty bitstreams, which the muxer rejects. Buffer-based control
+        // is the mode OpenH264 accepts without skipping (the others warn on stderr).
+        .rate_control_mode(RateControlMode::Bufferbased)
+        .skip_frames(false);
     let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| err(e.to_string()))?;
     let mut nals = Vec::with_capacity(frames.rgb.len());
     for rgb in &frames.rgb {
