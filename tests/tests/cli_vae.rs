@@ -155,6 +155,28 @@ fn decode_on_worker_processes_in_halo_mode() {
         println!("{case} halo decode on {ranks} worker processes: max_abs {max:.2e} rel {rel:.2e}");
         assert!(rel < 1e-4);
     }
+    // The run report names every rank with its peak and phases.
+    let report = dir.path().join("report.json");
+    let o = run(tessera()
+        .args(["vae", "decode", "--model"])
+        .arg(golden("vae22"))
+        .arg("--latents")
+        .arg(golden("vae22").join("inputs.safetensors"))
+        .arg("--out")
+        .arg(dir.path().join("r.safetensors"))
+        .args(["--ranks", "2", "--report"])
+        .arg(&report));
+    assert!(o.status.success());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(r["wall_seconds"].as_f64().unwrap() > 0.0);
+    let ranks = r["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2);
+    for rank in ranks {
+        assert!(rank["peak_bytes"].as_u64().unwrap() > 0 && rank["weights_bytes"].as_u64().unwrap() > 0);
+        let phases: Vec<&str> =
+            rank["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(phases, ["load", "decode"]);
+    }
     // More ranks than latent rows: a clear error naming the limit, no output.
     let latents = golden("vae22").join("inputs.safetensors");
     let line = decode_fails(&golden("vae22"), &latents, &["--ranks", "7"]);

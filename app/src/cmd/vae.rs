@@ -34,6 +34,9 @@ pub struct DecodeArgs {
     /// Worker processes (CPU ranks). >1 without --tiling decodes in halo mode: each rank a row slab.
     #[arg(long, default_value_t = 1)]
     pub ranks: usize,
+    /// JSON run report (wall_seconds; per rank peak/weights bytes and phases); runs on workers.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -76,7 +79,7 @@ fn check_out(out: &Path) -> Result<()> {
 
 fn decode(a: DecodeArgs) -> Result<()> {
     check_out(&a.out)?;
-    if a.ranks > 1 {
+    if a.ranks > 1 || a.report.is_some() {
         return decode_on_workers(&a);
     }
     let latents = tensor_io::read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
@@ -116,7 +119,10 @@ fn decode_on_workers(a: &DecodeArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     sup.shutdown();
-    result.with_context(|| format!("decoding {} on {} ranks", a.latents.display(), a.ranks))?;
+    let result = result.with_context(|| format!("decoding {} on {} ranks", a.latents.display(), a.ranks))?;
+    if let Some(path) = &a.report {
+        result.report.write_json(path).with_context(|| format!("writing the report {}", path.display()))?;
+    }
     tracing::info!("decoded on {} ranks in {:.2}s", a.ranks, started.elapsed().as_secs_f64());
     Ok(())
 }
