@@ -12,7 +12,11 @@ pub fn bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is not built; run `cargo build --workspace` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is not built: the end-to-end tests need `cargo build --workspace` before `cargo test --workspace`",
+        path.display()
+    );
     path
 }
 
