@@ -9,7 +9,7 @@ The inputs file holds `latents` (1,C,F,H,W), `context` (1,L,text_dim) and `times
 as `out` so the bench can check both engines computed the same thing.
 Needs: pip install torch diffusers safetensors
 """
-import argparse, json, time
+import argparse, glob, json, os, sys, time
 
 import torch
 from diffusers import WanTransformer3DModel
@@ -22,6 +22,34 @@ def peak_rss_bytes():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def load_transformer(folder):
+    """`WanTransformer3DModel.from_pretrained` in f32 without `accelerate`: built on the meta device,
+    then every (possibly sharded) safetensors file is assigned in, so the weights are held once
+    (plain `from_pretrained` refuses to run without accelerate because of `_keep_in_fp32_modules`)."""
+    config = WanTransformer3DModel.load_config(folder)
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(config)
+    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    if not files:
+        sys.exit(f"no safetensors files in {folder}")
+    loaded = set()
+    for f in files:
+        sd = {k: v.float() for k, v in load_file(f).items()}
+        model.load_state_dict(sd, strict=False, assign=True)
+        loaded.update(sd)
+        del sd
+    missing = set(model.state_dict()) - loaded
+    if missing:
+        sys.exit(f"{folder}: missing tensors {sorted(missing)[:5]}")
+    # The RoPE tables are non-persistent buffers (not in the checkpoint): rebuild them for real.
+    rope = model.rope
+    model.rope = type(rope)(config["attention_head_dim"], tuple(config["patch_size"]), config["rope_max_seq_len"])
+    on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if on_meta:
+        sys.exit(f"tensors left uninitialised: {on_meta[:5]}")
+    return model.eval()
 
 
 def main():
@@ -41,7 +69,7 @@ def main():
     context = inputs["context"].float()
     timestep = inputs["timestep"].float()
     start = time.perf_counter()
-    model = WanTransformer3DModel.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+    model = load_transformer(a.model)
     load_seconds = time.perf_counter() - start
 
     def forward():

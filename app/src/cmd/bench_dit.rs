@@ -1,0 +1,289 @@
+//! `tessera bench dit`: wall time and peak memory of one `WanTransformer3DModel` forward at a few
+//! token counts, on a real-width config with few blocks (`make-model` weights), optionally beside
+//! diffusers on the same weights and inputs (`scripts/bench_dit_diffusers.py`).
+//!
+//! Every case runs in a fresh child process (`tessera bench dit --case-model ...`) so its peak RSS
+//! (`VmHWM`) is its own; the diffusers script measures itself the same way. Both also save their
+//! output, and the table shows how far apart they are: a benchmark of two different computations
+//! would be meaningless.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tessera_engine::models::wan::transformer::{self, WanTransformer3DModel};
+use tessera_engine::random_weights::{self, StoreDtype};
+use tessera_engine::tensor_io;
+
+#[derive(Args, Debug)]
+pub struct BenchDitArgs {
+    /// Where the make-model transformers and inputs are kept between runs.
+    #[arg(long, default_value = "target/bench-models")]
+    pub models_dir: PathBuf,
+    /// Transformer architecture (real widths): wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b, ...
+    #[arg(long, default_value = "wan2.2-ti2v-5b")]
+    pub arch: String,
+    /// Transformer blocks (the real models have 30 or 40; time scales linearly with blocks).
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Latent sizes F,H,W separated by `;` (tokens = F·H·W / 4 with the 1×2×2 patch).
+    #[arg(long, default_value = "1,32,32;2,32,64;4,64,64")]
+    pub sizes: String,
+    /// Text tokens of the cross-attention (the pipelines always pass 512).
+    #[arg(long, default_value_t = 512)]
+    pub text_len: usize,
+    /// Untimed forwards before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed forwards per case.
+    #[arg(long, default_value_t = 1)]
+    pub iters: usize,
+    /// Python interpreter with torch + diffusers: adds diffusers rows.
+    #[arg(long)]
+    pub diffusers: Option<PathBuf>,
+    /// Also write the rows as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// (internal) run one measured case on this transformer folder and print one JSON line.
+    #[arg(long, hide = true, requires = "case_inputs")]
+    pub case_model: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    pub case_inputs: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    pub case_out: Option<PathBuf>,
+}
+
+/// One measured case, as printed by a case process (ours or the diffusers script).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DitCaseResult {
+    /// Mean seconds per timed forward.
+    pub seconds: f64,
+    pub min_seconds: f64,
+    pub load_seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    arch: String,
+    layers: usize,
+    tokens: usize,
+    latent: [usize; 3],
+    text_len: usize,
+    engine: String,
+    seconds: f64,
+    min_seconds: f64,
+    peak_rss_gib: f64,
+    rel_err_vs_diffusers: Option<f64>,
+}
+
+pub fn run(a: BenchDitArgs) -> Result<()> {
+    if let Some(model) = &a.case_model {
+        let inputs = a.case_inputs.as_deref().context("--case-model needs --case-inputs")?;
+        let r = dit_case(model, inputs, a.case_out.as_deref(), a.warmup, a.iters)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    bench_dit(a)
+}
+
+fn dit_case(model: &Path, inputs: &Path, out: Option<&Path>, warmup: usize, iters: usize) -> Result<DitCaseResult> {
+    let dev = Device::Cpu;
+    let mut all = tensor_io::read_all(inputs, &dev)?;
+    let latents = tensor_io::take(&mut all, inputs, "latents")?;
+    let context = tensor_io::take(&mut all, inputs, "context")?;
+    let timestep = tensor_io::take(&mut all, inputs, "timestep")?;
+    let t0 = std::time::Instant::now();
+    let dit = WanTransformer3DModel::load(model, DType::F32, &dev)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    for _ in 0..warmup {
+        drop(dit.forward(&latents, &timestep, &context)?);
+    }
+    let mut times = vec![];
+    let mut last = None;
+    for _ in 0..iters.max(1) {
+        let t0 = std::time::Instant::now();
+        let y = dit.forward(&latents, &timestep, &context)?;
+        times.push(t0.elapsed().as_secs_f64());
+        last = Some(y);
+    }
+    if let (Some(path), Some(y)) = (out, last) {
+        tensor_io::write_atomic(path, &[("out", y)])?;
+    }
+    Ok(DitCaseResult {
+        seconds: times.iter().sum::<f64>() / times.len() as f64,
+        min_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
+        load_seconds,
+        peak_rss_bytes: super::bench::peak_rss_bytes()?,
+    })
+}
+
+fn parse_sizes(s: &str) -> Result<Vec<[usize; 3]>> {
+    s.split(';')
+        .map(|item| {
+            let v: Vec<usize> = item.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>()?;
+            match v[..] {
+                [f, h, w] if f > 0 && h > 0 && w > 0 => Ok([f, h, w]),
+                _ => bail!("size `{item}` must be F,H,W (latent frames, rows, columns; all > 0)"),
+            }
+        })
+        .collect()
+}
+
+/// `make-model`-style random transformer (seed 0) with the real widths of `arch` and `layers` blocks.
+fn ensure_model(dir: &Path, arch: &str, layers: usize) -> Result<(PathBuf, transformer::Config)> {
+    let cfg = transformer::transformer_config_for_arch(arch, Some(layers))?;
+    let root = dir.join(format!("{arch}-{layers}layers-seed0/transformer"));
+    if !root.join("config.json").is_file() {
+        eprintln!("writing {arch} ({layers} blocks) with seeded random weights to {}", root.display());
+        random_weights::write_transformer(&root, &cfg, 0, StoreDtype::F32, random_weights::DIFFUSERS_SHARD_BYTES)?;
+    }
+    Ok((root, cfg))
+}
+
+fn ensure_inputs(dir: &Path, cfg: &transformer::Config, size: [usize; 3], text_len: usize) -> Result<PathBuf> {
+    let [f, h, w] = size;
+    let c = cfg.in_channels;
+    let path = dir.join(format!("dit-inputs-c{c}-{f}x{h}x{w}-text{text_len}x{}.safetensors", cfg.text_dim));
+    if !path.is_file() {
+        let dev = Device::Cpu;
+        let latents = Tensor::from_vec(random_weights::standard_normal(1, c * f * h * w), (1, c, f, h, w), &dev)?;
+        // UMT5 rows are O(0.1); the scale only matters for realism, not for timing.
+        let context = (Tensor::from_vec(
+            random_weights::standard_normal(2, text_len * cfg.text_dim),
+            (1, text_len, cfg.text_dim),
+            &dev,
+        )? * 0.1)?;
+        let timestep = Tensor::new(&[500f32], &dev)?;
+        tensor_io::write_atomic(&path, &[("latents", latents), ("context", context), ("timestep", timestep)])?;
+    }
+    Ok(path)
+}
+
+fn run_child(mut cmd: Command) -> Result<DitCaseResult> {
+    let out = cmd.output().context("running a benchmark case")?;
+    if !out.status.success() {
+        bail!("benchmark case failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("case printed no JSON")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// ‖a−b‖/‖b‖ of the `out` tensors of two files.
+fn rel_err(ours: &Path, theirs: &Path) -> Result<f64> {
+    let read = |p: &Path| -> Result<Vec<f64>> {
+        let t = tensor_io::read_tensor(p, "out", DType::F64, &Device::Cpu)?;
+        Ok(t.flatten_all()?.to_vec1::<f64>()?)
+    };
+    let (a, b) = (read(ours)?, read(theirs)?);
+    if a.len() != b.len() {
+        bail!("outputs differ in size: {} vs {}", a.len(), b.len());
+    }
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    Ok((num / den.max(1e-30)).sqrt())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn bench_dit(a: BenchDitArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.models_dir)?;
+    let sizes = parse_sizes(&a.sizes)?;
+    let (model, cfg) = ensure_model(&a.models_dir, &a.arch, a.layers)?;
+    let exe = std::env::current_exe()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_dit_diffusers.py");
+    let [pt, ph, pw] = cfg.patch_size;
+    println!(
+        "{} at real width (D {}, FFN {}), {} blocks, text {} tokens, f32 CPU, {} threads, warm-up {}, timed {}; load average {}",
+        a.arch,
+        cfg.inner_dim(),
+        cfg.ffn_dim,
+        a.layers,
+        a.text_len,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        a.warmup,
+        a.iters,
+        load_average()
+    );
+    println!("| tokens | latent F×H×W | engine | s / forward | min s | peak RSS GiB | rel. err vs diffusers |");
+    println!("|---|---|---|---|---|---|---|");
+    let tmp = tempfile_dir(&a.models_dir)?;
+    let mut rows = Vec::new();
+    for size in sizes {
+        let [f, h, w] = size;
+        if f % pt != 0 || h % ph != 0 || w % pw != 0 {
+            bail!("latent size {f},{h},{w} is not a multiple of the patch {pt}×{ph}×{pw}");
+        }
+        let tokens = (f / pt) * (h / ph) * (w / pw);
+        let inputs = ensure_inputs(&a.models_dir, &cfg, size, a.text_len)?;
+        let ours_out = tmp.join("ours.safetensors");
+        let mut ours = Command::new(&exe);
+        ours.args(["bench", "dit", "--case-model"])
+            .arg(&model)
+            .arg("--case-inputs")
+            .arg(&inputs)
+            .arg("--case-out")
+            .arg(&ours_out)
+            .args(["--warmup", &a.warmup.to_string(), "--iters", &a.iters.to_string()]);
+        let mut runs = vec![("tessera", run_child(ours)?)];
+        let mut err = None;
+        if let Some(py) = &a.diffusers {
+            let theirs_out = tmp.join("diffusers.safetensors");
+            let mut theirs = Command::new(py);
+            theirs
+                .arg(&script)
+                .arg("--model")
+                .arg(&model)
+                .arg("--inputs")
+                .arg(&inputs)
+                .arg("--out")
+                .arg(&theirs_out)
+                .args(["--warmup", &a.warmup.to_string(), "--iters", &a.iters.to_string()]);
+            runs.push(("diffusers", run_child(theirs)?));
+            err = Some(rel_err(&ours_out, &theirs_out)?);
+        }
+        for (engine, r) in runs {
+            let row = Row {
+                arch: a.arch.clone(),
+                layers: a.layers,
+                tokens,
+                latent: size,
+                text_len: a.text_len,
+                engine: engine.to_string(),
+                seconds: r.seconds,
+                min_seconds: r.min_seconds,
+                peak_rss_gib: r.peak_rss_bytes as f64 / (1u64 << 30) as f64,
+                rel_err_vs_diffusers: err,
+            };
+            println!(
+                "| {tokens} | {f}×{h}×{w} | {engine} | {:.2} | {:.2} | {:.2} | {} |",
+                row.seconds,
+                row.min_seconds,
+                row.peak_rss_gib,
+                err.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "–".into())
+            );
+            rows.push(row);
+        }
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+    println!("load average after: {}", load_average());
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+/// A scratch folder for the case outputs (removed at the end).
+fn tempfile_dir(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join(format!("dit-outputs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
