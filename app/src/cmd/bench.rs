@@ -24,6 +24,8 @@ pub enum BenchCommand {
     /// One measured decode (used by `bench vae`; prints one JSON line).
     #[command(hide = true)]
     VaeCase(VaeCaseArgs),
+    /// DiT forward benchmark at a few token counts (real width, few blocks), optionally beside diffusers.
+    Dit(super::bench_dit::BenchDitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -79,6 +81,7 @@ struct Row {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Vae(a) => bench_vae(a),
+        BenchCommand::Dit(a) => super::bench_dit::run(a),
         BenchCommand::Comm(a) => super::bench_comm::run(a),
         BenchCommand::VaeCase(a) => {
             let r = vae_case(&a)?;

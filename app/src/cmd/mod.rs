@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_comm;
+pub mod bench_dit;
 pub mod doctor;
 pub mod encode_prompt;
 pub mod generate;
