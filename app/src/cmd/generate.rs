@@ -160,7 +160,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         tensor_io::write_atomic(p, &[("latents", out.latents.clone())])?;
     }
     if let Some(path) = &a.report {
-        let weights_bytes = dir_bytes(&a.model.join("transformer")) + dir_bytes(&a.model.join("vae"));
+        let weights_bytes = dir_bytes(&a.model.join("transformer"))
+            + dir_bytes(&a.model.join("transformer_2"))
+            + dir_bytes(&a.model.join("vae"));
         let report = Report {
             wall_seconds: clock.start.elapsed().as_secs_f64(),
             ranks: vec![RankReport {
