@@ -455,6 +455,19 @@ impl Supervisor {
                     }
                     FromWorker::Cancelled { job_id: id } if id == job_id => cancelled[rank] = true,
                     FromWorker::Failed { message, .. } => {
+                        // A rank whose peer died fails with "rank N closed its connection", often
+                        // before the dead process is reaped: name the dead rank (the cause) if one
+                        // exits within a short grace.
+                        let deadline = Instant::now() + Duration::from_millis(500);
+                        loop {
+                            if let Some(dead) = self.workers.iter_mut().position(|w| w.poll_exit().is_some()) {
+                                return Err(self.fail_dead(dead, &mut on_event));
+                            }
+                            if Instant::now() > deadline {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                         let err = RuntimeError::WorkerFailed { rank: Rank(rank), message: message.clone() };
                         on_event(&JobEvent::Failed { rank: Some(Rank(rank)), message });
                         self.stop_world(&err.to_string());
