@@ -14,7 +14,7 @@ use crate::parallel::comm::wire::WireDType;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -113,10 +113,49 @@ pub enum FromWorker {
 /// Streamed while a job runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WorkerEvent {
-    Progress { step: u64, total: u64, message: String },
+    Progress {
+        step: u64,
+        total: u64,
+        message: String,
+    },
     Memory(MemorySample),
     PhaseSpan(PhaseSpan),
-    Log { level: LogLevel, message: String },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    /// A finished VAE tile (tiles mode) or chunk slab (halo mode), for the live decode mosaic.
+    VaePiece(VaePiece),
+}
+
+/// One finished piece of a patch-parallel VAE decode/encode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VaePiece {
+    pub mode: crate::parallel::plan::VaeMode,
+    /// Tile index in the row-major tile plan (tiles mode) or slab index = VAE rank (halo mode).
+    pub index: usize,
+    /// Latent chunk (halo mode: one event per chunk); `None` for a whole tile over all frames.
+    pub latent_chunk: Option<usize>,
+    /// Output frames the piece covers, `[start, end)`.
+    pub frames: [usize; 2],
+    /// The output pixels this piece finally owns after blending/cropping: `[y, x, height, width]`.
+    pub pixel_rect: [usize; 4],
+    /// The latent rows/columns it was decoded from (with overlap/halo): `[y, x, height, width]`.
+    pub latent_rect: [usize; 4],
+    /// Decode compute time of the piece on its rank.
+    pub seconds: f64,
+    /// Bytes this piece caused its rank to send (halos, blend strips, the piece itself).
+    pub bytes_sent: u64,
+    /// Small preview of the piece's first frame (longest side ≤ 64 px).
+    pub preview: Rgb8Preview,
+}
+
+/// A small RGB8 image, row-major, 3 bytes per pixel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rgb8Preview {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

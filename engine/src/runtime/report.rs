@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{LogLevel, PhaseSpan};
+use super::protocol::{LogLevel, PhaseSpan, VaePiece};
 use crate::parallel::Rank;
 
 /// Plain-data events of one job, in arrival order.
@@ -40,6 +40,11 @@ pub enum JobEvent {
         rank: Rank,
         level: LogLevel,
         message: String,
+    },
+    /// A finished VAE tile or slab from `rank` (see [`VaePiece`]).
+    VaePiece {
+        rank: Rank,
+        piece: VaePiece,
     },
     Finished {
         wall_seconds: f64,

@@ -619,6 +619,7 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
             peak_bytes: p.peak_bytes,
         },
         WorkerEvent::Log { level, message } => JobEvent::Log { rank, level, message },
+        WorkerEvent::VaePiece(piece) => JobEvent::VaePiece { rank, piece },
     }
 }
 
