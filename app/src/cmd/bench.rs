@@ -26,6 +26,8 @@ pub enum BenchCommand {
     VaeCase(VaeCaseArgs),
     /// DiT forward benchmark at a few token counts (real width, few blocks), optionally beside diffusers.
     Dit(super::bench_dit::BenchDitArgs),
+    /// Sharded denoise on worker processes: resident weights, peak, step time, comm share per rank.
+    Denoise(super::bench_denoise::BenchDenoiseArgs),
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +84,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Vae(a) => bench_vae(a),
         BenchCommand::Dit(a) => super::bench_dit::run(a),
+        BenchCommand::Denoise(a) => super::bench_denoise::run(a),
         BenchCommand::Comm(a) => super::bench_comm::run(a),
         BenchCommand::VaeCase(a) => {
             let r = vae_case(&a)?;

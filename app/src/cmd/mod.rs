@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod bench_comm;
+pub mod bench_denoise;
 pub mod bench_dit;
 pub mod doctor;
 pub mod encode_prompt;
 pub mod generate;
+pub mod generate_workers;
 pub mod make_model;
 pub mod vae;

@@ -8,6 +8,7 @@
 
 mod comm;
 mod diagnostic;
+mod generate;
 mod vae;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +146,7 @@ pub fn run(ctx: &JobCtx, job: &Job) -> Result<JobOutput, JobError> {
         Job::CommBench(spec) => comm::bench(ctx, spec),
         Job::Diagnostic(d) => diagnostic::run(ctx, d),
         Job::VaeDecode(spec) => vae::decode(ctx, spec),
+        Job::Generate(spec) => generate::run(ctx, spec),
     }
 }
 
