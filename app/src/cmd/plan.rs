@@ -60,9 +60,10 @@ pub struct PlanArgs {
     /// cuda (bf16 transformer, device bytes) or cpu (f32, heap bytes).
     #[arg(long, value_enum)]
     pub device: Option<Target>,
-    /// Which weights stay loaded across phases.
-    #[arg(long, value_enum, default_value_t = Residency::Pipeline)]
-    pub residency: Residency,
+    /// Which weights stay loaded across phases: pipeline (as WanPipeline today: everything from load
+    /// to the end) or phased (each phase its own weights). Default: the preset's, else pipeline.
+    #[arg(long, value_enum)]
+    pub residency: Option<Residency>,
     /// CPU threads per rank (VAE kernel scratch); default: this machine's.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -108,8 +109,13 @@ pub fn run(a: PlanArgs) -> Result<()> {
         steps: a.steps,
         guidance: a.guidance,
     };
+    let mut residency = a.residency.unwrap_or_default();
     let applied = match &a.preset {
-        Some(p) => preset::load(p)?.apply(&explicit),
+        Some(p) => {
+            let p = preset::load(p)?;
+            residency = a.residency.unwrap_or(p.residency);
+            p.apply(&explicit)
+        }
         None => {
             // Without a preset: one rank, and Ulysses over all ranks unless told otherwise.
             let ranks = a.ranks.unwrap_or(1);
@@ -150,7 +156,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
     };
     let spec = ModelSpec::from_dir(&a.model)?;
     let mut opts = Options::new(target);
-    opts.residency = a.residency;
+    opts.residency = residency;
     if let Some(t) = a.threads {
         opts.threads = t.max(1);
     }
@@ -204,7 +210,14 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-fn print_table(spec: &ModelSpec, req: &Request, plan: &ParallelPlan, target: Target, gpus: Option<GpuSpec>, p: &Prediction) {
+fn print_table(
+    spec: &ModelSpec,
+    req: &Request,
+    plan: &ParallelPlan,
+    target: Target,
+    gpus: Option<GpuSpec>,
+    p: &Prediction,
+) {
     let (lt, lh, lw) = spec.latent_grid(req.height, req.width, req.frames);
     println!(
         "{}×{}×{} frames ({} latents {lt}×{lh}×{lw}), CFG {}, {} on {target}",
@@ -220,7 +233,8 @@ fn print_table(spec: &ModelSpec, req: &Request, plan: &ParallelPlan, target: Tar
         "plan: ranks {} · ulysses {} · cfg-parallel {} · fsdp {} · vae {}×{}{tiling} · text encoder {}",
         plan.ranks, plan.ulysses, plan.cfg_parallel, plan.fsdp, plan.vae_parallel, plan.vae_mode, plan.text_encoder
     );
-    let names: Vec<String> = p.ranks.first().map(|r| r.phases.iter().map(|ph| ph.name.clone()).collect()).unwrap_or_default();
+    let names: Vec<String> =
+        p.ranks.first().map(|r| r.phases.iter().map(|ph| ph.name.clone()).collect()).unwrap_or_default();
     let mut header = format!("{:<5}", "rank");
     for n in &names {
         header += &format!("{n:>14}");

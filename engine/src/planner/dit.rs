@@ -215,9 +215,9 @@ pub fn block_peak(cfg: &DitConfig, run: &DitRun, ls: usize, runs: usize) -> u64 
         let norm = if e == 4 { x } else { 3 * xf };
         m.alloc(norm);
         m.alloc(x); // split_heads(..).contiguous()
-        m.alloc(xf); // rope_i (f32)
-        m.alloc(if e == 4 { 0 } else { x });
-        m.free(lin + norm + x + xf);
+        m.alloc(xf); // rope_i (f32): q itself in f32 runs
+        m.alloc(if e == 4 { 0 } else { x }); // cast back: q in bf16 runs
+        m.free(lin + norm + x + if e == 4 { 0 } else { xf });
     };
     qk_tmp(&mut m); // q
     qk_tmp(&mut m); // k
@@ -370,6 +370,9 @@ mod tests {
         // holds by then (its input is not counted here).
         let floor = 2 * (l * cfg.ffn_dim) as u64 * 2 + 7 * (l * cfg.inner_dim()) as u64 * 2;
         assert!(one >= floor, "{one} < {floor}");
+        // The f32 (CPU) replay balances its frees too (a debug assertion checks every free).
+        let f32_run = DitRun { elt: 4, ..run };
+        assert!(block_peak(&cfg, &f32_run, 1000, 1) > block_peak(&cfg, &run, 1000, 1));
     }
 
     #[test]

@@ -274,7 +274,11 @@ pub fn predict(
         term("text context", dit::context_bytes(dcfg, e, cfg_branches)),
         term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
         term("block input (tokens)", (ls * dcfg.inner_dim()) as u64 * e),
-        term("block activations (FFN, attention tiles)", dit::block_peak(dcfg, &run, ls, runs)),
+        // The stem/head temporaries and a block's never coexist: the larger one counts.
+        term(
+            "block activations (FFN, attention tiles)",
+            dit::block_peak(dcfg, &run, ls, runs).max(dit::stem_head_bytes(dcfg, ls, e)),
+        ),
         term("fsdp gathered block", dit::fsdp_gather_bytes(dcfg, e, plan.fsdp)),
     ];
 

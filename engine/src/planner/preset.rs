@@ -4,6 +4,7 @@
 //! ```toml
 //! # Who it is for (a comment; required by convention, see presets/README.md).
 //! model = "wan2.2-ti2v-5b"        # the architecture it was sized for (optional)
+//! residency = "pipeline"          # weights kept across phases: pipeline (default) | phased
 //! [plan]                          # deserialised into ParallelPlan; omitted keys = one-rank defaults
 //! ranks = 2
 //! ulysses = 2
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::predict::Residency;
 use super::search::GpuSpec;
 use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
 
@@ -44,6 +46,7 @@ pub struct Defaults {
 #[serde(deny_unknown_fields)]
 struct PresetFile {
     model: Option<String>,
+    residency: Option<Residency>,
     plan: ParallelPlan,
     #[serde(default)]
     defaults: Defaults,
@@ -57,6 +60,9 @@ pub struct Preset {
     pub path: PathBuf,
     /// Architecture it was sized for (`wan2.2-ti2v-5b`, …), when given.
     pub model: Option<String>,
+    /// Which weights the preset assumes stay loaded across phases (default: `pipeline`, what
+    /// `WanPipeline` does; `phased` needs a runtime that loads each phase's weights only for it).
+    pub residency: Residency,
     pub plan: ParallelPlan,
     pub defaults: Defaults,
     /// Parsed `defaults.gpus`.
@@ -135,6 +141,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Preset, PresetError> {
         name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         path: path.to_path_buf(),
         model: file.model,
+        residency: file.residency.unwrap_or_default(),
         plan: file.plan,
         defaults: file.defaults,
         gpus,
@@ -259,6 +266,43 @@ mod tests {
         assert!(e.contains(":11:") && e.contains("COUNTxSIZE"), "{e}");
         let e = parse(Path::new("x.toml"), &GOOD.replace("2x24GB", "1x24GB")).unwrap_err().to_string();
         assert!(e.contains("fewer GPUs"), "{e}");
+    }
+
+    /// Every preset in `presets/` loads, validates against its model, and (when it names GPUs) fits
+    /// them according to the planner, with the real-size configs of `tests/fixtures/configs/`.
+    #[test]
+    fn every_preset_fits_its_gpus() {
+        use crate::planner::{predict, ModelSpec, Options, Request, Target};
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let presets = load_dir(&root.join("presets")).unwrap();
+        assert!(presets.len() >= 11, "{} presets", presets.len());
+        for p in presets {
+            assert!(!p.description.is_empty(), "{}: starts with a comment saying who it is for", p.name);
+            let model = p.model.as_deref().unwrap_or_else(|| panic!("{}: names its model", p.name));
+            let spec = ModelSpec::from_dir(&root.join("tests/fixtures/configs").join(model)).unwrap();
+            let d = &p.defaults;
+            let req = Request {
+                height: d.height.unwrap(),
+                width: d.width.unwrap(),
+                frames: d.frames.unwrap(),
+                guidance: d.guidance.unwrap_or(5.0),
+                image: spec.channel_concat_i2v(),
+            };
+            let target = if p.gpus.is_some() { Target::Cuda } else { Target::Cpu };
+            let mut opts = Options::new(target);
+            opts.residency = p.residency;
+            let prediction = predict(&spec, &req, &p.plan, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            if let Some(g) = p.gpus {
+                let peak = prediction.max_peak();
+                println!(
+                    "{:<28} peak {:>6.2} GiB of {:.2} usable",
+                    p.name,
+                    peak as f64 / (1u64 << 30) as f64,
+                    g.usable() as f64 / (1u64 << 30) as f64
+                );
+                assert!(crate::planner::search::fits(&prediction, &g), "{}: peak {peak} B does not fit {g}", p.name);
+            }
+        }
     }
 
     #[test]
