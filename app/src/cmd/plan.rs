@@ -131,6 +131,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
                 name: String::new(),
                 path: PathBuf::new(),
                 model: None,
+                residency,
                 plan: base,
                 defaults: Default::default(),
                 gpus: None,
