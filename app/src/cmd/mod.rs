@@ -8,4 +8,5 @@ pub mod doctor;
 pub mod encode_prompt;
 pub mod generate;
 pub mod make_model;
+pub mod plan;
 pub mod vae;
