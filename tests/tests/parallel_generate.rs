@@ -203,3 +203,47 @@ fn tiles_mode_vae_in_the_generate_world() {
     println!("tiled (64-px tiles) vs untiled diffusers video: rel {grel:.2e}");
     assert!(grel > 1e-3, "--tiling had no effect (rel {grel:.2e})");
 }
+
+/// `--text-encoder sharded`: the same world first encodes the prompts (UMT5 split by layer, the
+/// golden 32-dim encoder beside the golden pipeline) and then denoises; the video equals the run
+/// that encodes on the host (separate, empty prompt caches, so both really encode).
+#[test]
+fn sharded_text_encoder_in_the_generate_world() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("pipeline-with-text");
+    std::fs::create_dir(&model).unwrap();
+    let pipeline = case_dir("golden", "pipeline");
+    for part in ["model_index.json", "scheduler", "transformer", "vae"] {
+        std::os::unix::fs::symlink(pipeline.join(part), model.join(part)).unwrap();
+    }
+    for part in ["text_encoder", "tokenizer"] {
+        std::os::unix::fs::symlink(case_dir("golden", "prompt").join(part), model.join(part)).unwrap();
+    }
+    let gen = |out: &Path, cache: &str, extra: &[&str]| {
+        let mut cmd = tessera();
+        cmd.env("TESSERA_CACHE_DIR", tmp.path().join(cache)).arg("generate").arg("--model").arg(&model);
+        cmd.args(["--prompt", "A white cat wearing sunglasses", "--negative-prompt", "blurry"]);
+        cmd.args(["--height", "64", "--width", "64", "--frames", "5", "--steps", "2", "--guidance", "4"]);
+        cmd.arg("--out").arg(out).args(extra);
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{extra:?}: {}", error_line(&o));
+    };
+    let (host, sharded) = (tmp.path().join("host.safetensors"), tmp.path().join("sharded.safetensors"));
+    gen(&host, "cache-host", &[]);
+    let report = tmp.path().join("report.json");
+    gen(
+        &sharded,
+        "cache-sharded",
+        &["--ulysses", "2", "--text-encoder", "sharded", "--report", report.to_str().unwrap()],
+    );
+    let (max, rel) = errors(&video(&sharded), &video(&host));
+    println!("sharded text encoder + Ulysses 2 vs host encoder on one device: max_abs {max:.2e} rel {rel:.2e}");
+    assert!(rel <= 1e-4, "rel {rel:.2e}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for rank in r["ranks"].as_array().unwrap() {
+        assert!(rank["text_encoder_weights_bytes"].as_u64().unwrap() > 0, "{rank}");
+        let phases: Vec<&str> =
+            rank["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert!(phases.contains(&"text_encode") && phases.contains(&"denoise"), "{phases:?}");
+    }
+}

@@ -7,7 +7,8 @@
 //! `0..vae_parallel` in tiles or halo mode, with `VaePiece` events; rank 0 alone when it is 1).
 //! Rank 0 sends one progress event per step and writes the outputs atomically.
 //!
-//! Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
+//! Prompt embeddings arrive ready (`plan.text_encoder` says who made them: the host, or this world
+//! in a preceding `EncodePrompt` job). Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
 
 mod inputs;
 mod timed;
@@ -23,7 +24,7 @@ use crate::models::wan::transformer::Config as DitConfig;
 use crate::models::wan::vae::parallel::DecodedPiece;
 use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
 use crate::parallel::comm::Collective;
-use crate::parallel::plan::{PlanModel, TextEncoderPlacement, VaeMode};
+use crate::parallel::plan::{PlanModel, VaeMode};
 use crate::pipeline::denoise::{run_loop, LoopSpec};
 use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
@@ -53,9 +54,6 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let vae_cfg: vae::Config = load_config(&vae_dir)?;
     let cfg_on = params.guidance > 1.0;
     plan.validate(PlanModel { num_heads: dit_cfg.num_attention_heads, cfg: cfg_on }).map_err(invalid)?;
-    if plan.text_encoder == TextEncoderPlacement::Sharded {
-        return Err(invalid("--text-encoder sharded is not available in the generate job yet; use --text-encoder cpu"));
-    }
     params.validate(vae_cfg.scale_factor_spatial * dit_cfg.patch_size[1]).map_err(invalid)?;
     let out_kind = OutputKind::of(&spec.out).map_err(invalid)?;
     if dit_cfg.in_channels != vae_cfg.z_dim && spec.image.is_none() {
