@@ -247,3 +247,59 @@ fn sharded_text_encoder_in_the_generate_world() {
         assert!(phases.contains(&"text_encode") && phases.contains(&"denoise"), "{phases:?}");
     }
 }
+
+/// Two experts (A14B-style switch at `boundary_ratio`, `--guidance-2`), both FSDP-sharded: a copy
+/// of the golden pipeline with a `transformer_2` whose weights are the first expert's × 0.9. The
+/// sharded runs equal the single-device run, which differs from the one-expert run (the switch
+/// happened), and each rank keeps a quarter of both experts' blocks under FSDP 4.
+#[test]
+fn two_experts_both_sharded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = case_dir("golden", "pipeline");
+    let model = tmp.path().join("two-experts");
+    std::fs::create_dir(&model).unwrap();
+    for part in ["scheduler", "transformer", "vae", "case.json", "inputs.safetensors", "outputs.safetensors"] {
+        std::os::unix::fs::symlink(src.join(part), model.join(part)).unwrap();
+    }
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("model_index.json")).unwrap()).unwrap();
+    index["boundary_ratio"] = 0.9.into(); // timesteps 999, 937, 833, 625 (flow shift 5): two per expert
+    index["transformer_2"] = serde_json::json!(["diffusers", "WanTransformer3DModel"]);
+    std::fs::write(model.join("model_index.json"), index.to_string()).unwrap();
+    let t2 = model.join("transformer_2");
+    std::fs::create_dir(&t2).unwrap();
+    std::fs::copy(src.join("transformer/config.json"), t2.join("config.json")).unwrap();
+    let weights =
+        tensor_io::read_all(&src.join("transformer/diffusion_pytorch_model.safetensors"), &Device::Cpu).unwrap();
+    let scaled: Vec<(String, Tensor)> = weights.into_iter().map(|(k, v)| (k, (v * 0.9).unwrap())).collect();
+    let refs: Vec<(&str, Tensor)> = scaled.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    tensor_io::write_atomic(&t2.join("diffusion_pytorch_model.safetensors"), &refs).unwrap();
+
+    let g2 = ["--guidance-2", "3"];
+    let single = tmp.path().join("single.safetensors");
+    let o = generate(&model, &single, &g2);
+    assert!(o.status.success(), "{}", error_line(&o));
+    let (_, vs_one_expert) = errors(&video(&single), &video(&src.join("outputs.safetensors")));
+    println!("two experts vs the one-expert golden video: rel {vs_one_expert:.2e}");
+    assert!(vs_one_expert > 1e-3, "the low-noise expert was not used");
+    for plan in [&["--cfg-parallel", "2", "--fsdp", "2"][..], &["--ulysses", "2", "--cfg-parallel", "2", "--fsdp", "4"]]
+    {
+        let out = tmp.path().join("sharded.safetensors");
+        let report = tmp.path().join("report.json");
+        let flags = [plan, &g2, &["--report", report.to_str().unwrap()]].concat();
+        let o = generate(&model, &out, &flags);
+        assert!(o.status.success(), "{plan:?}: {}", error_line(&o));
+        let (max, rel) = errors(&video(&out), &video(&single));
+        println!("two experts {}: vs single device max_abs {max:.2e} rel {rel:.2e}", plan.join(" "));
+        assert!(rel <= 1e-4, "{plan:?}: rel {rel:.2e}");
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let f = r["plan"]["fsdp"].as_u64().unwrap();
+        for rank in r["ranks"].as_array().unwrap() {
+            let d = &rank["denoise"];
+            let (mine, block) = (d["transformer_bytes"].as_u64().unwrap(), d["block_bytes"].as_u64().unwrap());
+            // Per expert: stem + ⌈2 blocks / F⌉ (+ ≤ F−1 padding elements per tensor); two experts.
+            let stem = 306_112 - 2 * block;
+            assert!(mine <= 2 * (stem + 2 * block / f + 4096), "rank {}: {mine} B", rank["rank"]);
+        }
+    }
+}
