@@ -303,3 +303,26 @@ fn two_experts_both_sharded() {
         }
     }
 }
+
+/// `--preset`: the plan comes from the preset file, explicit flags override it field by field.
+#[test]
+fn preset_supplies_the_plan_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let preset = tmp.path().join("u2c2.toml");
+    std::fs::write(&preset, "# Test preset.\n[plan]\nranks = 4\nulysses = 2\ncfg_parallel = 2\nfsdp = 4\n").unwrap();
+    let dir = case_dir("golden", "pipeline");
+    let golden = video(&dir.join("outputs.safetensors"));
+    for (name, extra) in [("preset", &[][..]), ("override", &["--fsdp", "2"][..])] {
+        let (out, report) = (tmp.path().join(format!("{name}.safetensors")), tmp.path().join(format!("{name}.json")));
+        let flags = [&["--preset", preset.to_str().unwrap(), "--report", report.to_str().unwrap()][..], extra].concat();
+        let o = generate(&dir, &out, &flags);
+        assert!(o.status.success(), "{name}: {}", error_line(&o));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!((r["plan"]["ranks"].as_u64(), r["plan"]["ulysses"].as_u64()), (Some(4), Some(2)));
+        assert_eq!(r["plan"]["fsdp"].as_u64(), Some(if name == "preset" { 4 } else { 2 }));
+        let (_, rel) = errors(&video(&out), &golden);
+        assert!(rel <= 1e-3, "{name}: rel {rel:.2e}");
+    }
+    let line = rejected(&["--preset", preset.to_str().unwrap(), "--ulysses", "4"]);
+    assert!(line.contains("≠ --ranks 4"), "{line}");
+}

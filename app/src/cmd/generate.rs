@@ -93,6 +93,9 @@ pub struct GenerateArgs {
     /// Tiled VAE decode: TILE_H,TILE_W,STRIDE_H,STRIDE_W in pixels (tiles mode).
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = tessera_engine::parallel::plan::TilingSpec::parse)]
     pub tiling: Option<tessera_engine::parallel::plan::TilingSpec>,
+    /// A preset (presets/NAME.toml) supplying the parallel plan; the plan flags here override it.
+    #[arg(long)]
+    pub preset: Option<PathBuf>,
     /// Where the UMT5 text encoder runs: cpu (this process) or sharded (across the ranks).
     #[arg(long, value_enum)]
     pub text_encoder: Option<tessera_engine::parallel::plan::TextEncoderPlacement>,
@@ -149,6 +152,7 @@ impl GenerateArgs {
             || self.vae_mode.is_some()
             || self.tiling.is_some()
             || self.text_encoder.is_some()
+            || self.preset.is_some()
     }
 }
 

@@ -13,6 +13,7 @@ use tessera_engine::models::wan::transformer::Config as DitConfig;
 use tessera_engine::parallel::comm::wire::{tensor_to_bytes, WireDType};
 use tessera_engine::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, VaeMode};
 use tessera_engine::pipeline::GenerateParams;
+use tessera_engine::planner::preset::{self, Explicit};
 use tessera_engine::runtime::protocol::{
     EmbedsSource, EncodePromptSpec, GenerateSpec, GenerateStats, Job, JobOutput, WireTensor,
 };
@@ -22,12 +23,28 @@ use tessera_engine::weights::load_config;
 
 use super::generate::GenerateArgs;
 
-/// The plan the flags ask for: `--ranks` defaults to U × C, `--ulysses` to ranks / C.
-pub fn plan_from_args(a: &GenerateArgs) -> ParallelPlan {
+/// The plan the flags ask for: a `--preset`'s plan with the given flags on top, else `--ranks`
+/// defaulting to U × C and `--ulysses` to ranks / C.
+pub fn plan_from_args(a: &GenerateArgs) -> Result<ParallelPlan> {
+    if let Some(path) = &a.preset {
+        let p = preset::load(path)?;
+        let explicit = Explicit {
+            ranks: a.ranks,
+            ulysses: a.ulysses,
+            cfg_parallel: a.cfg_parallel,
+            fsdp: a.fsdp,
+            vae_parallel: a.vae_parallel,
+            vae_mode: a.vae_mode,
+            vae_tiling: a.tiling,
+            text_encoder: a.text_encoder,
+            ..Explicit::default()
+        };
+        return Ok(p.apply(&explicit).plan);
+    }
     let cfg_parallel = a.cfg_parallel.unwrap_or(1);
     let ranks = a.ranks.unwrap_or(a.ulysses.unwrap_or(1) * cfg_parallel);
     let ulysses = a.ulysses.unwrap_or(ranks.checked_div(cfg_parallel).unwrap_or(ranks));
-    ParallelPlan {
+    Ok(ParallelPlan {
         ranks,
         ulysses,
         cfg_parallel,
@@ -37,7 +54,7 @@ pub fn plan_from_args(a: &GenerateArgs) -> ParallelPlan {
         vae_mode: a.vae_mode.unwrap_or(if a.tiling.is_some() { VaeMode::Tiles } else { VaeMode::Halo }),
         vae_tiling: a.tiling,
         text_encoder: a.text_encoder.unwrap_or_default(),
-    }
+    })
 }
 
 fn params(a: &GenerateArgs) -> GenerateParams {
@@ -126,7 +143,7 @@ fn encode_in_world(
 
 pub fn run(a: &GenerateArgs) -> Result<()> {
     OutputKind::of(&a.out).map_err(anyhow::Error::msg)?;
-    let plan = plan_from_args(a);
+    let plan = plan_from_args(a)?;
     let dit: DitConfig = load_config(&a.model.join("transformer"))
         .with_context(|| format!("reading the transformer config of {}", a.model.display()))?;
     plan.validate(PlanModel { num_heads: dit.num_attention_heads, cfg: a.guidance > 1.0 })?;
