@@ -136,6 +136,9 @@ fn invalid_plans_are_rejected_up_front_with_a_valid_plan() {
     assert!(line.contains("needs classifier-free guidance"), "{line}");
     let line = rejected(&["--ulysses", "2", "--vae-mode", "halo", "--tiling", "256,256,192,192"]);
     assert!(line.contains("drop --tiling"), "{line}");
+    // Request sizes too, against the model's VAE and patch, before the workers start.
+    let line = rejected(&["--ulysses", "2", "--width", "120"]);
+    assert!(line.contains("--width 120 is not a multiple of 32 for this model; nearest valid: 96 or 128"), "{line}");
 }
 
 /// `--report`: every rank reports its resident weights, step times and time in collectives; with

@@ -147,7 +147,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let dit: DitConfig = load_config(&a.model.join("transformer"))
         .with_context(|| format!("reading the transformer config of {}", a.model.display()))?;
     plan.validate(PlanModel { num_heads: dit.num_attention_heads, cfg: a.guidance > 1.0 })?;
-    params(a).validate(1)?; // frames/steps/guidance now; sizes on the workers (they know the VAE)
+    let vae: tessera_engine::models::wan::vae::Config =
+        load_config(&tessera_engine::weights::component_dir(&a.model, "vae")?)?;
+    params(a).validate(vae.scale_factor_spatial * dit.patch_size[1])?;
     let device = if a.device == "cuda" { DeviceKind::Cuda } else { DeviceKind::Cpu };
     let sharded_text = plan.text_encoder == TextEncoderPlacement::Sharded;
     let host_embeds = if sharded_text { None } else { Some(embeds(a)?) };
