@@ -8,6 +8,7 @@
 
 mod comm;
 mod diagnostic;
+mod generate;
 mod text;
 mod vae;
 
@@ -156,6 +157,7 @@ pub fn run(ctx: &JobCtx, job: &Job) -> Result<JobOutput, JobError> {
         Job::VaeDecode(spec) => vae::decode(ctx, spec),
         Job::VaeEncode(spec) => vae::encode(ctx, spec),
         Job::EncodePrompt(spec) => text::encode_prompt(ctx, spec),
+        Job::Generate(spec) => generate::run(ctx, spec),
     }
 }
 
