@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use tessera_engine::media::OutputKind;
 use tessera_engine::models::wan::transformer::Config as DitConfig;
@@ -76,11 +76,17 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let dit: DitConfig = load_config(&a.model.join("transformer"))
         .with_context(|| format!("reading the transformer config of {}", a.model.display()))?;
     plan.validate(PlanModel { num_heads: dit.num_attention_heads, cfg: a.guidance > 1.0 })?;
-    if plan.text_encoder == TextEncoderPlacement::Sharded {
-        bail!("--text-encoder sharded is not available yet: prompts are encoded on the host (use --text-encoder cpu)");
-    }
     params(a).validate(1)?; // frames/steps/guidance now; sizes on the workers (they know the VAE)
-    let (prompt, negative) = embeds(a)?;
+    let device = if a.device == "cuda" { DeviceKind::Cuda } else { DeviceKind::Cpu };
+    let mut sup = Supervisor::spawn(WorldSpec { ranks: plan.ranks, device, ..WorldSpec::default() })
+        .context("starting the workers")?;
+    // `--text-encoder sharded`: a first job on the same workers encodes the prompts with UMT5 split by
+    // layer over the ranks (and frees it) before the denoise job loads the transformer.
+    let scratch = tempfile::tempdir().context("creating a scratch folder for the prompt embeddings")?;
+    let (prompt, negative) = match sharded_prompts(a, &plan) {
+        Some(prompts) => encode_on_workers(&mut sup, a, prompts, scratch.path())?,
+        None => embeds(a)?,
+    };
     let spec = GenerateSpec {
         model: a.model.clone(),
         params: params(a),
@@ -94,9 +100,6 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         fps: a.fps,
         decode: true,
     };
-    let device = if a.device == "cuda" { DeviceKind::Cuda } else { DeviceKind::Cpu };
-    let mut sup = Supervisor::spawn(WorldSpec { ranks: plan.ranks, device, ..WorldSpec::default() })
-        .context("starting the workers")?;
     let pb = crate::progress::bar(a.steps as u64, "denoise");
     let result = sup.run_job(Job::Generate(Box::new(spec)), |e| {
         if let JobEvent::Progress { step, total, message, .. } = e {
@@ -116,6 +119,48 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     }
     tracing::info!("wrote {} ({} ranks, {:.2}s)", a.out.display(), plan.ranks, result.report.wall_seconds);
     Ok(())
+}
+
+/// The texts to encode on the workers, when the plan places the text encoder there and the prompt
+/// is given as text (the negative defaults to "" under guidance, as in diffusers).
+fn sharded_prompts(a: &GenerateArgs, plan: &ParallelPlan) -> Option<Vec<String>> {
+    if plan.text_encoder != TextEncoderPlacement::Sharded {
+        return None;
+    }
+    let prompt = a.prompt.clone()?;
+    let mut prompts = vec![prompt];
+    if a.guidance > 1.0 && a.negative_prompt_embeds.is_none() {
+        prompts.push(a.negative_prompt.clone().unwrap_or_default());
+    }
+    Some(prompts)
+}
+
+/// Runs `Job::EncodePrompt` on the world and points the generate job at its output file.
+fn encode_on_workers(
+    sup: &mut Supervisor,
+    a: &GenerateArgs,
+    prompts: Vec<String>,
+    scratch: &Path,
+) -> Result<(EmbedsSource, Option<EmbedsSource>)> {
+    use tessera_engine::runtime::protocol::EncodePromptSpec;
+    let out = scratch.join("prompt-embeds.safetensors");
+    let cache_dir = tessera_engine::text::PromptCache::default_dir();
+    let with_negative = prompts.len() > 1;
+    let spec = EncodePromptSpec {
+        model: a.model.clone(),
+        prompts,
+        max_sequence_length: tessera_engine::text::DEFAULT_MAX_SEQUENCE_LENGTH,
+        cache_dir,
+        out: out.clone(),
+    };
+    sup.run_job(Job::EncodePrompt(spec), |_| {}).context("encoding the prompts with the sharded text encoder")?;
+    let file = |name: &str| EmbedsSource::File { path: out.clone(), name: name.into() };
+    let negative = match (&a.negative_prompt_embeds, with_negative) {
+        (Some(p), _) => Some(EmbedsSource::File { path: p.clone(), name: "negative_prompt_embeds".into() }),
+        (None, true) => Some(file("negative_prompt_embeds")),
+        (None, false) => None,
+    };
+    Ok((file("prompt_embeds"), negative))
 }
 
 /// The supervisor's run report with the plan and each rank's `denoise` statistics added:

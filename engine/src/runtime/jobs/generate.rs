@@ -20,16 +20,16 @@ use candle_core::{DType, Tensor};
 use super::{JobCtx, JobError};
 use crate::media::{self, OutputKind};
 use crate::models::wan::transformer::Config as DitConfig;
-use crate::models::wan::vae::split::{CommRowExchange, RowExchange};
+use crate::models::wan::vae::parallel::DecodedPiece;
 use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
 use crate::parallel::comm::Collective;
-use crate::parallel::plan::{PlanModel, TextEncoderPlacement, VaeMode};
+use crate::parallel::plan::PlanModel;
 use crate::pipeline::denoise::{run_loop, LoopSpec};
 use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use crate::pipeline::wan::{self as wan_pipeline, ModelIndex};
 use crate::pipeline::PipelineProgress;
-use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput};
+use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput, WorkerEvent};
 use crate::scheduler;
 use crate::tensor_io;
 use crate::weights::{component_dir, load_config, Checkpoint};
@@ -50,9 +50,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let vae_cfg: vae::Config = load_config(&vae_dir)?;
     let cfg_on = params.guidance > 1.0;
     plan.validate(PlanModel { num_heads: dit_cfg.num_attention_heads, cfg: cfg_on }).map_err(invalid)?;
-    if plan.text_encoder == TextEncoderPlacement::Sharded {
-        return Err(invalid("--text-encoder sharded is not available in the generate job yet; use --text-encoder cpu"));
-    }
+    // The text encoder already ran (on the host, or sharded over these ranks as a preceding
+    // `EncodePrompt` job); this job receives the embeddings either way.
     params.validate(vae_cfg.scale_factor_spatial * dit_cfg.patch_size[1]).map_err(invalid)?;
     let out_kind = OutputKind::of(&spec.out).map_err(invalid)?;
     if dit_cfg.in_channels != vae_cfg.z_dim && spec.image.is_none() {
@@ -70,10 +69,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let given = spec.latents.as_ref().map(|p| tensor_io::read_tensor(p, "latents", DType::F32, &device)).transpose()?;
     let latents = wan_pipeline::initial_latents(params, &shape, given.as_ref(), &device).map_err(invalid)?;
 
-    // Decoding ranks: the whole VAE group in halo mode, rank 0 otherwise (tiles mode decodes its
-    // tiles on rank 0 until the tile-parallel decode lands).
-    let halo = plan.vae_parallel > 1 && plan.vae_mode == VaeMode::Halo;
-    let decodes = spec.decode && if halo { groups.vae.is_some() } else { rank.0 == 0 };
+    // Decoding ranks: the VAE group (ranks 0..vae_parallel) in either patch-parallel mode.
+    let decodes = spec.decode && if plan.vae_parallel > 1 { groups.vae.is_some() } else { rank.0 == 0 };
     let encodes = rank.0 == 0 && spec.image.is_some();
     let (mut predictor, vae, mut out_stats) = {
         let _load = ctx.phase("load");
@@ -200,20 +197,18 @@ fn decode(
             ctx.progress(i as u64 + 1, n as u64, "decode");
         }
     };
-    let video = match (&groups.vae, plan.vae_mode) {
-        (Some(comm), VaeMode::Halo) => {
-            let ex: Arc<dyn RowExchange> = Arc::new(CommRowExchange::new(comm.clone(), z.dim(3)?));
-            vae.decode_halo(&z, ex, &mut progress)?
+    let tiling = plan.vae_tiling.map(|t| Tiling {
+        tile_sample_min_height: t.tile_height,
+        tile_sample_min_width: t.tile_width,
+        tile_sample_stride_height: t.stride_height,
+        tile_sample_stride_width: t.stride_width,
+    });
+    let video = match &groups.vae {
+        Some(comm) if plan.vae_parallel > 1 => {
+            let mut on_piece = |p: DecodedPiece<'_>| ctx.emit(WorkerEvent::VaePiece(super::vae::piece_event(&p)));
+            vae.decode_parallel(&z, comm, plan.vae_mode, tiling.as_ref(), &mut progress, &mut on_piece)?
         }
-        _ if lead => {
-            let tiling = plan.vae_tiling.map(|t| Tiling {
-                tile_sample_min_height: t.tile_height,
-                tile_sample_min_width: t.tile_width,
-                tile_sample_stride_height: t.stride_height,
-                tile_sample_stride_width: t.stride_width,
-            });
-            Some(vae.decode(&z, tiling.as_ref(), &mut progress)?)
-        }
+        _ if lead => Some(vae.decode(&z, tiling.as_ref(), &mut progress)?),
         _ => None,
     };
     Ok(video.map(|v| sampling::video_to_unit_range(&v)).transpose()?)
