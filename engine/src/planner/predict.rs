@@ -269,7 +269,7 @@ pub fn predict(
     // Denoise working set (the same on every rank: shards are equal up to one token).
     let latent_elems = (dcfg.out_channels() * lt * lh * lw) as u64;
     let cfg_branches = if cfg_on { 2 } else { 1 };
-    let denoise_work = vec![
+    let denoise_work = [
         term("latents, predictions and scheduler state", dit::latent_state_bytes(dcfg, latent_elems, e, cfg_on)),
         term("text context", dit::context_bytes(dcfg, e, cfg_branches)),
         term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
