@@ -86,7 +86,7 @@ python3 tensors.py lat21.safetensors latents:1,16,3,16,16
 # Wan2.2 VAE (TI2V-5B): latents 48×2×4×8 → 5 frames of 64×128.
 vae_case "Wan2.2 VAE decode 64×128×5, 1 rank" ti2v lat22.safetensors 1 - --height 64 --width 128 --frames 5 --guidance 1
 vae_case "Wan2.2 VAE decode 64×128×5, halo 2 ranks" ti2v lat22.safetensors 2 - --height 64 --width 128 --frames 5 --guidance 1
-vae_case "Wan2.2 VAE decode 64×128×5, tiled 64/48" ti2v lat22.safetensors 1 64,64,48,48 --height 64 --width 128 --frames 5 --guidance 1
+vae_case "Wan2.2 VAE decode 64×128×5, tiled 64/48×64" ti2v lat22.safetensors 1 64,64,48,64 --height 64 --width 128 --frames 5 --guidance 1
 # Wan2.1 VAE (A14B): latents 16×3×16×16 → 9 frames of 128×128.
 vae_case "Wan2.1 VAE decode 128×128×9, 1 rank" a14b lat21.safetensors 1 - --height 128 --width 128 --frames 9 --guidance 1
 vae_case "Wan2.1 VAE decode 128×128×9, halo 2 ranks" a14b lat21.safetensors 2 - --height 128 --width 128 --frames 9 --guidance 1

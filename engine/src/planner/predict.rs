@@ -269,7 +269,7 @@ pub fn predict(
     // Denoise working set (the same on every rank: shards are equal up to one token).
     let latent_elems = (dcfg.out_channels() * lt * lh * lw) as u64;
     let cfg_branches = if cfg_on { 2 } else { 1 };
-    let denoise_work = vec![
+    let denoise_work = [
         term("latents, predictions and scheduler state", dit::latent_state_bytes(dcfg, latent_elems, e, cfg_on)),
         term("text context", dit::context_bytes(dcfg, e, cfg_branches)),
         term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
@@ -382,75 +382,6 @@ pub fn predict(
         });
     }
     Ok(Prediction { ranks, host_text_encoder_bytes: host_text })
-}
-
-/// A VAE-only decode (the `tessera vae decode` job): decoder weights plus the decode working set
-/// on each of `ranks` ranks, for latents `[1, z, t, h, w]`.
-pub fn predict_vae_decode(
-    vae_cfg: &crate::models::wan::vae::Config,
-    latent: (usize, usize, usize),
-    ranks: usize,
-    tiling: Option<crate::parallel::plan::TilingSpec>,
-    opts: &Options,
-) -> Vec<RankPrediction> {
-    let spec = ModelSpec {
-        index: Default::default(),
-        transformer: Default::default(),
-        transformer_2: None,
-        vae: vae_cfg.clone(),
-        text_encoder: None,
-    };
-    let (t, h, w) = latent;
-    let run_halo = tiling.is_none() && ranks > 1;
-    let w_bytes = params::vae_decoder(vae_cfg) * 4
-        + if opts.target == Target::Cpu { params::vae_decoder_upsample_phases(vae_cfg) * 4 } else { 0 };
-    (0..ranks)
-        .map(|rank| {
-            let work = match tiling {
-                Some(ts) => {
-                    if rank > 0 {
-                        0
-                    } else {
-                        let tl = crate::models::wan::vae::Tiling {
-                            tile_sample_min_height: ts.tile_height,
-                            tile_sample_min_width: ts.tile_width,
-                            tile_sample_stride_height: ts.stride_height,
-                            tile_sample_stride_width: ts.stride_width,
-                        };
-                        let s = vae_cfg.scale_factor_spatial;
-                        let tp = TilePlan::for_decode(&tl, h, w, s, vae_cfg.patch());
-                        let shape = DecodeShape {
-                            t,
-                            h,
-                            w,
-                            rows: tp.tile_h.min(h),
-                            cols: tp.tile_w.min(w),
-                            root: true,
-                            world: 1,
-                        };
-                        vae::tiled_decode_peak(vae_cfg, opts.vae_run(false), shape, tp.cols(), 0)
-                    }
-                }
-                None => {
-                    let rows = crate::models::wan::vae::split::split_rows(h, ranks)[rank].len();
-                    let shape = DecodeShape { t, h, w, rows, cols: w, root: rank == 0, world: ranks };
-                    vae::decode_peak(vae_cfg, opts.vae_run(run_halo), shape, 0)
-                }
-            };
-            let _ = &spec;
-            let phase = PhasePrediction::new(
-                "decode",
-                vec![term("vae weights", w_bytes), term("vae decode working set", work)],
-            );
-            RankPrediction {
-                rank,
-                device: opts.target.to_string(),
-                peak_bytes: phase.peak_bytes,
-                weights_bytes: w_bytes,
-                phases: vec![phase],
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
