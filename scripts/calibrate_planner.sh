@@ -52,8 +52,9 @@ EOF
 
 baseline=$(/usr/bin/time -f %M "$T" --version 2>&1 >/dev/null | tail -1)
 baseline=$((baseline * 1024))
+# Finished rows are kept: rerunning resumes after the last finished case (delete rows.tsv to redo).
 rows=rows.tsv
-: > "$rows"
+touch "$rows"
 
 # predicted peak of rank R in phase P: plan ARGS... -> bytes
 predict() {
@@ -67,14 +68,19 @@ predict() {
 vae_case() {
   local label=$1 model=$2 lat=$3 ranks=$4 tiling=$5
   shift 5
+  grep -qF "$label	" "$rows" && return 0
   local extra=()
   [ "$tiling" = "-" ] || extra=(--tiling "$tiling")
   "$T" vae decode --model "$model" --latents "$lat" --out out.safetensors --ranks "$ranks" "${extra[@]}" --report r.json >/dev/null 2>&1
   for r in $(seq 0 $((ranks - 1))); do
     local measured
     measured=$(python3 -c "import json; print(json.load(open('r.json'))['ranks'][$r]['peak_bytes'])")
-    local plan_args=(--model "$model" "$@" --residency phased --ranks "$ranks" --vae-parallel "$ranks")
-    [ "$tiling" = "-" ] || plan_args+=(--vae-mode tiles --tiling "$tiling" --vae-parallel 1)
+    local plan_args=(--model "$model" "$@" --residency phased --ranks "$ranks")
+    if [ "$tiling" = "-" ]; then
+      plan_args+=(--vae-parallel "$ranks")
+    else
+      plan_args+=(--vae-mode tiles --tiling "$tiling" --vae-parallel 1)
+    fi
     local predicted
     predicted=$(predict "$r" vae_decode "${plan_args[@]}")
     printf '%s\t%s\t%s\t%s\theap\n' "$label" "$r" "$predicted" "$measured" >> "$rows"
@@ -86,7 +92,7 @@ python3 tensors.py lat21.safetensors latents:1,16,3,16,16
 # Wan2.2 VAE (TI2V-5B): latents 48×2×4×8 → 5 frames of 64×128.
 vae_case "Wan2.2 VAE decode 64×128×5, 1 rank" ti2v lat22.safetensors 1 - --height 64 --width 128 --frames 5 --guidance 1
 vae_case "Wan2.2 VAE decode 64×128×5, halo 2 ranks" ti2v lat22.safetensors 2 - --height 64 --width 128 --frames 5 --guidance 1
-vae_case "Wan2.2 VAE decode 64×128×5, tiled 64/48×64" ti2v lat22.safetensors 1 64,64,48,64 --height 64 --width 128 --frames 5 --guidance 1
+vae_case "Wan2.2 VAE decode 64×128×5, tiled 64/48" ti2v lat22.safetensors 1 64,64,48,48 --height 64 --width 128 --frames 5 --guidance 1
 # Wan2.1 VAE (A14B): latents 16×3×16×16 → 9 frames of 128×128.
 vae_case "Wan2.1 VAE decode 128×128×9, 1 rank" a14b lat21.safetensors 1 - --height 128 --width 128 --frames 9 --guidance 1
 vae_case "Wan2.1 VAE decode 128×128×9, halo 2 ranks" a14b lat21.safetensors 2 - --height 128 --width 128 --frames 9 --guidance 1
@@ -96,16 +102,19 @@ vae_case "Wan2.1 VAE decode 128×128×9, tiled 64/48" a14b lat21.safetensors 1 6
 # One DiT forward (TI2V-5B widths, 2 blocks) in a fresh process: peak RSS − idle RSS.
 for size in "4,32,32" "8,32,64"; do
   IFS=, read -r f h w <<< "$size"
+  label="DiT forward TI2V-5B widths ×2 blocks, $((f * h * w / 4)) tokens"
+  grep -qF "$label	" "$rows" && continue
   python3 tensors.py dit_in.safetensors "latents:1,48,$f,$h,$w" "context:1,512,4096" "timestep:1=500"
   measured=$("$T" bench dit --case-model ti2v/transformer --case-inputs dit_in.safetensors --warmup 0 --iters 1 |
     python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['peak_rss_bytes'])")
   predicted=$(predict 0 denoise --model ti2v --residency phased --height $((h * 16)) --width $((w * 16)) --frames $((4 * f - 3)) --guidance 1)
-  printf '%s\t0\t%s\t%s\trss\n' "DiT forward TI2V-5B widths ×2 blocks, $((f * h * w / 4)) tokens" "$predicted" "$((measured - baseline))" >> "$rows"
+  printf '%s\t0\t%s\t%s\trss\n' "$label" "$predicted" "$((measured - baseline))" >> "$rows"
 done
 
 # Whole generations, one rank in-process (pipeline residency: DiT + whole VAE loaded throughout).
 gen_case() {
   local label=$1 model=$2 h=$3 w=$4 f=$5
+  grep -qF "$label	" "$rows" && return 0
   python3 tensors.py emb.safetensors "prompt_embeds:1,512,4096" "negative_prompt_embeds:1,512,4096"
   "$T" generate --model "$model" --prompt-embeds emb.safetensors --negative-prompt-embeds emb.safetensors \
     --height "$h" --width "$w" --frames "$f" --steps 2 --guidance 5 --out gen.safetensors --report g.json >/dev/null 2>&1
