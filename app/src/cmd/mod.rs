@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_comm;
 pub mod bench_dit;
+pub mod bench_vae_parallel;
 pub mod doctor;
 pub mod encode_prompt;
 pub mod generate;

@@ -8,6 +8,7 @@
 
 mod comm;
 mod diagnostic;
+mod text;
 mod vae;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ pub enum JobError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
 }
 
 /// Sends an event to the supervisor.
@@ -87,6 +90,11 @@ impl JobCtx {
     /// A message for the user (shown in the app), beyond the worker's own tracing log.
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
         (self.emit)(WorkerEvent::Log { level, message: message.into() });
+    }
+
+    /// Any other event (e.g. a finished VAE piece) to the supervisor.
+    pub fn emit(&self, event: WorkerEvent) {
+        (self.emit)(event);
     }
 
     pub fn add_weights_bytes(&self, bytes: u64) {
@@ -145,6 +153,8 @@ pub fn run(ctx: &JobCtx, job: &Job) -> Result<JobOutput, JobError> {
         Job::CommBench(spec) => comm::bench(ctx, spec),
         Job::Diagnostic(d) => diagnostic::run(ctx, d),
         Job::VaeDecode(spec) => vae::decode(ctx, spec),
+        Job::VaeEncode(spec) => vae::encode(ctx, spec),
+        Job::EncodePrompt(spec) => text::encode_prompt(ctx, spec),
     }
 }
 
