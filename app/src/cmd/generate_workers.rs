@@ -1,6 +1,7 @@
 //! `tessera generate` on worker processes: the flags become a [`ParallelPlan`] (checked against the
-//! model before any worker starts; the error proposes a valid plan), the host encodes prompts if
-//! asked to, and the `Generate` job runs through the [`Supervisor`]. `--report` adds, per rank, the
+//! model before any worker starts; the error proposes a valid plan), prompts are encoded on the host
+//! (`--text-encoder cpu`) or by the same world first (`sharded`: `Job::EncodePrompt`, the encoder
+//! split by layer), and the `Generate` job runs through the [`Supervisor`]. `--report` adds, per rank, the
 //! job's [`GenerateStats`] (resident weights, step times, time in collectives and its share).
 
 use std::path::Path;
@@ -12,8 +13,11 @@ use tessera_engine::models::wan::transformer::Config as DitConfig;
 use tessera_engine::parallel::comm::wire::{tensor_to_bytes, WireDType};
 use tessera_engine::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, VaeMode};
 use tessera_engine::pipeline::GenerateParams;
-use tessera_engine::runtime::protocol::{EmbedsSource, GenerateSpec, GenerateStats, Job, JobOutput, WireTensor};
+use tessera_engine::runtime::protocol::{
+    EmbedsSource, EncodePromptSpec, GenerateSpec, GenerateStats, Job, JobOutput, WireTensor,
+};
 use tessera_engine::runtime::{DeviceKind, JobEvent, JobResult, Supervisor, WorldSpec};
+use tessera_engine::text::{PromptCache, DEFAULT_MAX_SEQUENCE_LENGTH};
 use tessera_engine::weights::load_config;
 
 use super::generate::GenerateArgs;
@@ -70,6 +74,56 @@ fn embeds(a: &GenerateArgs) -> Result<(EmbedsSource, Option<EmbedsSource>)> {
     Ok((inline(&e.prompt)?, e.negative.as_ref().map(inline).transpose()?))
 }
 
+/// `--text-encoder sharded`: the prompt texts the world must encode (prompt first, then the
+/// negative, `""` by default under CFG) and the tensor names the text job writes them under.
+fn texts_to_encode(a: &GenerateArgs) -> Vec<(String, &'static str)> {
+    let mut texts = Vec::new();
+    if a.prompt_embeds.is_none() {
+        if let Some(p) = &a.prompt {
+            texts.push(p.clone());
+        }
+    }
+    let want_negative = a.guidance > 1.0 || a.negative_prompt.is_some();
+    if a.negative_prompt_embeds.is_none() && want_negative {
+        texts.push(a.negative_prompt.clone().unwrap_or_default());
+    }
+    // The text job names its outputs by position.
+    texts.into_iter().zip(["prompt_embeds", "negative_prompt_embeds"]).collect()
+}
+
+/// Runs the sharded text encoder on the world (`Job::EncodePrompt`) into `file` and returns the
+/// generate job's embedding sources, plus the text job's result for the report.
+fn encode_in_world(
+    a: &GenerateArgs,
+    sup: &mut Supervisor,
+    file: &Path,
+) -> Result<(EmbedsSource, Option<EmbedsSource>, Option<JobResult>)> {
+    let texts = texts_to_encode(a);
+    let from_file = |p: &Path, name: &str| EmbedsSource::File { path: p.to_path_buf(), name: name.into() };
+    let result = if texts.is_empty() {
+        None
+    } else {
+        let spec = EncodePromptSpec {
+            model: a.model.clone(),
+            prompts: texts.iter().map(|(t, _)| t.clone()).collect(),
+            max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+            cache_dir: PromptCache::default_dir(),
+            out: file.to_path_buf(),
+        };
+        Some(sup.run_job(Job::EncodePrompt(spec), |_| {}).context("encoding the prompts on the workers")?)
+    };
+    let mut encoded = texts.iter().map(|(_, name)| from_file(file, name));
+    let prompt = match &a.prompt_embeds {
+        Some(p) => from_file(p, "prompt_embeds"),
+        None => encoded.next().context("--prompt or --prompt-embeds is required")?,
+    };
+    let negative = match &a.negative_prompt_embeds {
+        Some(n) => Some(from_file(n, "negative_prompt_embeds")),
+        None => encoded.next(),
+    };
+    Ok((prompt, negative, result))
+}
+
 pub fn run(a: &GenerateArgs) -> Result<()> {
     OutputKind::of(&a.out).map_err(anyhow::Error::msg)?;
     let plan = plan_from_args(a);
@@ -78,14 +132,20 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     plan.validate(PlanModel { num_heads: dit.num_attention_heads, cfg: a.guidance > 1.0 })?;
     params(a).validate(1)?; // frames/steps/guidance now; sizes on the workers (they know the VAE)
     let device = if a.device == "cuda" { DeviceKind::Cuda } else { DeviceKind::Cpu };
+    let sharded_text = plan.text_encoder == TextEncoderPlacement::Sharded;
+    let host_embeds = if sharded_text { None } else { Some(embeds(a)?) };
     let mut sup = Supervisor::spawn(WorldSpec { ranks: plan.ranks, device, ..WorldSpec::default() })
         .context("starting the workers")?;
-    // `--text-encoder sharded`: a first job on the same workers encodes the prompts with UMT5 split by
-    // layer over the ranks (and frees it) before the denoise job loads the transformer.
-    let scratch = tempfile::tempdir().context("creating a scratch folder for the prompt embeddings")?;
-    let (prompt, negative) = match sharded_prompts(a, &plan) {
-        Some(prompts) => encode_on_workers(&mut sup, a, prompts, scratch.path())?,
-        None => embeds(a)?,
+    let text_file = std::env::temp_dir().join(format!("tessera-generate-{}-embeds.safetensors", std::process::id()));
+    let (prompt, negative, text_result) = match host_embeds {
+        Some((p, n)) => (p, n, None),
+        None => match encode_in_world(a, &mut sup, &text_file) {
+            Ok(x) => x,
+            Err(e) => {
+                sup.shutdown();
+                return Err(e);
+            }
+        },
     };
     let spec = GenerateSpec {
         model: a.model.clone(),
@@ -110,9 +170,10 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     sup.shutdown();
+    let _ = std::fs::remove_file(&text_file);
     let result = result.with_context(|| format!("generating on {} ranks", plan.ranks))?;
     if let Some(path) = &a.report {
-        let text = serde_json::to_string_pretty(&report_json(&plan, &result))?;
+        let text = serde_json::to_string_pretty(&report_json(&plan, &result, text_result.as_ref()))?;
         tessera_engine::tensor_io::write_file_atomic(path, |tmp| {
             std::fs::write(tmp, &text).map_err(|e| e.to_string())
         })?;
@@ -121,53 +182,25 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The texts to encode on the workers, when the plan places the text encoder there and the prompt
-/// is given as text (the negative defaults to "" under guidance, as in diffusers).
-fn sharded_prompts(a: &GenerateArgs, plan: &ParallelPlan) -> Option<Vec<String>> {
-    if plan.text_encoder != TextEncoderPlacement::Sharded {
-        return None;
-    }
-    let prompt = a.prompt.clone()?;
-    let mut prompts = vec![prompt];
-    if a.guidance > 1.0 && a.negative_prompt_embeds.is_none() {
-        prompts.push(a.negative_prompt.clone().unwrap_or_default());
-    }
-    Some(prompts)
-}
-
-/// Runs `Job::EncodePrompt` on the world and points the generate job at its output file.
-fn encode_on_workers(
-    sup: &mut Supervisor,
-    a: &GenerateArgs,
-    prompts: Vec<String>,
-    scratch: &Path,
-) -> Result<(EmbedsSource, Option<EmbedsSource>)> {
-    use tessera_engine::runtime::protocol::EncodePromptSpec;
-    let out = scratch.join("prompt-embeds.safetensors");
-    let cache_dir = tessera_engine::text::PromptCache::default_dir();
-    let with_negative = prompts.len() > 1;
-    let spec = EncodePromptSpec {
-        model: a.model.clone(),
-        prompts,
-        max_sequence_length: tessera_engine::text::DEFAULT_MAX_SEQUENCE_LENGTH,
-        cache_dir,
-        out: out.clone(),
-    };
-    sup.run_job(Job::EncodePrompt(spec), |_| {}).context("encoding the prompts with the sharded text encoder")?;
-    let file = |name: &str| EmbedsSource::File { path: out.clone(), name: name.into() };
-    let negative = match (&a.negative_prompt_embeds, with_negative) {
-        (Some(p), _) => Some(EmbedsSource::File { path: p.clone(), name: "negative_prompt_embeds".into() }),
-        (None, true) => Some(file("negative_prompt_embeds")),
-        (None, false) => None,
-    };
-    Ok((file("prompt_embeds"), negative))
-}
-
 /// The supervisor's run report with the plan and each rank's `denoise` statistics added:
 /// `weights_bytes`, `step_seconds`, `step_comm_seconds`, `comm_share` (time in collectives / step time).
-pub fn report_json(plan: &ParallelPlan, result: &JobResult) -> serde_json::Value {
+/// With the sharded text encoder, its job's phases and wall time come first.
+pub fn report_json(plan: &ParallelPlan, result: &JobResult, text: Option<&JobResult>) -> serde_json::Value {
     let mut v = serde_json::to_value(&result.report).unwrap_or_default();
     v["plan"] = serde_json::to_value(plan).unwrap_or_default();
+    if let Some(text) = text {
+        v["text_encoder_wall_seconds"] = text.report.wall_seconds.into();
+        if let Some(ranks) = v["ranks"].as_array_mut() {
+            for (r, t) in ranks.iter_mut().zip(&text.report.ranks) {
+                let mut phases = serde_json::to_value(&t.phases).unwrap_or_default();
+                if let (Some(p), Some(mine)) = (phases.as_array_mut(), r["phases"].as_array()) {
+                    p.extend(mine.iter().cloned());
+                    r["phases"] = phases;
+                }
+                r["text_encoder_weights_bytes"] = t.weights_bytes.into();
+            }
+        }
+    }
     if let Some(ranks) = v["ranks"].as_array_mut() {
         for (r, out) in ranks.iter_mut().zip(&result.outputs) {
             if let JobOutput::Generate(s) = out {

@@ -4,10 +4,11 @@
 //! replicated, blocks whole or its FSDP slices; the VAE on the ranks that decode, the encoder on
 //! rank 0 for I2V), `denoise` (the shared loop with [`ShardedPredictor`]: CFG branches on the two
 //! halves of the world, Ulysses inside each half, FSDP gathers per block), `decode` (the VAE group
-//! `0..vae_parallel`: halo slabs over the group, or a tiled/untiled decode on rank 0). Rank 0 sends
-//! one progress event per step and writes the outputs atomically.
+//! `0..vae_parallel` in tiles or halo mode, with `VaePiece` events; rank 0 alone when it is 1).
+//! Rank 0 sends one progress event per step and writes the outputs atomically.
 //!
-//! Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
+//! Prompt embeddings arrive ready (`plan.text_encoder` says who made them: the host, or this world
+//! in a preceding `EncodePrompt` job). Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
 
 mod inputs;
 mod timed;
@@ -23,17 +24,20 @@ use crate::models::wan::transformer::Config as DitConfig;
 use crate::models::wan::vae::parallel::DecodedPiece;
 use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
 use crate::parallel::comm::Collective;
-use crate::parallel::plan::PlanModel;
+use crate::parallel::plan::{PlanModel, VaeMode};
 use crate::pipeline::denoise::{run_loop, LoopSpec};
 use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use crate::pipeline::wan::{self as wan_pipeline, ModelIndex};
 use crate::pipeline::PipelineProgress;
-use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput, WorkerEvent};
+use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput, Rgb8Preview, VaePiece, WorkerEvent};
 use crate::scheduler;
 use crate::tensor_io;
 use crate::weights::{component_dir, load_config, Checkpoint};
 use timed::{CommStats, TimedComm};
+
+/// Longest side of a decoded piece's preview, in pixels.
+const PREVIEW_SIDE: usize = 64;
 
 fn invalid(e: impl std::fmt::Display) -> JobError {
     JobError::Invalid(e.to_string())
@@ -50,8 +54,6 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let vae_cfg: vae::Config = load_config(&vae_dir)?;
     let cfg_on = params.guidance > 1.0;
     plan.validate(PlanModel { num_heads: dit_cfg.num_attention_heads, cfg: cfg_on }).map_err(invalid)?;
-    // The text encoder already ran (on the host, or sharded over these ranks as a preceding
-    // `EncodePrompt` job); this job receives the embeddings either way.
     params.validate(vae_cfg.scale_factor_spatial * dit_cfg.patch_size[1]).map_err(invalid)?;
     let out_kind = OutputKind::of(&spec.out).map_err(invalid)?;
     if dit_cfg.in_channels != vae_cfg.z_dim && spec.image.is_none() {
@@ -69,8 +71,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let given = spec.latents.as_ref().map(|p| tensor_io::read_tensor(p, "latents", DType::F32, &device)).transpose()?;
     let latents = wan_pipeline::initial_latents(params, &shape, given.as_ref(), &device).map_err(invalid)?;
 
-    // Decoding ranks: the VAE group (ranks 0..vae_parallel) in either patch-parallel mode.
-    let decodes = spec.decode && if plan.vae_parallel > 1 { groups.vae.is_some() } else { rank.0 == 0 };
+    // Decoding ranks: the VAE group `0..vae_parallel` (rank 0 alone when it is 1).
+    let decodes = spec.decode && (groups.vae.is_some() || rank.0 == 0);
     let encodes = rank.0 == 0 && spec.image.is_some();
     let (mut predictor, vae, mut out_stats) = {
         let _load = ctx.phase("load");
@@ -178,7 +180,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     Ok(JobOutput::Generate(out_stats))
 }
 
-/// Normalised latents → video `(1, F, 3, H, W)` in [0, 1] on rank 0 (`None` elsewhere).
+/// Normalised latents → video `(1, F, 3, H, W)` in [0, 1] on rank 0 (`None` elsewhere): over the
+/// VAE group in the plan's mode (tiles or halo, with `VaePiece` events), or on rank 0 alone.
 fn decode(
     ctx: &JobCtx,
     plan: &crate::parallel::plan::ParallelPlan,
@@ -197,21 +200,41 @@ fn decode(
             ctx.progress(i as u64 + 1, n as u64, "decode");
         }
     };
-    let tiling = plan.vae_tiling.map(|t| Tiling {
+    let tiling = match plan.vae_mode {
+        VaeMode::Tiles => Some(plan.vae_tiling.unwrap_or_default()),
+        VaeMode::Halo => None,
+    }
+    .map(|t| Tiling {
         tile_sample_min_height: t.tile_height,
         tile_sample_min_width: t.tile_width,
         tile_sample_stride_height: t.stride_height,
         tile_sample_stride_width: t.stride_width,
     });
     let video = match &groups.vae {
-        Some(comm) if plan.vae_parallel > 1 => {
-            let mut on_piece = |p: DecodedPiece<'_>| ctx.emit(WorkerEvent::VaePiece(super::vae::piece_event(&p)));
+        Some(comm) => {
+            let mut on_piece = |p: DecodedPiece<'_>| ctx.emit(WorkerEvent::VaePiece(piece_event(&p)));
             vae.decode_parallel(&z, comm, plan.vae_mode, tiling.as_ref(), &mut progress, &mut on_piece)?
         }
-        _ if lead => Some(vae.decode(&z, tiling.as_ref(), &mut progress)?),
-        _ => None,
+        None if lead => Some(vae.decode(&z, tiling.as_ref(), &mut progress)?),
+        None => None,
     };
     Ok(video.map(|v| sampling::video_to_unit_range(&v)).transpose()?)
+}
+
+/// The live-mosaic event of a decoded tile or slab (same fields as the VAE jobs send).
+fn piece_event(p: &DecodedPiece<'_>) -> VaePiece {
+    let preview = p.preview(PREVIEW_SIDE);
+    VaePiece {
+        mode: p.mode,
+        index: p.index,
+        latent_chunk: p.latent_chunk,
+        frames: [p.frames.start, p.frames.end],
+        pixel_rect: p.pixel_rect(),
+        latent_rect: [p.latent_rows.start, p.latent_cols.start, p.latent_rows.len(), p.latent_cols.len()],
+        seconds: p.seconds,
+        bytes_sent: p.bytes_sent,
+        preview: Rgb8Preview { width: preview.width as u32, height: preview.height as u32, rgb: preview.rgb },
+    }
 }
 
 fn save(out: &std::path::Path, kind: &OutputKind, video: &Tensor, fps: f64) -> Result<(), JobError> {
