@@ -329,3 +329,34 @@ fn preset_supplies_the_plan_and_flags_override_it() {
     let line = rejected(&["--preset", preset.to_str().unwrap(), "--ulysses", "4"]);
     assert!(line.contains("≠ --ranks 4"), "{line}");
 }
+
+/// `--preset`: the CPU demo preset's plan (Ulysses 2, halo VAE over 2 ranks) runs the golden
+/// pipeline and equals the single-device run; a flag given beside it overrides its field.
+#[test]
+fn presets_drive_the_parallel_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = case_dir("golden", "pipeline");
+    let preset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../presets/cpu-demo.toml");
+    let single = tmp.path().join("single.safetensors");
+    assert!(generate(&dir, &single, &[]).status.success());
+    let report = tmp.path().join("report.json");
+    let out = tmp.path().join("preset.safetensors");
+    let o = generate(
+        &dir,
+        &out,
+        &["--preset", preset.to_str().unwrap(), "--vae-parallel", "1", "--report", report.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", error_line(&o));
+    let (max, rel) = errors(&video(&out), &video(&single));
+    println!("cpu-demo preset vs single device: max_abs {max:.2e} rel {rel:.2e}");
+    assert!(rel <= 1e-4);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["plan"]["ulysses"], 2, "the preset's Ulysses degree");
+    assert_eq!(r["plan"]["vae_parallel"], 1, "the explicit flag wins over the preset");
+    // A broken preset names the key.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[plan]\nranks = 2\nulysess = 2\n").unwrap();
+    let o = generate(&dir, &tmp.path().join("x.safetensors"), &["--preset", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(error_line(&o).contains("ulysess"), "{}", error_line(&o));
+}

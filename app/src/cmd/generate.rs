@@ -93,12 +93,13 @@ pub struct GenerateArgs {
     /// Tiled VAE decode: TILE_H,TILE_W,STRIDE_H,STRIDE_W in pixels (tiles mode).
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = tessera_engine::parallel::plan::TilingSpec::parse)]
     pub tiling: Option<tessera_engine::parallel::plan::TilingSpec>,
-    /// A preset (presets/NAME.toml) supplying the parallel plan; the plan flags here override it.
-    #[arg(long)]
-    pub preset: Option<PathBuf>,
     /// Where the UMT5 text encoder runs: cpu (this process) or sharded (across the ranks).
     #[arg(long, value_enum)]
     pub text_encoder: Option<tessera_engine::parallel::plan::TextEncoderPlacement>,
+    /// A parallel preset (presets/NAME.toml): its plan, with any of the flags above overriding it
+    /// field by field. Check it first with `tessera plan --preset FILE`.
+    #[arg(long)]
+    pub preset: Option<PathBuf>,
     /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
     #[arg(long)]
     pub fps: Option<f64>,

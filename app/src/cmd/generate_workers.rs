@@ -13,7 +13,6 @@ use tessera_engine::models::wan::transformer::Config as DitConfig;
 use tessera_engine::parallel::comm::wire::{tensor_to_bytes, WireDType};
 use tessera_engine::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, VaeMode};
 use tessera_engine::pipeline::GenerateParams;
-use tessera_engine::planner::preset::{self, Explicit};
 use tessera_engine::runtime::protocol::{
     EmbedsSource, EncodePromptSpec, GenerateSpec, GenerateStats, Job, JobOutput, WireTensor,
 };
@@ -23,28 +22,30 @@ use tessera_engine::weights::load_config;
 
 use super::generate::GenerateArgs;
 
-/// The plan the flags ask for: a `--preset`'s plan with the given flags on top, else `--ranks`
-/// defaulting to U × C and `--ulysses` to ranks / C.
+/// The plan: `--preset`'s with the explicit flags on top, or the flags alone.
 pub fn plan_from_args(a: &GenerateArgs) -> Result<ParallelPlan> {
-    if let Some(path) = &a.preset {
-        let p = preset::load(path)?;
-        let explicit = Explicit {
-            ranks: a.ranks,
-            ulysses: a.ulysses,
-            cfg_parallel: a.cfg_parallel,
-            fsdp: a.fsdp,
-            vae_parallel: a.vae_parallel,
-            vae_mode: a.vae_mode,
-            vae_tiling: a.tiling,
-            text_encoder: a.text_encoder,
-            ..Explicit::default()
-        };
-        return Ok(p.apply(&explicit).plan);
-    }
+    let Some(path) = &a.preset else { return Ok(plan_from_flags(a)) };
+    let preset = tessera_engine::planner::preset::load(path)
+        .with_context(|| format!("loading the preset {}", path.display()))?;
+    let explicit = tessera_engine::planner::preset::Explicit {
+        ranks: a.ranks,
+        ulysses: a.ulysses,
+        cfg_parallel: a.cfg_parallel,
+        fsdp: a.fsdp,
+        vae_parallel: a.vae_parallel,
+        vae_mode: a.vae_mode,
+        vae_tiling: a.tiling,
+        text_encoder: a.text_encoder,
+        ..Default::default()
+    };
+    Ok(preset.apply(&explicit).plan)
+}
+
+fn plan_from_flags(a: &GenerateArgs) -> ParallelPlan {
     let cfg_parallel = a.cfg_parallel.unwrap_or(1);
     let ranks = a.ranks.unwrap_or(a.ulysses.unwrap_or(1) * cfg_parallel);
     let ulysses = a.ulysses.unwrap_or(ranks.checked_div(cfg_parallel).unwrap_or(ranks));
-    Ok(ParallelPlan {
+    ParallelPlan {
         ranks,
         ulysses,
         cfg_parallel,
@@ -54,7 +55,7 @@ pub fn plan_from_args(a: &GenerateArgs) -> Result<ParallelPlan> {
         vae_mode: a.vae_mode.unwrap_or(if a.tiling.is_some() { VaeMode::Tiles } else { VaeMode::Halo }),
         vae_tiling: a.tiling,
         text_encoder: a.text_encoder.unwrap_or_default(),
-    })
+    }
 }
 
 fn params(a: &GenerateArgs) -> GenerateParams {

@@ -190,6 +190,8 @@ pub struct PhaseSpan {
     pub seconds: f64,
     /// Peak of the rank's tracked memory during the phase (heap on CPU, device on CUDA).
     pub peak_bytes: u64,
+    /// Tracked memory live when the phase began (so `peak − start` is what the phase added).
+    pub start_bytes: u64,
 }
 
 /// Per-rank totals sent with `Done`.

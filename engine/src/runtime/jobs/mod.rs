@@ -134,13 +134,14 @@ pub struct Phase<'a> {
 impl Drop for Phase<'_> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            let (seconds, peak_bytes) = self.ctx.telemetry.end_phase(token);
+            let (seconds, peak_bytes, start_bytes) = self.ctx.telemetry.end_phase(token);
             tracing::debug!("phase {} took {seconds:.3} s, peak {peak_bytes} B", self.name);
             (self.ctx.emit)(WorkerEvent::PhaseSpan(PhaseSpan {
                 name: std::mem::take(&mut self.name),
                 start_secs: self.start_secs,
                 seconds,
                 peak_bytes,
+                start_bytes,
             }));
         }
     }
