@@ -175,10 +175,90 @@ fn decode_on_worker_processes_in_halo_mode() {
         assert!(rank["peak_bytes"].as_u64().unwrap() > 0 && rank["weights_bytes"].as_u64().unwrap() > 0);
         let phases: Vec<&str> =
             rank["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(phases, ["load", "decode"]);
+        let want: &[&str] =
+            if rank["rank"].as_u64() == Some(0) { &["load", "decode", "write"] } else { &["load", "decode"] };
+        assert_eq!(phases, want);
     }
     // More ranks than latent rows: a clear error naming the limit, no output.
     let latents = golden("vae22").join("inputs.safetensors");
     let line = decode_fails(&golden("vae22"), &latents, &["--ranks", "7"]);
     assert!(line.contains("use at most 6 ranks"), "{line}");
+}
+
+fn tessera_vae(op: &str, case: &str, input: &str, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    run(tessera()
+        .args(["vae", op, "--model"])
+        .arg(golden(case))
+        .arg(if op == "decode" { "--latents" } else { "--video" })
+        .arg(golden(case).join(input))
+        .arg("--out")
+        .arg(out)
+        .args(extra))
+}
+
+/// `--mode tiles` on worker processes is bit-identical to the single-process tiled decode;
+/// `--vae-parallel` below the world leaves the other ranks idle; encode runs in both modes.
+#[test]
+fn tiles_mode_and_encode_on_worker_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = read(&golden("vae21").join("outputs.safetensors"));
+    let single = dir.path().join("single.safetensors");
+    assert!(tessera_vae("decode", "vae21", "inputs.safetensors", &single, &["--tiling", "48,48,32,32"])
+        .status
+        .success());
+    let tiles = dir.path().join("tiles.safetensors");
+    let o = tessera_vae(
+        "decode",
+        "vae21",
+        "inputs.safetensors",
+        &tiles,
+        &["--tiling", "48,48,32,32", "--ranks", "3", "--mode", "tiles"],
+    );
+    assert!(o.status.success());
+    let (got, one) = (&read(&tiles)["video"], &read(&single)["video"]);
+    let same =
+        got.flatten_all().unwrap().to_vec1::<f32>().unwrap() == one.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(same, "tiles mode on 3 worker processes differs from the single-process tiled decode");
+    let (max, rel) = errors(got, &want["decoded_tiled"]);
+    println!("vae21 tiles decode on 3 worker processes: bit-identical to 1 process; vs diffusers max_abs {max:.2e} rel {rel:.2e}");
+    assert!(rel < 1e-4);
+
+    // Halo on 2 of 3 ranks.
+    let out = dir.path().join("vp.safetensors");
+    let report = dir.path().join("vp.json");
+    let o = tessera_vae(
+        "decode",
+        "vae21",
+        "inputs.safetensors",
+        &out,
+        &["--ranks", "3", "--vae-parallel", "2", "--report", report.to_str().unwrap()],
+    );
+    assert!(o.status.success());
+    let (max, rel) = errors(&read(&out)["video"], &want["decoded"]);
+    println!("vae21 halo decode on 2 of 3 worker processes: max_abs {max:.2e} rel {rel:.2e}");
+    assert!(rel < 1e-4);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let idle = &r["ranks"].as_array().unwrap()[2];
+    assert_eq!(idle["weights_bytes"].as_u64(), Some(0), "rank 2 is outside --vae-parallel 2 and loads nothing");
+
+    // Encode, both modes, 2 worker processes.
+    for (mode, key, extra) in
+        [("tiles", "enc_mean_tiled", vec!["--tiling", "48,48,32,32"]), ("halo", "enc_mean", vec![])]
+    {
+        let out = dir.path().join(format!("enc-{mode}.safetensors"));
+        let mut args = vec!["--ranks", "2", "--mode", mode];
+        args.extend(extra);
+        assert!(tessera_vae("encode", "vae21", "inputs.safetensors", &out, &args).status.success());
+        let (max, rel) = errors(&read(&out)["mean"], &want[key]);
+        println!("vae21 {mode} encode on 2 worker processes: max_abs {max:.2e} rel {rel:.2e}");
+        assert!(rel < 1e-4);
+    }
+
+    // Halo with tiling is a contradiction, said before any worker starts.
+    let line = decode_fails(
+        &golden("vae21"),
+        &golden("vae21").join("inputs.safetensors"),
+        &["--ranks", "2", "--mode", "halo", "--tiling", "48,48,32,32"],
+    );
+    assert!(line.contains("--mode halo") && line.contains("--tiling"), "{line}");
 }

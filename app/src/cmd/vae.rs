@@ -4,9 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
 use tessera_engine::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
+use tessera_engine::parallel::plan::VaeMode;
+use tessera_engine::pipeline::image::read_video_or_image;
+use tessera_engine::runtime::protocol::{Job, VaeDecodeSpec, VaeEncodeSpec};
+use tessera_engine::runtime::{JobEvent, Supervisor, WorldSpec};
 use tessera_engine::tensor_io;
 
 #[derive(Subcommand, Debug)]
@@ -31,12 +35,45 @@ pub struct DecodeArgs {
     /// Spatial tiling as diffusers' enable_tiling: TILE_H,TILE_W,STRIDE_H,STRIDE_W in sample pixels.
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = Tiling::parse)]
     pub tiling: Option<Tiling>,
-    /// Worker processes (CPU ranks). >1 without --tiling decodes in halo mode: each rank a row slab.
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
+}
+
+/// Patch-parallel options shared by decode and encode.
+#[derive(Args, Debug, Clone)]
+pub struct ParallelArgs {
+    /// Worker processes (CPU ranks). More than 1 runs patch-parallel on the workers.
     #[arg(long, default_value_t = 1)]
     pub ranks: usize,
+    /// tiles: whole tiles per rank (identical to a single-device tiled run; default with --tiling);
+    /// halo: a row slab of every feature map per rank (identical to an untiled run; default otherwise).
+    #[arg(long, value_enum)]
+    pub mode: Option<VaeMode>,
+    /// Ranks that take part (0..N); the others idle. Default: all.
+    #[arg(long)]
+    pub vae_parallel: Option<usize>,
     /// JSON run report (wall_seconds; per rank peak/weights bytes and phases); runs on workers.
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+impl ParallelArgs {
+    fn on_workers(&self) -> bool {
+        self.ranks > 1 || self.report.is_some() || self.vae_parallel.is_some() || self.mode.is_some()
+    }
+
+    /// The mode, checked against the tiling: halo with tiling is a contradiction, not a preference.
+    fn mode(&self, tiling: Option<&Tiling>) -> Result<VaeMode> {
+        match (self.mode, tiling) {
+            (Some(VaeMode::Halo), Some(_)) => bail!(
+                "--mode halo splits feature maps into row slabs and is identical to an untiled decode; it takes no \
+                 --tiling. Drop --tiling, or use --mode tiles to spread the tiles over the ranks"
+            ),
+            (Some(m), _) => Ok(m),
+            (None, Some(_)) => Ok(VaeMode::Tiles),
+            (None, None) => Ok(VaeMode::Halo),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +90,8 @@ pub struct EncodeArgs {
     /// Spatial tiling: TILE_H,TILE_W,STRIDE_H,STRIDE_W in sample pixels.
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = Tiling::parse)]
     pub tiling: Option<Tiling>,
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
 }
 
 pub fn run(cmd: VaeCommand) -> Result<()> {
@@ -79,8 +118,17 @@ fn check_out(out: &Path) -> Result<()> {
 
 fn decode(a: DecodeArgs) -> Result<()> {
     check_out(&a.out)?;
-    if a.ranks > 1 || a.report.is_some() {
-        return decode_on_workers(&a);
+    let mode = a.parallel.mode(a.tiling.as_ref())?;
+    if a.parallel.on_workers() {
+        let spec = VaeDecodeSpec {
+            model: a.model.clone(),
+            latents: a.latents.clone(),
+            out: a.out.clone(),
+            mode,
+            tiling: a.tiling.map(tiling_array),
+            vae_parallel: a.parallel.vae_parallel,
+        };
+        return run_on_workers(Job::VaeDecode(spec), &a.parallel, "decode", &a.latents);
     }
     let latents = tensor_io::read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
     let vae = load(&a.model, VaeParts::Decoder)?;
@@ -95,41 +143,64 @@ fn decode(a: DecodeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The decode as a job on `--ranks` worker processes (halo mode, or rank 0 for a tiled decode).
-fn decode_on_workers(a: &DecodeArgs) -> Result<()> {
-    use tessera_engine::runtime::protocol::{Job, VaeDecodeSpec};
-    use tessera_engine::runtime::{JobEvent, Supervisor, WorldSpec};
-    let spec = VaeDecodeSpec {
-        model: a.model.clone(),
-        latents: a.latents.clone(),
-        out: a.out.clone(),
-        tiling: a.tiling.map(|t| {
-            [t.tile_sample_min_height, t.tile_sample_min_width, t.tile_sample_stride_height, t.tile_sample_stride_width]
-        }),
-    };
+fn tiling_array(t: Tiling) -> [usize; 4] {
+    [t.tile_sample_min_height, t.tile_sample_min_width, t.tile_sample_stride_height, t.tile_sample_stride_width]
+}
+
+/// A VAE job on `--ranks` worker processes, with a progress bar and the optional report.
+fn run_on_workers(job: Job, p: &ParallelArgs, what: &str, input: &Path) -> Result<()> {
+    if let Some(n) = p.vae_parallel {
+        if n == 0 || n > p.ranks {
+            bail!("--vae-parallel {n} must be between 1 and --ranks {}", p.ranks);
+        }
+    }
     let mut sup =
-        Supervisor::spawn(WorldSpec { ranks: a.ranks, ..WorldSpec::default() }).context("starting the workers")?;
-    let pb = crate::progress::bar(1, "decode");
+        Supervisor::spawn(WorldSpec { ranks: p.ranks, ..WorldSpec::default() }).context("starting the workers")?;
+    let pb = crate::progress::bar(1, what);
     let started = std::time::Instant::now();
-    let result = sup.run_job(Job::VaeDecode(spec), |e| {
-        if let JobEvent::Progress { step, total, .. } = e {
+    let mut pieces = 0usize;
+    let result = sup.run_job(job, |e| match e {
+        JobEvent::Progress { step, total, .. } => {
             pb.set_length(*total);
             pb.set_position(*step);
         }
+        JobEvent::VaePiece { rank, piece } => {
+            pieces += 1;
+            tracing::debug!(
+                "rank {rank}: piece {} (chunk {:?}) at {:?} in {:.2}s",
+                piece.index,
+                piece.latent_chunk,
+                piece.pixel_rect,
+                piece.seconds
+            );
+        }
+        _ => {}
     });
     pb.finish_and_clear();
     sup.shutdown();
-    let result = result.with_context(|| format!("decoding {} on {} ranks", a.latents.display(), a.ranks))?;
-    if let Some(path) = &a.report {
+    let result = result.with_context(|| format!("{what} of {} on {} ranks", input.display(), p.ranks))?;
+    if let Some(path) = &p.report {
         result.report.write_json(path).with_context(|| format!("writing the report {}", path.display()))?;
     }
-    tracing::info!("decoded on {} ranks in {:.2}s", a.ranks, started.elapsed().as_secs_f64());
+    tracing::info!("{what} on {} ranks in {:.2}s ({pieces} pieces)", p.ranks, started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn encode(a: EncodeArgs) -> Result<()> {
     check_out(&a.out)?;
-    let video = read_video(&a.video)?;
+    let mode = a.parallel.mode(a.tiling.as_ref())?;
+    if a.parallel.on_workers() {
+        let spec = VaeEncodeSpec {
+            model: a.model.clone(),
+            video: a.video.clone(),
+            out: a.out.clone(),
+            mode,
+            tiling: a.tiling.map(tiling_array),
+            vae_parallel: a.parallel.vae_parallel,
+        };
+        return run_on_workers(Job::VaeEncode(spec), &a.parallel, "encode", &a.video);
+    }
+    let video = read_video_or_image(&a.video).map_err(anyhow::Error::msg)?;
     let vae = load(&a.model, VaeParts::Encoder)?;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(1, "encode");
@@ -154,17 +225,4 @@ fn set_progress(pb: &indicatif::ProgressBar, p: VaeProgress) {
     };
     pb.set_length(total as u64);
     pb.set_position(index as u64 + 1);
-}
-
-/// A `video` tensor from safetensors, or an image file as `[1, 3, 1, H, W]` in [-1, 1].
-fn read_video(path: &Path) -> Result<Tensor> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    if matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
-        let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?.to_rgb8();
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let data: Vec<f32> = img.into_raw().into_iter().map(|v| v as f32 / 127.5 - 1.0).collect();
-        // (h, w, 3) -> (1, 3, 1, h, w)
-        return Ok(Tensor::from_vec(data, (h, w, 3), &Device::Cpu)?.permute((2, 0, 1))?.reshape((1, 3, 1, h, w))?);
-    }
-    Ok(tensor_io::read_tensor(path, "video", DType::F32, &Device::Cpu)?)
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::parallel::comm::check::{CheckSpec, CollectiveOp};
 use crate::parallel::comm::wire::WireDType;
+use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
@@ -131,7 +132,7 @@ pub enum WorkerEvent {
 /// One finished piece of a patch-parallel VAE decode/encode.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VaePiece {
-    pub mode: crate::parallel::plan::VaeMode,
+    pub mode: VaeMode,
     /// Tile index in the row-major tile plan (tiles mode) or slab index = VAE rank (halo mode).
     pub index: usize,
     /// Latent chunk (halo mode: one event per chunk); `None` for a whole tile over all frames.
@@ -216,9 +217,11 @@ pub enum Job {
     Diagnostic(Diagnostic),
     /// `tessera vae decode` across the world (see `jobs::vae`).
     VaeDecode(VaeDecodeSpec),
+    /// `tessera vae encode` across the world.
+    VaeEncode(VaeEncodeSpec),
 }
 
-/// A VAE decode job: every rank reads the same files; rank 0 writes `out` (tensor `video`).
+/// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VaeDecodeSpec {
     /// Pipeline folder or its `vae/` folder.
@@ -226,8 +229,24 @@ pub struct VaeDecodeSpec {
     /// Safetensors file holding tensor `latents` [B, C, T, H, W].
     pub latents: std::path::PathBuf,
     pub out: std::path::PathBuf,
-    /// Tiled decode as diffusers' `enable_tiling` (TH, TW, SH, SW in sample pixels), on rank 0.
+    pub mode: VaeMode,
+    /// Tiles mode: diffusers' `enable_tiling` (TH, TW, SH, SW in sample pixels); `None` = its defaults.
+    /// Must be `None` in halo mode.
     pub tiling: Option<[usize; 4]>,
+    /// Ranks `0..n` take part (the rest idle); `None` = the whole world.
+    pub vae_parallel: Option<usize>,
+}
+
+/// A VAE encode job: every VAE rank ends with the moments; rank 0 writes `out` (`mean`, `logvar`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VaeEncodeSpec {
+    pub model: std::path::PathBuf,
+    /// Safetensors file with tensor `video` [B, 3, F, H, W] in [-1, 1], or a PNG/JPEG image.
+    pub video: std::path::PathBuf,
+    pub out: std::path::PathBuf,
+    pub mode: VaeMode,
+    pub tiling: Option<[usize; 4]>,
+    pub vae_parallel: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

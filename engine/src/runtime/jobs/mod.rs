@@ -89,6 +89,11 @@ impl JobCtx {
         (self.emit)(WorkerEvent::Log { level, message: message.into() });
     }
 
+    /// Any other event (e.g. a finished VAE piece) to the supervisor.
+    pub fn emit(&self, event: WorkerEvent) {
+        (self.emit)(event);
+    }
+
     pub fn add_weights_bytes(&self, bytes: u64) {
         self.telemetry.add_weights_bytes(bytes);
     }
@@ -145,6 +150,7 @@ pub fn run(ctx: &JobCtx, job: &Job) -> Result<JobOutput, JobError> {
         Job::CommBench(spec) => comm::bench(ctx, spec),
         Job::Diagnostic(d) => diagnostic::run(ctx, d),
         Job::VaeDecode(spec) => vae::decode(ctx, spec),
+        Job::VaeEncode(spec) => vae::encode(ctx, spec),
     }
 }
 

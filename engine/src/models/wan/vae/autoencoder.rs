@@ -34,6 +34,21 @@ pub enum VaeProgress {
     Tile { index: usize, total: usize, spec: TileSpec },
 }
 
+/// A finished latent chunk of this rank's row slab in halo mode (for live previews).
+pub struct HaloSlab<'a> {
+    pub batch: usize,
+    pub chunk: usize,
+    pub chunks: usize,
+    /// First output frame of the chunk.
+    pub frame: usize,
+    /// The latent rows this rank owns, and the latent width.
+    pub latent_rows: std::ops::Range<usize>,
+    pub latent_w: usize,
+    /// `[frames, C·p², rows, W/p]` decoder output (patchified, not clamped), host f32.
+    pub data: &'a Tensor,
+    pub seconds: f64,
+}
+
 /// Encoder output: the diagonal Gaussian's mean and log-variance, `[B, z, T, h, w]` f32.
 #[derive(Debug, Clone)]
 pub struct Moments {
@@ -87,13 +102,22 @@ impl AutoencoderKLWan {
         &self.cfg
     }
 
+    /// The device and dtype the weights were loaded on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Output frames for `latent_frames` latent frames: 1 + 4·(T − 1) for the Wan VAEs.
     pub fn decoded_frames(&self, latent_frames: usize) -> usize {
         let up = 1usize << self.cfg.temperal_downsample.iter().filter(|&&t| t).count();
         1 + up * latent_frames.saturating_sub(1)
     }
 
-    fn check_latents(&self, z: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
+    pub(super) fn check_latents(&self, z: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
         let dims = z.dims();
         let [b, c, t, h, w] = dims[..] else {
             candle_core::bail!("latents must be 5-D [B, C, T, H, W], got {dims:?}");
@@ -176,6 +200,17 @@ impl AutoencoderKLWan {
         split: std::sync::Arc<dyn RowExchange>,
         progress: &mut dyn FnMut(VaeProgress),
     ) -> Result<Option<Tensor>> {
+        self.decode_halo_slabs(z, split, progress, &mut |_| {})
+    }
+
+    /// [`Self::decode_halo`], also handing each finished chunk slab of this rank to `on_slab`.
+    pub fn decode_halo_slabs(
+        &self,
+        z: &Tensor,
+        split: std::sync::Arc<dyn RowExchange>,
+        progress: &mut dyn FnMut(VaeProgress),
+        on_slab: &mut dyn FnMut(HaloSlab<'_>),
+    ) -> Result<Option<Tensor>> {
         let (b, _c, t, h, w) = self.check_latents(z)?;
         let (decoder, pq) = match (&self.decoder, &self.post_quant_conv) {
             (Some(d), Some(p)) => (d, p),
@@ -200,9 +235,20 @@ impl AutoencoderKLWan {
             let mut cache = FeatCache::with_split(split.clone());
             let mut frame = 0;
             for i in 0..t {
-                let ys = decoder.forward_chunk(&xs.narrow(0, i, 1)?, &mut cache, i == 0)?;
+                let start = std::time::Instant::now();
+                let ys = to_host_f32(&decoder.forward_chunk(&xs.narrow(0, i, 1)?, &mut cache, i == 0)?)?;
                 let n = ys.dim(0)?;
-                if let Some(full) = split.gather_to_root(&to_host_f32(&ys)?, 2)? {
+                on_slab(HaloSlab {
+                    batch: bi,
+                    chunk: i,
+                    chunks: t,
+                    frame,
+                    latent_rows: rows.clone(),
+                    latent_w: w,
+                    data: &ys,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                if let Some(full) = split.gather_to_root(&ys, 2)? {
                     if let Some(out) = out.as_mut() {
                         out.write_frames(bi, frame, &full)?;
                     }
@@ -215,7 +261,7 @@ impl AutoencoderKLWan {
     }
 
     /// Decodes one latent tile `[T, z, th, tw]` over all its frames with its own cache.
-    fn decode_tile(&self, decoder: &Decoder, pq: &CausalConv3d, lat: &Tensor) -> Result<TileBuf> {
+    pub(super) fn decode_tile(&self, decoder: &Decoder, pq: &CausalConv3d, lat: &Tensor) -> Result<TileBuf> {
         let xs = pq.forward(lat, None)?;
         let mut cache = FeatCache::new();
         let mut chunks = Vec::new();
@@ -275,7 +321,14 @@ impl AutoencoderKLWan {
         Ok(Moments { mean: Tensor::stack(&means, 0)?, logvar: Tensor::stack(&logvars, 0)? })
     }
 
-    fn encoder_parts(&self) -> Result<(&Encoder, &CausalConv3d)> {
+    pub(super) fn decoder_parts(&self) -> Result<(&Decoder, &CausalConv3d)> {
+        match (&self.decoder, &self.post_quant_conv) {
+            (Some(d), Some(p)) => Ok((d, p)),
+            _ => candle_core::bail!("this VAE was loaded without its decoder"),
+        }
+    }
+
+    pub(super) fn encoder_parts(&self) -> Result<(&Encoder, &CausalConv3d)> {
         match (&self.encoder, &self.quant_conv) {
             (Some(e), Some(q)) => Ok((e, q)),
             _ => candle_core::bail!("this VAE was loaded without its encoder"),
@@ -283,7 +336,7 @@ impl AutoencoderKLWan {
     }
 
     /// Validates a `[B, 3, F, H, W]` video for encoding; returns (B, F, H, W).
-    fn check_video(&self, video: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    pub(super) fn check_video(&self, video: &Tensor) -> Result<(usize, usize, usize, usize)> {
         let dims = video.dims();
         let [b, c, f, h, w] = dims[..] else {
             candle_core::bail!("video must be 5-D [B, 3, F, H, W], got {dims:?}");
@@ -356,7 +409,7 @@ impl AutoencoderKLWan {
     }
 
     /// Encodes `[F, C, H, W]` in chunks of 1 then 4 frames, then applies `quant_conv`.
-    fn encode_frames(
+    pub(super) fn encode_frames(
         &self,
         encoder: &Encoder,
         qc: &CausalConv3d,
@@ -387,11 +440,11 @@ impl AutoencoderKLWan {
     }
 }
 
-fn to_host_f32(xs: &Tensor) -> Result<Tensor> {
+pub(super) fn to_host_f32(xs: &Tensor) -> Result<Tensor> {
     xs.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()
 }
 
-fn tile_from_frames(xs: &Tensor) -> Result<TileBuf> {
+pub(super) fn tile_from_frames(xs: &Tensor) -> Result<TileBuf> {
     let (frames, channels, h, w) = xs.dims4()?;
     Ok(TileBuf { data: xs.flatten_all()?.to_vec1::<f32>()?, frames, channels, h, w })
 }
@@ -411,7 +464,7 @@ pub fn patchify(video: &Tensor, p: usize) -> Result<Tensor> {
 }
 
 /// Copies a tile piece into a frames-major host buffer `[T, C, out_h, out_w]`.
-fn copy_piece(dst: &mut [f32], out_h: usize, out_w: usize, tile: &TileBuf, spec: &TileSpec) {
+pub(super) fn copy_piece(dst: &mut [f32], out_h: usize, out_w: usize, tile: &TileBuf, spec: &TileSpec) {
     for f in 0..tile.frames {
         for c in 0..tile.channels {
             for (dy, y) in spec.out_rows.clone().enumerate() {
@@ -426,14 +479,14 @@ fn copy_piece(dst: &mut [f32], out_h: usize, out_w: usize, tile: &TileBuf, spec:
 
 /// The preallocated decode result `[B, C, F, H, W]`, filled chunk by chunk or piece by piece with
 /// unpatchify and clamp applied on the way in.
-struct OutputVideo {
+pub(super) struct OutputVideo {
     data: Vec<f32>,
     dims: [usize; 5],
     patch: usize,
 }
 
 impl OutputVideo {
-    fn new(b: usize, c: usize, f: usize, h: usize, w: usize, patch: usize) -> Self {
+    pub(super) fn new(b: usize, c: usize, f: usize, h: usize, w: usize, patch: usize) -> Self {
         Self { data: vec![0f32; b * c * f * h * w], dims: [b, c, f, h, w], patch }
     }
 
@@ -449,7 +502,7 @@ impl OutputVideo {
     }
 
     /// Whole frames `[n, C·p², H/p, W/p]` starting at `frame`.
-    fn write_frames(&mut self, b: usize, frame: usize, ys: &Tensor) -> Result<()> {
+    pub(super) fn write_frames(&mut self, b: usize, frame: usize, ys: &Tensor) -> Result<()> {
         let (n, cp_n, h, w) = ys.dims4()?;
         let data = ys.flatten_all()?.to_vec1::<f32>()?;
         for t in 0..n {
@@ -466,7 +519,7 @@ impl OutputVideo {
     }
 
     /// A blended tile's cropped piece (patchified coordinates in `spec.out_*`).
-    fn write_piece(&mut self, b: usize, tile: &TileBuf, spec: &TileSpec) {
+    pub(super) fn write_piece(&mut self, b: usize, tile: &TileBuf, spec: &TileSpec) {
         for f in 0..tile.frames {
             for cp in 0..tile.channels {
                 for (dy, y) in spec.out_rows.clone().enumerate() {
@@ -478,7 +531,7 @@ impl OutputVideo {
         }
     }
 
-    fn into_tensor(self) -> Result<Tensor> {
+    pub(super) fn into_tensor(self) -> Result<Tensor> {
         Tensor::from_vec(self.data, &self.dims[..], &Device::Cpu)
     }
 }

@@ -8,6 +8,8 @@
 //! - [`cache`]: per-conv causal caches for chunked processing.
 //! - [`split`]: row slabs and the neighbour exchange of halo mode.
 //! - [`tiling`]: the reusable tile plan (grid, blend, crop) shared with the parallel decode.
+//! - [`tile_parallel`]: `tiles` mode, the tile plan spread over ranks (balanced runs, strip exchange).
+//! - [`parallel`]: patch-parallel decode/encode entry points (`tiles` and `halo`) with live pieces.
 //! - [`ops`], [`cpu_kernels`]: memory-lean CPU kernels (direct conv accumulated over time taps that
 //!   read cache and chunk in place, fused RMS-norm + SiLU, fused residual adds) and the generic
 //!   candle path used on CUDA.
@@ -21,7 +23,9 @@ pub mod decoder;
 pub mod encoder;
 pub mod layers;
 pub mod ops;
+pub mod parallel;
 pub mod split;
+pub mod tile_parallel;
 pub mod tiling;
 
 pub use autoencoder::{AutoencoderKLWan, Moments, VaeParts, VaeProgress};

@@ -208,6 +208,36 @@ impl TileBuf {
     pub fn get(&self, f: usize, c: usize, y: usize, x: usize) -> f32 {
         self.data[self.idx(f, c, y, x)]
     }
+
+    /// The region `rows × cols` as its own buffer.
+    pub fn region(&self, rows: Range<usize>, cols: Range<usize>) -> TileBuf {
+        let (h, w) = (rows.len(), cols.len());
+        let mut data = Vec::with_capacity(self.frames * self.channels * h * w);
+        for f in 0..self.frames {
+            for c in 0..self.channels {
+                for y in rows.clone() {
+                    let start = self.idx(f, c, y, cols.start);
+                    data.extend_from_slice(&self.data[start..start + w]);
+                }
+            }
+        }
+        TileBuf { data, frames: self.frames, channels: self.channels, h, w }
+    }
+
+    /// The last `n` rows (all of them if fewer): what the tile below blends against.
+    pub fn tail_rows(&self, n: usize) -> TileBuf {
+        self.region(self.h - n.min(self.h)..self.h, 0..self.w)
+    }
+
+    /// The last `n` columns (all of them if fewer): what the tile to the right blends against.
+    pub fn tail_cols(&self, n: usize) -> TileBuf {
+        self.region(0..self.h, self.w - n.min(self.w)..self.w)
+    }
+
+    /// The top-left `h × w` (the kept piece after blending).
+    pub fn crop(&self, h: usize, w: usize) -> TileBuf {
+        self.region(0..h.min(self.h), 0..w.min(self.w))
+    }
 }
 
 /// `b[y] = a[-e+y]·(1 − y/e) + b[y]·(y/e)` for the first `e` rows, in f32 as PyTorch computes it
