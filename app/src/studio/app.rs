@@ -8,6 +8,8 @@ use std::time::Instant;
 use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
 use tessera_engine::runtime::doctor::DoctorReport;
 use tessera_engine::runtime::protocol::DeviceKind;
+use tessera_engine::planner::predict::RankPrediction;
+use tessera_engine::planner::preset::Preset;
 use tessera_engine::runtime::JobEvent;
 
 use super::browse::{Background, Done, Target};
@@ -54,6 +56,12 @@ pub struct StudioApp {
     pub background: Background,
     /// The input image's thumbnail (or why it could not be read), for the path it was made from.
     pub thumbnail: Option<(PathBuf, Result<TextureHandle, String>)>,
+    /// Presets from `presets/` and the user's data dir.
+    pub presets: Vec<Preset>,
+    /// The planner's per-rank prediction for the request the settings describe, once computed.
+    pub prediction: Option<Result<Vec<RankPrediction>, String>>,
+    /// The request last sent for prediction (a changed form asks again).
+    predicted_for: Option<RunRequest>,
     /// The request of the run in progress (recorded when it finishes).
     current: Option<RunRequest>,
     run_started: Option<Instant>,
@@ -81,6 +89,7 @@ impl StudioApp {
         };
         let repaint_ctx = ctx.clone();
         let engine = EngineHandle::spawn(options, move || repaint_ctx.request_repaint())?;
+        engine.send(Command::LoadPresets);
         Ok(Self {
             settings,
             live: LiveRun::default(),
@@ -94,6 +103,9 @@ impl StudioApp {
             outbox: Vec::new(),
             background: Background::default(),
             thumbnail: None,
+            presets: Vec::new(),
+            prediction: None,
+            predicted_for: None,
             current: None,
             run_started: None,
             data_dir,
@@ -136,6 +148,11 @@ impl StudioApp {
             self.on_event(event);
         }
         self.background_logic(ctx);
+        let request = self.request();
+        if self.predicted_for.as_ref() != Some(&request) {
+            self.predicted_for = Some(request.clone());
+            self.engine.send(Command::Predict(Box::new(request)));
+        }
         self.make_textures(ctx);
         if self.live.status.is_busy() {
             // Elapsed time and ETA move even between events.
@@ -156,12 +173,8 @@ impl StudioApp {
         if self.live.status.is_busy() {
             return;
         }
-        let params = panels::setup::params(&self.settings);
-        let model = if self.settings.use_demo {
-            ModelChoice::Demo
-        } else {
-            ModelChoice::Folder(self.model_path())
-        };
+        let request = self.request();
+        let params = request.params.clone();
         // With a known model, refuse bad requests here (the engine checks again).
         match &self.model.info {
             Some(Ok(info)) => {
@@ -176,7 +189,6 @@ impl StudioApp {
             }
             _ => {}
         }
-        let request = RunRequest { model, params, plan: self.settings.plan, device: self.device_kind() };
         self.live = LiveRun { status: RunStatus::Preparing("starting".into()), ..LiveRun::default() };
         self.textures.pieces.clear();
         self.view.inspected_piece = None;
@@ -184,6 +196,17 @@ impl StudioApp {
         self.current = Some(request.clone());
         self.run_started = Some(Instant::now());
         self.outbox.push(Command::Run(Box::new(request)));
+    }
+
+    /// The request the settings describe.
+    pub fn request(&self) -> RunRequest {
+        let model = if self.settings.use_demo {
+            ModelChoice::Demo
+        } else {
+            ModelChoice::Folder(self.model_path())
+        };
+        let params = panels::setup::params(&self.settings);
+        RunRequest { model, params, plan: self.settings.plan, device: self.device_kind() }
     }
 
     pub fn cancel(&mut self) {
@@ -228,6 +251,17 @@ impl StudioApp {
             }
             EngineEvent::Saved(path) => self.messages.info(format!("Saved {}", path.display())),
             EngineEvent::SaveFailed(text) => self.messages.error(format!("Save failed: {text}")),
+            EngineEvent::Presets(presets, errors) => {
+                self.presets = presets;
+                for e in errors {
+                    self.messages.error(e);
+                }
+            }
+            EngineEvent::Prediction(request, prediction) => {
+                if self.predicted_for.as_ref() == Some(&*request) {
+                    self.prediction = Some(prediction);
+                }
+            }
         }
     }
 
@@ -235,6 +269,7 @@ impl StudioApp {
     fn refresh_demo_info(&mut self) {
         if self.settings.use_demo && !matches!(self.model.info, Some(Ok(_))) {
             self.model.path = PathBuf::new();
+            self.predicted_for = None;
         }
     }
 

@@ -1,8 +1,9 @@
-//! The engine thread: owns the worker world (`Supervisor`) and everything slow (model inspection,
-//! device detection, writing the demo model, saving video), so the UI thread never blocks.
+//! The engine threads, so the UI thread never blocks: the *run* thread owns the worker world
+//! (`Supervisor`) and runs jobs; the *helper* thread does the short slow things (model inspection,
+//! device detection, presets, saving video) so they stay responsive while a job runs.
 //!
 //! ```text
-//!  UI thread                         engine thread                      tessera-worker × N
+//!  UI thread                         run thread / helper thread         tessera-worker × N
 //!  panels → Command ──(crossbeam)──▶ loop { recv Command; … }  ──jobs──▶
 //!  logic(): drain   ◀──(bounded)──── EngineEvent + request_repaint ◀─events─
 //! ```
@@ -19,8 +20,12 @@ use tessera_engine::media::Frames;
 use tessera_engine::runtime::doctor::DoctorReport;
 use tessera_engine::runtime::{CancelHandle, JobEvent, RunReport};
 
+use tessera_engine::planner::preset::Preset;
+use tessera_engine::planner::predict::RankPrediction;
+
 use super::model_info::{self, ModelInfo};
 use super::runner::{self, RunRequest, World};
+use super::state::Settings;
 
 /// What the UI asks of the engine.
 #[derive(Debug)]
@@ -32,9 +37,22 @@ pub enum Command {
     Run(Box<RunRequest>),
     /// Stop the running job at the next step boundary (workers stay up).
     Cancel,
-    /// Save the last video: `.mp4`, `.safetensors` or a folder (PNG frames).
-    Save(PathBuf),
+    /// Save `video`: `.mp4`, `.safetensors` or a folder (PNG frames).
+    Save(PathBuf, Video),
+    /// List the presets (answered with [`EngineEvent::Presets`]).
+    LoadPresets,
+    /// Save the settings' plan and size as the user preset `name`, then list the presets again.
+    SavePreset(String, Box<Settings>),
+    /// Predict each rank's peak for a request (answered with [`EngineEvent::Prediction`]).
+    Predict(Box<RunRequest>),
     Shutdown,
+}
+
+impl Command {
+    /// Jobs go to the run thread; everything else to the helper thread.
+    fn for_run_thread(&self) -> bool {
+        matches!(self, Self::Run(_) | Self::Cancel)
+    }
 }
 
 /// The decoded video of the last run, as RGB8 frames.
@@ -67,6 +85,10 @@ pub enum EngineEvent {
     Cancelled,
     Saved(PathBuf),
     SaveFailed(String),
+    /// The presets found, and unreadable preset files as messages.
+    Presets(Vec<Preset>, Vec<String>),
+    /// The planner's per-rank prediction for a request (the request is echoed to match it).
+    Prediction(Box<RunRequest>, Result<Vec<RankPrediction>, String>),
 }
 
 /// Knobs of the engine (tests point them at temporary folders).
@@ -137,10 +159,11 @@ impl Emitter {
 
 /// The UI's end of the engine.
 pub struct EngineHandle {
-    commands: Sender<Command>,
+    run_commands: Sender<Command>,
+    helper_commands: Sender<Command>,
     events: Receiver<EngineEvent>,
     cancel: Arc<CancelSlot>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// Engine → UI queue length; generous, since the UI drains it every frame.
@@ -150,23 +173,36 @@ impl EngineHandle {
     /// Starts the engine thread. `repaint` is called after every event (egui's `request_repaint`).
     pub fn spawn(options: EngineOptions, repaint: impl Fn() + Send + 'static) -> std::io::Result<Self> {
         // Commands are few and come from the UI thread only; they never pile up.
-        let (commands, command_rx) = unbounded();
+        let (run_commands, run_rx) = unbounded();
+        let (helper_commands, helper_rx) = unbounded();
         let (event_tx, events) = bounded(EVENT_CAPACITY);
         let cancel = Arc::new(CancelSlot::default());
-        let emitter = Emitter { tx: event_tx, repaint: Box::new(repaint) };
-        let slot = cancel.clone();
-        let thread = std::thread::Builder::new()
-            .name("tessera-engine".into())
-            .spawn(move || engine_loop(options, command_rx, emitter, slot))?;
-        Ok(Self { commands, events, cancel, thread: Some(thread) })
+        let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(repaint);
+        let emitter = |tx: &Sender<EngineEvent>| {
+            let repaint = repaint.clone();
+            Emitter { tx: tx.clone(), repaint: Box::new(move || repaint()) }
+        };
+        let (run_out, helper_out) = (emitter(&event_tx), emitter(&event_tx));
+        let (slot, helper_options) = (cancel.clone(), options.clone());
+        let run = std::thread::Builder::new()
+            .name("tessera-engine-run".into())
+            .spawn(move || run_loop(options, run_rx, run_out, slot))?;
+        let helper = std::thread::Builder::new()
+            .name("tessera-engine-helper".into())
+            .spawn(move || helper_loop(helper_options, helper_rx, helper_out))?;
+        Ok(Self { run_commands, helper_commands, events, cancel, threads: vec![run, helper] })
     }
 
     pub fn send(&self, command: Command) {
         if matches!(command, Command::Cancel) {
             self.cancel.request();
         }
-        // A closed channel means the engine thread is gone; its last event said why.
-        self.commands.send(command).ok();
+        // A closed channel means that thread is gone; its last event said why.
+        if command.for_run_thread() {
+            self.run_commands.send(command).ok();
+        } else {
+            self.helper_commands.send(command).ok();
+        }
     }
 
     pub fn try_recv(&self) -> Option<EngineEvent> {
@@ -177,18 +213,44 @@ impl EngineHandle {
 impl Drop for EngineHandle {
     fn drop(&mut self) {
         self.cancel.request();
-        self.commands.send(Command::Shutdown).ok();
-        if let Some(t) = self.thread.take() {
-            // Stops the workers (a grace period, then SIGKILL) before the app exits.
+        self.run_commands.send(Command::Shutdown).ok();
+        self.helper_commands.send(Command::Shutdown).ok();
+        for t in self.threads.drain(..) {
+            // The run thread stops the workers (a grace period, then SIGKILL) before the app exits.
             t.join().ok();
         }
     }
 }
 
-fn engine_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter, cancel: Arc<CancelSlot>) {
+fn run_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter, cancel: Arc<CancelSlot>) {
     let data_dir = options.data_dir.clone().or_else(super::demo::data_dir);
     let mut world: Option<World> = None;
-    let mut last_video: Option<Video> = None;
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Run(request) => {
+                cancel.reset();
+                let ctx = runner::RunContext {
+                    worker_exe: options.worker_exe.as_deref(),
+                    data_dir: data_dir.as_deref(),
+                    cancel: &cancel,
+                    out: &out,
+                };
+                runner::run(&mut world, &request, &ctx);
+                cancel.reset();
+            }
+            Command::Shutdown => break,
+            // Cancel acts through the cancel slot; the rest is the helper's.
+            _ => {}
+        }
+    }
+    if let Some(w) = world.take() {
+        w.supervisor.shutdown();
+    }
+}
+
+fn helper_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter) {
+    let data_dir = options.data_dir.clone().or_else(super::demo::data_dir);
+    let preset_folders = super::presets::folders(data_dir.as_deref());
     if !options.skip_device_probe {
         out.emit(EngineEvent::Devices(Box::new(tessera_engine::runtime::doctor::probe(options.worker_exe.as_deref()))));
     }
@@ -202,31 +264,32 @@ fn engine_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter
                 let info = model_info::inspect(&path).map_err(|e| e.to_string());
                 out.emit(EngineEvent::Model(path, info));
             }
-            Command::Run(request) => {
-                cancel.reset();
-                let ctx = runner::RunContext {
-                    worker_exe: options.worker_exe.as_deref(),
-                    data_dir: data_dir.as_deref(),
-                    cancel: &cancel,
-                    out: &out,
-                };
-                if let Some(video) = runner::run(&mut world, &request, &ctx) {
-                    last_video = Some(video);
-                }
-                cancel.reset();
-            }
-            Command::Cancel => {}
-            Command::Save(path) => match &last_video {
-                Some(video) => match runner::save(&path, video) {
-                    Ok(()) => out.emit(EngineEvent::Saved(path)),
-                    Err(e) => out.emit(EngineEvent::SaveFailed(e)),
-                },
-                None => out.emit(EngineEvent::SaveFailed("nothing to save yet: run Generate first".into())),
+            Command::Save(path, video) => match runner::save(&path, &video) {
+                Ok(()) => out.emit(EngineEvent::Saved(path)),
+                Err(e) => out.emit(EngineEvent::SaveFailed(e)),
             },
+            Command::LoadPresets => {
+                let (presets, errors) = super::presets::load_all(&preset_folders);
+                out.emit(EngineEvent::Presets(presets, errors));
+            }
+            Command::SavePreset(name, settings) => {
+                let saved = match &data_dir {
+                    Some(dir) => super::presets::save(&dir.join("presets"), &name, &settings),
+                    None => Err("no data folder to save presets in: set $TESSERA_DATA_DIR or $HOME".into()),
+                };
+                let (presets, mut errors) = super::presets::load_all(&preset_folders);
+                match saved {
+                    Ok(path) => out.emit(EngineEvent::Saved(path)),
+                    Err(e) => errors.push(format!("Save preset: {e}")),
+                }
+                out.emit(EngineEvent::Presets(presets, errors));
+            }
+            Command::Predict(request) => {
+                let prediction = runner::predict(&request, data_dir.as_deref());
+                out.emit(EngineEvent::Prediction(request, prediction));
+            }
             Command::Shutdown => break,
+            Command::Run(_) | Command::Cancel => {}
         }
-    }
-    if let Some(w) = world.take() {
-        w.supervisor.shutdown();
     }
 }

@@ -7,7 +7,7 @@
 //! - `runner.rs`: one run on the engine thread (checks, inputs, world, job, video).
 //! - `panels/`: Setup, Parallel, Live, Mosaic (+ inspector), Result, Compare, messages.
 //! - `demo.rs`: the built-in demo model; `model_info.rs`: reading a model folder;
-//!   `records.rs`: the persisted run history; `browse.rs`: file pickers and thumbnails;
+//!   `records.rs`: the persisted run history; `presets.rs`: preset files; `browse.rs`: file pickers and thumbnails;
 //!   `theme.rs`: colours; `settings_ui.rs`: labelled form fields.
 //!
 //! Failure handling: a bad request (size, plan, model folder) is refused before anything starts,
@@ -20,6 +20,7 @@ pub mod demo;
 pub mod engine_thread;
 pub mod model_info;
 pub mod panels;
+pub mod presets;
 pub mod records;
 pub mod runner;
 pub mod settings_ui;

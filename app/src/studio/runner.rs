@@ -11,6 +11,7 @@ use candle_core::{DType, Device};
 use tessera_engine::media::{self, Frames, OutputKind};
 use tessera_engine::parallel::plan::{ParallelPlan, PlanModel, VaeMode};
 use tessera_engine::pipeline::{sampling, GenerateParams};
+use tessera_engine::planner::predict::RankPrediction;
 use tessera_engine::runtime::protocol::{DeviceKind, Job, VaeDecodeSpec};
 use tessera_engine::runtime::{JobEvent, RuntimeError, Supervisor, WorldSpec};
 use tessera_engine::tensor_io;
@@ -56,27 +57,22 @@ pub fn check(params: &GenerateParams, plan: &ParallelPlan, info: &ModelInfo) -> 
     plan.validate(PlanModel { num_heads: info.num_heads, cfg: params.guidance > 1.0 })
         .map_err(|e| format!("Invalid parallel plan: {e}"))?;
     let latent_rows = params.height / info.vae_spatial;
-    if plan.vae_mode == VaeMode::Halo && plan.ranks > latent_rows {
+    if plan.vae_mode == VaeMode::Halo && plan.vae_parallel > latent_rows {
         return Err(format!(
-            "Invalid parallel plan: a halo decode over {} ranks needs at least {} latent rows; height {} has {latent_rows} (raise the height or use fewer ranks)",
-            plan.ranks, plan.ranks, params.height
+            "Invalid parallel plan: a halo decode over {n} ranks needs at least {n} latent rows; height {} has {latent_rows} (raise the height or lower VAE parallel)",
+            params.height,
+            n = plan.vae_parallel,
         ));
     }
     Ok(())
 }
 
-/// Runs `request`; every outcome is reported through `ctx.out`. Returns the video on success.
-pub(crate) fn run(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) -> Option<Video> {
+/// Runs `request`; every outcome (the video, a failure, a cancel) is reported through `ctx.out`.
+pub(crate) fn run(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) {
     match run_inner(world, request, ctx) {
-        Ok(video) => Some(video),
-        Err(RunError::Cancelled) => {
-            ctx.out.emit(EngineEvent::Cancelled);
-            None
-        }
-        Err(RunError::Message(text)) => {
-            ctx.out.emit(EngineEvent::Failed(text));
-            None
-        }
+        Ok(()) => {}
+        Err(RunError::Cancelled) => ctx.out.emit(EngineEvent::Cancelled),
+        Err(RunError::Message(text)) => ctx.out.emit(EngineEvent::Failed(text)),
     }
 }
 
@@ -91,7 +87,7 @@ impl From<String> for RunError {
     }
 }
 
-fn run_inner(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) -> Result<Video, RunError> {
+fn run_inner(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) -> Result<(), RunError> {
     let data_dir = ctx.data_dir.ok_or_else(|| {
         "no data folder: set $TESSERA_DATA_DIR or $HOME (the studio keeps the demo model and run files there)"
             .to_string()
@@ -132,10 +128,13 @@ fn run_inner(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) 
         model: root.clone(),
         latents: latents_path,
         out: video_path.clone(),
+        mode: plan.vae_mode,
+        // Tiles mode without tile settings uses diffusers' defaults; halo mode takes none.
         tiling: match plan.vae_mode {
-            VaeMode::Tiles => Some(plan.vae_tiling.unwrap_or_default().as_array()),
+            VaeMode::Tiles => plan.vae_tiling.map(|t| t.as_array()),
             VaeMode::Halo => None,
         },
+        vae_parallel: Some(plan.vae_parallel),
     };
     let handle = supervisor.cancel_handle();
     ctx.cancel.arm(Some(handle.clone()));
@@ -160,9 +159,9 @@ fn run_inner(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) 
     let video = read_video(&video_path)?;
     let fps = if info.vae_spatial == 16 { 24.0 } else { 16.0 };
     let video = Video { frames: Arc::new(video), fps };
-    ctx.out.emit(EngineEvent::Video(video.clone()));
+    ctx.out.emit(EngineEvent::Video(video));
     ctx.out.emit(EngineEvent::Finished(Box::new(result.report)));
-    Ok(video)
+    Ok(())
 }
 
 /// The world for `ranks` on `device`: the current one if it fits and is up, else a new one.
@@ -212,6 +211,31 @@ pub fn explain(err: &RuntimeError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// The planner's per-rank peaks for the job a run starts (today the VAE decode of the request's
+/// latents over `vae_parallel` ranks); `Err` when the model or the request cannot be read.
+pub fn predict(request: &RunRequest, data_dir: Option<&Path>) -> Result<Vec<RankPrediction>, String> {
+    use tessera_engine::planner::predict::{predict_vae_decode, Options, Target};
+    let root = match &request.model {
+        ModelChoice::Demo => data_dir.map(|d| d.join("demo-model-v1")).ok_or("no data folder")?,
+        ModelChoice::Folder(p) => p.clone(),
+    };
+    let spec = tessera_engine::planner::ModelSpec::from_dir(&root).map_err(|e| e.to_string())?;
+    let p = &request.params;
+    let latent = spec.latent_grid(p.height, p.width, p.frames);
+    let target = match request.device {
+        DeviceKind::Cpu => Target::Cpu,
+        DeviceKind::Cuda => Target::Cuda,
+    };
+    let tiling = match request.plan.vae_mode {
+        VaeMode::Tiles => Some(request.plan.vae_tiling.unwrap_or_default()),
+        VaeMode::Halo => None,
+    };
+    let mut opts = Options::new(target);
+    // Each CPU rank gets its share of the cores (as the supervisor sets RAYON_NUM_THREADS).
+    opts.threads = (opts.threads / request.plan.ranks.max(1)).max(1);
+    Ok(predict_vae_decode(&spec.vae, latent, request.plan.vae_parallel.max(1), tiling, &opts))
 }
 
 /// Rank 0's decoded `video` tensor `[B, 3, F, H, W]` in [-1, 1] as RGB8 frames.

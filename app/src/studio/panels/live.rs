@@ -2,7 +2,7 @@
 //! and a peak line per device and the finished phases as bands, then the decode mosaic.
 
 use eframe::egui;
-use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoints, Span};
+use egui_plot::{HLine, Legend, Line, LineStyle, Plot, PlotPoints, Span};
 
 use crate::studio::app::StudioApp;
 use crate::studio::state::{LiveRun, RunStatus};
@@ -15,7 +15,11 @@ pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     if app.settings.use_demo {
         ui.colored_label(theme::NOTE, demo::NOISE_NOTE);
     }
-    memory_chart_ui(ui, &app.live);
+    let predicted: Vec<(usize, u64)> = match &app.prediction {
+        Some(Ok(p)) => p.iter().map(|r| (r.rank, r.peak_bytes)).collect(),
+        _ => Vec::new(),
+    };
+    memory_chart_ui(ui, &app.live, &predicted);
     ui.separator();
     super::mosaic::mosaic_ui(ui, app);
 }
@@ -43,7 +47,8 @@ fn status_ui(ui: &mut egui::Ui, live: &LiveRun) {
     }
 }
 
-fn memory_chart_ui(ui: &mut egui::Ui, live: &LiveRun) {
+/// `predicted`: the planner's peak per rank, drawn dashed.
+fn memory_chart_ui(ui: &mut egui::Ui, live: &LiveRun, predicted: &[(usize, u64)]) {
     let samples: usize = live.ranks.iter().map(|r| r.memory.len()).sum();
     ui.label(format!("Memory per device (MiB over seconds) — {samples} samples"));
     Plot::new("memory-chart")
@@ -62,6 +67,13 @@ fn memory_chart_ui(ui: &mut egui::Ui, live: &LiveRun) {
                             .fill(egui::Color32::from_white_alpha(shade)),
                     );
                 }
+            }
+            for &(rank, bytes) in predicted {
+                plot.hline(
+                    HLine::new(format!("rank {rank} predicted peak"), bytes as f64 / MIB)
+                        .color(theme::rank_color(rank))
+                        .style(LineStyle::dashed_loose()),
+                );
             }
             for (rank, trace) in live.ranks.iter().enumerate() {
                 let color = theme::rank_color(rank);

@@ -7,11 +7,13 @@ use tessera_engine::runtime::protocol::DeviceKind;
 
 use crate::studio::app::StudioApp;
 use crate::studio::settings_ui::field;
-use crate::studio::theme;
+use crate::studio::engine_thread::Command;
+use crate::studio::{presets, theme};
 
 pub fn parallel_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     devices_ui(ui, app);
     ui.separator();
+    presets_ui(ui, app);
     plan_ui(ui, app);
     ui.separator();
     verdict_ui(ui, app);
@@ -116,23 +118,93 @@ fn plan_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     }
 }
 
-/// Per device: the measured peak of the last run against the device's capacity. Predictions
-/// appear here once the memory planner is available; nothing is guessed.
+fn presets_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let current = app.settings.preset.clone().unwrap_or_else(|| "(custom plan)".into());
+    let mut picked = None;
+    ui.horizontal(|ui| {
+        let label = ui.label("Preset");
+        egui::ComboBox::from_id_salt("preset")
+            .selected_text(&current)
+            .width(190.0)
+            .show_ui(ui, |ui| {
+                for (i, p) in app.presets.iter().enumerate() {
+                    let r = ui.selectable_label(app.settings.preset.as_deref() == Some(&p.name), &p.name);
+                    if r.on_hover_text(&p.description).clicked() {
+                        picked = Some(i);
+                    }
+                }
+            })
+            .response
+            .labelled_by(label.id);
+        if ui.button("Save preset…").on_hover_text("Save this plan and size under a name").clicked() {
+            app.view.preset_dialog_open = true;
+        }
+    });
+    if let Some(p) = picked.and_then(|i| app.presets.get(i)) {
+        presets::apply(p, &mut app.settings);
+    }
+    if let Some(p) = app.settings.preset.as_ref().and_then(|name| app.presets.iter().find(|p| &p.name == name)) {
+        ui.weak(&p.description);
+    }
+    if app.view.preset_dialog_open {
+        let mut open = true;
+        let mut save = false;
+        egui::Window::new("Save preset").open(&mut open).collapsible(false).show(ui.ctx(), |ui| {
+            let label = ui.label("Preset name");
+            ui.text_edit_singleline(&mut app.view.preset_name).labelled_by(label.id);
+            if let Err(e) = presets::valid_name(&app.view.preset_name) {
+                ui.colored_label(theme::BAD, e);
+            } else if ui.button("Save").clicked() {
+                save = true;
+            }
+        });
+        if save {
+            let name = app.view.preset_name.trim().to_string();
+            app.settings.preset = Some(name.clone());
+            app.outbox.push(Command::SavePreset(name, Box::new(app.settings.clone())));
+            open = false;
+        }
+        app.view.preset_dialog_open = open;
+    }
+}
+
+/// Per device: the planner's predicted peak and, once a run reports, the measured peak, each
+/// against the device's capacity (GPU memory, or the host RAM shared by the CPU ranks).
 fn verdict_ui(ui: &mut egui::Ui, app: &StudioApp) {
     ui.strong("Memory per device");
-    let traces = &app.live.ranks;
-    if traces.is_empty() {
-        ui.weak("Measured peaks appear here during a run.");
-        return;
-    }
-    let ranks = traces.len().max(1) as u64;
+    let ranks = app.settings.plan.ranks.max(1);
     let host_ram = app.devices.as_ref().map(|d| d.cpu.ram_total_bytes).unwrap_or(0);
-    for (rank, trace) in traces.iter().enumerate() {
-        let peak = trace.memory.iter().map(|m| m.peak_bytes).max().unwrap_or(0);
-        // CPU ranks share the host RAM; GPUs report their own total.
-        let capacity = trace.device_total_bytes.unwrap_or(host_ram / ranks);
-        let fraction = if capacity > 0 { peak as f32 / capacity as f32 } else { 0.0 };
-        let text = format!("rank {rank}: peak {} of {}", theme::bytes(peak), theme::bytes(capacity));
-        ui.add(egui::ProgressBar::new(fraction.min(1.0)).text(text).fill(theme::rank_color(rank)));
+    let gpus: Vec<u64> = match app.device_kind() {
+        DeviceKind::Cuda => app.devices.iter().flat_map(|d| d.nvml.gpus.iter().map(|g| g.mem_total_bytes)).collect(),
+        DeviceKind::Cpu => Vec::new(),
+    };
+    let predicted = match &app.prediction {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            ui.weak(format!("No prediction: {e}"));
+            None
+        }
+        None => None,
+    };
+    for rank in 0..ranks {
+        let capacity = gpus.get(rank).copied().unwrap_or(host_ram / ranks as u64);
+        let bar = |bytes: u64, what: &str| {
+            let fraction = if capacity > 0 { bytes as f32 / capacity as f32 } else { 0.0 };
+            let fill = if fraction > 1.0 { theme::BAD } else { theme::rank_color(rank) };
+            let text = format!("rank {rank} {what} {} of {}", theme::bytes(bytes), theme::bytes(capacity));
+            egui::ProgressBar::new(fraction.min(1.0)).text(text).fill(fill)
+        };
+        if let Some(p) = predicted {
+            // Ranks outside the VAE group idle during the decode: nothing predicted for them.
+            let peak = p.iter().find(|r| r.rank == rank).map(|r| r.peak_bytes).unwrap_or(0);
+            ui.add(bar(peak, "predicted"));
+        }
+        if let Some(trace) = app.live.ranks.get(rank) {
+            let measured = trace.memory.iter().map(|m| m.peak_bytes).max().unwrap_or(0);
+            ui.add(bar(measured, "measured"));
+        }
+    }
+    if predicted.is_some_and(|p| p.iter().any(|r| gpus.is_empty() && r.peak_bytes > host_ram / ranks as u64)) {
+        ui.colored_label(theme::BAD, "Predicted not to fit: lower the size, or raise VAE parallel / use tiles.");
     }
 }

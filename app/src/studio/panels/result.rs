@@ -59,7 +59,7 @@ pub fn result_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     ui.horizontal(|ui| {
         for (label, path) in save_targets(&app.settings.output) {
             if ui.button(label).on_hover_text(path.display().to_string()).clicked() {
-                app.outbox.push(Command::Save(path));
+                app.outbox.push(Command::Save(path, video.clone()));
             }
         }
     });
