@@ -31,6 +31,8 @@ enum Command {
     EncodePrompt(cmd::encode_prompt::Args),
     /// List devices: CPU cores and RAM; GPUs, driver, NCCL and peer access when present.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Predict peak memory per rank and phase; whether it fits the GPUs, and the cheapest plan that does.
+    Plan(Box<cmd::plan::PlanArgs>),
     /// Benchmarks (time and peak memory tables).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Some(Command::Doctor(a)) => cmd::doctor::run(a),
         Some(Command::Generate(a)) => cmd::generate::run(*a),
         Some(Command::EncodePrompt(a)) => cmd::encode_prompt::run(a),
+        Some(Command::Plan(a)) => cmd::plan::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

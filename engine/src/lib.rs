@@ -10,6 +10,7 @@
 //! - [`tensor_io`]: reading/writing named tensors for the CLI (atomic writes).
 //! - [`parallel`]: ranks and the `Collective` data plane (LocalSocket, threads, NCCL).
 //! - [`runtime`]: one `tessera-worker` process per device: supervisor, control protocol, telemetry.
+//! - [`planner`]: per-rank peak memory predictions, plan search and presets (`tessera plan`).
 //! - [`alloc`]: counting global allocator used by the worker for heap telemetry.
 
 pub mod alloc;
@@ -17,6 +18,7 @@ pub mod media;
 pub mod models;
 pub mod parallel;
 pub mod pipeline;
+pub mod planner;
 pub mod random_weights;
 pub mod runtime;
 pub mod scheduler;

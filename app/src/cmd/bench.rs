@@ -26,6 +26,8 @@ pub enum BenchCommand {
     VaeCase(VaeCaseArgs),
     /// DiT forward benchmark at a few token counts (real width, few blocks), optionally beside diffusers.
     Dit(super::bench_dit::BenchDitArgs),
+    /// Patch-parallel VAE decode (halo and tiles) on 1, 2, 4 worker processes: wall time, per-rank peak.
+    VaeParallel(super::bench_vae_parallel::BenchVaeParallelArgs),
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +84,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Vae(a) => bench_vae(a),
         BenchCommand::Dit(a) => super::bench_dit::run(a),
+        BenchCommand::VaeParallel(a) => super::bench_vae_parallel::run(a),
         BenchCommand::Comm(a) => super::bench_comm::run(a),
         BenchCommand::VaeCase(a) => {
             let r = vae_case(&a)?;
@@ -128,7 +131,7 @@ fn parse_sizes(s: &str) -> Result<Vec<[usize; 3]>> {
         .collect()
 }
 
-fn ensure_model(dir: &Path, arch: &str) -> Result<PathBuf> {
+pub(crate) fn ensure_model(dir: &Path, arch: &str) -> Result<PathBuf> {
     let root = dir.join(format!("{arch}-seed0"));
     if !root.join("vae/config.json").is_file() {
         let cfg = match arch {
@@ -142,7 +145,7 @@ fn ensure_model(dir: &Path, arch: &str) -> Result<PathBuf> {
     Ok(root)
 }
 
-fn ensure_latents(dir: &Path, z: usize, size: [usize; 3]) -> Result<PathBuf> {
+pub(crate) fn ensure_latents(dir: &Path, z: usize, size: [usize; 3]) -> Result<PathBuf> {
     let [t, h, w] = size;
     let path = dir.join(format!("latents-z{z}-{t}x{h}x{w}.safetensors"));
     if !path.is_file() {

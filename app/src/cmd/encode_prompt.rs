@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
+use tessera_engine::parallel::plan::TextEncoderPlacement;
 use tessera_engine::tensor_io;
 use tessera_engine::text::{self, PromptCache, TextEncoderOptions, DEFAULT_MAX_SEQUENCE_LENGTH};
 
@@ -36,6 +37,19 @@ pub struct Args {
     /// Output safetensors file (written atomically).
     #[arg(long)]
     pub out: PathBuf,
+    /// cpu: encode in this process; sharded: split the encoder by layer over --ranks worker processes
+    /// (each holds ~1/N of the weights).
+    #[arg(long, value_enum, default_value_t = TextEncoderPlacement::Cpu)]
+    pub text_encoder: TextEncoderPlacement,
+    /// Worker processes for `--text-encoder sharded`.
+    #[arg(long, default_value_t = 2)]
+    pub ranks: usize,
+    /// Also encode this negative prompt (written as `negative_prompt_embeds`).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// JSON run report of the sharded run (per-rank weights and peaks).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -50,16 +64,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.cache_dir.clone().map(PromptCache::new).or_else(|| PromptCache::default_dir().map(PromptCache::new))
     };
     let start = std::time::Instant::now();
-    let embeds = text::embed_prompts(&args.model, &[args.prompt.as_str()], &opts, cache.as_ref())
+    let mut prompts = vec![args.prompt.as_str()];
+    prompts.extend(args.negative_prompt.as_deref());
+    if args.text_encoder == TextEncoderPlacement::Sharded {
+        return run_sharded(&args, &prompts, cache.as_ref().map(|c| c.dir().to_path_buf()));
+    }
+    let embeds = text::embed_prompts(&args.model, &prompts, &opts, cache.as_ref())
         .with_context(|| format!("encoding the prompt with the text encoder of {}", args.model.display()))?;
-    let embeds = embeds.into_iter().next().context("the text encoder returned no embeddings")?;
-    tensor_io::write_atomic(&args.out, &[("prompt_embeds", embeds.clone())])?;
+    let names = ["prompt_embeds", "negative_prompt_embeds"];
+    let tensors: Vec<(&str, candle_core::Tensor)> = names.iter().copied().zip(embeds).collect();
+    anyhow::ensure!(!tensors.is_empty(), "the text encoder returned no embeddings");
+    tensor_io::write_atomic(&args.out, &tensors)?;
     tracing::info!(
         out = %args.out.display(),
-        shape = ?embeds.dims(),
+        shape = ?tensors[0].1.dims(),
         secs = start.elapsed().as_secs_f64(),
         "wrote prompt_embeds"
     );
+    Ok(())
+}
+
+/// The encoder split by layer over `--ranks` worker processes.
+fn run_sharded(args: &Args, prompts: &[&str], cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use tessera_engine::runtime::protocol::{EncodePromptSpec, Job};
+    use tessera_engine::runtime::{Supervisor, WorldSpec};
+    anyhow::ensure!(
+        args.device == "cpu",
+        "--text-encoder sharded runs on the worker processes' devices; drop --device"
+    );
+    anyhow::ensure!(args.dtype.is_none(), "--text-encoder sharded uses the checkpoint's dtype; drop --dtype");
+    anyhow::ensure!(args.ranks >= 1, "--ranks must be at least 1");
+    let spec = EncodePromptSpec {
+        model: args.model.clone(),
+        prompts: prompts.iter().map(|p| p.to_string()).collect(),
+        max_sequence_length: args.max_sequence_length,
+        cache_dir,
+        out: args.out.clone(),
+    };
+    let mut sup =
+        Supervisor::spawn(WorldSpec { ranks: args.ranks, ..WorldSpec::default() }).context("starting the workers")?;
+    let result = sup.run_job(Job::EncodePrompt(spec), |_| {});
+    sup.shutdown();
+    let result = result.with_context(|| {
+        format!("encoding the prompt with the text encoder of {} on {} ranks", args.model.display(), args.ranks)
+    })?;
+    if let Some(path) = &args.report {
+        result.report.write_json(path).with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    tracing::info!(out = %args.out.display(), ranks = args.ranks, "wrote prompt_embeds (sharded text encoder)");
     Ok(())
 }
 

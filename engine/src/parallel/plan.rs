@@ -55,6 +55,7 @@ impl std::fmt::Display for TextEncoderPlacement {
 
 /// Tile settings in sample pixels, as diffusers' `enable_tiling(h, w, stride_h, stride_w)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TilingSpec {
     pub tile_height: usize,
     pub tile_width: usize,

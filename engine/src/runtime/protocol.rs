@@ -219,6 +219,8 @@ pub enum Job {
     VaeDecode(VaeDecodeSpec),
     /// `tessera vae encode` across the world.
     VaeEncode(VaeEncodeSpec),
+    /// UMT5 prompt embeddings with the encoder split by layer over the world (`--text-encoder sharded`).
+    EncodePrompt(EncodePromptSpec),
 }
 
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).
@@ -247,6 +249,19 @@ pub struct VaeEncodeSpec {
     pub mode: VaeMode,
     pub tiling: Option<[usize; 4]>,
     pub vae_parallel: Option<usize>,
+}
+
+/// A sharded text-encoder job: every rank ends with the embeddings; rank 0 writes `out` with
+/// `prompt_embeds` (the first prompt) and `negative_prompt_embeds` (the second, if any).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncodePromptSpec {
+    /// Pipeline folder holding `text_encoder/` and `tokenizer/`.
+    pub model: std::path::PathBuf,
+    pub prompts: Vec<String>,
+    pub max_sequence_length: usize,
+    /// Prompt-embedding cache folder (`None`: no cache).
+    pub cache_dir: Option<std::path::PathBuf>,
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -92,7 +92,7 @@ impl TextEncoder {
 }
 
 /// Appends zero rows to `(1, len, d)` up to `(1, total, d)`.
-fn zero_pad_rows(xs: &Tensor, total: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn zero_pad_rows(xs: &Tensor, total: usize) -> candle_core::Result<Tensor> {
     let (b, len, d) = xs.dims3()?;
     if len >= total {
         return xs.narrow(1, 0, total);
@@ -102,7 +102,7 @@ fn zero_pad_rows(xs: &Tensor, total: usize) -> candle_core::Result<Tensor> {
 }
 
 /// The run dtype: the requested one, else bf16 for a bf16 checkpoint and f32 otherwise.
-fn resolve_dtype(checkpoint: &Checkpoint, requested: Option<DType>) -> Result<DType, TextError> {
+pub(crate) fn resolve_dtype(checkpoint: &Checkpoint, requested: Option<DType>) -> Result<DType, TextError> {
     if let Some(dtype) = requested {
         return Ok(dtype);
     }

@@ -4,6 +4,7 @@
 //! - [`tokenizer`] — `tokenizer/tokenizer.json` with the `tokenizers` crate, padded/truncated.
 //! - [`encoder`] — [`TextEncoder`] = tokenizer + UMT5; embeddings trimmed to the prompt's length
 //!   and zero-padded exactly as `_get_t5_prompt_embeds`.
+//! - [`sharded`] — `--text-encoder sharded`: UMT5 split by layer over the worker ranks.
 //! - [`cache`] — embeddings on disk keyed by (prompt, model identity, length, dtype), so a re-run
 //!   with the same prompt never loads the 11 GB encoder.
 //!
@@ -14,6 +15,7 @@
 pub mod cache;
 pub mod clean;
 pub mod encoder;
+pub mod sharded;
 pub mod tokenizer;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@
 
 mod comm;
 mod diagnostic;
+mod text;
 mod vae;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ pub enum JobError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
 }
 
 /// Sends an event to the supervisor.
@@ -151,6 +154,7 @@ pub fn run(ctx: &JobCtx, job: &Job) -> Result<JobOutput, JobError> {
         Job::Diagnostic(d) => diagnostic::run(ctx, d),
         Job::VaeDecode(spec) => vae::decode(ctx, spec),
         Job::VaeEncode(spec) => vae::encode(ctx, spec),
+        Job::EncodePrompt(spec) => text::encode_prompt(ctx, spec),
     }
 }
 

@@ -1,0 +1,268 @@
+//! `tessera plan`: predicted peak memory per rank and phase for a generation, whether it fits the
+//! GPUs, and when it does not, the cheapest plan that does (engine `planner`). Takes `generate`'s
+//! flags; reads only the model folder's config files.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use tessera_engine::parallel::plan::{ParallelPlan, TextEncoderPlacement, TilingSpec, VaeMode};
+use tessera_engine::planner::predict::{PhasePrediction, RankPrediction};
+use tessera_engine::planner::preset::{self, Explicit};
+use tessera_engine::planner::search::{self, GpuSpec};
+use tessera_engine::planner::{self, ModelSpec, Options, Prediction, Request, Residency, Target};
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Diffusers pipeline folder (only its config files are read).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A preset (presets/NAME.toml): plan and default size; the flags below override it.
+    #[arg(long)]
+    pub preset: Option<PathBuf>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Frames, 4k+1.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Steps (memory does not depend on it; accepted so `generate` command lines work as they are).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// CFG scale; CFG (two branches) runs when > 1. Default 5.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Image-to-video: the image is VAE-encoded (the file is not read).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    #[arg(long)]
+    pub ranks: Option<usize>,
+    #[arg(long)]
+    pub ulysses: Option<usize>,
+    #[arg(long)]
+    pub cfg_parallel: Option<usize>,
+    #[arg(long)]
+    pub fsdp: Option<usize>,
+    #[arg(long)]
+    pub vae_parallel: Option<usize>,
+    #[arg(long, value_enum)]
+    pub vae_mode: Option<VaeMode>,
+    /// Tiled VAE TH,TW,SH,SW in pixels (tiles mode).
+    #[arg(long, value_name = "TH,TW,SH,SW", value_parser = TilingSpec::parse)]
+    pub tiling: Option<TilingSpec>,
+    #[arg(long, value_enum)]
+    pub text_encoder: Option<TextEncoderPlacement>,
+    /// GPUs to fit, COUNTxSIZE (8x24GB); implies --device cuda.
+    #[arg(long, value_parser = GpuSpec::parse)]
+    pub gpus: Option<GpuSpec>,
+    /// cuda (bf16 transformer, device bytes) or cpu (f32, heap bytes).
+    #[arg(long, value_enum)]
+    pub device: Option<Target>,
+    /// Which weights stay loaded across phases: pipeline (as WanPipeline today: everything from load
+    /// to the end) or phased (each phase its own weights). Default: the preset's, else pipeline.
+    #[arg(long, value_enum)]
+    pub residency: Option<Residency>,
+    /// CPU threads per rank (VAE kernel scratch); default: this machine's.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print JSON (`ranks[]` with `rank`, `peak_bytes`, `phases` like the run report).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Suggestion {
+    plan: ParallelPlan,
+    flags: Vec<String>,
+    ranks: Vec<RankPrediction>,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    model: String,
+    request: Request,
+    plan: ParallelPlan,
+    device: Target,
+    gpus: Option<GpuSpec>,
+    usable_bytes_per_gpu: Option<u64>,
+    fits: Option<bool>,
+    ranks: &'a [RankPrediction],
+    host_text_encoder_bytes: u64,
+    suggestion: Option<Suggestion>,
+}
+
+pub fn run(a: PlanArgs) -> Result<()> {
+    let explicit = Explicit {
+        ranks: a.ranks,
+        ulysses: a.ulysses,
+        cfg_parallel: a.cfg_parallel,
+        fsdp: a.fsdp,
+        vae_parallel: a.vae_parallel,
+        vae_mode: a.vae_mode,
+        vae_tiling: a.tiling,
+        text_encoder: a.text_encoder,
+        height: a.height,
+        width: a.width,
+        frames: a.frames,
+        steps: a.steps,
+        guidance: a.guidance,
+    };
+    let mut residency = a.residency.unwrap_or_default();
+    let applied = match &a.preset {
+        Some(p) => {
+            let p = preset::load(p)?;
+            residency = a.residency.unwrap_or(p.residency);
+            p.apply(&explicit)
+        }
+        None => {
+            // Without a preset: one rank, and Ulysses over all ranks unless told otherwise.
+            let ranks = a.ranks.unwrap_or(1);
+            let cfg_parallel = a.cfg_parallel.unwrap_or(1);
+            let base = ParallelPlan {
+                ranks,
+                ulysses: a.ulysses.unwrap_or(ranks / cfg_parallel.max(1)),
+                vae_parallel: a.vae_parallel.unwrap_or(ranks),
+                vae_mode: a.vae_mode.unwrap_or(if a.tiling.is_some() { VaeMode::Tiles } else { VaeMode::Halo }),
+                ..ParallelPlan::default()
+            };
+            let p = preset::Preset {
+                name: String::new(),
+                path: PathBuf::new(),
+                model: None,
+                residency,
+                plan: base,
+                defaults: Default::default(),
+                gpus: None,
+                description: String::new(),
+            };
+            p.apply(&explicit)
+        }
+    };
+    let need = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
+    let req = Request {
+        height: need(applied.height, "--height")?,
+        width: need(applied.width, "--width")?,
+        frames: need(applied.frames, "--frames")?,
+        guidance: applied.guidance.unwrap_or(5.0),
+        image: a.image.is_some(),
+    };
+    let gpus = a.gpus.or(applied.gpus);
+    let target = match (a.device, gpus) {
+        (Some(Target::Cpu), Some(_)) => bail!("--gpus sizes GPUs: use --device cuda (or drop --gpus)"),
+        (Some(t), _) => t,
+        (None, Some(_)) => Target::Cuda,
+        (None, None) => Target::Cpu,
+    };
+    let spec = ModelSpec::from_dir(&a.model)?;
+    let mut opts = Options::new(target);
+    opts.residency = residency;
+    if let Some(t) = a.threads {
+        opts.threads = t.max(1);
+    }
+    let plan = applied.plan;
+    let prediction = planner::predict(&spec, &req, &plan, &opts)?;
+    let fits = gpus.map(|g| search::fits(&prediction, &g));
+    let suggestion = match (gpus, fits) {
+        (Some(g), Some(false)) => search::cheapest_fit(&spec, &req, &plan, &opts, &g)?.map(|f| Suggestion {
+            flags: search::describe_changes(&plan, &f.plan),
+            plan: f.plan,
+            ranks: f.prediction.ranks,
+        }),
+        _ => None,
+    };
+    if a.json {
+        let out = Output {
+            model: a.model.display().to_string(),
+            request: req,
+            plan,
+            device: target,
+            gpus,
+            usable_bytes_per_gpu: gpus.map(|g| g.usable()),
+            fits,
+            ranks: &prediction.ranks,
+            host_text_encoder_bytes: prediction.host_text_encoder_bytes,
+            suggestion,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    print_table(&spec, &req, &plan, target, gpus, &prediction);
+    match (gpus, fits) {
+        (Some(g), Some(true)) => println!("fits {g} (≤ {} usable per GPU)", gib(g.usable())),
+        (Some(g), Some(false)) => match suggestion {
+            Some(s) => {
+                let peak = s.ranks.iter().map(|r| r.peak_bytes).max().unwrap_or(0);
+                println!("does NOT fit {g}; cheapest plan that fits (peak {} per rank):", gib(peak));
+                println!("  {}", s.flags.join(" "));
+            }
+            None => println!(
+                "does NOT fit {g}, and no plan on up to {} GPUs does: use smaller sizes or fewer frames, or more/larger GPUs",
+                g.count
+            ),
+        },
+        _ => {}
+    }
+    Ok(())
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+fn print_table(
+    spec: &ModelSpec,
+    req: &Request,
+    plan: &ParallelPlan,
+    target: Target,
+    gpus: Option<GpuSpec>,
+    p: &Prediction,
+) {
+    let (lt, lh, lw) = spec.latent_grid(req.height, req.width, req.frames);
+    println!(
+        "{}×{}×{} frames ({} latents {lt}×{lh}×{lw}), CFG {}, {} on {target}",
+        req.width,
+        req.height,
+        req.frames,
+        if req.image { "i2v," } else { "t2v," },
+        if req.guidance > 1.0 { "on" } else { "off" },
+        spec.index.class_name
+    );
+    let tiling = plan.vae_tiling.map(|t| format!(" {:?}", t.as_array())).unwrap_or_default();
+    println!(
+        "plan: ranks {} · ulysses {} · cfg-parallel {} · fsdp {} · vae {}×{}{tiling} · text encoder {}",
+        plan.ranks, plan.ulysses, plan.cfg_parallel, plan.fsdp, plan.vae_parallel, plan.vae_mode, plan.text_encoder
+    );
+    let names: Vec<String> =
+        p.ranks.first().map(|r| r.phases.iter().map(|ph| ph.name.clone()).collect()).unwrap_or_default();
+    let mut header = format!("{:<5}", "rank");
+    for n in &names {
+        header += &format!("{n:>14}");
+    }
+    header += &format!("{:>14}  dominated by", "peak");
+    println!("{header}");
+    for r in &p.ranks {
+        let mut line = format!("{:<5}", r.rank);
+        for ph in &r.phases {
+            line += &format!("{:>14}", gib(ph.peak_bytes));
+        }
+        let fit = match gpus {
+            Some(g) if r.peak_bytes > g.usable() => " ✗",
+            Some(_) => " ✓",
+            None => "",
+        };
+        line += &format!("{:>12}{fit}  {}", gib(r.peak_bytes), dominant(r.peak_phase()));
+        println!("{line}");
+    }
+    if p.host_text_encoder_bytes > 0 {
+        println!("host RAM for the CPU text encoder: {}", gib(p.host_text_encoder_bytes));
+    }
+}
+
+fn dominant(phase: Option<&PhasePrediction>) -> String {
+    match phase.and_then(|ph| ph.dominant().map(|t| (ph, t))) {
+        Some((ph, t)) => format!("{}: {} {}", ph.name, t.name, gib(t.bytes)),
+        None => String::new(),
+    }
+}

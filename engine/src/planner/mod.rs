@@ -1,0 +1,26 @@
+//! The memory planner: from a model folder's config files, a request (size, frames, guidance,
+//! image) and a [`ParallelPlan`](crate::parallel::plan::ParallelPlan), each rank's peak bytes per
+//! phase (text encode, VAE encode, denoise, VAE decode), computed from first principles and
+//! calibrated against the counting allocator's heap peaks of real CPU runs (README, "Memory
+//! planner").
+//!
+//! - [`model`]: the configs of a pipeline folder ([`ModelSpec`]).
+//! - [`params`]: parameter counts per component from the configs.
+//! - [`live`]: the allocation replay every working-set estimate is built on.
+//! - [`dit`]: transformer weights per shard, FSDP gather, one block's activations, attention tiles.
+//! - [`vae`]: the VAE decoder/encoder replay per chunk, slab (halo) or tile.
+//! - [`predict`]: phases per rank, with named terms.
+//! - [`search`]: GPU capacities (`8x24GB`), fit checks and the cheapest plan that fits.
+//! - [`preset`]: named plans in `presets/*.toml`.
+
+pub mod dit;
+pub mod live;
+pub mod model;
+pub mod params;
+pub mod predict;
+pub mod preset;
+pub mod search;
+pub mod vae;
+
+pub use model::{ModelSpec, ModelSpecError};
+pub use predict::{predict, Options, Prediction, Request, Residency, Target};
