@@ -171,7 +171,7 @@ const EVENT_CAPACITY: usize = 4096;
 
 impl EngineHandle {
     /// Starts the engine thread. `repaint` is called after every event (egui's `request_repaint`).
-    pub fn spawn(options: EngineOptions, repaint: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+    pub fn spawn(options: EngineOptions, repaint: impl Fn() + Send + Sync + 'static) -> std::io::Result<Self> {
         // Commands are few and come from the UI thread only; they never pile up.
         let (run_commands, run_rx) = unbounded();
         let (helper_commands, helper_rx) = unbounded();
