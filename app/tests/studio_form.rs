@@ -21,7 +21,7 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
     assert_eq!(h.state().settings.prompt, "a lighthouse at dusk");
     assert_eq!((h.state().settings.width, h.state().settings.frames), (250, 13));
     // Shown inline while typing…
-    h.get_by_label_contains("--width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
+    h.get_by_label("--width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
     // …and as a message when Generate is pressed anyway (the demo is written, then the check fails).
     h.get_by_label("Generate").click();
     step_until(h, "the invalid-size message", Duration::from_secs(120), |app| {
@@ -33,10 +33,16 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
     h.get_by_label("Dismiss").click();
     h.run_steps(2);
     assert!(h.state().messages.items.is_empty());
+    // The first Generate wrote the demo model; once it is read the panel shows what it is.
+    step_until(h, "the demo model's description", Duration::from_secs(30), |app| {
+        matches!(app.model.info, Some(Ok(_)))
+    });
+    h.get_by_label_contains("Wan2.2 TI2V layout (WanPipeline), 2 blocks × 4 heads");
     h.get_by_label("Snap to valid").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.width, 256);
-    assert!(h.query_by_label_contains("nearest valid").is_none());
+    let inline = "--width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256";
+    assert!(h.query_by_label(inline).is_none());
     assert!(!h.state().live.status.is_busy());
 }
 
@@ -44,11 +50,14 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
 fn a_missing_model_folder_is_reported_inline_and_on_generate() {
     let mut s = studio(Settings::default(), false);
     let h = &mut s.harness;
-    h.get_by_label_contains("Demo model").click();
+    let demo_box = "Demo model (2 CPU virtual devices)";
+    h.get_by_role_and_label(Role::CheckBox, demo_box).click();
     h.run_steps(2);
     assert!(!h.state().settings.use_demo);
     h.get_by_role_and_label(Role::TextInput, "Model folder").set_text_value_accesskit("/nonexistent/Wan2.2-TI2V-5B");
-    step_until(h, "the folder check", Duration::from_secs(30), |app| app.model.info.is_some());
+    step_until(h, "the folder check", Duration::from_secs(30), |app| {
+        app.model.path.to_str() == Some("/nonexistent/Wan2.2-TI2V-5B") && app.model.info.is_some()
+    });
     h.get_by_label("model folder not found: /nonexistent/Wan2.2-TI2V-5B");
     h.get_by_label("Generate").click();
     h.run_steps(2);
@@ -57,8 +66,10 @@ fn a_missing_model_folder_is_reported_inline_and_on_generate() {
     assert!(!h.state().live.status.is_busy(), "nothing may start without a model");
     // Back to the demo: the error goes away.
     h.get_by_label("Dismiss").click();
-    h.get_by_label_contains("Demo model").click();
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::CheckBox, demo_box).click();
     h.run_steps(3);
+    assert!(h.state().settings.use_demo && h.state().messages.items.is_empty());
     assert!(h.query_by_label_contains("model folder not found").is_none());
 }
 

@@ -22,6 +22,8 @@ pub fn layout(ui: &mut egui::Ui, app: &mut StudioApp) {
         ui.horizontal(|ui| {
             ui.heading("Tessera studio");
             ui.separator();
+            parallel::run_buttons_ui(ui, app);
+            ui.separator();
             for tab in [Tab::Live, Tab::Result, Tab::Compare] {
                 if ui.selectable_label(app.view.tab == tab, tab.label()).clicked() {
                     app.view.tab = tab;

@@ -1,5 +1,5 @@
 //! Parallel panel: the devices found, the plan (ranks, Ulysses, CFG parallel, FSDP, VAE parallel
-//! and mode, tiling, text encoder), a verdict per device, and Generate / Cancel.
+//! and mode, tiling, text encoder), presets, a verdict per device; and the Generate / Cancel buttons.
 
 use eframe::egui;
 use tessera_engine::parallel::plan::{PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
@@ -17,16 +17,17 @@ pub fn parallel_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     plan_ui(ui, app);
     ui.separator();
     verdict_ui(ui, app);
-    ui.separator();
-    ui.horizontal(|ui| {
-        let busy = app.live.status.is_busy();
-        if ui.add_enabled(!busy, egui::Button::new("Generate")).clicked() {
-            app.generate();
-        }
-        if ui.add_enabled(busy, egui::Button::new("Cancel")).clicked() {
-            app.cancel();
-        }
-    });
+}
+
+/// Generate / Cancel (in the top bar, always visible).
+pub fn run_buttons_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let busy = app.live.status.is_busy();
+    if ui.add_enabled(!busy, egui::Button::new("Generate")).clicked() {
+        app.generate();
+    }
+    if ui.add_enabled(busy, egui::Button::new("Cancel")).clicked() {
+        app.cancel();
+    }
 }
 
 fn devices_ui(ui: &mut egui::Ui, app: &StudioApp) {
