@@ -6,6 +6,7 @@ mod studio_support;
 
 use std::time::Duration;
 
+use eframe::egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use studio_support::{step_until, studio};
 use tessera_app::studio::state::{RunStatus, Settings, Tab};
@@ -40,8 +41,12 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     let video = app.video.as_ref().expect("a decoded video");
     assert_eq!((video.frames.rgb.len(), video.frames.width, video.frames.height), (5, 128, 64));
 
-    // Inspector of the first piece.
+    // The mosaic shows the latest chunk; go back to chunk 0 and inspect the first piece.
     let first_rank = pieces[0].rank;
+    assert_eq!(pieces[0].piece.latent_chunk, Some(0));
+    assert!(h.query_by_label(&format!("Piece 1 (rank {first_rank})")).is_none());
+    h.get_by_role_and_label(Role::Slider, "Latent chunk").set_value_accesskit(0.0);
+    h.run_steps(2);
     h.get_by_label(&format!("Piece 1 (rank {first_rank})")).click();
     h.run_steps(2);
     assert_eq!(h.state().view.inspected_piece, Some(0));

@@ -248,6 +248,11 @@ fn read_video(path: &Path) -> Result<Frames, String> {
 /// Writes `video` to `path`; the kind follows the name (`.mp4`, `.safetensors`, folder `/`).
 pub fn save(path: &Path, video: &Video) -> Result<(), String> {
     let kind = OutputKind::of(path)?;
+    // Saving into a folder that does not exist yet creates it (the CLI's --out does not: scripts
+    // should fail on typos, a user picking a name in the studio should not).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && kind != OutputKind::PngFrames) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
     let result = match kind {
         OutputKind::Mp4 => media::write_mp4(path, &video.frames, video.fps),
         OutputKind::PngFrames => media::write_png_frames(path, &video.frames),

@@ -79,7 +79,7 @@ pub fn mosaic_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     }
     ui.horizontal_wrapped(|ui| {
         for rank in 0..app.live.ranks.len().max(app.live.world_size) {
-            ui.colored_label(theme::rank_color(rank), format!("■ rank {rank}"));
+            ui.colored_label(theme::rank_color(rank), format!("rank {rank}"));
         }
     });
 }
