@@ -28,6 +28,8 @@ pub enum BenchCommand {
     Dit(super::bench_dit::BenchDitArgs),
     /// Patch-parallel VAE decode (halo and tiles) on 1, 2, 4 worker processes: wall time, per-rank peak.
     VaeParallel(super::bench_vae_parallel::BenchVaeParallelArgs),
+    /// Sharded denoise on worker processes: resident weights, peak, step time, comm share per rank.
+    Denoise(super::bench_denoise::BenchDenoiseArgs),
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +87,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vae(a) => bench_vae(a),
         BenchCommand::Dit(a) => super::bench_dit::run(a),
         BenchCommand::VaeParallel(a) => super::bench_vae_parallel::run(a),
+        BenchCommand::Denoise(a) => super::bench_denoise::run(a),
         BenchCommand::Comm(a) => super::bench_comm::run(a),
         BenchCommand::VaeCase(a) => {
             let r = vae_case(&a)?;

@@ -1,6 +1,7 @@
 //! `tessera generate`: text-to-video or image-to-video with a Wan pipeline folder (the exact CLI
-//! contract of the project; see README). Runs the pipeline in this process on the CPU; the
-//! multi-rank and CUDA plans run on `tessera-worker` processes.
+//! contract of the project; see README). One CPU rank without parallel flags runs the pipeline in
+//! this process; `--ranks N > 1`, `--device cuda` or any parallel flag runs the `Generate` job on
+//! `tessera-worker` processes (see `generate_workers`).
 
 use std::path::{Path, PathBuf};
 
@@ -67,12 +68,34 @@ pub struct GenerateArgs {
     /// JSON report: wall_seconds, per-rank peak/weights bytes and phases.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Worker ranks (this build runs one in-process rank).
-    #[arg(long, default_value_t = 1)]
-    pub ranks: usize,
-    /// cpu (in this process) or cuda (tessera-worker processes).
+    /// Worker ranks (default: --ulysses × --cfg-parallel). One CPU rank without parallel flags runs
+    /// in this process.
+    #[arg(long)]
+    pub ranks: Option<usize>,
+    /// cpu or cuda (cuda always runs on tessera-worker processes, one per GPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Ulysses sequence-parallel degree (must divide the attention heads; default: ranks / cfg-parallel).
+    #[arg(long)]
+    pub ulysses: Option<usize>,
+    /// 2: the conditional and unconditional branches on two halves of the ranks (needs --guidance > 1).
+    #[arg(long)]
+    pub cfg_parallel: Option<usize>,
+    /// Ranks sharing one copy of the transformer blocks (FSDP-style; must divide --ranks).
+    #[arg(long)]
+    pub fsdp: Option<usize>,
+    /// Ranks that decode with the VAE (1..=ranks).
+    #[arg(long)]
+    pub vae_parallel: Option<usize>,
+    /// VAE split over --vae-parallel ranks: halo (row slabs) or tiles (needs --tiling).
+    #[arg(long, value_enum)]
+    pub vae_mode: Option<tessera_engine::parallel::plan::VaeMode>,
+    /// Tiled VAE decode: TILE_H,TILE_W,STRIDE_H,STRIDE_W in pixels (tiles mode).
+    #[arg(long, value_name = "TH,TW,SH,SW", value_parser = tessera_engine::parallel::plan::TilingSpec::parse)]
+    pub tiling: Option<tessera_engine::parallel::plan::TilingSpec>,
+    /// Where the UMT5 text encoder runs: cpu (this process) or sharded (across the ranks).
+    #[arg(long, value_enum)]
+    pub text_encoder: Option<tessera_engine::parallel::plan::TextEncoderPlacement>,
     /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
     #[arg(long)]
     pub fps: Option<f64>,
@@ -116,13 +139,28 @@ impl PhaseClock {
     }
 }
 
+impl GenerateArgs {
+    /// Whether any parallel-plan flag was given (then the job runs on workers even for one rank).
+    pub fn has_plan_flags(&self) -> bool {
+        self.ulysses.is_some()
+            || self.cfg_parallel.is_some()
+            || self.fsdp.is_some()
+            || self.vae_parallel.is_some()
+            || self.vae_mode.is_some()
+            || self.tiling.is_some()
+            || self.text_encoder.is_some()
+    }
+}
+
 pub fn run(a: GenerateArgs) -> Result<()> {
-    if a.ranks != 1 || a.device != "cpu" {
-        bail!(
-            "--ranks {} --device {}: this build runs generation in-process on one CPU rank; use --ranks 1 --device cpu",
-            a.ranks,
-            a.device
-        );
+    if !matches!(a.device.as_str(), "cpu" | "cuda") {
+        bail!("--device {}: use cpu or cuda", a.device);
+    }
+    if a.ranks.is_some_and(|r| r > 1) || a.device == "cuda" || a.has_plan_flags() {
+        return super::generate_workers::run(&a);
+    }
+    if a.ranks == Some(0) {
+        bail!("--ranks must be at least 1");
     }
     let kind = OutputKind::of(&a.out).map_err(anyhow::Error::msg)?;
     let params = GenerateParams {
@@ -196,7 +234,7 @@ fn save(out: &Path, kind: &OutputKind, video: &Tensor, fps: f64) -> Result<()> {
 }
 
 /// Embeddings from files, or from prompts through the text encoder (cached on disk).
-fn prompt_embeds(a: &GenerateArgs, dev: &Device) -> Result<PromptEmbeds> {
+pub(super) fn prompt_embeds(a: &GenerateArgs, dev: &Device) -> Result<PromptEmbeds> {
     let from_file = |path: &Path, name: &str| tensor_io::read_tensor(path, name, DType::F32, dev);
     let mut texts: Vec<&str> = vec![];
     if let Some(p) = &a.prompt {

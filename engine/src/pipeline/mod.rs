@@ -3,11 +3,16 @@
 //! - [`request`]: generation parameters and their validation against the model.
 //! - [`sampling`]: noise, latent normalisation, per-token timesteps, CFG combine (free functions).
 //! - [`image`]: input image preprocessing for image-to-video.
-//! - [`wan`]: the denoising loop, expert switch, image conditioning and decode.
+//! - [`denoise`]: the denoising loop (shared by one device and the sharded job) and its
+//!   [`denoise::NoisePredictor`] seam.
+//! - [`sharded`]: the predictor of one rank of a parallel plan (CFG parallel, Ulysses, FSDP).
+//! - [`wan`]: the single-device pipeline: loading, image conditioning, decode.
 
+pub mod denoise;
 pub mod image;
 pub mod request;
 pub mod sampling;
+pub mod sharded;
 pub mod wan;
 
 pub use request::{GenerateParams, ParamsError};

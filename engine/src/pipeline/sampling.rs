@@ -41,6 +41,10 @@ impl LatentStats {
         xs.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)
     }
 
+    pub fn device(&self) -> &Device {
+        self.mean.device()
+    }
+
     /// `x / (1/std) + mean`: diffusion latents → VAE latents.
     pub fn denormalize(&self, xs: &Tensor) -> Result<Tensor> {
         xs.broadcast_div(&self.inv_std)?.broadcast_add(&self.mean)

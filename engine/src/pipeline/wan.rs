@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
+use super::denoise::{run_loop, Condition, LoopSpec, NoisePredictor};
 use super::request::{GenerateParams, ParamsError};
 use super::sampling::{self, LatentStats};
 use crate::models::wan::transformer::WanTransformer3DModel;
@@ -56,7 +57,8 @@ impl ModelIndex {
         })
     }
 
-    fn has_transformer_2(&self) -> bool {
+    /// Whether the pipeline has a second (low-noise) expert, A14B.
+    pub fn has_transformer_2(&self) -> bool {
         matches!(&self.transformer_2, Some(serde_json::Value::Array(a)) if a.first().is_some_and(|v| !v.is_null()))
     }
 }
@@ -165,18 +167,9 @@ impl WanPipeline {
     ) -> Result<GenerateOutput> {
         params.validate(self.size_multiple())?;
         let vcfg = self.vae.config();
-        let (s, z) = (vcfg.scale_factor_spatial, vcfg.z_dim);
-        let shape = [1, z, params.latent_frames(), params.height / s, params.width / s];
+        let shape = latent_shape(params, vcfg.scale_factor_spatial, vcfg.z_dim);
         let cfg_on = params.guidance > 1.0;
-        let negative = match (&embeds.negative, cfg_on) {
-            (Some(n), _) => Some(n.to_dtype(self.dtype)?),
-            (None, false) => None,
-            (None, true) => {
-                return Err(PipelineError::Input(
-                    "guidance > 1 needs negative prompt embeddings: pass --negative-prompt or --negative-prompt-embeds (or --guidance 1)".into(),
-                ))
-            }
-        };
+        let negative = negative_embeds(embeds, cfg_on)?.map(|n| n.to_dtype(self.dtype)).transpose()?;
         let prompt = embeds.prompt.to_dtype(self.dtype)?;
         if self.channel_concat_i2v() && image.is_none() {
             return Err(PipelineError::Input(format!(
@@ -184,18 +177,7 @@ impl WanPipeline {
                 self.transformer.config().in_channels
             )));
         }
-        let mut latents = match latents {
-            Some(l) => {
-                if l.dims() != shape {
-                    return Err(PipelineError::Input(format!(
-                        "--latents has shape {:?}, this size needs {shape:?}",
-                        l.dims()
-                    )));
-                }
-                l.to_device(&self.device)?.to_dtype(DType::F32)?
-            }
-            None => sampling::initial_noise(params.seed, &shape, &self.device)?,
-        };
+        let latents = initial_latents(params, &shape, latents, &self.device)?;
 
         let condition = match image {
             Some(img) => {
@@ -209,46 +191,21 @@ impl WanPipeline {
             PipelineError::Load { component: "scheduler", path: self.root.join("scheduler"), msg: e.to_string() }
         })?;
         sched.set_timesteps(params.steps)?;
-        let timesteps = sched.timesteps().to_vec();
-        let boundary = self.index.boundary_ratio.map(|r| r * 1000.0);
-        let patch = self.transformer.config().patch_size;
-        let grid = (shape[2], shape[3], shape[4]);
-        for (i, &t) in timesteps.iter().enumerate() {
-            let low_noise = boundary.is_some_and(|b| (t as f64) < b);
-            let (model, g, expert) = match (&self.transformer_2, low_noise) {
-                (Some(t2), true) => (t2, params.guidance_2.unwrap_or(params.guidance), 2),
-                _ => (&self.transformer, params.guidance, 1),
-            };
-            let (input, timestep) = match (&condition, self.index.expand_timesteps) {
-                (Some(Condition::FirstFrame { latent, mask }), true) => (
-                    blend_first_frame(latent, mask, &latents)?,
-                    sampling::per_token_timesteps(t, grid, (patch[1], patch[2]), true, &self.device)?,
-                ),
-                (None, true) => (
-                    latents.clone(),
-                    sampling::per_token_timesteps(t, grid, (patch[1], patch[2]), false, &self.device)?,
-                ),
-                (Some(Condition::Channels(c)), false) => {
-                    (Tensor::cat(&[&latents, c], 1)?, Tensor::new(&[t], &self.device)?)
-                }
-                (None, false) => (latents.clone(), Tensor::new(&[t], &self.device)?),
-                _ => return Err(PipelineError::Input("image conditioning does not match this pipeline's mode".into())),
-            };
-            let input = input.to_dtype(self.dtype)?;
-            let cond = model.forward(&input, &timestep, &prompt)?;
-            let noise = match (&negative, cfg_on) {
-                (Some(neg), true) => {
-                    let uncond = model.forward(&input, &timestep, neg)?;
-                    sampling::guidance(&cond, &uncond, g)?
-                }
-                _ => cond,
-            };
-            latents = sched.step(&noise.to_dtype(DType::F32)?, i, &latents)?;
-            progress(PipelineProgress::Step { index: i, total: timesteps.len(), timestep: t, expert });
-        }
-        if let Some(Condition::FirstFrame { latent, mask }) = &condition {
-            latents = blend_first_frame(latent, mask, &latents)?;
-        }
+        let spec = LoopSpec {
+            expand_timesteps: self.index.expand_timesteps,
+            boundary: self.index.boundary_ratio.map(|r| r * 1000.0),
+            has_expert_2: self.transformer_2.is_some(),
+            patch: self.transformer.config().patch_size,
+            guidance: cfg_on.then(|| (params.guidance, params.guidance_2.unwrap_or(params.guidance))),
+            dtype: self.dtype,
+        };
+        let experts: Vec<&WanTransformer3DModel> =
+            std::iter::once(&self.transformer).chain(self.transformer_2.as_ref()).collect();
+        let mut predictor = LocalPredictor { experts, prompt: &prompt, negative: negative.as_ref() };
+        let latents = run_loop(&spec, sched.as_mut(), latents, condition.as_ref(), &mut predictor, &mut |p| {
+            progress(p);
+            Ok(())
+        })?;
         progress(PipelineProgress::Decoding);
         let video = self.decode(&latents)?;
         Ok(GenerateOutput { video, latents })
@@ -262,53 +219,102 @@ impl WanPipeline {
     }
 
     fn image_condition(&self, image: &Tensor, params: &GenerateParams) -> Result<Condition> {
-        let (_, c, h, w) = image.dims4()?;
-        if c != 3 || h != params.height || w != params.width {
-            return Err(PipelineError::Input(format!(
-                "image tensor {:?} must be (1, 3, {}, {}) after preprocessing",
-                image.dims(),
-                params.height,
-                params.width
-            )));
-        }
-        let image = image.unsqueeze(2)?; // (1, 3, 1, H, W)
-        if self.index.expand_timesteps {
-            let mean = self.vae.encode(&image.to_dtype(DType::F32)?, None, &mut |_| {})?.mean;
-            let latent = self.stats.normalize(&mean.to_device(&self.device)?)?;
-            let s = self.vae.config().scale_factor_spatial;
-            let (t, lh, lw) = (params.latent_frames(), params.height / s, params.width / s);
-            let mut mask = vec![1f32; t * lh * lw];
-            mask[..lh * lw].iter_mut().for_each(|m| *m = 0.0);
-            let mask = Tensor::from_vec(mask, (1, 1, t, lh, lw), &self.device)?;
-            return Ok(Condition::FirstFrame { latent, mask });
-        }
-        // A14B / Wan2.1 I2V: encode the image followed by F−1 zero (mid-grey) frames, then prepend the
-        // 4-channel mask that marks latent frame 0 as given.
-        let zeros = Tensor::zeros((1, 3, params.frames - 1, params.height, params.width), DType::F32, image.device())?;
-        let video = Tensor::cat(&[&image.to_dtype(DType::F32)?, &zeros], 2)?;
-        let mean = self.vae.encode(&video, None, &mut |_| {})?.mean;
-        let latent = self.stats.normalize(&mean.to_device(&self.device)?)?;
-        let (_, _, t, lh, lw) = latent.dims5()?;
-        let mut mask = vec![0f32; 4 * t * lh * lw];
-        for ch in 0..4 {
-            mask[ch * t * lh * lw..ch * t * lh * lw + lh * lw].iter_mut().for_each(|m| *m = 1.0);
-        }
-        let mask = Tensor::from_vec(mask, (1, 4, t, lh, lw), &self.device)?;
-        Ok(Condition::Channels(Tensor::cat(&[&mask, &latent], 1)?))
+        image_condition(&self.vae, &self.stats, self.index.expand_timesteps, image, params)
     }
 }
 
-/// Image conditioning of the two I2V flavours.
-enum Condition {
-    /// TI2V: the image latent `(1, z, 1, h, w)` replaces latent frame 0 (`mask` is 0 there).
-    FirstFrame { latent: Tensor, mask: Tensor },
-    /// A14B: `(1, 4 + z, T, h, w)` concatenated after the latents on the channel axis.
-    Channels(Tensor),
+/// `(1, z, T, h, w)` latents of a request for a VAE with spatial factor `spatial` and `z` channels.
+pub fn latent_shape(params: &GenerateParams, spatial: usize, z: usize) -> [usize; 5] {
+    [1, z, params.latent_frames(), params.height / spatial, params.width / spatial]
 }
 
-/// `(1 − m)·condition + m·latents`, broadcasting the one-frame condition over time.
-fn blend_first_frame(latent: &Tensor, mask: &Tensor, latents: &Tensor) -> candle_core::Result<Tensor> {
-    let keep = mask.broadcast_mul(latents)?;
-    let given = (1.0 - mask)?.broadcast_mul(latent)?;
-    given + keep
+/// The negative embeddings CFG uses (`None` without CFG); CFG without them is an input error.
+pub fn negative_embeds(embeds: &PromptEmbeds, cfg_on: bool) -> Result<Option<&Tensor>> {
+    match (&embeds.negative, cfg_on) {
+        (Some(n), true) => Ok(Some(n)),
+        (_, false) => Ok(None),
+        (None, true) => Err(PipelineError::Input(
+            "guidance > 1 needs negative prompt embeddings: pass --negative-prompt or --negative-prompt-embeds (or --guidance 1)".into(),
+        )),
+    }
+}
+
+/// The given initial noise (checked against `shape`) or seeded noise, f32 on `device`.
+pub fn initial_latents(
+    params: &GenerateParams,
+    shape: &[usize; 5],
+    given: Option<&Tensor>,
+    device: &Device,
+) -> Result<Tensor> {
+    match given {
+        Some(l) if l.dims() != shape => {
+            Err(PipelineError::Input(format!("--latents has shape {:?}, this size needs {shape:?}", l.dims())))
+        }
+        Some(l) => Ok(l.to_device(device)?.to_dtype(DType::F32)?),
+        None => Ok(sampling::initial_noise(params.seed, shape, device)?),
+    }
+}
+
+/// Encodes the I2V image `(1, 3, H, W)` in [-1, 1] into the conditioning of the pipeline's mode:
+/// TI2V (`expand_timesteps`) encodes the image alone; A14B / Wan2.1 I2V encode the image followed by
+/// F−1 zero (mid-grey) frames. The result lives on `device`.
+pub fn image_condition(
+    vae: &AutoencoderKLWan,
+    stats: &LatentStats,
+    expand_timesteps: bool,
+    image: &Tensor,
+    params: &GenerateParams,
+) -> Result<Condition> {
+    let (_, c, h, w) = image.dims4()?;
+    if c != 3 || h != params.height || w != params.width {
+        return Err(PipelineError::Input(format!(
+            "image tensor {:?} must be (1, 3, {}, {}) after preprocessing",
+            image.dims(),
+            params.height,
+            params.width
+        )));
+    }
+    let image = image.unsqueeze(2)?.to_dtype(DType::F32)?; // (1, 3, 1, H, W)
+    let video = if expand_timesteps {
+        image
+    } else {
+        let zeros = Tensor::zeros((1, 3, params.frames - 1, params.height, params.width), DType::F32, image.device())?;
+        Tensor::cat(&[&image, &zeros], 2)?
+    };
+    let mean = vae.encode(&video, None, &mut |_| {})?.mean;
+    let latent = stats.normalize(&mean.to_device(stats.device())?)?;
+    Ok(if expand_timesteps {
+        Condition::first_frame(latent, params.latent_frames())?
+    } else {
+        Condition::channels(&latent)?
+    })
+}
+
+/// The single-device [`NoisePredictor`]: both CFG branches in turn on the resident experts.
+struct LocalPredictor<'a> {
+    experts: Vec<&'a WanTransformer3DModel>,
+    prompt: &'a Tensor,
+    negative: Option<&'a Tensor>,
+}
+
+impl NoisePredictor for LocalPredictor<'_> {
+    fn predict(
+        &mut self,
+        expert: usize,
+        input: &Tensor,
+        timestep: &Tensor,
+        guidance: Option<f64>,
+    ) -> candle_core::Result<Tensor> {
+        let Some(model) = self.experts.get(expert) else {
+            candle_core::bail!("expert {expert} is not loaded ({} experts)", self.experts.len())
+        };
+        let cond = model.forward(input, timestep, self.prompt)?;
+        match (guidance, self.negative) {
+            (Some(g), Some(neg)) => {
+                let uncond = model.forward(input, timestep, neg)?;
+                sampling::guidance(&cond, &uncond, g)
+            }
+            _ => Ok(cond),
+        }
+    }
 }

@@ -178,25 +178,37 @@ fn term(name: &str, bytes: u64) -> Term {
     Term { name: name.into(), bytes }
 }
 
-/// UMT5 text encoding on a rank that holds `1/shards` of the encoder: its shard, one gathered layer
-/// (when sharded), and the activations of `tokens` tokens (hidden state, q/k/v, f32 scores with the
-/// relative bias and softmax, the gated FFN).
-pub fn text_encode_terms(spec: &ModelSpec, opts: &Options, shards: usize) -> Vec<Term> {
+/// UMT5 text encoding on `rank` of `ranks` (`text::sharded`: split by layer, rank 0 also holding
+/// the token embedding, the last layer-holding rank the final norm; `ranks = 1` is the whole
+/// encoder), plus the activations of `prompt_tokens` tokens (hidden state, q/k/v, f32 scores with
+/// the relative bias and softmax, the gated FFN) and the broadcast `(1, 512, d_model)` f32 result.
+pub fn text_encode_terms(spec: &ModelSpec, opts: &Options, rank: usize, ranks: usize) -> Vec<Term> {
     let Some(t) = &spec.text_encoder else { return vec![] };
     let e = opts.dit_elt();
-    let weights = params::umt5_total(t) * e;
-    let layer = params::umt5_layer(t) * e;
+    let holders = ranks.min(t.num_layers).max(1);
+    let layers = crate::text::sharded::layer_split(t.num_layers, holders).get(rank).map_or(0, |r| r.len());
+    let mut weights = layers as u64 * params::umt5_layer(t) * e;
+    if rank == 0 {
+        weights += (t.vocab_size * t.d_model) as u64 * e;
+    }
+    if rank + 1 == holders {
+        weights += t.d_model as u64 * e;
+    }
     let l = opts.prompt_tokens as u64;
     let d = t.d_model as u64;
     let inner = (t.num_heads * t.d_kv) as u64;
     let scores = t.num_heads as u64 * l * l * 4;
-    let act = l * d * e * 3 + 3 * l * inner * e + 3 * scores + 3 * l * t.d_ff as u64 * e;
-    let mut terms = vec![term("text encoder weights", weights.div_ceil(shards as u64))];
-    if shards > 1 {
-        terms.push(term("text encoder layer gather", layer));
-    }
-    terms.push(term("text encoder activations", act));
-    terms
+    let act = if layers > 0 || rank == 0 {
+        l * d * e * 3 + 3 * l * inner * e + 3 * scores + 3 * l * t.d_ff as u64 * e
+    } else {
+        0
+    };
+    let result = dit::TEXT_TOKENS as u64 * d * 4;
+    vec![
+        term("text encoder weights", weights),
+        term("text encoder activations", act),
+        term("prompt embeddings", result),
+    ]
 }
 
 /// Validates the request against the model and the plan.
@@ -258,18 +270,18 @@ pub fn predict(
 
     // Text encoding.
     let (text_terms, host_text) = match (plan.text_encoder, &spec.text_encoder) {
-        (TextEncoderPlacement::Sharded, Some(_)) => (text_encode_terms(spec, opts, plan.ranks), 0),
+        (TextEncoderPlacement::Sharded, Some(_)) => (true, 0),
         (TextEncoderPlacement::Cpu, Some(_)) => {
             let host = Options { target: Target::Cpu, ..*opts };
-            (vec![], text_encode_terms(spec, &host, 1).iter().map(|t| t.bytes).sum())
+            (false, text_encode_terms(spec, &host, 0, 1).iter().map(|t| t.bytes).sum())
         }
-        (_, None) => (vec![], 0),
+        (_, None) => (false, 0),
     };
 
     // Denoise working set (the same on every rank: shards are equal up to one token).
     let latent_elems = (dcfg.out_channels() * lt * lh * lw) as u64;
     let cfg_branches = if cfg_on { 2 } else { 1 };
-    let denoise_work = vec![
+    let denoise_work = [
         term("latents, predictions and scheduler state", dit::latent_state_bytes(dcfg, latent_elems, e, cfg_on)),
         term("text context", dit::context_bytes(dcfg, e, cfg_branches)),
         term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
@@ -311,7 +323,7 @@ pub fn predict(
                     root: rank == 0,
                     world: plan.vae_parallel,
                 };
-                vae::tiled_decode_peak(&spec.vae, opts.vae_run(false), shape, tp.cols(), 0)
+                vae::tiled_decode_peak(&spec.vae, opts.vae_run(false), shape, (tp.rows(), tp.cols()), 0)
             }
             _ => {
                 let rows = crate::models::wan::vae::split::split_rows(lh, plan.vae_parallel.max(1))
@@ -335,8 +347,8 @@ pub fn predict(
     let mut ranks = Vec::with_capacity(plan.ranks);
     for rank in 0..plan.ranks {
         let mut phases = Vec::new();
-        if !text_terms.is_empty() {
-            let mut t = text_terms.clone();
+        if text_terms {
+            let mut t = text_encode_terms(spec, opts, rank, plan.ranks);
             t.push(term("cuda context", context));
             phases.push(PhasePrediction::new("text_encode", t));
         }
@@ -384,75 +396,6 @@ pub fn predict(
     Ok(Prediction { ranks, host_text_encoder_bytes: host_text })
 }
 
-/// A VAE-only decode (the `tessera vae decode` job): decoder weights plus the decode working set
-/// on each of `ranks` ranks, for latents `[1, z, t, h, w]`.
-pub fn predict_vae_decode(
-    vae_cfg: &crate::models::wan::vae::Config,
-    latent: (usize, usize, usize),
-    ranks: usize,
-    tiling: Option<crate::parallel::plan::TilingSpec>,
-    opts: &Options,
-) -> Vec<RankPrediction> {
-    let spec = ModelSpec {
-        index: Default::default(),
-        transformer: Default::default(),
-        transformer_2: None,
-        vae: vae_cfg.clone(),
-        text_encoder: None,
-    };
-    let (t, h, w) = latent;
-    let run_halo = tiling.is_none() && ranks > 1;
-    let w_bytes = params::vae_decoder(vae_cfg) * 4
-        + if opts.target == Target::Cpu { params::vae_decoder_upsample_phases(vae_cfg) * 4 } else { 0 };
-    (0..ranks)
-        .map(|rank| {
-            let work = match tiling {
-                Some(ts) => {
-                    if rank > 0 {
-                        0
-                    } else {
-                        let tl = crate::models::wan::vae::Tiling {
-                            tile_sample_min_height: ts.tile_height,
-                            tile_sample_min_width: ts.tile_width,
-                            tile_sample_stride_height: ts.stride_height,
-                            tile_sample_stride_width: ts.stride_width,
-                        };
-                        let s = vae_cfg.scale_factor_spatial;
-                        let tp = TilePlan::for_decode(&tl, h, w, s, vae_cfg.patch());
-                        let shape = DecodeShape {
-                            t,
-                            h,
-                            w,
-                            rows: tp.tile_h.min(h),
-                            cols: tp.tile_w.min(w),
-                            root: true,
-                            world: 1,
-                        };
-                        vae::tiled_decode_peak(vae_cfg, opts.vae_run(false), shape, tp.cols(), 0)
-                    }
-                }
-                None => {
-                    let rows = crate::models::wan::vae::split::split_rows(h, ranks)[rank].len();
-                    let shape = DecodeShape { t, h, w, rows, cols: w, root: rank == 0, world: ranks };
-                    vae::decode_peak(vae_cfg, opts.vae_run(run_halo), shape, 0)
-                }
-            };
-            let _ = &spec;
-            let phase = PhasePrediction::new(
-                "decode",
-                vec![term("vae weights", w_bytes), term("vae decode working set", work)],
-            );
-            RankPrediction {
-                rank,
-                device: opts.target.to_string(),
-                peak_bytes: phase.peak_bytes,
-                weights_bytes: w_bytes,
-                phases: vec![phase],
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,16 +411,19 @@ mod tests {
     }
 
     #[test]
-    fn text_encoder_terms_shard_the_weights() {
+    fn text_encoder_terms_split_the_layers() {
         let s = spec("wan2.2-ti2v-5b");
         let opts = Options::new(Target::Cuda);
-        let one: u64 = text_encode_terms(&s, &opts, 1).iter().map(|t| t.bytes).sum();
-        let four = text_encode_terms(&s, &opts, 4);
-        assert!(four.iter().any(|t| t.name == "text encoder layer gather"));
-        assert!(four.iter().map(|t| t.bytes).sum::<u64>() < one / 3);
-        // 5.68 B bf16 parameters: ~11.4 GB.
-        let w = text_encode_terms(&s, &opts, 1)[0].bytes;
-        assert!((11_300_000_000..11_400_000_000).contains(&w), "{w}");
+        let w = |rank, ranks| text_encode_terms(&s, &opts, rank, ranks)[0].bytes;
+        // 5.68 B bf16 parameters: ~11.4 GB on one rank.
+        assert!((11_300_000_000..11_400_000_000).contains(&w(0, 1)), "{}", w(0, 1));
+        // 8 ranks: 3 of 24 layers each; rank 0 adds the 1.05 B-parameter embedding.
+        let layer = params::umt5_layer(s.text_encoder.as_ref().unwrap()) * 2;
+        assert_eq!(w(1, 8), 3 * layer);
+        assert_eq!(w(0, 8), 3 * layer + 256_384 * 4096 * 2);
+        assert_eq!((0..8).map(|r| w(r, 8)).sum::<u64>(), w(0, 1));
+        // More ranks than layers: the extra ranks hold nothing.
+        assert_eq!(w(30, 32), 0);
     }
 
     #[test]

@@ -529,9 +529,9 @@ pub fn decode_peak(cfg: &VaeConfig, run: VaeRun, shape: DecodeShape, base: u64) 
 }
 
 /// Peak bytes above `base` of a tiled decode on one rank: one tile decoded over all frames (each
-/// chunk's host output kept, then concatenated and flattened), plus, on the assembling rank, up to
-/// two rows of blended tiles and the output buffer.
-pub fn tiled_decode_peak(cfg: &VaeConfig, run: VaeRun, shape: DecodeShape, grid_cols: usize, base: u64) -> u64 {
+/// chunk's host output kept, then concatenated and flattened), the finished tiles it holds
+/// ([`held_tiles`]) and, on the assembling rank, the output buffer.
+pub fn tiled_decode_peak(cfg: &VaeConfig, run: VaeRun, shape: DecodeShape, grid: (usize, usize), base: u64) -> u64 {
     let mut r = Replay::new(cfg, run, base);
     let e = run.elt;
     let full_latent = (cfg.z_dim * shape.t * shape.h * shape.w) as u64 * 4;
@@ -542,9 +542,8 @@ pub fn tiled_decode_peak(cfg: &VaeConfig, run: VaeRun, shape: DecodeShape, grid_
     let tile_out = (cfg.out_channels * frames * shape.rows * net * shape.cols * net) as u64 * 4;
     if shape.root {
         r.mem.alloc(output_video_bytes(cfg, shape.t, shape.h, shape.w));
-        // Previous row of tiles and the current row (the new tile joins after blending).
-        r.mem.alloc(tile_out * (2 * grid_cols.max(1) as u64 - 1));
     }
+    r.mem.alloc(tile_out * held_tiles(grid, shape.world));
     let latent_tile = (cfg.z_dim * shape.t * shape.rows * shape.cols) as u64 * e;
     r.mem.alloc(2 * latent_tile); // the tile's latent and its post_quant_conv
     let x = Act { t: 1, c: cfg.z_dim, h: shape.rows, w: shape.cols };
@@ -564,6 +563,18 @@ pub fn tiled_decode_peak(cfg: &VaeConfig, run: VaeRun, shape: DecodeShape, grid_
     r.mem.alloc(tile_out); // TileBuf (`to_vec1`)
     r.mem.free(kept);
     r.mem.peak() - base
+}
+
+/// Finished tiles a rank holds while it decodes the next one: one device walks the grid keeping the
+/// previous row and the current row (`TileAssembler`); over `world` ranks (`tile_parallel`) each
+/// keeps its own contiguous run of raw tiles (about 1/world of them) until the run is blended.
+pub fn held_tiles(grid: (usize, usize), world: usize) -> u64 {
+    let (rows, cols) = grid;
+    if world <= 1 {
+        (2 * cols.max(1) - 1).min(rows * cols) as u64
+    } else {
+        (rows * cols).div_ceil(world) as u64
+    }
 }
 
 /// The decoder's output activation of a steady chunk for one tile/slab (4 frames).
@@ -667,6 +678,13 @@ mod tests {
         let slab = DecodeShape { rows: 4, root: false, world: 4, ..shape(3, 16, 16) };
         let part = decode_peak(&cfg, halo, slab, 0);
         assert!(part * 3 < whole, "a quarter slab ({part}) should need well under half of {whole}");
+    }
+
+    #[test]
+    fn tiles_held_by_one_device_or_a_run() {
+        assert_eq!(held_tiles((4, 7), 1), 13, "previous row of 7 and 6 of the current");
+        assert_eq!(held_tiles((1, 3), 1), 3);
+        assert_eq!(held_tiles((4, 7), 8), 4);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -190,6 +190,8 @@ pub struct PhaseSpan {
     pub seconds: f64,
     /// Peak of the rank's tracked memory during the phase (heap on CPU, device on CUDA).
     pub peak_bytes: u64,
+    /// Tracked memory live when the phase began (so `peak − start` is what the phase added).
+    pub start_bytes: u64,
 }
 
 /// Per-rank totals sent with `Done`.
@@ -221,6 +223,64 @@ pub enum Job {
     VaeEncode(VaeEncodeSpec),
     /// UMT5 prompt embeddings with the encoder split by layer over the world (`--text-encoder sharded`).
     EncodePrompt(EncodePromptSpec),
+    /// `tessera generate` across the world: load, sharded denoise, VAE decode (see `jobs::generate`).
+    Generate(Box<GenerateSpec>),
+}
+
+/// A whole generation on the workers. Every rank reads the model folder itself (FSDP ranks read
+/// only their slices); rank 0 writes `out` (and `save_latents`) atomically.
+///
+/// The prompt embeddings come ready-made (the host runs the text encoder, `--text-encoder cpu`):
+/// as a safetensors file every rank reads, or inline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateSpec {
+    /// Diffusers pipeline folder (model_index.json, transformer/, transformer_2/?, vae/, scheduler/).
+    pub model: std::path::PathBuf,
+    pub params: crate::pipeline::GenerateParams,
+    /// Validated again on the workers against the transformer's heads.
+    pub plan: crate::parallel::plan::ParallelPlan,
+    /// `(1, L, text_dim)` prompt embeddings.
+    pub prompt: EmbedsSource,
+    /// Negative prompt embeddings; required when `params.guidance > 1`.
+    pub negative: Option<EmbedsSource>,
+    /// PNG/JPEG for image-to-video (rank 0 encodes it and broadcasts the latent condition).
+    pub image: Option<std::path::PathBuf>,
+    /// Safetensors file with the initial noise `latents` `(1, z, T, h, w)`; else seeded noise.
+    pub latents: Option<std::path::PathBuf>,
+    /// `x.safetensors` (tensor `video` (B, F, 3, H, W) in [0, 1]), `x.mp4`, or `dir/` (PNG frames).
+    pub out: std::path::PathBuf,
+    /// Also write the final latents (tensor `latents`).
+    pub save_latents: Option<std::path::PathBuf>,
+    /// MP4 frame rate (default 24 for TI2V, 16 otherwise).
+    pub fps: Option<f64>,
+    /// `false`: skip the VAE (no `out`; only `save_latents`), for denoise benchmarks.
+    pub decode: bool,
+}
+
+/// Where a job's prompt embeddings come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EmbedsSource {
+    /// Tensor `name` of a safetensors file.
+    File { path: std::path::PathBuf, name: String },
+    /// The tensor itself (f32 from the host's text encoder).
+    Inline(WireTensor),
+}
+
+/// What a rank measured during a `Generate` job (`--report`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerateStats {
+    /// Resident transformer weights (stem + blocks or block slices) plus the VAE if this rank has it.
+    pub weights_bytes: u64,
+    /// Transformer weights alone, and one block's full weights (what FSDP gathers at a time).
+    pub transformer_bytes: u64,
+    pub block_bytes: u64,
+    /// Wall time of each denoising step and the part of it spent inside collectives.
+    pub step_seconds: Vec<f64>,
+    pub step_comm_seconds: Vec<f64>,
+    /// Collectives over the whole job: time, calls and payload bytes this rank contributed.
+    pub comm_seconds: f64,
+    pub comm_calls: u64,
+    pub comm_bytes: u64,
 }
 
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).
@@ -323,6 +383,7 @@ pub enum JobOutput {
     /// `None` when this rank was not in the checked sub-group.
     Tensor(Option<WireTensor>),
     Bench(Vec<BenchRow>),
+    Generate(GenerateStats),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,8 @@ pub enum JobEvent {
         start_secs: f64,
         seconds: f64,
         peak_bytes: u64,
+        /// Tracked bytes live when the phase began.
+        start_bytes: u64,
     },
     Log {
         rank: Rank,
@@ -64,11 +66,21 @@ pub struct PhaseReport {
     pub start_secs: f64,
     pub seconds: f64,
     pub peak_bytes: u64,
+    /// Tracked bytes live when the phase began: `peak_bytes − start_bytes` is the phase's own
+    /// working set (activations), with resident weights and earlier buffers aside.
+    #[serde(default)]
+    pub start_bytes: u64,
 }
 
 impl From<&PhaseSpan> for PhaseReport {
     fn from(p: &PhaseSpan) -> Self {
-        Self { name: p.name.clone(), start_secs: p.start_secs, seconds: p.seconds, peak_bytes: p.peak_bytes }
+        Self {
+            name: p.name.clone(),
+            start_secs: p.start_secs,
+            seconds: p.seconds,
+            peak_bytes: p.peak_bytes,
+            start_bytes: p.start_bytes,
+        }
     }
 }
 
@@ -119,7 +131,13 @@ mod tests {
                 peak_bytes: 100,
                 peak_rss_bytes: 200,
                 weights_bytes: 300,
-                phases: vec![PhaseReport { name: "decode".into(), start_secs: 0.1, seconds: 1.0, peak_bytes: 90 }],
+                phases: vec![PhaseReport {
+                    name: "decode".into(),
+                    start_secs: 0.1,
+                    seconds: 1.0,
+                    peak_bytes: 90,
+                    start_bytes: 40,
+                }],
             }],
         };
         let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();

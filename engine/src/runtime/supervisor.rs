@@ -440,12 +440,13 @@ impl Supervisor {
                 Ok(Inbound::Msg(rank, msg)) => match msg {
                     FromWorker::Event { job_id: id, event } if id == job_id => {
                         let ev = translate(Rank(rank), event, self.spec.device);
-                        if let JobEvent::PhaseSpan { name, start_secs, seconds, peak_bytes, .. } = &ev {
+                        if let JobEvent::PhaseSpan { name, start_secs, seconds, peak_bytes, start_bytes, .. } = &ev {
                             phases[rank].push(PhaseReport {
                                 name: name.clone(),
                                 start_secs: *start_secs,
                                 seconds: *seconds,
                                 peak_bytes: *peak_bytes,
+                                start_bytes: *start_bytes,
                             });
                         }
                         on_event(&ev);
@@ -617,6 +618,7 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
             start_secs: p.start_secs,
             seconds: p.seconds,
             peak_bytes: p.peak_bytes,
+            start_bytes: p.start_bytes,
         },
         WorkerEvent::Log { level, message } => JobEvent::Log { rank, level, message },
         WorkerEvent::VaePiece(piece) => JobEvent::VaePiece { rank, piece },

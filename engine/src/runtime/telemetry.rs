@@ -93,6 +93,7 @@ pub struct Telemetry {
 /// Opaque token of an open phase (see [`Telemetry::begin_phase`]).
 pub struct PhaseToken {
     started: Instant,
+    start_bytes: u64,
     heap_outer_peak: u64,
     device_outer_peak: u64,
 }
@@ -177,20 +178,23 @@ impl Telemetry {
 
     pub fn begin_phase(&self) -> PhaseToken {
         let current_device = self.device_used().map(|(u, _)| u).unwrap_or(0);
+        let start_bytes = if current_device > 0 { current_device } else { alloc::stats().live_bytes };
         PhaseToken {
             started: Instant::now(),
+            start_bytes,
             heap_outer_peak: alloc::begin_peak_scope(),
             device_outer_peak: self.device_peak.begin(current_device),
         }
     }
 
-    /// `(seconds, peak bytes)` of a phase: heap peak on CPU, device-used peak on CUDA.
-    pub fn end_phase(&self, token: PhaseToken) -> (f64, u64) {
+    /// `(seconds, peak bytes, bytes live at the start)` of a phase: heap on CPU, device-used on CUDA.
+    /// `peak − start` is what the phase itself added (its activations, with the weights aside).
+    pub fn end_phase(&self, token: PhaseToken) -> (f64, u64, u64) {
         let device = self.device_used();
         let heap_peak = alloc::end_peak_scope(token.heap_outer_peak);
         let device_peak = self.device_peak.end(token.device_outer_peak);
         let peak = if device.is_some() { device_peak } else { heap_peak };
-        (token.started.elapsed().as_secs_f64(), peak)
+        (token.started.elapsed().as_secs_f64(), peak, token.start_bytes)
     }
 }
 

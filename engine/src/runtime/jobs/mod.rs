@@ -8,6 +8,7 @@
 
 mod comm;
 mod diagnostic;
+mod generate;
 mod text;
 mod vae;
 
@@ -133,13 +134,14 @@ pub struct Phase<'a> {
 impl Drop for Phase<'_> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            let (seconds, peak_bytes) = self.ctx.telemetry.end_phase(token);
+            let (seconds, peak_bytes, start_bytes) = self.ctx.telemetry.end_phase(token);
             tracing::debug!("phase {} took {seconds:.3} s, peak {peak_bytes} B", self.name);
             (self.ctx.emit)(WorkerEvent::PhaseSpan(PhaseSpan {
                 name: std::mem::take(&mut self.name),
                 start_secs: self.start_secs,
                 seconds,
                 peak_bytes,
+                start_bytes,
             }));
         }
     }
@@ -155,6 +157,7 @@ pub fn run(ctx: &JobCtx, job: &Job) -> Result<JobOutput, JobError> {
         Job::VaeDecode(spec) => vae::decode(ctx, spec),
         Job::VaeEncode(spec) => vae::encode(ctx, spec),
         Job::EncodePrompt(spec) => text::encode_prompt(ctx, spec),
+        Job::Generate(spec) => generate::run(ctx, spec),
     }
 }
 

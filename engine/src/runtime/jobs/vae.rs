@@ -124,7 +124,8 @@ fn progress_on_root<'a>(ctx: &'a JobCtx, what: &'static str) -> impl FnMut(VaePr
     }
 }
 
-fn piece_event(p: &DecodedPiece<'_>) -> VaePiece {
+/// A finished piece as the event the engine thread turns into the studio's mosaic.
+pub(super) fn piece_event(p: &DecodedPiece<'_>) -> VaePiece {
     let preview = p.preview(PREVIEW_SIDE);
     VaePiece {
         mode: p.mode,

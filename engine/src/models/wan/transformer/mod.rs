@@ -9,6 +9,8 @@
 //!   chunked online-softmax core.
 //! - [`modulation`]: per-run timestep conditioning (TI2V per-token timesteps without `(B, L, 6, D)`).
 //! - [`block`]: one transformer block; [`model`]: stem, blocks, output head, unpatchify.
+//! - [`ulysses`]: sequence shards (with padding) and the all-to-all attention backend.
+//! - [`sharded`]: one rank's transformer: resident or FSDP-gathered blocks, optional Ulysses.
 //! - [`bench`]: forward timing on random weights.
 //!
 //! ```no_run
@@ -33,7 +35,10 @@ pub mod model;
 pub mod modulation;
 pub mod norm;
 pub mod rope;
+pub mod sharded;
+pub mod ulysses;
 
 pub use attention::{AttentionBackend, ChunkedAttention};
 pub use config::{transformer_config_for_arch, Config};
 pub use model::{Prepared, WanStem, WanTransformer3DModel};
+pub use sharded::{BlockSource, ShardOptions, ShardedTransformer};

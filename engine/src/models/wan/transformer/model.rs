@@ -132,14 +132,24 @@ impl WanStem {
         Ok(TimeConditioning { temb, proj, runs })
     }
 
-    /// Output head on the block output `(B, L, D)`: `LN(x)·(1 + scale) + shift` with
-    /// `(shift, scale) = scale_shift_table + temb` (f32), `proj_out`, then unpatchify to
-    /// `(B, C_out, F, H, W)`. `proj_out` features are ordered `(pt, ph, pw, c)`: channel-minor.
+    /// Output head on the block output `(B, L, D)`: [`Self::head_tokens`] then [`Self::unpatchify`].
     pub fn head(&self, xs: &Tensor, time: &TimeConditioning, grid: (usize, usize, usize)) -> Result<Tensor> {
+        self.unpatchify(&self.head_tokens(xs, time)?, grid)
+    }
+
+    /// The per-token part of the output head: `LN(x)·(1 + scale) + shift` with
+    /// `(shift, scale) = scale_shift_table + temb` (f32), then `proj_out`: `(B, L, D)` →
+    /// `(B, L, pt·ph·pw·C_out)`. Works on any token shard whose `time` covers the same tokens.
+    pub fn head_tokens(&self, xs: &Tensor, time: &TimeConditioning) -> Result<Tensor> {
         let dtype = xs.dtype();
         let m = modulation_chunks(&self.scale_shift_table, &time.temb.unsqueeze(2)?)?;
         let xs = scale_shift(&time.runs, &self.norm_out.forward(xs)?, &m[1], &m[0])?.to_dtype(dtype)?;
-        let xs = self.proj_out.forward(&xs)?;
+        self.proj_out.forward(&xs)
+    }
+
+    /// `(B, L, pt·ph·pw·C_out)` for the whole grid → `(B, C_out, F, H, W)`. `proj_out` features are
+    /// ordered `(pt, ph, pw, c)`: channel-minor.
+    pub fn unpatchify(&self, xs: &Tensor, grid: (usize, usize, usize)) -> Result<Tensor> {
         let (b, ..) = xs.dims3()?;
         let (nf, nh, nw) = grid;
         let [pt, ph, pw] = self.patch;

@@ -48,6 +48,16 @@ impl TokenRuns {
         Ok((Self { lens }, starts))
     }
 
+    /// The same runs with the last one `extra` tokens longer (sequence padding of a shard: the
+    /// padding tokens reuse the last conditioning row; their outputs are discarded).
+    pub fn extend_last(&self, extra: usize) -> Self {
+        let mut lens = self.lens.clone();
+        if let Some(last) = lens.last_mut() {
+            *last += extra;
+        }
+        Self { lens }
+    }
+
     /// Total tokens covered.
     pub fn tokens(&self) -> usize {
         self.lens.iter().sum()

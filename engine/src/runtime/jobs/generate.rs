@@ -1,0 +1,252 @@
+//! The `Generate` job: a whole Wan generation across the world, as a [`ParallelPlan`] lays it out.
+//!
+//! Phases (each a `PhaseSpan` with its memory peak): `load` (every rank its transformer part: stem
+//! replicated, blocks whole or its FSDP slices; the VAE on the ranks that decode, the encoder on
+//! rank 0 for I2V), `denoise` (the shared loop with [`ShardedPredictor`]: CFG branches on the two
+//! halves of the world, Ulysses inside each half, FSDP gathers per block), `decode` (the VAE group
+//! `0..vae_parallel` in tiles or halo mode, with `VaePiece` events; rank 0 alone when it is 1).
+//! Rank 0 sends one progress event per step and writes the outputs atomically.
+//!
+//! Prompt embeddings arrive ready (`plan.text_encoder` says who made them: the host, or this world
+//! in a preceding `EncodePrompt` job). Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
+
+mod inputs;
+mod timed;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use super::{JobCtx, JobError};
+use crate::media::{self, OutputKind};
+use crate::models::wan::transformer::Config as DitConfig;
+use crate::models::wan::vae::parallel::DecodedPiece;
+use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
+use crate::parallel::comm::Collective;
+use crate::parallel::plan::{PlanModel, VaeMode};
+use crate::pipeline::denoise::{run_loop, LoopSpec};
+use crate::pipeline::sampling::{self, LatentStats};
+use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
+use crate::pipeline::wan::{self as wan_pipeline, ModelIndex};
+use crate::pipeline::PipelineProgress;
+use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput, Rgb8Preview, VaePiece, WorkerEvent};
+use crate::scheduler;
+use crate::tensor_io;
+use crate::weights::{component_dir, load_config, Checkpoint};
+use timed::{CommStats, TimedComm};
+
+/// Longest side of a decoded piece's preview, in pixels.
+const PREVIEW_SIDE: usize = 64;
+
+fn invalid(e: impl std::fmt::Display) -> JobError {
+    JobError::Invalid(e.to_string())
+}
+
+pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
+    let device = ctx.device().clone();
+    // bf16 on GPUs like the single-device pipeline would; f32 on the CPU (no bf16 conv there).
+    let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+    let (plan, params, rank) = (spec.plan, &spec.params, ctx.rank());
+    let index = ModelIndex::read(&spec.model).map_err(invalid)?;
+    let dit_cfg: DitConfig = load_config(&spec.model.join("transformer"))?;
+    let vae_dir = component_dir(&spec.model, "vae")?;
+    let vae_cfg: vae::Config = load_config(&vae_dir)?;
+    let cfg_on = params.guidance > 1.0;
+    plan.validate(PlanModel { num_heads: dit_cfg.num_attention_heads, cfg: cfg_on }).map_err(invalid)?;
+    params.validate(vae_cfg.scale_factor_spatial * dit_cfg.patch_size[1]).map_err(invalid)?;
+    let out_kind = OutputKind::of(&spec.out).map_err(invalid)?;
+    if dit_cfg.in_channels != vae_cfg.z_dim && spec.image.is_none() {
+        return Err(invalid(format!(
+            "this transformer takes {} input channels (image-to-video): pass --image",
+            dit_cfg.in_channels
+        )));
+    }
+
+    let stats = Arc::new(CommStats::default());
+    let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
+    let groups = PlanGroups::new(&plan, &world)?;
+    let embeds = inputs::prompt_embeds(spec, cfg_on)?;
+    let shape = wan_pipeline::latent_shape(params, vae_cfg.scale_factor_spatial, vae_cfg.z_dim);
+    let given = spec.latents.as_ref().map(|p| tensor_io::read_tensor(p, "latents", DType::F32, &device)).transpose()?;
+    let latents = wan_pipeline::initial_latents(params, &shape, given.as_ref(), &device).map_err(invalid)?;
+
+    // Decoding ranks: the VAE group `0..vae_parallel` (rank 0 alone when it is 1).
+    let decodes = spec.decode && (groups.vae.is_some() || rank.0 == 0);
+    let encodes = rank.0 == 0 && spec.image.is_some();
+    let (mut predictor, vae, mut out_stats) = {
+        let _load = ctx.phase("load");
+        let predictor = ShardedPredictor::load(
+            &spec.model,
+            index.has_transformer_2(),
+            &groups,
+            &embeds.prompt,
+            embeds.negative.as_ref(),
+            dtype,
+            &device,
+        )?;
+        let transformer_bytes = predictor.resident_bytes();
+        let parts = match (decodes, encodes) {
+            (true, true) => Some(VaeParts::Both),
+            (true, false) => Some(VaeParts::Decoder),
+            (false, true) => Some(VaeParts::Encoder),
+            (false, false) => None,
+        };
+        let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
+        let vae_bytes = if vae.is_some() { Checkpoint::open(&vae_dir)?.stored_bytes() } else { 0 };
+        ctx.add_weights_bytes(transformer_bytes + vae_bytes);
+        let block_bytes = predictor.experts().first().map(|e| e.block_bytes()).unwrap_or(0);
+        let s = GenerateStats {
+            weights_bytes: transformer_bytes + vae_bytes,
+            transformer_bytes,
+            block_bytes,
+            ..GenerateStats::default()
+        };
+        (predictor, vae, s)
+    };
+    let latent_stats = LatentStats::new(&vae_cfg.latents_mean, &vae_cfg.latents_std, &device)?;
+    let condition = match &spec.image {
+        Some(path) => Some(inputs::image_condition(
+            ctx,
+            &world,
+            vae.as_ref(),
+            &latent_stats,
+            index.expand_timesteps,
+            path,
+            params,
+            &shape,
+        )?),
+        None => None,
+    };
+
+    let latents = {
+        let _denoise = ctx.phase("denoise");
+        let sched_dir = spec.model.join("scheduler");
+        let mut sched = scheduler::from_pretrained(&sched_dir, params.shift).map_err(invalid)?;
+        sched.set_timesteps(params.steps)?;
+        let loop_spec = LoopSpec {
+            expand_timesteps: index.expand_timesteps,
+            boundary: index.boundary_ratio.map(|r| r * 1000.0),
+            has_expert_2: predictor.experts().len() > 1,
+            patch: dit_cfg.patch_size,
+            guidance: cfg_on.then(|| (params.guidance, params.guidance_2.unwrap_or(params.guidance))),
+            dtype,
+        };
+        let (mut last, mut last_comm, mut cancelled) = (Instant::now(), stats.seconds(), false);
+        let result = run_loop(&loop_spec, sched.as_mut(), latents, condition.as_ref(), &mut predictor, &mut |p| {
+            if let PipelineProgress::Step { index, total, .. } = p {
+                let comm = stats.seconds();
+                out_stats.step_seconds.push(last.elapsed().as_secs_f64());
+                out_stats.step_comm_seconds.push(comm - last_comm);
+                if rank.0 == 0 {
+                    ctx.progress(index as u64 + 1, total as u64, "denoise");
+                }
+                if let Err(e) = ctx.check_cancelled() {
+                    cancelled = matches!(e, JobError::Cancelled);
+                    return Err(candle_core::Error::msg(e.to_string()));
+                }
+                // Not counting the cancel check: it is control, not the step's work.
+                (last, last_comm) = (Instant::now(), stats.seconds());
+            }
+            Ok(())
+        });
+        match result {
+            Err(_) if cancelled => return Err(JobError::Cancelled),
+            r => r?,
+        }
+    };
+    drop(predictor);
+
+    {
+        let _decode = ctx.phase("decode");
+        let video = match &vae {
+            Some(vae) if decodes => decode(ctx, &plan, &groups, vae, &latent_stats, &latents)?,
+            _ => None,
+        };
+        if let Some(video) = video {
+            let fps = spec.fps.unwrap_or(if index.expand_timesteps { 24.0 } else { 16.0 });
+            save(&spec.out, &out_kind, &video, fps)?;
+        }
+        if rank.0 == 0 {
+            if let Some(p) = &spec.save_latents {
+                tensor_io::write_atomic(p, &[("latents", latents.clone())])?;
+            }
+        }
+    }
+    ctx.comm().barrier()?;
+    out_stats.comm_seconds = stats.seconds();
+    out_stats.comm_calls = stats.calls();
+    out_stats.comm_bytes = stats.bytes();
+    Ok(JobOutput::Generate(out_stats))
+}
+
+/// Normalised latents → video `(1, F, 3, H, W)` in [0, 1] on rank 0 (`None` elsewhere): over the
+/// VAE group in the plan's mode (tiles or halo, with `VaePiece` events), or on rank 0 alone.
+fn decode(
+    ctx: &JobCtx,
+    plan: &crate::parallel::plan::ParallelPlan,
+    groups: &PlanGroups,
+    vae: &AutoencoderKLWan,
+    stats: &LatentStats,
+    latents: &Tensor,
+) -> Result<Option<Tensor>, JobError> {
+    let z = stats.denormalize(&latents.to_dtype(DType::F32)?)?;
+    let lead = ctx.rank().0 == 0;
+    let mut progress = |p: VaeProgress| {
+        if lead {
+            let (i, n) = match p {
+                VaeProgress::Chunk { index, total } | VaeProgress::Tile { index, total, .. } => (index, total),
+            };
+            ctx.progress(i as u64 + 1, n as u64, "decode");
+        }
+    };
+    let tiling = match plan.vae_mode {
+        VaeMode::Tiles => Some(plan.vae_tiling.unwrap_or_default()),
+        VaeMode::Halo => None,
+    }
+    .map(|t| Tiling {
+        tile_sample_min_height: t.tile_height,
+        tile_sample_min_width: t.tile_width,
+        tile_sample_stride_height: t.stride_height,
+        tile_sample_stride_width: t.stride_width,
+    });
+    let video = match &groups.vae {
+        Some(comm) => {
+            let mut on_piece = |p: DecodedPiece<'_>| ctx.emit(WorkerEvent::VaePiece(piece_event(&p)));
+            vae.decode_parallel(&z, comm, plan.vae_mode, tiling.as_ref(), &mut progress, &mut on_piece)?
+        }
+        None if lead => Some(vae.decode(&z, tiling.as_ref(), &mut progress)?),
+        None => None,
+    };
+    Ok(video.map(|v| sampling::video_to_unit_range(&v)).transpose()?)
+}
+
+/// The live-mosaic event of a decoded tile or slab (same fields as the VAE jobs send).
+fn piece_event(p: &DecodedPiece<'_>) -> VaePiece {
+    let preview = p.preview(PREVIEW_SIDE);
+    VaePiece {
+        mode: p.mode,
+        index: p.index,
+        latent_chunk: p.latent_chunk,
+        frames: [p.frames.start, p.frames.end],
+        pixel_rect: p.pixel_rect(),
+        latent_rect: [p.latent_rows.start, p.latent_cols.start, p.latent_rows.len(), p.latent_cols.len()],
+        seconds: p.seconds,
+        bytes_sent: p.bytes_sent,
+        preview: Rgb8Preview { width: preview.width as u32, height: preview.height as u32, rgb: preview.rgb },
+    }
+}
+
+fn save(out: &std::path::Path, kind: &OutputKind, video: &Tensor, fps: f64) -> Result<(), JobError> {
+    let media_err = |e: media::MediaError| JobError::Invalid(e.to_string());
+    match kind {
+        OutputKind::Safetensors => tensor_io::write_atomic(out, &[("video", video.clone())])?,
+        OutputKind::Mp4 => {
+            media::write_mp4(out, &media::Frames::from_tensor(video).map_err(media_err)?, fps).map_err(media_err)?
+        }
+        OutputKind::PngFrames => {
+            media::write_png_frames(out, &media::Frames::from_tensor(video).map_err(media_err)?).map_err(media_err)?
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! A [`Collective`] wrapper that times every op (and every op of its sub-groups) into shared
+//! counters: the "communication" side of `--report`'s comm-vs-compute split. Time is wall time
+//! inside the call, so waiting for a slower peer counts as communication.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Result, Tensor};
+
+use crate::parallel::comm::{Collective, ReduceOp};
+use crate::parallel::Rank;
+
+/// Totals over every op of a [`TimedComm`] and its sub-groups.
+#[derive(Debug, Default)]
+pub struct CommStats {
+    nanos: AtomicU64,
+    calls: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl CommStats {
+    pub fn seconds(&self) -> f64 {
+        self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes this rank passed in (the tensor given to each op).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn time<T>(&self, bytes: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t0 = Instant::now();
+        let out = f();
+        self.nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        out
+    }
+}
+
+fn size(xs: &Tensor) -> usize {
+    xs.elem_count() * xs.dtype().size_in_bytes()
+}
+
+#[derive(Debug, Clone)]
+pub struct TimedComm {
+    inner: Arc<dyn Collective>,
+    stats: Arc<CommStats>,
+}
+
+impl TimedComm {
+    pub fn new(inner: Arc<dyn Collective>, stats: Arc<CommStats>) -> Self {
+        Self { inner, stats }
+    }
+}
+
+impl Collective for TimedComm {
+    fn rank(&self) -> Rank {
+        self.inner.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+
+    fn send(&self, xs: &Tensor, dst: Rank) -> Result<()> {
+        self.stats.time(size(xs), || self.inner.send(xs, dst))
+    }
+
+    fn recv(&self, src: Rank, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.stats.time(0, || self.inner.recv(src, shape, dtype))
+    }
+
+    fn all_gather(&self, xs: &Tensor, dim: usize) -> Result<Tensor> {
+        self.stats.time(size(xs), || self.inner.all_gather(xs, dim))
+    }
+
+    fn broadcast(&self, xs: &Tensor, root: Rank) -> Result<Tensor> {
+        self.stats.time(size(xs), || self.inner.broadcast(xs, root))
+    }
+
+    fn all_to_all(&self, xs: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
+        self.stats.time(size(xs), || self.inner.all_to_all(xs, split_dim, concat_dim))
+    }
+
+    fn all_reduce(&self, xs: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        self.stats.time(size(xs), || self.inner.all_reduce(xs, op))
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.stats.time(0, || self.inner.barrier())
+    }
+
+    fn sub_group(&self, ranks: &[Rank]) -> Result<Arc<dyn Collective>> {
+        Ok(Arc::new(Self { inner: self.inner.sub_group(ranks)?, stats: self.stats.clone() }))
+    }
+}
