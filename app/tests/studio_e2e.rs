@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use eframe::egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
-use studio_support::{step_until, studio};
+use studio_support::{step_until, studio, studio_with_worker};
 use tessera_app::studio::state::{RunStatus, Settings, Tab};
 
 /// Small enough for a loaded 2-core CI machine, big enough for two halo slabs of 2 latent rows.
 fn demo_settings() -> Settings {
-    Settings { width: 128, height: 64, frames: 5, ..Settings::default() }
+    Settings { width: 128, height: 64, frames: 5, steps: 2, ..Settings::default() }
 }
 
 #[test]
@@ -35,9 +35,18 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
         assert!(app.live.ranks[rank].memory.iter().any(|m| m.peak_bytes > 0), "rank {rank} reported no peak");
         assert!(!app.live.ranks[rank].phases.is_empty(), "rank {rank} reported no phases");
     }
+    // The whole pipeline ran: every denoising step reported, then the phases.
+    assert_eq!((app.live.progress.total, app.live.progress.step), (2, 2), "{:?}", app.live.progress);
+    let phases: Vec<&str> = app.live.ranks[0].phases.iter().map(|p| p.name.as_str()).collect();
+    assert!(phases.contains(&"denoise") && phases.contains(&"decode"), "{phases:?}");
     // Halo mode: one slab per rank per latent chunk (2 chunks for 5 frames).
     let pieces = &app.live.pieces;
-    assert_eq!(pieces.len(), 4, "pieces: {:?}", pieces.iter().map(|p| (p.rank, p.piece.latent_chunk)).collect::<Vec<_>>());
+    assert_eq!(
+        pieces.len(),
+        4,
+        "pieces: {:?}",
+        pieces.iter().map(|p| (p.rank, p.piece.latent_chunk)).collect::<Vec<_>>()
+    );
     let video = app.video.as_ref().expect("a decoded video");
     assert_eq!((video.frames.rgb.len(), video.frames.width, video.frames.height), (5, 128, 64));
 
@@ -71,4 +80,45 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     h.get_by_label_contains("#1 demo 128×64×5, 2 ranks (halo)");
     let saved = std::fs::read_to_string(s.data_dir.path().join("runs.json")).unwrap();
     assert!(saved.contains("\"wall_seconds\""), "{saved}");
+}
+
+#[test]
+fn a_run_can_be_cancelled_and_the_next_one_runs() {
+    // Many steps, so the run is still denoising when Cancel is pressed.
+    let mut s = studio(Settings { steps: 400, ..demo_settings() }, false);
+    let h = &mut s.harness;
+    h.get_by_label("Generate").click();
+    step_until(h, "the first denoising step", Duration::from_secs(300), |app| {
+        app.live.progress.message == "denoise" && app.live.progress.step >= 1
+    });
+    h.get_by_label("Cancel").click();
+    step_until(h, "the cancel", Duration::from_secs(120), |app| !app.live.status.is_busy());
+    let app = h.state();
+    assert_eq!(app.live.status, RunStatus::Cancelled, "{:?}", app.messages.items);
+    assert!(app.live.progress.step < 400, "stopped early: step {}", app.live.progress.step);
+    assert!(app.messages.items.iter().any(|m| m.text.starts_with("Run cancelled")));
+    assert!(app.video.is_none());
+    // The workers stay up: the next run (2 steps) finishes on the same world.
+    h.state_mut().settings.steps = 2;
+    h.run_steps(1);
+    h.get_by_label("Generate").click();
+    step_until(h, "the second run", Duration::from_secs(300), |app| {
+        !app.live.status.is_busy() && app.live.status != RunStatus::Cancelled
+    });
+    assert!(matches!(h.state().live.status, RunStatus::Finished { .. }), "{:?}", h.state().messages.items);
+}
+
+#[test]
+fn a_worker_that_cannot_start_is_reported_with_its_rank() {
+    // `false` exits at once: the handshake names the rank that died, the app stays usable.
+    let mut s = studio_with_worker(demo_settings(), std::path::Path::new("/bin/false"));
+    let h = &mut s.harness;
+    h.get_by_label("Generate").click();
+    step_until(h, "the failure", Duration::from_secs(120), |app| matches!(app.live.status, RunStatus::Failed(_)));
+    let text = h.state().messages.items[0].text.clone();
+    assert!(text.starts_with("The workers did not start: rank ") && text.contains("exit"), "{text}");
+    h.get_by_label("Dismiss").click();
+    h.run_steps(2);
+    assert!(h.state().messages.items.is_empty());
+    assert!(h.query_by_label("Generate").is_some());
 }

@@ -34,9 +34,7 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
     h.run_steps(2);
     assert!(h.state().messages.items.is_empty());
     // The first Generate wrote the demo model; once it is read the panel shows what it is.
-    step_until(h, "the demo model's description", Duration::from_secs(30), |app| {
-        matches!(app.model.info, Some(Ok(_)))
-    });
+    step_until(h, "the demo model's description", Duration::from_secs(30), |app| matches!(app.model.info, Some(Ok(_))));
     h.get_by_label_contains("Wan2.2 TI2V layout (WanPipeline), 2 blocks × 4 heads");
     h.get_by_label("Snap to valid").click();
     h.run_steps(2);

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
-use tessera_engine::runtime::doctor::DoctorReport;
-use tessera_engine::runtime::protocol::DeviceKind;
 use tessera_engine::planner::predict::RankPrediction;
 use tessera_engine::planner::preset::Preset;
+use tessera_engine::runtime::doctor::DoctorReport;
+use tessera_engine::runtime::protocol::DeviceKind;
 use tessera_engine::runtime::JobEvent;
 
 use super::browse::{Background, Done, Target};
@@ -200,13 +200,18 @@ impl StudioApp {
 
     /// The request the settings describe.
     pub fn request(&self) -> RunRequest {
-        let model = if self.settings.use_demo {
-            ModelChoice::Demo
-        } else {
-            ModelChoice::Folder(self.model_path())
-        };
+        let model = if self.settings.use_demo { ModelChoice::Demo } else { ModelChoice::Folder(self.model_path()) };
         let params = panels::setup::params(&self.settings);
-        RunRequest { model, params, plan: self.settings.plan, device: self.device_kind() }
+        let image = Some(PathBuf::from(self.settings.image.trim())).filter(|p| !p.as_os_str().is_empty());
+        RunRequest {
+            model,
+            prompt: self.settings.prompt.clone(),
+            negative_prompt: self.settings.negative_prompt.clone(),
+            image,
+            params,
+            plan: self.settings.plan,
+            device: self.device_kind(),
+        }
     }
 
     pub fn cancel(&mut self) {
@@ -296,7 +301,7 @@ impl StudioApp {
                 trace.device_total_bytes = device_total_bytes;
                 trace.memory.push(MemoryPoint { elapsed_secs, used_bytes, peak_bytes, rss_bytes });
             }
-            JobEvent::PhaseSpan { rank, name, start_secs, seconds, peak_bytes } => {
+            JobEvent::PhaseSpan { rank, name, start_secs, seconds, peak_bytes, .. } => {
                 live.rank_mut(rank).phases.push(PhaseBand { name, start_secs, seconds, peak_bytes });
             }
             JobEvent::Log { rank, message, .. } => live.log.push(format!("[rank {rank}] {message}")),
@@ -321,7 +326,7 @@ impl StudioApp {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            job: "vae decode".into(),
+            job: "generate".into(),
             preset: self.settings.preset.clone(),
             model,
             width: request.params.width,

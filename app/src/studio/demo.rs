@@ -16,8 +16,7 @@ const DEMO_FOLDER: &str = "demo-model-v1";
 const DEMO_SEED: u64 = 2026;
 
 /// What the UI says wherever demo output is shown.
-pub const NOISE_NOTE: &str =
-    "Demo model: random weights with the real Wan2.2 architecture — its pictures are noise by design.";
+pub const NOISE_NOTE: &str = "Demo model: random weights with the real Wan2.2 architecture and no text encoder (the prompt seeds stand-in embeddings) — its pictures are noise by design.";
 
 /// `$TESSERA_DATA_DIR`, else `$XDG_DATA_HOME/tessera`, else `~/.local/share/tessera`.
 pub fn data_dir() -> Option<PathBuf> {

@@ -20,8 +20,8 @@ use tessera_engine::media::Frames;
 use tessera_engine::runtime::doctor::DoctorReport;
 use tessera_engine::runtime::{CancelHandle, JobEvent, RunReport};
 
-use tessera_engine::planner::preset::Preset;
 use tessera_engine::planner::predict::RankPrediction;
+use tessera_engine::planner::preset::Preset;
 
 use super::model_info::{self, ModelInfo};
 use super::runner::{self, RunRequest, World};
@@ -76,7 +76,10 @@ pub enum EngineEvent {
     /// Before the job runs: a step of preparation ("starting 2 workers").
     Preparing(String),
     /// Output size of the run in pixels, known once the request is validated.
-    RunShape { height: usize, width: usize },
+    RunShape {
+        height: usize,
+        width: usize,
+    },
     Job(JobEvent),
     Video(Video),
     Finished(Box<RunReport>),

@@ -4,7 +4,8 @@
 //! - `app.rs`: [`StudioApp`] (eframe `App`): drains engine events in `logic`, draws in `ui`.
 //! - `state.rs`: plain structs (settings, the live run, messages, what is on screen).
 //! - `engine_thread.rs`: the background thread owning the worker world; commands down, events up.
-//! - `runner.rs`: one run on the engine thread (checks, inputs, world, job, video).
+//! - `runner.rs`: one run on the engine thread (checks, world, `Generate` job, video);
+//!   `prompts.rs`: its prompt embeddings.
 //! - `panels/`: Setup, Parallel, Live, Mosaic (+ inspector), Result, Compare, messages.
 //! - `demo.rs`: the built-in demo model; `model_info.rs`: reading a model folder;
 //!   `records.rs`: the persisted run history; `presets.rs`: preset files; `browse.rs`: file pickers and thumbnails;
@@ -21,6 +22,7 @@ pub mod engine_thread;
 pub mod model_info;
 pub mod panels;
 pub mod presets;
+pub mod prompts;
 pub mod records;
 pub mod runner;
 pub mod settings_ui;

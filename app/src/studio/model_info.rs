@@ -22,6 +22,8 @@ pub struct ModelInfo {
     /// Height and width must be multiples of this (VAE spatial factor × patch).
     pub size_multiple: usize,
     pub num_heads: usize,
+    /// Width of the prompt embeddings the transformer takes.
+    pub text_dim: usize,
     /// Latent channels of the VAE.
     pub z_dim: usize,
     /// VAE spatial compression (pixels per latent row/column).
@@ -40,7 +42,9 @@ pub enum ModelError {
     Empty,
     #[error("model folder not found: {0}")]
     Missing(PathBuf),
-    #[error("not a diffusers Wan pipeline folder (expected model_index.json, transformer/ and vae/): {detail}: {path}")]
+    #[error(
+        "not a diffusers Wan pipeline folder (expected model_index.json, transformer/ and vae/): {detail}: {path}"
+    )]
     NotPipeline { detail: String, path: PathBuf },
 }
 
@@ -80,10 +84,8 @@ pub fn inspect(root: &Path) -> Result<ModelInfo, ModelError> {
         (false, false, true) => "Wan2.1 I2V layout",
         (false, false, false) => "Wan2.1 T2V layout",
     };
-    let kind = format!(
-        "{layout} ({}), {} blocks × {} heads",
-        index.class_name, dit.num_layers, dit.num_attention_heads
-    );
+    let kind =
+        format!("{layout} ({}), {} blocks × {} heads", index.class_name, dit.num_layers, dit.num_attention_heads);
     Ok(ModelInfo {
         root: root.to_path_buf(),
         kind,
@@ -91,6 +93,7 @@ pub fn inspect(root: &Path) -> Result<ModelInfo, ModelError> {
         dtype,
         size_multiple: vae_spatial * dit.patch_size[1],
         num_heads: dit.num_attention_heads,
+        text_dim: dit.text_dim,
         z_dim: vae_cfg.z_dim,
         vae_spatial,
         two_experts,

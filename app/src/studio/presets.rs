@@ -67,7 +67,8 @@ pub fn apply(p: &Preset, s: &mut Settings) {
 /// A preset name usable as a file stem.
 pub fn valid_name(name: &str) -> Result<&str, String> {
     let name = name.trim();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.')
+    {
         return Err(format!("preset name `{name}`: use letters, digits, `-`, `_` or `.` (it becomes NAME.toml)"));
     }
     Ok(name)

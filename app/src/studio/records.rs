@@ -15,7 +15,7 @@ pub struct RunRecord {
     pub id: u64,
     /// Seconds since the Unix epoch at the end of the run.
     pub finished_unix_secs: u64,
-    /// The job that ran, e.g. "vae decode" or "generate".
+    /// The job that ran ("generate").
     pub job: String,
     pub preset: Option<String>,
     /// Model folder name (or "demo").
@@ -85,7 +85,9 @@ impl RunLog {
         let runs = match std::fs::read_to_string(path) {
             Ok(text) => {
                 serde_json::from_str::<RunFile>(&text)
-                    .map_err(|e| format!("the run history is unreadable ({e}); it will be replaced: {}", path.display()))?
+                    .map_err(|e| {
+                        format!("the run history is unreadable ({e}); it will be replaced: {}", path.display())
+                    })?
                     .runs
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -136,6 +138,7 @@ mod tests {
             start_secs: 0.0,
             seconds,
             peak_bytes,
+            start_bytes: 0,
         };
         RunRecord {
             id,

@@ -1,8 +1,7 @@
-//! One run, on the engine thread: check the request against the model, prepare its inputs, start
-//! (or reuse) the worker world, run the job while forwarding its events, and hand back the video.
-//!
-//! Until the whole-pipeline job lands, a run decodes seeded latents of the requested size with the
-//! model's VAE across the ranks (`Job::VaeDecode`): real workers, real memory, real VAE pieces.
+//! One run, on the engine thread: check the request against the model, prepare the prompt
+//! embeddings, start (or reuse) the worker world, run the whole generation there (`Job::Generate`:
+//! load, sharded denoise, patch-parallel VAE decode) while forwarding its events, and hand back the
+//! video.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,9 +9,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use tessera_engine::media::{self, Frames, OutputKind};
 use tessera_engine::parallel::plan::{ParallelPlan, PlanModel, VaeMode};
-use tessera_engine::pipeline::{sampling, GenerateParams};
+use tessera_engine::pipeline::GenerateParams;
 use tessera_engine::planner::predict::RankPrediction;
-use tessera_engine::runtime::protocol::{DeviceKind, Job, VaeDecodeSpec};
+use tessera_engine::runtime::protocol::{DeviceKind, GenerateSpec, Job};
 use tessera_engine::runtime::{JobEvent, RuntimeError, Supervisor, WorldSpec};
 use tessera_engine::tensor_io;
 
@@ -31,9 +30,19 @@ pub enum ModelChoice {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunRequest {
     pub model: ModelChoice,
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// Input image for image-to-video (only sent when the model takes one).
+    pub image: Option<PathBuf>,
     pub params: GenerateParams,
     pub plan: ParallelPlan,
     pub device: DeviceKind,
+}
+
+impl RunRequest {
+    pub fn is_demo(&self) -> bool {
+        self.model == ModelChoice::Demo
+    }
 }
 
 /// A started world and what it was started for.
@@ -109,36 +118,34 @@ fn run_inner(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) 
         return Err(RunError::Cancelled);
     }
 
-    // Inputs: seeded latents of the requested size (normalised-space noise, as the denoiser starts).
     let work = data_dir.join("work");
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    let latents_path = work.join("latents.safetensors");
     let video_path = work.join("video.safetensors");
-    let shape = [1, info.z_dim, p.latent_frames(), p.height / info.vae_spatial, p.width / info.vae_spatial];
-    let latents =
-        sampling::initial_noise(p.seed, &shape, &Device::Cpu).map_err(|e| format!("making the latents: {e}"))?;
-    tensor_io::write_atomic(&latents_path, &[("latents", latents)]).map_err(|e| e.to_string())?;
-
     let plan = &request.plan;
     let supervisor = start_world(world, plan.ranks, request.device, ctx)?;
     if ctx.cancel.is_requested() {
         return Err(RunError::Cancelled);
     }
-    let spec = VaeDecodeSpec {
+    if plan.text_encoder == tessera_engine::parallel::plan::TextEncoderPlacement::Sharded && info.has_text_encoder {
+        ctx.out.emit(EngineEvent::Preparing("encoding the prompts on the workers".into()));
+    }
+    let (prompt, negative) = super::prompts::embeds(request, &info, &root, supervisor, &work)?;
+    let spec = GenerateSpec {
         model: root.clone(),
-        latents: latents_path,
+        params: p.clone(),
+        plan: *plan,
+        prompt,
+        negative,
+        image: request.image.clone().filter(|_| info.image_input),
+        latents: None,
         out: video_path.clone(),
-        mode: plan.vae_mode,
-        // Tiles mode without tile settings uses diffusers' defaults; halo mode takes none.
-        tiling: match plan.vae_mode {
-            VaeMode::Tiles => plan.vae_tiling.map(|t| t.as_array()),
-            VaeMode::Halo => None,
-        },
-        vae_parallel: Some(plan.vae_parallel),
+        save_latents: None,
+        fps: None,
+        decode: true,
     };
     let handle = supervisor.cancel_handle();
     ctx.cancel.arm(Some(handle.clone()));
-    let result = supervisor.run_job(Job::VaeDecode(spec), |event| {
+    let result = supervisor.run_job(Job::Generate(Box::new(spec)), |event| {
         // `run_job` clears the cancel flag as it starts: a cancel pressed just before is re-applied.
         if matches!(event, JobEvent::Started { .. }) && ctx.cancel.is_requested() {
             handle.cancel();
@@ -157,9 +164,9 @@ fn run_inner(world: &mut Option<World>, request: &RunRequest, ctx: &RunContext) 
         }
     };
     let video = read_video(&video_path)?;
+    // The pipelines' defaults: 24 fps for TI2V (Wan2.2 VAE), 16 otherwise.
     let fps = if info.vae_spatial == 16 { 24.0 } else { 16.0 };
-    let video = Video { frames: Arc::new(video), fps };
-    ctx.out.emit(EngineEvent::Video(video));
+    ctx.out.emit(EngineEvent::Video(Video { frames: Arc::new(video), fps }));
     ctx.out.emit(EngineEvent::Finished(Box::new(result.report)));
     Ok(())
 }
@@ -213,36 +220,32 @@ pub fn explain(err: &RuntimeError) -> String {
     }
 }
 
-/// The planner's per-rank peaks for the job a run starts (today the VAE decode of the request's
-/// latents over `vae_parallel` ranks); `Err` when the model or the request cannot be read.
+/// The planner's per-rank peaks per phase for `request`; `Err` when the model or the request
+/// cannot be read or the plan does not validate.
 pub fn predict(request: &RunRequest, data_dir: Option<&Path>) -> Result<Vec<RankPrediction>, String> {
-    use tessera_engine::planner::predict::{predict_vae_decode, Options, Target};
+    use tessera_engine::planner::{predict, ModelSpec, Options, Request, Target};
     let root = match &request.model {
         ModelChoice::Demo => data_dir.map(|d| d.join("demo-model-v1")).ok_or("no data folder")?,
         ModelChoice::Folder(p) => p.clone(),
     };
-    let spec = tessera_engine::planner::ModelSpec::from_dir(&root).map_err(|e| e.to_string())?;
+    let spec = ModelSpec::from_dir(&root).map_err(|e| e.to_string())?;
     let p = &request.params;
-    let latent = spec.latent_grid(p.height, p.width, p.frames);
     let target = match request.device {
         DeviceKind::Cpu => Target::Cpu,
         DeviceKind::Cuda => Target::Cuda,
     };
-    let tiling = match request.plan.vae_mode {
-        VaeMode::Tiles => Some(request.plan.vae_tiling.unwrap_or_default()),
-        VaeMode::Halo => None,
-    };
     let mut opts = Options::new(target);
     // Each CPU rank gets its share of the cores (as the supervisor sets RAYON_NUM_THREADS).
     opts.threads = (opts.threads / request.plan.ranks.max(1)).max(1);
-    Ok(predict_vae_decode(&spec.vae, latent, request.plan.vae_parallel.max(1), tiling, &opts))
+    let image = request.image.is_some() && spec.index.expand_timesteps;
+    let req = Request { height: p.height, width: p.width, frames: p.frames, guidance: p.guidance, image };
+    Ok(predict(&spec, &req, &request.plan, &opts).map_err(|e| e.to_string())?.ranks)
 }
 
-/// Rank 0's decoded `video` tensor `[B, 3, F, H, W]` in [-1, 1] as RGB8 frames.
+/// Rank 0's `video` tensor `(1, F, 3, H, W)` in [0, 1] as RGB8 frames.
 fn read_video(path: &Path) -> Result<Frames, String> {
     let video = tensor_io::read_tensor(path, "video", DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
-    let unit = sampling::video_to_unit_range(&video).map_err(|e| format!("reading the decoded video: {e}"))?;
-    Frames::from_tensor(&unit).map_err(|e| e.to_string())
+    Frames::from_tensor(&video).map_err(|e| e.to_string())
 }
 
 /// Writes `video` to `path`; the kind follows the name (`.mp4`, `.safetensors`, folder `/`).
@@ -281,6 +284,7 @@ mod tests {
             dtype: "F32".into(),
             size_multiple: 32,
             num_heads: 4,
+            text_dim: 32,
             z_dim: 8,
             vae_spatial: 16,
             two_experts: false,
@@ -300,7 +304,9 @@ mod tests {
         let err = check(&params(200, 256, 9), &plan, &info()).unwrap_err();
         assert_eq!(err, "Invalid size: --height 200 is not a multiple of 32 for this model; nearest valid: 192 or 224");
         let bad = ParallelPlan { ulysses: 1, ..plan };
-        assert!(check(&params(192, 256, 9), &bad, &info()).unwrap_err().starts_with("Invalid parallel plan: --ulysses 1"));
+        assert!(check(&params(192, 256, 9), &bad, &info())
+            .unwrap_err()
+            .starts_with("Invalid parallel plan: --ulysses 1"));
         let wide = ParallelPlan { ranks: 4, ulysses: 4, vae_parallel: 4, ..plan };
         assert!(check(&params(32, 256, 9), &wide, &info()).unwrap_err().contains("at least 4 latent rows"));
     }
@@ -308,7 +314,10 @@ mod tests {
     #[test]
     fn oom_and_exits_name_the_rank_and_a_fix() {
         use tessera_engine::parallel::Rank;
-        let oom = explain(&RuntimeError::WorkerFailed { rank: Rank(1), message: "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into() });
+        let oom = explain(&RuntimeError::WorkerFailed {
+            rank: Rank(1),
+            message: "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
+        });
         assert!(oom.starts_with("Rank 1 ran out of memory") && oom.contains("Fix:"), "{oom}");
         let exit = explain(&RuntimeError::WorkerExited { rank: Rank(0), status: "signal 9 (SIGKILL)".into() });
         assert!(exit.starts_with("Rank 0 exited (signal 9 (SIGKILL))"), "{exit}");

@@ -19,12 +19,19 @@ pub struct Studio {
 /// A studio on `settings`, with a fresh data dir. `probe_devices`: run the device probe at start
 /// (it starts `tessera-worker --doctor`).
 pub fn studio(settings: Settings, probe_devices: bool) -> Studio {
+    build(settings, EngineOptions { skip_device_probe: !probe_devices, ..EngineOptions::default() })
+}
+
+/// A studio whose workers are `worker_exe` (to test start-up failures).
+pub fn studio_with_worker(settings: Settings, worker_exe: &std::path::Path) -> Studio {
+    let options =
+        EngineOptions { worker_exe: Some(worker_exe.into()), skip_device_probe: true, ..EngineOptions::default() };
+    build(settings, options)
+}
+
+fn build(settings: Settings, mut options: EngineOptions) -> Studio {
     let data_dir = tempfile::tempdir().unwrap();
-    let options = EngineOptions {
-        worker_exe: None,
-        data_dir: Some(data_dir.path().to_path_buf()),
-        skip_device_probe: !probe_devices,
-    };
+    options.data_dir = Some(data_dir.path().to_path_buf());
     // The harness makes its own egui context; the engine's repaint requests go to this one, and
     // the tests step the harness themselves.
     let app = StudioApp::with_options(&egui::Context::default(), settings, options).unwrap();
@@ -40,12 +47,20 @@ pub fn studio(settings: Settings, probe_devices: bool) -> Studio {
 
 /// Steps the harness (with short sleeps, so the engine thread makes progress) until `done`
 /// holds; panics with `what` and the app's messages after `timeout`.
-pub fn step_until(harness: &mut Harness<'static, StudioApp>, what: &str, timeout: Duration, done: impl Fn(&StudioApp) -> bool) {
+pub fn step_until(
+    harness: &mut Harness<'static, StudioApp>,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&StudioApp) -> bool,
+) {
     let start = Instant::now();
     while !done(harness.state()) {
         if start.elapsed() > timeout {
             let messages: Vec<String> = harness.state().messages.items.iter().map(|m| m.text.clone()).collect();
-            panic!("timed out after {timeout:?} waiting for {what}; status {:?}; messages {messages:?}", harness.state().live.status);
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; status {:?}; messages {messages:?}",
+                harness.state().live.status
+            );
         }
         harness.step();
         std::thread::sleep(Duration::from_millis(20));

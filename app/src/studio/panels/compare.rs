@@ -43,8 +43,7 @@ fn table_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
                 ui.label(&run.job);
                 ui.label(format!("{:.2} s", run.report.wall_seconds));
                 ui.label(theme::bytes(run.max_peak_bytes()));
-                let phases: Vec<String> =
-                    run.phase_seconds().iter().map(|(n, s)| format!("{n} {s:.2} s")).collect();
+                let phases: Vec<String> = run.phase_seconds().iter().map(|(n, s)| format!("{n} {s:.2} s")).collect();
                 ui.horizontal(|ui| {
                     ui.label(phases.join(", "));
                     if ui.small_button("Delete").clicked() {

@@ -28,7 +28,9 @@ fn status_ui(ui: &mut egui::Ui, live: &LiveRun) {
     let text = match &live.status {
         RunStatus::Idle => "Idle: press Generate.".to_string(),
         RunStatus::Preparing(what) => format!("Preparing: {what}…"),
-        RunStatus::Running => format!("Running on {} rank{}", live.world_size, if live.world_size == 1 { "" } else { "s" }),
+        RunStatus::Running => {
+            format!("Running on {} rank{}", live.world_size, if live.world_size == 1 { "" } else { "s" })
+        }
         RunStatus::Finished { wall_seconds } => format!("Finished in {wall_seconds:.2} s"),
         RunStatus::Failed(e) => format!("Failed: {e}"),
         RunStatus::Cancelled => "Cancelled".to_string(),
@@ -77,8 +79,10 @@ fn memory_chart_ui(ui: &mut egui::Ui, live: &LiveRun, predicted: &[(usize, u64)]
             }
             for (rank, trace) in live.ranks.iter().enumerate() {
                 let color = theme::rank_color(rank);
-                let used: PlotPoints = trace.memory.iter().map(|m| [m.elapsed_secs, m.used_bytes as f64 / MIB]).collect();
-                let peak: PlotPoints = trace.memory.iter().map(|m| [m.elapsed_secs, m.peak_bytes as f64 / MIB]).collect();
+                let used: PlotPoints =
+                    trace.memory.iter().map(|m| [m.elapsed_secs, m.used_bytes as f64 / MIB]).collect();
+                let peak: PlotPoints =
+                    trace.memory.iter().map(|m| [m.elapsed_secs, m.peak_bytes as f64 / MIB]).collect();
                 plot.line(Line::new(format!("rank {rank} used"), used).color(color).width(2.0));
                 plot.line(
                     Line::new(format!("rank {rank} peak"), peak).color(color).style(LineStyle::Dotted { spacing: 6.0 }),

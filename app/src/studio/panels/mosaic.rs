@@ -14,10 +14,7 @@ const MAX_CANVAS_HEIGHT: f32 = 360.0;
 
 /// `[y, x, h, w]` in pixels → a rect on a canvas at `origin` scaled by `scale`.
 fn rect_on_canvas(origin: Pos2, scale: f32, [y, x, h, w]: [usize; 4]) -> Rect {
-    Rect::from_min_size(
-        origin + Vec2::new(x as f32, y as f32) * scale,
-        Vec2::new(w as f32, h as f32) * scale,
-    )
+    Rect::from_min_size(origin + Vec2::new(x as f32, y as f32) * scale, Vec2::new(w as f32, h as f32) * scale)
 }
 
 /// Pieces of `chunk` (tiles cover all frames and are always shown).

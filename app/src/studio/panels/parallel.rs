@@ -6,8 +6,8 @@ use tessera_engine::parallel::plan::{PlanModel, TextEncoderPlacement, TilingSpec
 use tessera_engine::runtime::protocol::DeviceKind;
 
 use crate::studio::app::StudioApp;
-use crate::studio::settings_ui::field;
 use crate::studio::engine_thread::Command;
+use crate::studio::settings_ui::field;
 use crate::studio::{presets, theme};
 
 pub fn parallel_ui(ui: &mut egui::Ui, app: &mut StudioApp) {

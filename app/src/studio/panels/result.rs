@@ -70,6 +70,9 @@ mod tests {
     #[test]
     fn targets_follow_the_output_name() {
         let t = super::save_targets("out/clip.mp4");
-        assert_eq!(t.map(|(_, p)| p.display().to_string()), ["out/clip.mp4", "out/clip-frames/", "out/clip.safetensors"]);
+        assert_eq!(
+            t.map(|(_, p)| p.display().to_string()),
+            ["out/clip.mp4", "out/clip-frames/", "out/clip.safetensors"]
+        );
     }
 }

@@ -95,8 +95,10 @@ fn image_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     let wants_image = matches!(&app.model.info, Some(Ok(i)) if i.image_input);
     ui.horizontal(|ui| {
         let label = ui.label("Input image");
-        ui.add(egui::TextEdit::singleline(&mut app.settings.image).desired_width(170.0).hint_text("none (text-to-video)"))
-            .labelled_by(label.id);
+        ui.add(
+            egui::TextEdit::singleline(&mut app.settings.image).desired_width(170.0).hint_text("none (text-to-video)"),
+        )
+        .labelled_by(label.id);
         if ui.button("Browse…").on_hover_text("PNG or JPEG for image-to-video").clicked() {
             app.background.pick(Target::Image, ui.ctx());
         }
@@ -145,7 +147,11 @@ fn size_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     };
     if let Err(e) = params(s).validate(multiple) {
         ui.colored_label(theme::BAD, e.to_string());
-        if ui.button("Snap to valid").on_hover_text("Round width and height to the model's multiple, frames to 4k+1").clicked() {
+        if ui
+            .button("Snap to valid")
+            .on_hover_text("Round width and height to the model's multiple, frames to 4k+1")
+            .clicked()
+        {
             snap(s, multiple);
         }
     }
