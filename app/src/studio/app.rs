@@ -20,6 +20,9 @@ use super::records::{RunLog, RunRecord};
 use super::runner::{ModelChoice, RunRequest};
 use super::state::{LiveRun, MemoryPoint, Messages, PhaseBand, PieceView, RunStatus, Settings, Tab, ViewState};
 
+/// The thumbnail "error" while it is being decoded.
+pub const LOADING: &str = "loading";
+
 /// eframe storage key of [`Settings`].
 pub const SETTINGS_KEY: &str = "tessera.studio.settings";
 
@@ -356,7 +359,7 @@ impl StudioApp {
                     }
                 }
                 Done::Thumbnail(path, result) => {
-                    if path == PathBuf::from(self.settings.image.trim()) {
+                    if path.as_os_str() == self.settings.image.trim() {
                         let texture = result.map(|img| ctx.load_texture("input-image", img, TextureOptions::LINEAR));
                         self.thumbnail = Some((path, texture));
                     }
@@ -369,7 +372,7 @@ impl StudioApp {
             self.thumbnail = None;
         } else if shown.as_ref() != Some(&image) && image.is_file() {
             // Mark as requested (with no texture yet) so it is decoded once.
-            self.thumbnail = Some((image.clone(), Err("loading…".into())));
+            self.thumbnail = Some((image.clone(), Err(LOADING.into())));
             self.background.thumbnail(image, ctx);
         }
     }

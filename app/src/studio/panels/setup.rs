@@ -4,7 +4,7 @@
 use eframe::egui;
 use tessera_engine::pipeline::GenerateParams;
 
-use crate::studio::app::StudioApp;
+use crate::studio::app::{StudioApp, LOADING};
 use crate::studio::browse::Target;
 use crate::studio::settings_ui::{field, labelled_text};
 use crate::studio::state::Settings;
@@ -69,7 +69,7 @@ fn model_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     }
     match &app.model.info {
         Some(Ok(info)) => {
-            ui.label(format!("{}", info.kind));
+            ui.label(&info.kind);
             ui.label(format!(
                 "{} of {} weights{}",
                 theme::bytes(info.weights_bytes),
@@ -77,8 +77,7 @@ fn model_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
                 if info.has_text_encoder { ", text encoder present" } else { "" }
             ));
         }
-        Some(Err(e)) if app.settings.use_demo => {
-            let _ = e;
+        Some(Err(_)) if app.settings.use_demo => {
             ui.label("The demo model is written to the data folder at the first Generate.");
         }
         Some(Err(e)) => {
@@ -109,6 +108,9 @@ fn image_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     match &app.thumbnail {
         Some((_, Ok(texture))) => {
             ui.image((texture.id(), texture.size_vec2()));
+        }
+        Some((_, Err(e))) if e == LOADING => {
+            ui.weak("Loading the thumbnail…");
         }
         Some((path, Err(e))) => {
             ui.colored_label(theme::BAD, format!("cannot read {}: {e}", path.display()));
