@@ -80,6 +80,18 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     h.get_by_label_contains("#1 demo 128×64×5, 2 ranks (halo)");
     let saved = std::fs::read_to_string(s.data_dir.path().join("runs.json")).unwrap();
     assert!(saved.contains("\"wall_seconds\""), "{saved}");
+
+    // A second run (same world), then diff the two.
+    h.get_by_label("Generate").click();
+
+    step_until(h, "the second run", Duration::from_secs(300), |app| app.runs.runs.len() == 2);
+    for title in ["#1 demo 128×64×5, 2 ranks (halo)", "#2 demo 128×64×5, 2 ranks (halo)"] {
+        h.get_by_role_and_label(Role::CheckBox, title).click();
+        h.run_steps(2);
+    }
+    assert_eq!(h.state().view.compare_selected, [1, 2]);
+    h.get_by_label("#1 demo 128×64×5, 2 ranks (halo)  ->  #2 demo 128×64×5, 2 ranks (halo)");
+    h.get_by_label_contains("denoise: ");
 }
 
 #[test]

@@ -25,21 +25,20 @@ pub fn compare_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
 fn table_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     let mut delete = None;
     egui::ScrollArea::vertical().id_salt("runs-table").max_height(180.0).show(ui, |ui| {
-        egui::Grid::new("runs-grid").striped(true).num_columns(6).show(ui, |ui| {
-            for h in ["", "run", "job", "wall", "max peak", "phases"] {
+        egui::Grid::new("runs-grid").striped(true).num_columns(5).show(ui, |ui| {
+            for h in ["run (tick two to diff)", "job", "wall", "max peak", "phases"] {
                 ui.strong(h);
             }
             ui.end_row();
             for run in &app.runs.runs {
                 let mut ticked = app.view.compare_selected.contains(&run.id);
-                if ui.checkbox(&mut ticked, "").on_hover_text("Tick two runs to diff them").changed() {
+                if ui.checkbox(&mut ticked, run.title()).on_hover_text("Tick two runs to diff them").changed() {
                     if ticked {
                         app.view.compare_selected.push(run.id);
                     } else {
                         app.view.compare_selected.retain(|id| *id != run.id);
                     }
                 }
-                ui.label(run.title());
                 ui.label(&run.job);
                 ui.label(format!("{:.2} s", run.report.wall_seconds));
                 ui.label(theme::bytes(run.max_peak_bytes()));
@@ -69,10 +68,10 @@ fn diff_ui(ui: &mut egui::Ui, app: &StudioApp) {
         ui.weak("Tick two runs to see their difference.");
         return;
     };
-    ui.strong(format!("{}  →  {}", a.title(), b.title()));
+    ui.strong(format!("{}  ->  {}", a.title(), b.title()));
     let pct = |x: f64, y: f64| if x > 0.0 { format!("{:+.0}%", (y - x) / x * 100.0) } else { "n/a".into() };
     ui.label(format!(
-        "wall {:.2} s → {:.2} s ({}); max peak {} → {} ({})",
+        "wall {:.2} s -> {:.2} s ({}); max peak {} -> {} ({})",
         a.report.wall_seconds,
         b.report.wall_seconds,
         pct(a.report.wall_seconds, b.report.wall_seconds),
@@ -82,7 +81,7 @@ fn diff_ui(ui: &mut egui::Ui, app: &StudioApp) {
     ));
     for (name, sa) in a.phase_seconds() {
         if let Some((_, sb)) = b.phase_seconds().into_iter().find(|(n, _)| *n == name) {
-            ui.label(format!("{name}: {sa:.2} s → {sb:.2} s ({})", pct(sa, sb)));
+            ui.label(format!("{name}: {sa:.2} s -> {sb:.2} s ({})", pct(sa, sb)));
         }
     }
 }
@@ -93,21 +92,25 @@ fn charts_ui(ui: &mut egui::Ui, runs: &[RunRecord]) {
     let width = 0.8 / max_ranks as f64;
     ui.columns(2, |cols| {
         cols[0].label("Peak memory per rank (MiB), by run");
-        Plot::new("compare-memory").legend(Legend::default()).height(200.0).show(&mut cols[0], |plot| {
-            for rank in 0..max_ranks {
-                let bars = runs
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, run)| {
-                        let r = run.report.ranks.get(rank)?;
-                        let peak = r.phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0).max(r.peak_bytes);
-                        let x = i as f64 + (rank as f64 - (max_ranks - 1) as f64 / 2.0) * width;
-                        Some(Bar::new(x, peak as f64 / MIB).width(width).name(format!("#{}", run.id)))
-                    })
-                    .collect();
-                plot.bar_chart(BarChart::new(format!("rank {rank}"), bars).color(theme::rank_color(rank)));
-            }
-        });
+        Plot::new("compare-memory")
+            .legend(Legend::default())
+            .height(200.0)
+            .x_axis_label("run (table order, from 0)")
+            .show(&mut cols[0], |plot| {
+                for rank in 0..max_ranks {
+                    let bars = runs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, run)| {
+                            let r = run.report.ranks.get(rank)?;
+                            let peak = r.phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0).max(r.peak_bytes);
+                            let x = i as f64 + (rank as f64 - (max_ranks - 1) as f64 / 2.0) * width;
+                            Some(Bar::new(x, peak as f64 / MIB).width(width).name(format!("#{}", run.id)))
+                        })
+                        .collect();
+                    plot.bar_chart(BarChart::new(format!("rank {rank}"), bars).color(theme::rank_color(rank)));
+                }
+            });
         let mut phases: Vec<String> = Vec::new();
         for run in runs {
             for (name, _) in run.phase_seconds() {
@@ -118,19 +121,23 @@ fn charts_ui(ui: &mut egui::Ui, runs: &[RunRecord]) {
         }
         let width = 0.8 / phases.len().max(1) as f64;
         cols[1].label("Time per phase (s), by run");
-        Plot::new("compare-time").legend(Legend::default()).height(200.0).show(&mut cols[1], |plot| {
-            for (k, phase) in phases.iter().enumerate() {
-                let bars = runs
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, run)| {
-                        let (_, s) = run.phase_seconds().into_iter().find(|(n, _)| n == phase)?;
-                        let x = i as f64 + (k as f64 - (phases.len() - 1) as f64 / 2.0) * width;
-                        Some(Bar::new(x, s).width(width).name(format!("#{}", run.id)))
-                    })
-                    .collect();
-                plot.bar_chart(BarChart::new(phase.clone(), bars).color(theme::rank_color(k + 4)));
-            }
-        });
+        Plot::new("compare-time")
+            .legend(Legend::default())
+            .height(200.0)
+            .x_axis_label("run (table order, from 0)")
+            .show(&mut cols[1], |plot| {
+                for (k, phase) in phases.iter().enumerate() {
+                    let bars = runs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, run)| {
+                            let (_, s) = run.phase_seconds().into_iter().find(|(n, _)| n == phase)?;
+                            let x = i as f64 + (k as f64 - (phases.len() - 1) as f64 / 2.0) * width;
+                            Some(Bar::new(x, s).width(width).name(format!("#{}", run.id)))
+                        })
+                        .collect();
+                    plot.bar_chart(BarChart::new(phase.clone(), bars).color(theme::rank_color(k + 4)));
+                }
+            });
     });
 }

@@ -96,7 +96,10 @@ pub fn inspector_window(ctx: &egui::Context, app: &mut StudioApp) {
     let texture = app.textures.pieces.get(index).cloned().flatten();
     let mut open = true;
     let zoom = &mut app.view.inspector_zoom;
-    egui::Window::new(format!("Piece {} inspector", view.arrival)).open(&mut open).resizable(true).show(ctx, |ui| {
+    // Opens at the right edge, clear of the top bar and the setup panel.
+    let default_pos = egui::pos2(ctx.content_rect().right() - 400.0, 60.0);
+    let window = egui::Window::new(format!("Piece {} inspector", view.arrival)).default_pos(default_pos);
+    window.open(&mut open).resizable(true).show(ctx, |ui| {
         let p = &view.piece;
         egui::Grid::new("inspector-grid").num_columns(2).show(ui, |ui| {
             let row = |ui: &mut egui::Ui, k: &str, v: String| {
