@@ -1,16 +1,11 @@
-//! `tessera`: the Tessera command line (and, later, the studio when run without arguments).
-//!
-//! - `cmd/`: one module per subcommand; each parses its own clap `Args` and returns `anyhow::Result`.
-//! - `report.rs`: turning errors into one actionable line.
-//! - `progress.rs`: terminal progress bars.
+//! `tessera`: the Tessera command line; without a subcommand it opens the studio. The code lives in
+//! the `tessera_app` library (`lib.rs`), so tests can reach it.
 //!
 //! This binary never links CUDA: GPU work runs in `tessera-worker` processes.
 
 #![deny(unsafe_code)]
 
-mod cmd;
-mod progress;
-mod report;
+use tessera_app::{cmd, report, studio};
 
 use std::process::ExitCode;
 
@@ -47,11 +42,7 @@ fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        None => {
-            use clap::CommandFactory;
-            let _ = Cli::command().print_help();
-            Ok(())
-        }
+        None => studio::run(),
         Some(Command::Vae(c)) => cmd::vae::run(c),
         Some(Command::MakeModel(a)) => cmd::make_model::run(a),
         Some(Command::Bench(c)) => cmd::bench::run(c),

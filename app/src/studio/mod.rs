@@ -1,0 +1,49 @@
+//! The studio: an eframe app to set up a generation, choose the parallel plan, and watch every
+//! device work (memory over time, progress, VAE pieces as they decode), then compare runs.
+//!
+//! - `app.rs`: [`StudioApp`] (eframe `App`): drains engine events in `logic`, draws in `ui`.
+//! - `state.rs`: plain structs (settings, the live run, messages, what is on screen).
+//! - `engine_thread.rs`: the background thread owning the worker world; commands down, events up.
+//! - `runner.rs`: one run on the engine thread (checks, world, `Generate` job, video);
+//!   `prompts.rs`: its prompt embeddings.
+//! - `panels/`: Setup, Parallel, Live, Mosaic (+ inspector), Result, Compare, messages.
+//! - `demo.rs`: the built-in demo model; `model_info.rs`: reading a model folder;
+//!   `records.rs`: the persisted run history; `presets.rs`: preset files; `browse.rs`: file pickers and thumbnails;
+//!   `theme.rs`: colours; `settings_ui.rs`: labelled form fields.
+//!
+//! Failure handling: a bad request (size, plan, model folder) is refused before anything starts,
+//! with the nearest valid values; a worker failure (exit, OOM, error) stops that world and shows a
+//! dismissible message naming the rank; the next Generate starts fresh workers.
+
+pub mod app;
+pub mod browse;
+pub mod demo;
+pub mod engine_thread;
+pub mod model_info;
+pub mod panels;
+pub mod presets;
+pub mod prompts;
+pub mod records;
+pub mod runner;
+pub mod settings_ui;
+pub mod state;
+pub mod theme;
+
+pub use app::StudioApp;
+
+/// Opens the studio window (what `tessera` with no arguments does).
+pub fn run() -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: eframe::egui::ViewportBuilder::default()
+            .with_title("Tessera studio")
+            .with_inner_size([1280.0, 820.0])
+            .with_min_inner_size([900.0, 600.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Tessera studio",
+        options,
+        Box::new(|cc| Ok(Box::new(StudioApp::new(cc)?) as Box<dyn eframe::App>)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the studio window: {e}"))
+}

@@ -1,0 +1,225 @@
+//! Setup panel: model folder (or the demo), prompts, input image, size, frames, schedule, seed and
+//! output path. Problems show inline (red) as soon as they are known.
+
+use eframe::egui;
+use tessera_engine::pipeline::GenerateParams;
+
+use crate::studio::app::{StudioApp, LOADING};
+use crate::studio::browse::Target;
+use crate::studio::settings_ui::{field, labelled_text};
+use crate::studio::state::Settings;
+use crate::studio::{demo, theme};
+
+/// Common sizes (width × height); all multiples of 32, so valid for every Wan model.
+pub const RESOLUTIONS: [(&str, usize, usize); 5] = [
+    ("Demo 256×192", 256, 192),
+    ("Square 512×512", 512, 512),
+    ("480p 832×480", 832, 480),
+    ("720p 1280×704", 1280, 704),
+    ("Portrait 480×832", 480, 832),
+];
+
+/// The generation parameters of the settings.
+pub fn params(s: &Settings) -> GenerateParams {
+    GenerateParams {
+        height: s.height,
+        width: s.width,
+        frames: s.frames,
+        steps: s.steps,
+        guidance: s.guidance,
+        guidance_2: Some(s.guidance_2),
+        shift: s.shift,
+        seed: s.seed,
+    }
+}
+
+pub fn setup_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    model_ui(ui, app);
+    ui.separator();
+    let s = &mut app.settings;
+    labelled_text(ui, "Prompt", &mut s.prompt, true);
+    labelled_text(ui, "Negative prompt", &mut s.negative_prompt, true);
+    image_ui(ui, app);
+    ui.separator();
+    size_ui(ui, app);
+    ui.separator();
+    schedule_ui(ui, app);
+    ui.separator();
+    ui.horizontal(|ui| {
+        let label = ui.label("Output");
+        ui.add(egui::TextEdit::singleline(&mut app.settings.output).desired_width(180.0)).labelled_by(label.id);
+        if ui.button("Browse…").on_hover_text("Choose where Save writes").clicked() {
+            app.background.pick(Target::Output, ui.ctx());
+        }
+    });
+}
+
+fn model_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    ui.checkbox(&mut app.settings.use_demo, "Demo model (2 CPU virtual devices)");
+    if app.settings.use_demo {
+        ui.colored_label(theme::NOTE, demo::NOISE_NOTE);
+    } else {
+        ui.horizontal(|ui| {
+            let label = ui.label("Model folder");
+            ui.add(egui::TextEdit::singleline(&mut app.settings.model_dir).desired_width(170.0)).labelled_by(label.id);
+            if ui.button("Browse…").on_hover_text("Pick a diffusers Wan pipeline folder").clicked() {
+                app.background.pick(Target::ModelFolder, ui.ctx());
+            }
+        });
+    }
+    match &app.model.info {
+        Some(Ok(info)) => {
+            ui.label(&info.kind);
+            ui.label(format!(
+                "{} of {} weights{}",
+                theme::bytes(info.weights_bytes),
+                info.dtype,
+                if info.has_text_encoder { ", text encoder present" } else { "" }
+            ));
+        }
+        Some(Err(_)) if app.settings.use_demo => {
+            ui.label("The demo model is written to the data folder at the first Generate.");
+        }
+        Some(Err(e)) => {
+            ui.colored_label(theme::BAD, e);
+        }
+        None if app.model.path.as_os_str().is_empty() => {}
+        None => {
+            ui.label("Reading the model folder…");
+        }
+    }
+}
+
+fn image_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let wants_image = matches!(&app.model.info, Some(Ok(i)) if i.image_input);
+    ui.horizontal(|ui| {
+        let label = ui.label("Input image");
+        ui.add(
+            egui::TextEdit::singleline(&mut app.settings.image).desired_width(170.0).hint_text("none (text-to-video)"),
+        )
+        .labelled_by(label.id);
+        if ui.button("Browse…").on_hover_text("PNG or JPEG for image-to-video").clicked() {
+            app.background.pick(Target::Image, ui.ctx());
+        }
+    });
+    if !wants_image && !app.settings.image.trim().is_empty() {
+        ui.colored_label(theme::NOTE, "This model takes no input image; it will be ignored.");
+    }
+    match &app.thumbnail {
+        Some((_, Ok(texture))) => {
+            ui.image((texture.id(), texture.size_vec2()));
+        }
+        Some((_, Err(e))) if e == LOADING => {
+            ui.weak("Loading the thumbnail…");
+        }
+        Some((path, Err(e))) => {
+            ui.colored_label(theme::BAD, format!("cannot read {}: {e}", path.display()));
+        }
+        None => {}
+    }
+}
+
+fn size_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let s = &mut app.settings;
+    let current = RESOLUTIONS.iter().find(|(_, w, h)| *w == s.width && *h == s.height).map(|r| r.0).unwrap_or("Custom");
+    ui.horizontal(|ui| {
+        let label = ui.label("Resolution");
+        egui::ComboBox::from_id_salt("resolution")
+            .selected_text(current)
+            .show_ui(ui, |ui| {
+                for (name, w, h) in RESOLUTIONS {
+                    if ui.selectable_label(current == name, name).clicked() {
+                        s.width = w;
+                        s.height = h;
+                    }
+                }
+            })
+            .response
+            .labelled_by(label.id);
+    });
+    egui::Grid::new("size-grid").num_columns(2).show(ui, |ui| {
+        field(ui, "Width", egui::DragValue::new(&mut s.width).range(16..=4096).speed(16));
+        field(ui, "Height", egui::DragValue::new(&mut s.height).range(16..=4096).speed(16));
+        field(ui, "Frames", egui::DragValue::new(&mut s.frames).range(1..=257).speed(4));
+    });
+    let multiple = match &app.model.info {
+        Some(Ok(info)) => info.size_multiple,
+        // The demo (and every Wan2.2 model) uses 32 until the folder is read.
+        _ => 32,
+    };
+    if let Err(e) = params(s).validate(multiple) {
+        ui.colored_label(theme::BAD, e.to_string());
+        if ui
+            .button("Snap to valid")
+            .on_hover_text("Round width and height to the model's multiple, frames to 4k+1")
+            .clicked()
+        {
+            snap(s, multiple);
+        }
+    }
+}
+
+/// Rounds the size to the nearest valid values.
+pub fn snap(s: &mut Settings, multiple: usize) {
+    let round = |v: usize| ((v + multiple / 2) / multiple).max(1) * multiple;
+    s.width = round(s.width);
+    s.height = round(s.height);
+    s.frames = (s.frames.saturating_sub(1) + 2) / 4 * 4 + 1;
+}
+
+fn schedule_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let two_experts = matches!(&app.model.info, Some(Ok(i)) if i.two_experts);
+    let s = &mut app.settings;
+    egui::Grid::new("schedule-grid").num_columns(2).show(ui, |ui| {
+        field(ui, "Steps", egui::DragValue::new(&mut s.steps).range(1..=200));
+        field(ui, "Guidance", egui::DragValue::new(&mut s.guidance).range(0.0..=20.0).speed(0.1));
+        if two_experts {
+            field(ui, "Guidance 2", egui::DragValue::new(&mut s.guidance_2).range(0.0..=20.0).speed(0.1));
+        }
+        let label = ui.label("Shift");
+        ui.horizontal(|ui| {
+            let mut custom = s.shift.is_some();
+            if ui.checkbox(&mut custom, "override").labelled_by(label.id).changed() {
+                s.shift = custom.then_some(5.0);
+            }
+            if let Some(shift) = &mut s.shift {
+                ui.add(egui::DragValue::new(shift).range(0.1..=20.0).speed(0.1));
+            }
+        });
+        ui.end_row();
+        let label = ui.label("Seed");
+        ui.horizontal(|ui| {
+            ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(label.id);
+            if ui.button("Random").on_hover_text("Roll a new seed").clicked() {
+                s.seed = rand_seed();
+            }
+        });
+        ui.end_row();
+    });
+}
+
+/// A seed from the clock (no RNG dependency needed for one number).
+fn rand_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    // SplitMix64 finaliser: nearby clock values give unrelated seeds.
+    let mut z = nanos as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapping_gives_valid_params() {
+        let mut s = Settings { width: 250, height: 200, frames: 10, ..Settings::default() };
+        snap(&mut s, 32);
+        assert_eq!((s.width, s.height, s.frames), (256, 192, 9));
+        assert!(params(&s).validate(32).is_ok());
+        for (_, w, h) in RESOLUTIONS {
+            assert!(params(&Settings { width: w, height: h, ..Settings::default() }).validate(32).is_ok());
+        }
+    }
+}
