@@ -136,6 +136,9 @@ fn invalid_plans_are_rejected_up_front_with_a_valid_plan() {
     assert!(line.contains("needs classifier-free guidance"), "{line}");
     let line = rejected(&["--ulysses", "2", "--vae-mode", "halo", "--tiling", "256,256,192,192"]);
     assert!(line.contains("drop --tiling"), "{line}");
+    // Request sizes too, against the model's VAE and patch, before the workers start.
+    let line = rejected(&["--ulysses", "2", "--width", "120"]);
+    assert!(line.contains("--width 120 is not a multiple of 32 for this model; nearest valid: 96 or 128"), "{line}");
 }
 
 /// `--report`: every rank reports its resident weights, step times and time in collectives; with
@@ -302,4 +305,58 @@ fn two_experts_both_sharded() {
             assert!(mine <= 2 * (stem + 2 * block / f + 4096), "rank {}: {mine} B", rank["rank"]);
         }
     }
+}
+
+/// `--preset`: the plan comes from the preset file, explicit flags override it field by field.
+#[test]
+fn preset_supplies_the_plan_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let preset = tmp.path().join("u2c2.toml");
+    std::fs::write(&preset, "# Test preset.\n[plan]\nranks = 4\nulysses = 2\ncfg_parallel = 2\nfsdp = 4\n").unwrap();
+    let dir = case_dir("golden", "pipeline");
+    let golden = video(&dir.join("outputs.safetensors"));
+    for (name, extra) in [("preset", &[][..]), ("override", &["--fsdp", "2"][..])] {
+        let (out, report) = (tmp.path().join(format!("{name}.safetensors")), tmp.path().join(format!("{name}.json")));
+        let flags = [&["--preset", preset.to_str().unwrap(), "--report", report.to_str().unwrap()][..], extra].concat();
+        let o = generate(&dir, &out, &flags);
+        assert!(o.status.success(), "{name}: {}", error_line(&o));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!((r["plan"]["ranks"].as_u64(), r["plan"]["ulysses"].as_u64()), (Some(4), Some(2)));
+        assert_eq!(r["plan"]["fsdp"].as_u64(), Some(if name == "preset" { 4 } else { 2 }));
+        let (_, rel) = errors(&video(&out), &golden);
+        assert!(rel <= 1e-3, "{name}: rel {rel:.2e}");
+    }
+    let line = rejected(&["--preset", preset.to_str().unwrap(), "--ulysses", "4"]);
+    assert!(line.contains("≠ --ranks 4"), "{line}");
+}
+
+/// `--preset`: the CPU demo preset's plan (Ulysses 2, halo VAE over 2 ranks) runs the golden
+/// pipeline and equals the single-device run; a flag given beside it overrides its field.
+#[test]
+fn presets_drive_the_parallel_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = case_dir("golden", "pipeline");
+    let preset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../presets/cpu-demo.toml");
+    let single = tmp.path().join("single.safetensors");
+    assert!(generate(&dir, &single, &[]).status.success());
+    let report = tmp.path().join("report.json");
+    let out = tmp.path().join("preset.safetensors");
+    let o = generate(
+        &dir,
+        &out,
+        &["--preset", preset.to_str().unwrap(), "--vae-parallel", "1", "--report", report.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", error_line(&o));
+    let (max, rel) = errors(&video(&out), &video(&single));
+    println!("cpu-demo preset vs single device: max_abs {max:.2e} rel {rel:.2e}");
+    assert!(rel <= 1e-4);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["plan"]["ulysses"], 2, "the preset's Ulysses degree");
+    assert_eq!(r["plan"]["vae_parallel"], 1, "the explicit flag wins over the preset");
+    // A broken preset names the key.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[plan]\nranks = 2\nulysess = 2\n").unwrap();
+    let o = generate(&dir, &tmp.path().join("x.safetensors"), &["--preset", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(error_line(&o).contains("ulysess"), "{}", error_line(&o));
 }

@@ -96,6 +96,10 @@ pub struct GenerateArgs {
     /// Where the UMT5 text encoder runs: cpu (this process) or sharded (across the ranks).
     #[arg(long, value_enum)]
     pub text_encoder: Option<tessera_engine::parallel::plan::TextEncoderPlacement>,
+    /// A parallel preset (presets/NAME.toml): its plan, with any of the flags above overriding it
+    /// field by field. Check it first with `tessera plan --preset FILE`.
+    #[arg(long)]
+    pub preset: Option<PathBuf>,
     /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
     #[arg(long)]
     pub fps: Option<f64>,
@@ -149,6 +153,7 @@ impl GenerateArgs {
             || self.vae_mode.is_some()
             || self.tiling.is_some()
             || self.text_encoder.is_some()
+            || self.preset.is_some()
     }
 }
 

@@ -22,8 +22,26 @@ use tessera_engine::weights::load_config;
 
 use super::generate::GenerateArgs;
 
-/// The plan the flags ask for: `--ranks` defaults to U × C, `--ulysses` to ranks / C.
-pub fn plan_from_args(a: &GenerateArgs) -> ParallelPlan {
+/// The plan: `--preset`'s with the explicit flags on top, or the flags alone.
+pub fn plan_from_args(a: &GenerateArgs) -> Result<ParallelPlan> {
+    let Some(path) = &a.preset else { return Ok(plan_from_flags(a)) };
+    let preset = tessera_engine::planner::preset::load(path)
+        .with_context(|| format!("loading the preset {}", path.display()))?;
+    let explicit = tessera_engine::planner::preset::Explicit {
+        ranks: a.ranks,
+        ulysses: a.ulysses,
+        cfg_parallel: a.cfg_parallel,
+        fsdp: a.fsdp,
+        vae_parallel: a.vae_parallel,
+        vae_mode: a.vae_mode,
+        vae_tiling: a.tiling,
+        text_encoder: a.text_encoder,
+        ..Default::default()
+    };
+    Ok(preset.apply(&explicit).plan)
+}
+
+fn plan_from_flags(a: &GenerateArgs) -> ParallelPlan {
     let cfg_parallel = a.cfg_parallel.unwrap_or(1);
     let ranks = a.ranks.unwrap_or(a.ulysses.unwrap_or(1) * cfg_parallel);
     let ulysses = a.ulysses.unwrap_or(ranks.checked_div(cfg_parallel).unwrap_or(ranks));
@@ -126,11 +144,13 @@ fn encode_in_world(
 
 pub fn run(a: &GenerateArgs) -> Result<()> {
     OutputKind::of(&a.out).map_err(anyhow::Error::msg)?;
-    let plan = plan_from_args(a);
+    let plan = plan_from_args(a)?;
     let dit: DitConfig = load_config(&a.model.join("transformer"))
         .with_context(|| format!("reading the transformer config of {}", a.model.display()))?;
     plan.validate(PlanModel { num_heads: dit.num_attention_heads, cfg: a.guidance > 1.0 })?;
-    params(a).validate(1)?; // frames/steps/guidance now; sizes on the workers (they know the VAE)
+    let vae: tessera_engine::models::wan::vae::Config =
+        load_config(&tessera_engine::weights::component_dir(&a.model, "vae")?)?;
+    params(a).validate(vae.scale_factor_spatial * dit.patch_size[1])?;
     let device = if a.device == "cuda" { DeviceKind::Cuda } else { DeviceKind::Cpu };
     let sharded_text = plan.text_encoder == TextEncoderPlacement::Sharded;
     let host_embeds = if sharded_text { None } else { Some(embeds(a)?) };

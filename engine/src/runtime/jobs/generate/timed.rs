@@ -100,3 +100,32 @@ impl Collective for TimedComm {
         Ok(Arc::new(Self { inner: self.inner.sub_group(ranks)?, stats: self.stats.clone() }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parallel::comm::ThreadComm;
+    use candle_core::Device;
+
+    /// Ops on the wrapper and on its sub-groups land in the same counters, with the input's bytes.
+    #[test]
+    fn counts_ops_of_the_world_and_its_sub_groups() {
+        let comms = ThreadComm::world(2, std::time::Duration::from_secs(10));
+        std::thread::scope(|s| {
+            for comm in comms {
+                s.spawn(move || {
+                    let stats = Arc::new(CommStats::default());
+                    let world = TimedComm::new(Arc::new(comm), stats.clone());
+                    let xs = Tensor::ones(8, DType::F32, &Device::Cpu).unwrap();
+                    let out = world.all_gather(&xs, 0).unwrap();
+                    assert_eq!(out.dims(), &[16]);
+                    let pair = world.sub_group(&[Rank(0), Rank(1)]).unwrap();
+                    pair.all_reduce_sum(&xs).unwrap();
+                    pair.barrier().unwrap();
+                    assert_eq!((stats.calls(), stats.bytes()), (3, 64));
+                    assert!(stats.seconds() > 0.0);
+                });
+            }
+        });
+    }
+}
