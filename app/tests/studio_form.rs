@@ -92,3 +92,37 @@ fn settings_persist_through_eframe_storage() {
     let back: Settings = eframe::get_value(&storage, tessera_app::studio::app::SETTINGS_KEY).unwrap();
     assert_eq!(back, s.harness.state().settings);
 }
+
+#[test]
+fn picking_a_preset_sets_the_plan_and_size_and_a_plan_saves_as_a_preset() {
+    let mut s = studio(Settings::default(), false);
+    let h = &mut s.harness;
+    step_until(h, "the presets", Duration::from_secs(30), |app| !app.presets.is_empty());
+    h.get_by_role_and_label(Role::ComboBox, "Preset").click();
+    h.run_steps(2);
+    h.get_by_label("cpu-demo").click();
+    h.run_steps(2);
+    let app = h.state();
+    let preset = app.presets.iter().find(|p| p.name == "cpu-demo").unwrap();
+    assert_eq!(app.settings.plan, preset.plan);
+    assert_eq!(app.settings.preset.as_deref(), Some("cpu-demo"));
+    assert_eq!(Some(app.settings.height), preset.defaults.height);
+    assert_eq!(Some(app.settings.frames), preset.defaults.frames);
+    // Editing the plan makes it custom again.
+    h.get_by_role_and_label(Role::SpinButton, "FSDP").set_value_accesskit(2.0);
+    h.run_steps(2);
+    assert_eq!(h.state().settings.preset, None);
+    assert_eq!(h.state().settings.plan.fsdp, 2);
+    // Save it under a name: it lands in the data folder and in the list.
+    h.get_by_label("Save preset…").click();
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::TextInput, "Preset name").set_text_value_accesskit("two-ranks-fsdp");
+    h.run_steps(2);
+    h.get_by_label("Save").click();
+    step_until(h, "the saved preset in the list", Duration::from_secs(30), |app| {
+        app.presets.iter().any(|p| p.name == "two-ranks-fsdp")
+    });
+    let saved = s.data_dir.path().join("presets/two-ranks-fsdp.toml");
+    let back = tessera_engine::planner::preset::load(&saved).unwrap();
+    assert_eq!(back.plan, s.harness.state().settings.plan);
+}

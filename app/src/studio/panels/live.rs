@@ -20,9 +20,20 @@ pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         _ => Vec::new(),
     };
     memory_chart_ui(ui, &app.live, &predicted);
+    if !app.live.log.is_empty() {
+        egui::CollapsingHeader::new(format!("Worker log ({} lines)", app.live.log.len())).show(ui, |ui| {
+            // The latest lines; the full log goes to stderr with a `[rank N]` prefix.
+            for line in app.live.log.iter().rev().take(LOG_LINES).rev() {
+                ui.monospace(line);
+            }
+        });
+    }
     ui.separator();
     super::mosaic::mosaic_ui(ui, app);
 }
+
+/// Worker log lines shown under the chart.
+const LOG_LINES: usize = 40;
 
 fn status_ui(ui: &mut egui::Ui, live: &LiveRun) {
     let text = match &live.status {
