@@ -30,14 +30,11 @@ use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use crate::pipeline::wan::{self as wan_pipeline, ModelIndex};
 use crate::pipeline::PipelineProgress;
-use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput, Rgb8Preview, VaePiece, WorkerEvent};
+use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput, WorkerEvent};
 use crate::scheduler;
 use crate::tensor_io;
 use crate::weights::{component_dir, load_config, Checkpoint};
 use timed::{CommStats, TimedComm};
-
-/// Longest side of a decoded piece's preview, in pixels.
-const PREVIEW_SIDE: usize = 64;
 
 fn invalid(e: impl std::fmt::Display) -> JobError {
     JobError::Invalid(e.to_string())
@@ -212,29 +209,13 @@ fn decode(
     });
     let video = match &groups.vae {
         Some(comm) => {
-            let mut on_piece = |p: DecodedPiece<'_>| ctx.emit(WorkerEvent::VaePiece(piece_event(&p)));
+            let mut on_piece = |p: DecodedPiece<'_>| ctx.emit(WorkerEvent::VaePiece(super::vae::piece_event(&p)));
             vae.decode_parallel(&z, comm, plan.vae_mode, tiling.as_ref(), &mut progress, &mut on_piece)?
         }
         None if lead => Some(vae.decode(&z, tiling.as_ref(), &mut progress)?),
         None => None,
     };
     Ok(video.map(|v| sampling::video_to_unit_range(&v)).transpose()?)
-}
-
-/// The live-mosaic event of a decoded tile or slab (same fields as the VAE jobs send).
-fn piece_event(p: &DecodedPiece<'_>) -> VaePiece {
-    let preview = p.preview(PREVIEW_SIDE);
-    VaePiece {
-        mode: p.mode,
-        index: p.index,
-        latent_chunk: p.latent_chunk,
-        frames: [p.frames.start, p.frames.end],
-        pixel_rect: p.pixel_rect(),
-        latent_rect: [p.latent_rows.start, p.latent_cols.start, p.latent_rows.len(), p.latent_cols.len()],
-        seconds: p.seconds,
-        bytes_sent: p.bytes_sent,
-        preview: Rgb8Preview { width: preview.width as u32, height: preview.height as u32, rgb: preview.rgb },
-    }
 }
 
 fn save(out: &std::path::Path, kind: &OutputKind, video: &Tensor, fps: f64) -> Result<(), JobError> {
