@@ -125,14 +125,13 @@ fn stored_dtype(path: &Path) -> Result<Option<String>, TextError> {
     }))
 }
 
-/// Embeddings for each prompt, from `cache` when present; the encoder is loaded only if some prompt
-/// is missing, and dropped before returning so the denoiser gets the memory.
-pub fn embed_prompts(
+/// The run dtype and each prompt's cache key, after checking the tokenizer file exists (so a missing
+/// tokenizer is reported before any weights are mapped).
+pub(crate) fn cache_keys(
     root: &Path,
     prompts: &[&str],
     opts: &TextEncoderOptions,
-    cache: Option<&PromptCache>,
-) -> Result<Vec<Tensor>, TextError> {
+) -> Result<(DType, Vec<String>), TextError> {
     let tokenizer_json = tokenizer_file(root);
     if !tokenizer_json.is_file() {
         return Err(TextError::MissingTokenizer(tokenizer_json));
@@ -144,6 +143,18 @@ pub fn embed_prompts(
         .iter()
         .map(|p| PromptCache::key(&identity, &prompt_clean(p), opts.max_sequence_length, dtype))
         .collect();
+    Ok((dtype, keys))
+}
+
+/// Embeddings for each prompt, from `cache` when present; the encoder is loaded only if some prompt
+/// is missing, and dropped before returning so the denoiser gets the memory.
+pub fn embed_prompts(
+    root: &Path,
+    prompts: &[&str],
+    opts: &TextEncoderOptions,
+    cache: Option<&PromptCache>,
+) -> Result<Vec<Tensor>, TextError> {
+    let (dtype, keys) = cache_keys(root, prompts, opts)?;
     let mut out: Vec<Option<Tensor>> = match cache {
         Some(c) => keys.iter().map(|k| c.get(k, &opts.device)).collect::<Result<_, _>>()?,
         None => vec![None; prompts.len()],

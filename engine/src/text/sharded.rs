@@ -18,10 +18,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Embedding;
 
-use super::cache::{model_identity, PromptCache};
+use super::cache::PromptCache;
 use super::clean::prompt_clean;
-use super::encoder::{resolve_dtype, zero_pad_rows, TextEncoderOptions};
-use super::tokenizer::{tokenizer_file, PromptTokenizer};
+use super::encoder::{cache_keys, resolve_dtype, zero_pad_rows, TextEncoderOptions};
+use super::tokenizer::PromptTokenizer;
 use super::TextError;
 use crate::models::umt5::attention::{AttentionInputs, RmsNorm};
 use crate::models::umt5::{self, UMT5Layers};
@@ -176,17 +176,7 @@ pub fn embed_prompts_sharded(
     cache: Option<&PromptCache>,
     comm: Arc<dyn Collective>,
 ) -> Result<(Vec<Tensor>, u64), TextError> {
-    let tokenizer_json = tokenizer_file(root);
-    if !tokenizer_json.is_file() {
-        return Err(TextError::MissingTokenizer(tokenizer_json));
-    }
-    let dir = weights::component_dir(root, "text_encoder")?;
-    let dtype = resolve_dtype(&Checkpoint::open(&dir)?, opts.dtype)?;
-    let identity = model_identity(&dir, &tokenizer_json)?;
-    let keys: Vec<String> = prompts
-        .iter()
-        .map(|p| PromptCache::key(&identity, &prompt_clean(p), opts.max_sequence_length, dtype))
-        .collect();
+    let (dtype, keys) = cache_keys(root, prompts, opts)?;
     let is_root = comm.rank() == Rank(0);
     let mut cached: Vec<Option<Tensor>> = match (cache, is_root) {
         (Some(c), true) => keys.iter().map(|k| c.get(k, &Device::Cpu)).collect::<Result<_, _>>()?,
