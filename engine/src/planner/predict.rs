@@ -302,12 +302,7 @@ pub fn predict(
         }
         match (plan.vae_mode, plan.vae_tiling) {
             (VaeMode::Tiles, Some(t)) => {
-                let tiling = crate::models::wan::vae::Tiling {
-                    tile_sample_min_height: t.tile_height,
-                    tile_sample_min_width: t.tile_width,
-                    tile_sample_stride_height: t.stride_height,
-                    tile_sample_stride_width: t.stride_width,
-                };
+                let tiling = crate::models::wan::vae::Tiling::from(t);
                 let s = spec.vae.scale_factor_spatial;
                 if !TilePlan::decode_needs_tiling(&tiling, lh, lw, s) {
                     let shape = DecodeShape { t: lt, h: lh, w: lw, rows: lh, cols: lw, root: rank == 0, world: 1 };

@@ -201,12 +201,7 @@ fn decode(
         VaeMode::Tiles => Some(plan.vae_tiling.unwrap_or_default()),
         VaeMode::Halo => None,
     }
-    .map(|t| Tiling {
-        tile_sample_min_height: t.tile_height,
-        tile_sample_min_width: t.tile_width,
-        tile_sample_stride_height: t.stride_height,
-        tile_sample_stride_width: t.stride_width,
-    });
+    .map(Tiling::from);
     let video = match &groups.vae {
         Some(comm) => {
             let mut on_piece = |p: DecodedPiece<'_>| ctx.emit(WorkerEvent::VaePiece(super::vae::piece_event(&p)));

@@ -30,6 +30,18 @@ impl Default for Tiling {
     }
 }
 
+impl From<crate::parallel::plan::TilingSpec> for Tiling {
+    /// The plan's tiling (CLI, presets) as the VAE takes it.
+    fn from(t: crate::parallel::plan::TilingSpec) -> Self {
+        Self {
+            tile_sample_min_height: t.tile_height,
+            tile_sample_min_width: t.tile_width,
+            tile_sample_stride_height: t.stride_height,
+            tile_sample_stride_width: t.stride_width,
+        }
+    }
+}
+
 impl Tiling {
     /// Parses `TH,TW,SH,SW`.
     pub fn parse(s: &str) -> Result<Self, String> {
