@@ -1,48 +1,16 @@
 //! `tessera make-model`: a diffusers folder with a real architecture's config and seeded random
-//! weights, to test and benchmark at real size without downloading anything.
-//!
-//! The VAE archs write `vae/` only; the pipeline archs write the whole folder the diffusers
-//! converter (`scripts/convert_wan_to_diffusers.py`) produces for that model, minus the text
-//! encoder: `model_index.json`, `transformer/` (+ `transformer_2/` for A14B), `vae/` and
-//! `scheduler/`. `--layers N` keeps the real widths but cuts the transformer to N blocks.
+//! weights (engine `pipeline_folder`), to test and benchmark at real size without downloading
+//! anything. The VAE archs write `vae/` only; `--layers N` keeps the real widths but cuts the
+//! transformer to N blocks.
 
-use std::path::Path;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
-use tessera_engine::models::wan::{transformer, vae};
+use serde_json::json;
+use tessera_engine::models::wan::vae;
+use tessera_engine::pipeline_folder::{write_json, write_pipeline, Arch, PipelineSpec, DIFFUSERS_VERSION};
 use tessera_engine::random_weights::{self, StoreDtype, WrittenComponent};
-
-/// The diffusers version stamped into written configs (the one that produced the golden cases).
-const DIFFUSERS_VERSION: &str = "0.42.1";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Arch {
-    #[value(name = "wan2.1-vae")]
-    Wan21Vae,
-    #[value(name = "wan2.2-vae")]
-    Wan22Vae,
-    #[value(name = "wan2.2-ti2v-5b")]
-    Wan22Ti2v5b,
-    #[value(name = "wan2.2-t2v-a14b")]
-    Wan22T2vA14b,
-    #[value(name = "wan2.2-i2v-a14b")]
-    Wan22I2vA14b,
-}
-
-impl Arch {
-    fn name(self) -> &'static str {
-        match self {
-            Arch::Wan21Vae => "wan2.1-vae",
-            Arch::Wan22Vae => "wan2.2-vae",
-            Arch::Wan22Ti2v5b => "wan2.2-ti2v-5b",
-            Arch::Wan22T2vA14b => "wan2.2-t2v-a14b",
-            Arch::Wan22I2vA14b => "wan2.2-i2v-a14b",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Dtype {
@@ -71,139 +39,6 @@ pub struct MakeModelArgs {
     /// written as numbered shards with an index.
     #[arg(long, default_value_t = random_weights::DIFFUSERS_SHARD_BYTES)]
     pub max_shard_bytes: u64,
-}
-
-/// Everything a pipeline folder holds besides weights: what the diffusers converter writes for
-/// each Wan2.2 model (`convert_wan_to_diffusers.py` 1185-1231; models.md §3.3-3.4).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PipelineSpec {
-    /// `WanPipeline` or `WanImageToVideoPipeline`.
-    pub class_name: &'static str,
-    /// TI2V-5B: per-token timesteps, image latent as frame 0.
-    pub expand_timesteps: bool,
-    /// A14B: the expert switch at `boundary_ratio · 1000`.
-    pub boundary_ratio: Option<f64>,
-    pub transformer: transformer::Config,
-    /// A14B's low-noise expert (same config as `transformer`).
-    pub transformer_2: Option<transformer::Config>,
-    pub vae: vae::Config,
-    /// UniPC `flow_shift` as the converter writes it (not the official Wan shift).
-    pub flow_shift: f64,
-}
-
-impl PipelineSpec {
-    /// The spec of a pipeline arch; `None` for the VAE-only archs.
-    pub fn for_arch(arch: Arch, layers: Option<usize>) -> Result<Option<Self>> {
-        let dit = || transformer::transformer_config_for_arch(arch.name(), layers).map_err(anyhow::Error::from);
-        Ok(Some(match arch {
-            Arch::Wan21Vae | Arch::Wan22Vae => return Ok(None),
-            Arch::Wan22Ti2v5b => Self {
-                class_name: "WanPipeline",
-                expand_timesteps: true,
-                boundary_ratio: None,
-                transformer: dit()?,
-                transformer_2: None,
-                vae: vae::Config::wan22(),
-                flow_shift: 5.0,
-            },
-            Arch::Wan22T2vA14b => Self {
-                class_name: "WanPipeline",
-                expand_timesteps: false,
-                boundary_ratio: Some(0.875),
-                transformer: dit()?,
-                transformer_2: Some(dit()?),
-                vae: vae::Config::wan21(),
-                flow_shift: 3.0,
-            },
-            Arch::Wan22I2vA14b => Self {
-                class_name: "WanImageToVideoPipeline",
-                expand_timesteps: false,
-                boundary_ratio: Some(0.9),
-                transformer: dit()?,
-                transformer_2: Some(dit()?),
-                vae: vae::Config::wan21(),
-                flow_shift: 3.0,
-            },
-        }))
-    }
-
-    /// `model_index.json` as `save_pretrained` writes it. The text encoder and tokenizer are not
-    /// written, so they are `[null, null]` (diffusers then loads the pipeline without them, and
-    /// `tessera generate` needs `--prompt-embeds`).
-    pub fn model_index(&self) -> Value {
-        let component = |class: &str| json!(["diffusers", class]);
-        let none = json!([null, null]);
-        let mut index = json!({
-            "_class_name": self.class_name,
-            "_diffusers_version": DIFFUSERS_VERSION,
-            "boundary_ratio": self.boundary_ratio,
-            "expand_timesteps": self.expand_timesteps,
-            "scheduler": component("UniPCMultistepScheduler"),
-            "text_encoder": none,
-            "tokenizer": none,
-            "transformer": component(transformer::config::CLASS_NAME),
-            "transformer_2": if self.transformer_2.is_some() { component(transformer::config::CLASS_NAME) } else { none.clone() },
-            "vae": component("AutoencoderKLWan"),
-        });
-        if self.class_name == "WanImageToVideoPipeline" {
-            // Wan2.2 I2V has no CLIP image encoder (Wan2.1 I2V does).
-            index["image_encoder"] = none.clone();
-            index["image_processor"] = none;
-        }
-        index
-    }
-
-    /// `scheduler/scheduler_config.json`: the converter's
-    /// `UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-    /// num_train_timesteps=1000, flow_shift=s)` with every other key at diffusers' default, i.e. the
-    /// key set `save_pretrained` writes (equal to the golden pipeline's but for `flow_shift`).
-    pub fn scheduler_config(&self) -> Value {
-        json!({
-            "_class_name": "UniPCMultistepScheduler",
-            "_diffusers_version": DIFFUSERS_VERSION,
-            "beta_end": 0.02,
-            "beta_schedule": "linear",
-            "beta_start": 0.0001,
-            "disable_corrector": [],
-            "dynamic_thresholding_ratio": 0.995,
-            "final_sigmas_type": "zero",
-            "flow_shift": self.flow_shift,
-            "lower_order_final": true,
-            "num_train_timesteps": 1000,
-            "predict_x0": true,
-            "prediction_type": "flow_prediction",
-            "rescale_betas_zero_snr": false,
-            "sample_max_value": 1.0,
-            "shift_terminal": null,
-            "sigma_max": null,
-            "sigma_min": null,
-            "solver_order": 2,
-            "solver_p": null,
-            "solver_type": "bh2",
-            "steps_offset": 0,
-            "thresholding": false,
-            "time_shift_type": "exponential",
-            "timestep_spacing": "linspace",
-            "trained_betas": null,
-            "use_beta_sigmas": false,
-            "use_dynamic_shifting": false,
-            "use_exponential_sigmas": false,
-            "use_flow_sigmas": true,
-            "use_karras_sigmas": false
-        })
-    }
-}
-
-/// The seed of `transformer_2`: the two experts share tensor names, so the same seed would make
-/// them identical (and hide a wrong expert switch).
-fn expert_2_seed(seed: u64) -> u64 {
-    seed ^ 0x7472_616e_7366_6f32 // "transfo2"
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    tessera_engine::tensor_io::write_file_atomic(path, |tmp| std::fs::write(tmp, text).map_err(|e| e.to_string()))
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn report(component: &str, w: &WrittenComponent) {
@@ -243,106 +78,10 @@ pub fn run(a: MakeModelArgs) -> Result<()> {
         println!("done in {:.1}s", started.elapsed().as_secs_f64());
         return Ok(());
     };
-    write_pipeline(&a.out, &spec, a.seed, dtype, a.max_shard_bytes)?;
+    for (component, w) in write_pipeline(&a.out, &spec, a.seed, dtype, a.max_shard_bytes)? {
+        report(component, &w);
+    }
     println!("done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Writes the whole pipeline folder of `spec` under `out`. `model_index.json` goes last, so a
-/// folder interrupted mid-write does not look like a pipeline.
-pub fn write_pipeline(out: &Path, spec: &PipelineSpec, seed: u64, dtype: StoreDtype, shard_bytes: u64) -> Result<()> {
-    let dit = |dir: &str, cfg: &transformer::Config, seed: u64| -> Result<()> {
-        let w = random_weights::write_transformer(&out.join(dir), cfg, seed, dtype, shard_bytes)
-            .with_context(|| format!("writing {dir}/ to {}", out.display()))?;
-        report(dir, &w);
-        Ok(())
-    };
-    dit("transformer", &spec.transformer, seed)?;
-    if let Some(cfg) = &spec.transformer_2 {
-        dit("transformer_2", cfg, expert_2_seed(seed))?;
-    }
-    let w = random_weights::write_vae(&out.join("vae"), &spec.vae, seed, dtype)
-        .with_context(|| format!("writing vae/ to {}", out.display()))?;
-    report("vae", &w);
-    std::fs::create_dir_all(out.join("scheduler"))?;
-    write_json(&out.join("scheduler/scheduler_config.json"), &spec.scheduler_config())?;
-    write_json(&out.join("model_index.json"), &spec.model_index())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn golden(rel: &str) -> Value {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden").join(rel);
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
-    fn keys(v: &Value) -> Vec<String> {
-        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-        k.sort();
-        k
-    }
-
-    #[test]
-    fn model_index_is_what_diffusers_writes() {
-        let ti2v = PipelineSpec::for_arch(Arch::Wan22Ti2v5b, Some(1)).unwrap().unwrap();
-        // The golden TI2V folder was written by save_pretrained: identical, key for key.
-        assert_eq!(ti2v.model_index(), golden("pipeline/model_index.json"));
-
-        let t2v = PipelineSpec::for_arch(Arch::Wan22T2vA14b, None).unwrap().unwrap().model_index();
-        assert_eq!(t2v["_class_name"], "WanPipeline");
-        assert_eq!(t2v["boundary_ratio"], 0.875);
-        assert_eq!(t2v["expand_timesteps"], false);
-        assert_eq!(t2v["transformer_2"], json!(["diffusers", "WanTransformer3DModel"]));
-        assert_eq!(keys(&t2v), keys(&golden("pipeline/model_index.json")));
-
-        let i2v = PipelineSpec::for_arch(Arch::Wan22I2vA14b, None).unwrap().unwrap().model_index();
-        assert_eq!(i2v["_class_name"], "WanImageToVideoPipeline");
-        assert_eq!(i2v["boundary_ratio"], 0.9);
-        assert_eq!(i2v["transformer_2"], json!(["diffusers", "WanTransformer3DModel"]));
-        assert_eq!(keys(&i2v), keys(&golden("pipeline_i2v/model_index.json")));
-    }
-
-    #[test]
-    fn scheduler_config_has_the_converter_shift_and_diffusers_keys() {
-        let golden_sched = golden("pipeline/scheduler/scheduler_config.json");
-        let ti2v = PipelineSpec::for_arch(Arch::Wan22Ti2v5b, None).unwrap().unwrap();
-        assert_eq!(ti2v.scheduler_config(), golden_sched, "TI2V (flow_shift 5) equals the golden config");
-        for arch in [Arch::Wan22T2vA14b, Arch::Wan22I2vA14b] {
-            let s = PipelineSpec::for_arch(arch, None).unwrap().unwrap().scheduler_config();
-            assert_eq!(s["flow_shift"], 3.0);
-            assert_eq!(keys(&s), keys(&golden_sched));
-        }
-    }
-
-    #[test]
-    fn configs_are_the_real_ones() {
-        let manifest = |name: &str| golden(&format!("manifests/{name}.json"))["config"].clone();
-        for (arch, m) in [
-            (Arch::Wan22Ti2v5b, "wan2.2-ti2v-5b-transformer"),
-            (Arch::Wan22T2vA14b, "wan2.2-t2v-a14b-transformer"),
-            (Arch::Wan22I2vA14b, "wan2.2-i2v-a14b-transformer"),
-        ] {
-            let spec = PipelineSpec::for_arch(arch, None).unwrap().unwrap();
-            let want: transformer::Config = serde_json::from_value(manifest(m)).unwrap();
-            assert_eq!(spec.transformer, want, "{m}");
-            assert_eq!(spec.transformer_2.is_some(), arch != Arch::Wan22Ti2v5b);
-            let vae_manifest = if arch == Arch::Wan22Ti2v5b { "wan2.2-vae" } else { "wan2.1-vae" };
-            let mut want: vae::Config = serde_json::from_value(manifest(vae_manifest)).unwrap();
-            if arch == Arch::Wan22Ti2v5b {
-                // The Wan2.2 VAE manifest holds placeholder stats (0 / 1); the Hub config has the
-                // real 48 per-channel values, which `Config::wan22` carries.
-                assert!(want.latents_mean.iter().all(|m| *m == 0.0));
-                want.latents_mean = spec.vae.latents_mean.clone();
-                want.latents_std = spec.vae.latents_std.clone();
-            }
-            assert_eq!(spec.vae, want, "{vae_manifest}");
-        }
-        let cut = PipelineSpec::for_arch(Arch::Wan22T2vA14b, Some(2)).unwrap().unwrap();
-        assert_eq!(cut.transformer.num_layers, 2);
-        assert_eq!(cut.transformer_2.unwrap().num_layers, 2);
-        assert!(PipelineSpec::for_arch(Arch::Wan22Ti2v5b, Some(0)).is_err());
-        assert!(PipelineSpec::for_arch(Arch::Wan21Vae, None).unwrap().is_none());
-    }
-}

@@ -1,67 +1,29 @@
 //! `tessera plan`: predicted peak memory per rank and phase for a generation, whether it fits the
-//! GPUs, and when it does not, the cheapest plan that does (engine `planner`). Takes `generate`'s
-//! flags; reads only the model folder's config files.
+//! GPUs, and when it does not, the cheapest plan that does (engine `planner`). Takes every
+//! `generate` flag (one declaration, `super::args`); reads only the model folder's config files.
 
-use std::path::PathBuf;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use tessera_engine::parallel::plan::{ParallelPlan, TextEncoderPlacement, TilingSpec, VaeMode};
+use tessera_engine::api::{DeviceKind, ParallelPlan};
 use tessera_engine::planner::predict::{PhasePrediction, RankPrediction};
-use tessera_engine::planner::preset::{self, Explicit};
+use tessera_engine::planner::preset;
 use tessera_engine::planner::search::{self, GpuSpec};
 use tessera_engine::planner::{self, ModelSpec, Options, Prediction, Request, Residency, Target};
 
+use super::args::GenerationArgs;
+
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// Diffusers pipeline folder (only its config files are read).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// A preset (presets/NAME.toml): plan and default size; the flags below override it.
-    #[arg(long)]
-    pub preset: Option<PathBuf>,
-    #[arg(long)]
-    pub height: Option<usize>,
-    #[arg(long)]
-    pub width: Option<usize>,
-    /// Frames, 4k+1.
-    #[arg(long)]
-    pub frames: Option<usize>,
-    /// Steps (memory does not depend on it; accepted so `generate` command lines work as they are).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// CFG scale; CFG (two branches) runs when > 1. Default 5.
-    #[arg(long)]
-    pub guidance: Option<f64>,
-    /// Image-to-video: the image is VAE-encoded (the file is not read).
-    #[arg(long)]
-    pub image: Option<PathBuf>,
-    #[arg(long)]
-    pub ranks: Option<usize>,
-    #[arg(long)]
-    pub ulysses: Option<usize>,
-    #[arg(long)]
-    pub cfg_parallel: Option<usize>,
-    #[arg(long)]
-    pub fsdp: Option<usize>,
-    #[arg(long)]
-    pub vae_parallel: Option<usize>,
-    #[arg(long, value_enum)]
-    pub vae_mode: Option<VaeMode>,
-    /// Tiled VAE TH,TW,SH,SW in pixels (tiles mode).
-    #[arg(long, value_name = "TH,TW,SH,SW", value_parser = TilingSpec::parse)]
-    pub tiling: Option<TilingSpec>,
-    #[arg(long, value_enum)]
-    pub text_encoder: Option<TextEncoderPlacement>,
+    /// Every `generate` flag (only the model's config files are read; prompts, seeds and output
+    /// paths are accepted and do not change the prediction).
+    #[command(flatten)]
+    pub generation: GenerationArgs,
     /// GPUs to fit, COUNTxSIZE (8x24GB); implies --device cuda.
     #[arg(long, value_parser = GpuSpec::parse)]
     pub gpus: Option<GpuSpec>,
-    /// cuda (bf16 transformer, device bytes) or cpu (f32, heap bytes).
-    #[arg(long, value_enum)]
-    pub device: Option<Target>,
-    /// Which weights stay loaded across phases: pipeline (as WanPipeline today: everything from load
-    /// to the end) or phased (each phase its own weights). Default: the preset's, else pipeline.
+    /// Which weights stay loaded across phases: pipeline (everything from load to the end) or
+    /// phased (each phase its own weights). Default: the preset's, else pipeline.
     #[arg(long, value_enum)]
     pub residency: Option<Residency>,
     /// CPU threads per rank (VAE kernel scratch); default: this machine's.
@@ -94,51 +56,12 @@ struct Output<'a> {
 }
 
 pub fn run(a: PlanArgs) -> Result<()> {
-    let explicit = Explicit {
-        ranks: a.ranks,
-        ulysses: a.ulysses,
-        cfg_parallel: a.cfg_parallel,
-        fsdp: a.fsdp,
-        vae_parallel: a.vae_parallel,
-        vae_mode: a.vae_mode,
-        vae_tiling: a.tiling,
-        text_encoder: a.text_encoder,
-        height: a.height,
-        width: a.width,
-        frames: a.frames,
-        steps: a.steps,
-        guidance: a.guidance,
-    };
-    let mut residency = a.residency.unwrap_or_default();
-    let applied = match &a.preset {
-        Some(p) => {
-            let p = preset::load(p)?;
-            residency = a.residency.unwrap_or(p.residency);
-            p.apply(&explicit)
-        }
-        None => {
-            // Without a preset: one rank, and Ulysses over all ranks unless told otherwise.
-            let ranks = a.ranks.unwrap_or(1);
-            let cfg_parallel = a.cfg_parallel.unwrap_or(1);
-            let base = ParallelPlan {
-                ranks,
-                ulysses: a.ulysses.unwrap_or(ranks / cfg_parallel.max(1)),
-                vae_parallel: a.vae_parallel.unwrap_or(ranks),
-                vae_mode: a.vae_mode.unwrap_or(if a.tiling.is_some() { VaeMode::Tiles } else { VaeMode::Halo }),
-                ..ParallelPlan::default()
-            };
-            let p = preset::Preset {
-                name: String::new(),
-                path: PathBuf::new(),
-                model: None,
-                residency,
-                plan: base,
-                defaults: Default::default(),
-                gpus: None,
-                description: String::new(),
-            };
-            p.apply(&explicit)
-        }
+    let g = &a.generation;
+    let applied = g.applied()?;
+    let residency = match (&g.preset, a.residency) {
+        (_, Some(r)) => r,
+        (Some(p), None) => preset::load(p)?.residency,
+        (None, None) => Residency::default(),
     };
     let need = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
     let req = Request {
@@ -146,16 +69,15 @@ pub fn run(a: PlanArgs) -> Result<()> {
         width: need(applied.width, "--width")?,
         frames: need(applied.frames, "--frames")?,
         guidance: applied.guidance.unwrap_or(5.0),
-        image: a.image.is_some(),
+        image: g.image.is_some(),
     };
     let gpus = a.gpus.or(applied.gpus);
-    let target = match (a.device, gpus) {
-        (Some(Target::Cpu), Some(_)) => bail!("--gpus sizes GPUs: use --device cuda (or drop --gpus)"),
-        (Some(t), _) => t,
-        (None, Some(_)) => Target::Cuda,
-        (None, None) => Target::Cpu,
+    let target = match (g.device, gpus) {
+        (DeviceKind::Cpu, Some(_)) => Target::Cuda,
+        (DeviceKind::Cuda, _) => Target::Cuda,
+        (DeviceKind::Cpu, None) => Target::Cpu,
     };
-    let spec = ModelSpec::from_dir(&a.model)?;
+    let spec = ModelSpec::from_path(&g.model)?;
     let mut opts = Options::new(target);
     opts.residency = residency;
     if let Some(t) = a.threads {
@@ -174,7 +96,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
     };
     if a.json {
         let out = Output {
-            model: a.model.display().to_string(),
+            model: g.model.display().to_string(),
             request: req,
             plan,
             device: target,

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Rank;
+use crate::fields::Field;
 
 /// How the VAE work is split over `vae_parallel` ranks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -147,26 +148,43 @@ pub struct PlanModel {
     pub cfg: bool,
 }
 
+/// A plan that cannot run. Messages are [`crate::fields`] templates (`«ulysses»` etc.): render them
+/// for the CLI or the studio with [`crate::fields::render`]; each names a valid alternative.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    #[error("--ranks must be at least 1")]
+    #[error("«ranks» must be at least 1")]
     NoRanks,
-    #[error("--ulysses {ulysses} × --cfg-parallel {cfg} = {product} ≠ --ranks {ranks}: every rank computes a distinct part of the denoise; {hint}")]
+    #[error("«ulysses» {ulysses} × «cfg-parallel» {cfg} = {product} ≠ «ranks» {ranks}: every rank computes a distinct part of the denoise; {hint}")]
     Layout { ulysses: usize, cfg: usize, product: usize, ranks: usize, hint: String },
-    #[error("--cfg-parallel must be 1 or 2 (two guidance branches), got {0}")]
+    #[error("«cfg-parallel» must be 1 or 2 (two guidance branches), got {0}")]
     CfgDegree(usize),
-    #[error("--cfg-parallel 2 needs classifier-free guidance (--guidance > 1); use --ulysses {ranks} --cfg-parallel 1 instead")]
+    #[error("«cfg-parallel» 2 needs classifier-free guidance («guidance» > 1); use «ulysses» {ranks} «cfg-parallel» 1 instead")]
     CfgWithoutGuidance { ranks: usize },
-    #[error("--fsdp {fsdp} does not divide --ranks {ranks}; valid: {valid:?}")]
+    #[error("«fsdp» {fsdp} does not divide «ranks» {ranks}; valid: {valid:?}")]
     Fsdp { fsdp: usize, ranks: usize, valid: Vec<usize> },
-    #[error("--vae-parallel {vae} must be between 1 and --ranks {ranks}")]
+    #[error("«vae-parallel» {vae} must be between 1 and «ranks» {ranks}")]
     VaeParallel { vae: usize, ranks: usize },
-    #[error("--ulysses {ulysses} does not divide the model's {heads} attention heads; valid degrees up to --ranks: {valid:?}")]
+    #[error("«ulysses» {ulysses} does not divide the model's {heads} attention heads; valid degrees up to «ranks»: {valid:?}")]
     Heads { ulysses: usize, heads: usize, valid: Vec<usize> },
-    #[error("--vae-mode halo decodes untiled feature slabs; drop --tiling (or use --vae-mode tiles)")]
+    #[error("«vae-mode» halo decodes untiled feature slabs; drop «tiling» (or use «vae-mode» tiles)")]
     HaloWithTiling,
-    #[error("--tiling {0}")]
+    #[error("«tiling» {0}")]
     Tiling(String),
+}
+
+impl PlanError {
+    /// The field the user should change first.
+    pub fn field(&self) -> Field {
+        match self {
+            Self::NoRanks => Field::Ranks,
+            Self::Layout { .. } | Self::Heads { .. } => Field::Ulysses,
+            Self::CfgDegree(_) | Self::CfgWithoutGuidance { .. } => Field::CfgParallel,
+            Self::Fsdp { .. } => Field::Fsdp,
+            Self::VaeParallel { .. } => Field::VaeParallel,
+            Self::HaloWithTiling => Field::VaeMode,
+            Self::Tiling(_) => Field::Tiling,
+        }
+    }
 }
 
 impl ParallelPlan {
@@ -189,9 +207,9 @@ impl ParallelPlan {
         }
         if self.ulysses == 0 || self.ulysses * self.cfg_parallel != n {
             let hint = if model.cfg && n.is_multiple_of(2) {
-                format!("try --ulysses {} --cfg-parallel 2, or --ulysses {n} --cfg-parallel 1", n / 2)
+                format!("try «ulysses» {} «cfg-parallel» 2, or «ulysses» {n} «cfg-parallel» 1", n / 2)
             } else {
-                format!("try --ulysses {n} --cfg-parallel 1")
+                format!("try «ulysses» {n} «cfg-parallel» 1")
             };
             return Err(PlanError::Layout {
                 ulysses: self.ulysses,
@@ -265,14 +283,14 @@ mod tests {
     #[test]
     fn errors_propose_a_valid_plan() {
         let e = plan(8, 2, 2, 1).validate(WAN).unwrap_err().to_string();
-        assert!(e.contains("try --ulysses 4 --cfg-parallel 2"), "{e}");
+        assert!(e.contains("try «ulysses» 4 «cfg-parallel» 2"), "{e}");
         let e = plan(3, 3, 1, 1).validate(WAN).unwrap_err().to_string();
         assert!(e.contains("[1, 2]"), "{e}");
         let e = plan(4, 4, 1, 3).validate(WAN).unwrap_err().to_string();
         assert!(e.contains("valid: [1, 2, 4]"), "{e}");
         let mut p = plan(2, 2, 1, 1);
         p.vae_parallel = 3;
-        assert!(p.validate(WAN).unwrap_err().to_string().contains("between 1 and --ranks 2"));
+        assert!(p.validate(WAN).unwrap_err().to_string().contains("between 1 and «ranks» 2"));
         p.vae_parallel = 2;
         p.vae_tiling = Some(TilingSpec::default());
         assert_eq!(p.validate(WAN).unwrap_err(), PlanError::HaloWithTiling);

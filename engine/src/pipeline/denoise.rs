@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::sampling;
 use super::wan::PipelineProgress;
+use super::request::GenerateParams;
+use crate::model_spec::ModelSpec;
 use crate::scheduler::Scheduler;
 
 /// Computes the model's noise prediction for one step.
@@ -82,6 +84,20 @@ pub struct LoopSpec {
     pub guidance: Option<(f64, f64)>,
     /// Run dtype of the transformer input.
     pub dtype: DType,
+}
+
+impl LoopSpec {
+    /// The loop of `model` for `params`, in `dtype`.
+    pub fn new(model: &ModelSpec, params: &GenerateParams, dtype: DType) -> Self {
+        Self {
+            expand_timesteps: model.index.expand_timesteps,
+            boundary: model.boundary_timestep(),
+            has_expert_2: model.two_experts(),
+            patch: model.transformer.patch_size,
+            guidance: params.cfg().then(|| (params.guidance, params.guidance_2.unwrap_or(params.guidance))),
+            dtype,
+        }
+    }
 }
 
 /// Runs every step of `sched` on `latents` (f32, `(1, z, T, h, w)`) and returns the final latents

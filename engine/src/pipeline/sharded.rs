@@ -137,7 +137,8 @@ mod tests {
     use super::*;
     use crate::parallel::comm::ThreadComm;
     use crate::pipeline::denoise::{run_loop, LoopSpec};
-    use crate::pipeline::wan::{ModelIndex, PromptEmbeds, WanPipeline};
+    use crate::model_spec::ModelSpec;
+    use crate::pipeline::wan::{PromptEmbeds, WanPipeline};
     use crate::pipeline::GenerateParams;
     use crate::scheduler;
     use crate::tensor_io;
@@ -172,7 +173,7 @@ mod tests {
         let pipe = WanPipeline::load(root, DType::F32, &dev).unwrap();
         let embeds = PromptEmbeds { prompt: prompt.clone(), negative: Some(negative.clone()) };
         let want = pipe.generate(&params, &embeds, None, Some(&noise), &mut |_| {}).unwrap().latents;
-        let index = ModelIndex::read(root).unwrap();
+        let index = ModelSpec::from_path(root).unwrap().index;
         for (u, c, f) in [(1, 2, 1), (2, 1, 1), (2, 2, 4), (1, 2, 2)] {
             let plan = ParallelPlan { ranks: u * c, ulysses: u, cfg_parallel: c, fsdp: f, ..Default::default() };
             let comms = ThreadComm::world(plan.ranks, Duration::from_secs(30));

@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
 
 use super::denoise::{run_loop, Condition, LoopSpec, NoisePredictor};
 use super::request::{GenerateParams, ParamsError};
 use super::sampling::{self, LatentStats};
+use crate::model_spec::ModelSpec;
 use crate::models::wan::transformer::WanTransformer3DModel;
 use crate::models::wan::vae::{self, AutoencoderKLWan, VaeParts};
 use crate::scheduler;
@@ -28,40 +28,6 @@ pub enum PipelineError {
 }
 
 type Result<T> = std::result::Result<T, PipelineError>;
-
-/// The fields of `model_index.json` the pipelines read.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ModelIndex {
-    #[serde(rename = "_class_name", default)]
-    pub class_name: String,
-    #[serde(default)]
-    pub boundary_ratio: Option<f64>,
-    #[serde(default)]
-    pub expand_timesteps: bool,
-    #[serde(default)]
-    pub transformer_2: Option<serde_json::Value>,
-}
-
-impl ModelIndex {
-    pub fn read(root: &Path) -> Result<Self> {
-        let path = root.join("model_index.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::Load {
-            component: "model_index.json",
-            path: path.clone(),
-            msg: format!("{e}; --model must be a diffusers pipeline folder"),
-        })?;
-        serde_json::from_str(&text).map_err(|e| PipelineError::Load {
-            component: "model_index.json",
-            path,
-            msg: e.to_string(),
-        })
-    }
-
-    /// Whether the pipeline has a second (low-noise) expert, A14B.
-    pub fn has_transformer_2(&self) -> bool {
-        matches!(&self.transformer_2, Some(serde_json::Value::Array(a)) if a.first().is_some_and(|v| !v.is_null()))
-    }
-}
 
 /// Prompt conditioning: UMT5 embeddings `(1, L, text_dim)` (zero-padded rows included).
 #[derive(Debug, Clone)]
@@ -96,7 +62,7 @@ pub struct GenerateOutput {
 /// A loaded Wan pipeline folder.
 pub struct WanPipeline {
     root: PathBuf,
-    index: ModelIndex,
+    spec: ModelSpec,
     transformer: WanTransformer3DModel,
     transformer_2: Option<WanTransformer3DModel>,
     vae: AutoencoderKLWan,
@@ -108,7 +74,8 @@ pub struct WanPipeline {
 impl WanPipeline {
     /// Loads `root/{transformer,transformer_2?,vae}` in `dtype` on `device`.
     pub fn load(root: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let index = ModelIndex::read(root)?;
+        let spec = ModelSpec::from_path(root)
+            .map_err(|e| PipelineError::Load { component: "model", path: root.to_path_buf(), msg: e.to_string() })?;
         let load_dit = |name: &'static str| {
             WanTransformer3DModel::load(&root.join(name), dtype, device).map_err(|e| PipelineError::Load {
                 component: name,
@@ -117,7 +84,7 @@ impl WanPipeline {
             })
         };
         let transformer = load_dit("transformer")?;
-        let transformer_2 = if index.has_transformer_2() { Some(load_dit("transformer_2")?) } else { None };
+        let transformer_2 = if spec.two_experts() { Some(load_dit("transformer_2")?) } else { None };
         let vae = vae::load(root, VaeParts::Both, dtype, device).map_err(|e| PipelineError::Load {
             component: "vae",
             path: root.join("vae"),
@@ -127,7 +94,7 @@ impl WanPipeline {
         let stats = LatentStats::new(&cfg.latents_mean, &cfg.latents_std, device)?;
         Ok(Self {
             root: root.to_path_buf(),
-            index,
+            spec,
             transformer,
             transformer_2,
             vae,
@@ -141,8 +108,8 @@ impl WanPipeline {
         &self.vae
     }
 
-    pub fn index(&self) -> &ModelIndex {
-        &self.index
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
     }
 
     /// Height/width must be multiples of this (VAE spatial factor × transformer patch).
@@ -191,14 +158,7 @@ impl WanPipeline {
             PipelineError::Load { component: "scheduler", path: self.root.join("scheduler"), msg: e.to_string() }
         })?;
         sched.set_timesteps(params.steps)?;
-        let spec = LoopSpec {
-            expand_timesteps: self.index.expand_timesteps,
-            boundary: self.index.boundary_ratio.map(|r| r * 1000.0),
-            has_expert_2: self.transformer_2.is_some(),
-            patch: self.transformer.config().patch_size,
-            guidance: cfg_on.then(|| (params.guidance, params.guidance_2.unwrap_or(params.guidance))),
-            dtype: self.dtype,
-        };
+        let spec = LoopSpec::new(&self.spec, params, self.dtype);
         let experts: Vec<&WanTransformer3DModel> =
             std::iter::once(&self.transformer).chain(self.transformer_2.as_ref()).collect();
         let mut predictor = LocalPredictor { experts, prompt: &prompt, negative: negative.as_ref() };
@@ -219,7 +179,7 @@ impl WanPipeline {
     }
 
     fn image_condition(&self, image: &Tensor, params: &GenerateParams) -> Result<Condition> {
-        image_condition(&self.vae, &self.stats, self.index.expand_timesteps, image, params)
+        image_condition(&self.vae, &self.stats, self.spec.index.expand_timesteps, image, params)
     }
 }
 

@@ -398,7 +398,7 @@ mod tests {
 
     fn spec(name: &str) -> ModelSpec {
         let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/configs")).join(name);
-        ModelSpec::from_dir(&root).unwrap()
+        ModelSpec::from_path(&root).unwrap()
     }
 
     fn req(h: usize, w: usize, f: usize) -> Request {

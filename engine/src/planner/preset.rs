@@ -197,6 +197,20 @@ pub struct Applied {
 }
 
 impl Preset {
+    /// No preset file: `plan` as the base, no default sizes.
+    pub fn flags_only(plan: ParallelPlan) -> Self {
+        Self {
+            name: String::new(),
+            path: PathBuf::new(),
+            model: None,
+            residency: Residency::default(),
+            plan,
+            defaults: Defaults::default(),
+            gpus: None,
+            description: String::new(),
+        }
+    }
+
     /// Explicit values win field by field; the result still needs `ParallelPlan::validate` against
     /// the model (an explicit `--ranks` may not match the preset's Ulysses degree).
     pub fn apply(&self, e: &Explicit) -> Applied {
@@ -279,7 +293,7 @@ mod tests {
         for p in presets {
             assert!(!p.description.is_empty(), "{}: starts with a comment saying who it is for", p.name);
             let model = p.model.as_deref().unwrap_or_else(|| panic!("{}: names its model", p.name));
-            let spec = ModelSpec::from_dir(&root.join("tests/fixtures/configs").join(model)).unwrap();
+            let spec = ModelSpec::from_path(&root.join("tests/fixtures/configs").join(model)).unwrap();
             let d = &p.defaults;
             let req = Request {
                 height: d.height.unwrap(),

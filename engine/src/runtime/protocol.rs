@@ -15,7 +15,7 @@ use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -127,6 +127,22 @@ pub enum WorkerEvent {
     },
     /// A finished VAE tile (tiles mode) or chunk slab (halo mode), for the live decode mosaic.
     VaePiece(VaePiece),
+    /// A job's result data (video frames, latents, embeddings), sent by the rank that holds it over
+    /// the control channel instead of through a file. The supervisor collects it into the
+    /// `JobResult`; it is not an event for the UI.
+    Data(JobData),
+}
+
+/// Result data a job sends back while it runs (see [`WorkerEvent::Data`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobData {
+    /// Final normalised latents `(1, z, T, h, w)` f32, sent before the decode starts.
+    Latents(WireTensor),
+    /// Decoded frames `[first, first + n)` of `total`, as `(n, 3, H, W)` f32 in [0, 1]. Chunked so
+    /// no control frame nears its size limit, whatever the video length.
+    VideoFrames { first: usize, total: usize, frames: WireTensor },
+    /// A named tensor (e.g. `prompt_embeds`), f32.
+    Tensor { name: String, tensor: WireTensor },
 }
 
 /// One finished piece of a patch-parallel VAE decode/encode.
@@ -228,16 +244,17 @@ pub enum Job {
 }
 
 /// A whole generation on the workers. Every rank reads the model folder itself (FSDP ranks read
-/// only their slices); rank 0 writes `out` (and `save_latents`) atomically.
+/// only their slices). Rank 0 sends the final latents and the decoded frames back as
+/// [`JobData`]; the host writes any output file, so a failed run never touches it.
 ///
-/// The prompt embeddings come ready-made (the host runs the text encoder, `--text-encoder cpu`):
-/// as a safetensors file every rank reads, or inline.
+/// The prompt embeddings come ready-made (the host's text encoder, or this world's sharded one in
+/// an `EncodePrompt` job just before): as a safetensors file every rank reads, or inline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateSpec {
     /// Diffusers pipeline folder (model_index.json, transformer/, transformer_2/?, vae/, scheduler/).
     pub model: std::path::PathBuf,
     pub params: crate::pipeline::GenerateParams,
-    /// Validated again on the workers against the transformer's heads.
+    /// Validated again on the workers against the model.
     pub plan: crate::parallel::plan::ParallelPlan,
     /// `(1, L, text_dim)` prompt embeddings.
     pub prompt: EmbedsSource,
@@ -245,15 +262,9 @@ pub struct GenerateSpec {
     pub negative: Option<EmbedsSource>,
     /// PNG/JPEG for image-to-video (rank 0 encodes it and broadcasts the latent condition).
     pub image: Option<std::path::PathBuf>,
-    /// Safetensors file with the initial noise `latents` `(1, z, T, h, w)`; else seeded noise.
-    pub latents: Option<std::path::PathBuf>,
-    /// `x.safetensors` (tensor `video` (B, F, 3, H, W) in [0, 1]), `x.mp4`, or `dir/` (PNG frames).
-    pub out: std::path::PathBuf,
-    /// Also write the final latents (tensor `latents`).
-    pub save_latents: Option<std::path::PathBuf>,
-    /// MP4 frame rate (default 24 for TI2V, 16 otherwise).
-    pub fps: Option<f64>,
-    /// `false`: skip the VAE (no `out`; only `save_latents`), for denoise benchmarks.
+    /// Initial noise `(1, z, T, h, w)` f32; else seeded noise from `params.seed`.
+    pub latents: Option<WireTensor>,
+    /// `false`: skip the VAE (only the latents come back), for denoise benchmarks.
     pub decode: bool,
 }
 
@@ -311,8 +322,9 @@ pub struct VaeEncodeSpec {
     pub vae_parallel: Option<usize>,
 }
 
-/// A sharded text-encoder job: every rank ends with the embeddings; rank 0 writes `out` with
-/// `prompt_embeds` (the first prompt) and `negative_prompt_embeds` (the second, if any).
+/// A sharded text-encoder job: every rank ends with the embeddings; rank 0 sends them back as
+/// [`JobData::Tensor`] named `prompt_embeds` (the first prompt) and `negative_prompt_embeds` (the
+/// second, if any).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncodePromptSpec {
     /// Pipeline folder holding `text_encoder/` and `tokenizer/`.
@@ -321,7 +333,6 @@ pub struct EncodePromptSpec {
     pub max_sequence_length: usize,
     /// Prompt-embedding cache folder (`None`: no cache).
     pub cache_dir: Option<std::path::PathBuf>,
-    pub out: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -348,12 +359,29 @@ pub enum Diagnostic {
     Fail { rank: Rank, message: String },
 }
 
-/// A tensor in a control message (only small ones: check results).
+/// A tensor in a control message: check results, embeddings, latents, chunks of video frames.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WireTensor {
     pub dtype: WireDType,
     pub shape: Vec<usize>,
     pub bytes: Vec<u8>,
+}
+
+impl WireTensor {
+    /// Copies `t` (any device, kept in its dtype) into a message.
+    pub fn from_tensor(t: &candle_core::Tensor) -> candle_core::Result<Self> {
+        let t = t.to_device(&candle_core::Device::Cpu)?;
+        Ok(Self {
+            dtype: WireDType::from_dtype(t.dtype())?,
+            shape: t.dims().to_vec(),
+            bytes: crate::parallel::comm::wire::tensor_to_bytes(&t)?,
+        })
+    }
+
+    /// The tensor on `device`.
+    pub fn to_tensor(&self, device: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+        crate::parallel::comm::wire::tensor_from_bytes(&self.bytes, self.dtype, &self.shape, device)
+    }
 }
 
 /// One row of `tessera bench comm`.

@@ -8,9 +8,14 @@ use serde::{Deserialize, Serialize};
 use super::protocol::{LogLevel, PhaseSpan, VaePiece};
 use crate::parallel::Rank;
 
-/// Plain-data events of one job, in arrival order.
+/// Plain-data events of one run, in arrival order: the one event type the engine emits (the
+/// supervisor for a job, the generation session around it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JobEvent {
+    /// A step of preparation before (or between) jobs, for people: "starting 2 CPU workers".
+    Stage {
+        message: String,
+    },
     Started {
         world_size: usize,
     },

@@ -17,9 +17,10 @@ use nix::unistd::Pid;
 
 use super::launch::{resolve_worker_exe, CommBackend, WorkerArgs};
 use super::protocol::{
-    read_msg, write_msg, DeviceInfo, DeviceKind, FromWorker, Job, JobId, JobOutput, RankSummary, ToWorker, WorkerEvent,
-    PROTOCOL_VERSION,
+    read_msg, write_msg, DeviceInfo, DeviceKind, FromWorker, Job, JobData, JobId, JobOutput, RankSummary, ToWorker,
+    WorkerEvent, PROTOCOL_VERSION,
 };
+use super::protocol::LogLevel;
 use super::report::{JobEvent, PhaseReport, RankReport, RunReport};
 use super::RuntimeError;
 use crate::parallel::Rank;
@@ -84,10 +85,12 @@ impl CancelHandle {
     }
 }
 
-/// A finished job: each rank's output (index = rank) and the run report.
+/// A finished job: each rank's output (index = rank), the data ranks sent back while it ran (in
+/// arrival order), and the run report.
 #[derive(Clone, Debug)]
 pub struct JobResult {
     pub outputs: Vec<JobOutput>,
+    pub data: Vec<(Rank, JobData)>,
     pub report: RunReport,
 }
 
@@ -408,6 +411,26 @@ impl Supervisor {
         self.down.is_none()
     }
 
+    /// Between jobs: notices a worker that died while the world was idle (its control connection
+    /// closed, or its process exited), stops the rest of the world and says which rank and how.
+    /// Cheap (no message to the workers); call it whenever the caller is idle, e.g. every second.
+    pub fn check_idle(&mut self) -> Result<(), RuntimeError> {
+        if let Some(reason) = &self.down {
+            return Err(RuntimeError::WorldDown { reason: reason.clone() });
+        }
+        let mut closed = None;
+        while let Ok(msg) = self.inbox.try_recv() {
+            if let Inbound::Closed(rank) = msg {
+                closed.get_or_insert(rank);
+            }
+        }
+        let dead = closed.or_else(|| self.workers.iter_mut().position(|w| w.poll_exit().is_some()));
+        match dead {
+            Some(rank) => Err(self.fail_dead(rank, &mut |_: &JobEvent| {})),
+            None => Ok(()),
+        }
+    }
+
     /// Runs `job` on every rank and blocks until all are done, calling `on_event` for each event.
     /// A cancel via [`CancelHandle`] returns [`RuntimeError::Cancelled`] once every rank is idle again.
     pub fn run_job(&mut self, job: Job, mut on_event: impl FnMut(&JobEvent)) -> Result<JobResult, RuntimeError> {
@@ -431,6 +454,7 @@ impl Supervisor {
         }
 
         let mut outputs: Vec<Option<(JobOutput, RankSummary)>> = vec![None; n];
+        let mut data = Vec::new();
         let mut cancelled = vec![false; n];
         let mut phases: Vec<Vec<PhaseReport>> = vec![Vec::new(); n];
         let mut cancel_deadline: Option<Instant> = None;
@@ -438,6 +462,9 @@ impl Supervisor {
         while !finished(&outputs, &cancelled) {
             match self.inbox.recv_timeout(Duration::from_millis(50)) {
                 Ok(Inbound::Msg(rank, msg)) => match msg {
+                    FromWorker::Event { job_id: id, event: WorkerEvent::Data(d) } if id == job_id => {
+                        data.push((Rank(rank), d));
+                    }
                     FromWorker::Event { job_id: id, event } if id == job_id => {
                         let ev = translate(Rank(rank), event, self.spec.device);
                         if let JobEvent::PhaseSpan { name, start_secs, seconds, peak_bytes, start_bytes, .. } = &ev {
@@ -523,7 +550,7 @@ impl Supervisor {
             outs.push(output);
         }
         on_event(&JobEvent::Finished { wall_seconds });
-        Ok(JobResult { outputs: outs, report })
+        Ok(JobResult { outputs: outs, data, report })
     }
 
     fn send(&mut self, rank: usize, msg: &ToWorker) -> Result<(), ()> {
@@ -622,6 +649,8 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
         },
         WorkerEvent::Log { level, message } => JobEvent::Log { rank, level, message },
         WorkerEvent::VaePiece(piece) => JobEvent::VaePiece { rank, piece },
+        // Collected by `run_job` before translation; never an event.
+        WorkerEvent::Data(_) => JobEvent::Log { rank, level: LogLevel::Warn, message: "unrouted job data".into() },
     }
 }
 

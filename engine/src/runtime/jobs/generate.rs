@@ -5,7 +5,8 @@
 //! rank 0 for I2V), `denoise` (the shared loop with [`ShardedPredictor`]: CFG branches on the two
 //! halves of the world, Ulysses inside each half, FSDP gathers per block), `decode` (the VAE group
 //! `0..vae_parallel` in tiles or halo mode, with `VaePiece` events; rank 0 alone when it is 1).
-//! Rank 0 sends one progress event per step and writes the outputs atomically.
+//! Rank 0 sends one progress event per step, the final latents before the decode and the decoded
+//! frames after it, as `JobData` over the control channel: the host writes any file.
 //!
 //! Prompt embeddings arrive ready (`plan.text_encoder` says who made them: the host, or this world
 //! in a preceding `EncodePrompt` job). Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
@@ -19,53 +20,45 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 
 use super::{JobCtx, JobError};
-use crate::media::{self, OutputKind};
-use crate::models::wan::transformer::Config as DitConfig;
+use crate::model_spec::ModelSpec;
 use crate::models::wan::vae::parallel::DecodedPiece;
 use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
 use crate::parallel::comm::Collective;
-use crate::parallel::plan::{PlanModel, VaeMode};
+use crate::parallel::plan::VaeMode;
 use crate::pipeline::denoise::{run_loop, LoopSpec};
 use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
-use crate::pipeline::wan::{self as wan_pipeline, ModelIndex};
+use crate::pipeline::request;
+use crate::pipeline::wan as wan_pipeline;
 use crate::pipeline::PipelineProgress;
-use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobOutput, WorkerEvent};
+use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, WireTensor, WorkerEvent};
 use crate::scheduler;
-use crate::tensor_io;
-use crate::weights::{component_dir, load_config, Checkpoint};
+use crate::weights::Checkpoint;
 use timed::{CommStats, TimedComm};
 
 fn invalid(e: impl std::fmt::Display) -> JobError {
     JobError::Invalid(e.to_string())
 }
 
+/// Bytes of decoded video per `JobData::VideoFrames` message (a few frames at 720p).
+const VIDEO_CHUNK_BYTES: usize = 64 << 20;
+
 pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let device = ctx.device().clone();
     // bf16 on GPUs like the single-device pipeline would; f32 on the CPU (no bf16 conv there).
     let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
     let (plan, params, rank) = (spec.plan, &spec.params, ctx.rank());
-    let index = ModelIndex::read(&spec.model).map_err(invalid)?;
-    let dit_cfg: DitConfig = load_config(&spec.model.join("transformer"))?;
-    let vae_dir = component_dir(&spec.model, "vae")?;
-    let vae_cfg: vae::Config = load_config(&vae_dir)?;
-    let cfg_on = params.guidance > 1.0;
-    plan.validate(PlanModel { num_heads: dit_cfg.num_attention_heads, cfg: cfg_on }).map_err(invalid)?;
-    params.validate(vae_cfg.scale_factor_spatial * dit_cfg.patch_size[1]).map_err(invalid)?;
-    let out_kind = OutputKind::of(&spec.out).map_err(invalid)?;
-    if dit_cfg.in_channels != vae_cfg.z_dim && spec.image.is_none() {
-        return Err(invalid(format!(
-            "this transformer takes {} input channels (image-to-video): pass --image",
-            dit_cfg.in_channels
-        )));
-    }
+    let model = ModelSpec::from_path(&spec.model).map_err(invalid)?;
+    request::check(&model, params, &plan, spec.image.is_some()).map_err(invalid)?;
+    let vae_cfg = &model.vae;
+    let cfg_on = params.cfg();
 
     let stats = Arc::new(CommStats::default());
     let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
     let groups = PlanGroups::new(&plan, &world)?;
     let embeds = inputs::prompt_embeds(spec, cfg_on)?;
     let shape = wan_pipeline::latent_shape(params, vae_cfg.scale_factor_spatial, vae_cfg.z_dim);
-    let given = spec.latents.as_ref().map(|p| tensor_io::read_tensor(p, "latents", DType::F32, &device)).transpose()?;
+    let given = spec.latents.as_ref().map(|w| w.to_tensor(&device)).transpose()?;
     let latents = wan_pipeline::initial_latents(params, &shape, given.as_ref(), &device).map_err(invalid)?;
 
     // Decoding ranks: the VAE group `0..vae_parallel` (rank 0 alone when it is 1).
@@ -75,7 +68,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         let _load = ctx.phase("load");
         let predictor = ShardedPredictor::load(
             &spec.model,
-            index.has_transformer_2(),
+            model.two_experts(),
             &groups,
             &embeds.prompt,
             embeds.negative.as_ref(),
@@ -90,7 +83,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             (false, false) => None,
         };
         let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
-        let vae_bytes = if vae.is_some() { Checkpoint::open(&vae_dir)?.stored_bytes() } else { 0 };
+        let vae_bytes = if vae.is_some() { Checkpoint::open(&model.components.vae)?.stored_bytes() } else { 0 };
         ctx.add_weights_bytes(transformer_bytes + vae_bytes);
         let block_bytes = predictor.experts().first().map(|e| e.block_bytes()).unwrap_or(0);
         let s = GenerateStats {
@@ -108,7 +101,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             &world,
             vae.as_ref(),
             &latent_stats,
-            index.expand_timesteps,
+            model.index.expand_timesteps,
             path,
             params,
             &shape,
@@ -118,17 +111,9 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
 
     let latents = {
         let _denoise = ctx.phase("denoise");
-        let sched_dir = spec.model.join("scheduler");
-        let mut sched = scheduler::from_pretrained(&sched_dir, params.shift).map_err(invalid)?;
+        let mut sched = scheduler::from_pretrained(&model.components.scheduler, params.shift).map_err(invalid)?;
         sched.set_timesteps(params.steps)?;
-        let loop_spec = LoopSpec {
-            expand_timesteps: index.expand_timesteps,
-            boundary: index.boundary_ratio.map(|r| r * 1000.0),
-            has_expert_2: predictor.experts().len() > 1,
-            patch: dit_cfg.patch_size,
-            guidance: cfg_on.then(|| (params.guidance, params.guidance_2.unwrap_or(params.guidance))),
-            dtype,
-        };
+        let loop_spec = LoopSpec::new(&model, params, dtype);
         let (mut last, mut last_comm, mut cancelled) = (Instant::now(), stats.seconds(), false);
         let result = run_loop(&loop_spec, sched.as_mut(), latents, condition.as_ref(), &mut predictor, &mut |p| {
             if let PipelineProgress::Step { index, total, .. } = p {
@@ -154,20 +139,17 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     };
     drop(predictor);
 
-    {
+    if rank.0 == 0 {
+        ctx.emit(WorkerEvent::Data(JobData::Latents(WireTensor::from_tensor(&latents)?)));
+    }
+    if decodes {
         let _decode = ctx.phase("decode");
         let video = match &vae {
-            Some(vae) if decodes => decode(ctx, &plan, &groups, vae, &latent_stats, &latents)?,
-            _ => None,
+            Some(vae) => decode(ctx, &plan, &groups, vae, &latent_stats, &latents)?,
+            None => None,
         };
         if let Some(video) = video {
-            let fps = spec.fps.unwrap_or(if index.expand_timesteps { 24.0 } else { 16.0 });
-            save(&spec.out, &out_kind, &video, fps)?;
-        }
-        if rank.0 == 0 {
-            if let Some(p) = &spec.save_latents {
-                tensor_io::write_atomic(p, &[("latents", latents.clone())])?;
-            }
+            send_video(ctx, &video)?;
         }
     }
     ctx.comm().barrier()?;
@@ -213,16 +195,15 @@ fn decode(
     Ok(video.map(|v| sampling::video_to_unit_range(&v)).transpose()?)
 }
 
-fn save(out: &std::path::Path, kind: &OutputKind, video: &Tensor, fps: f64) -> Result<(), JobError> {
-    let media_err = |e: media::MediaError| JobError::Invalid(e.to_string());
-    match kind {
-        OutputKind::Safetensors => tensor_io::write_atomic(out, &[("video", video.clone())])?,
-        OutputKind::Mp4 => {
-            media::write_mp4(out, &media::Frames::from_tensor(video).map_err(media_err)?, fps).map_err(media_err)?
-        }
-        OutputKind::PngFrames => {
-            media::write_png_frames(out, &media::Frames::from_tensor(video).map_err(media_err)?).map_err(media_err)?
-        }
+/// Sends `video` `(1, F, 3, H, W)` to the supervisor in chunks of whole frames.
+fn send_video(ctx: &JobCtx, video: &Tensor) -> Result<(), JobError> {
+    let frames = video.squeeze(0)?.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?;
+    let (total, c, h, w) = frames.dims4()?;
+    let per_chunk = (VIDEO_CHUNK_BYTES / (c * h * w * 4).max(1)).max(1);
+    for first in (0..total).step_by(per_chunk) {
+        let n = per_chunk.min(total - first);
+        let chunk = WireTensor::from_tensor(&frames.narrow(0, first, n)?.contiguous()?)?;
+        ctx.emit(WorkerEvent::Data(JobData::VideoFrames { first, total, frames: chunk }));
     }
     Ok(())
 }

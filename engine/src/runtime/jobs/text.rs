@@ -1,11 +1,10 @@
 //! The sharded text-encoder job: UMT5 split by layer over every rank of the world
-//! (`text::sharded`), embeddings on every rank, written by rank 0.
+//! (`text::sharded`), embeddings on every rank; rank 0 sends them back as `JobData`.
 
-use candle_core::Device;
+use candle_core::DType;
 
 use super::{JobCtx, JobError};
-use crate::runtime::protocol::{EncodePromptSpec, JobOutput};
-use crate::tensor_io;
+use crate::runtime::protocol::{EncodePromptSpec, JobData, JobOutput, WireTensor, WorkerEvent};
 use crate::text::sharded::embed_prompts_sharded;
 use crate::text::{PromptCache, TextEncoderOptions};
 
@@ -26,13 +25,10 @@ pub fn encode_prompt(ctx: &JobCtx, spec: &EncodePromptSpec) -> Result<JobOutput,
     };
     ctx.add_weights_bytes(weights_bytes);
     if ctx.rank().0 == 0 {
-        let names = ["prompt_embeds", "negative_prompt_embeds"];
-        let tensors: Vec<(&str, candle_core::Tensor)> = names
-            .iter()
-            .zip(embeds)
-            .map(|(n, t)| Ok((*n, t.to_device(&Device::Cpu)?)))
-            .collect::<Result<_, candle_core::Error>>()?;
-        tensor_io::write_atomic(&spec.out, &tensors)?;
+        for (name, t) in ["prompt_embeds", "negative_prompt_embeds"].iter().zip(embeds) {
+            let tensor = WireTensor::from_tensor(&t.to_dtype(DType::F32)?)?;
+            ctx.emit(WorkerEvent::Data(JobData::Tensor { name: name.to_string(), tensor }));
+        }
     }
     ctx.comm().barrier()?;
     Ok(JobOutput::None)

@@ -1,0 +1,193 @@
+//! The flags of one generation, declared once: `tessera generate` runs them and `tessera plan`
+//! predicts them, so any complete `generate` command line is also a `plan` command line. A preset
+//! (`--preset`) gives the plan and default sizes; explicit flags override it field by field.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tessera_engine::api::{
+    DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, TextEncoderPlacement, TilingSpec,
+    VaeMode,
+};
+use tessera_engine::planner::preset::{self, Applied, Explicit, Preset};
+
+/// How the generation is spread over the workers.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PlanFlags {
+    /// Worker ranks (default: --ulysses × --cfg-parallel).
+    #[arg(long)]
+    pub ranks: Option<usize>,
+    /// Ulysses sequence-parallel degree (must divide the attention heads; default: ranks / cfg-parallel).
+    #[arg(long)]
+    pub ulysses: Option<usize>,
+    /// 2: the conditional and unconditional branches on two halves of the ranks (needs --guidance > 1).
+    #[arg(long)]
+    pub cfg_parallel: Option<usize>,
+    /// Ranks sharing one copy of the transformer blocks (FSDP-style; must divide --ranks).
+    #[arg(long)]
+    pub fsdp: Option<usize>,
+    /// Ranks that decode with the VAE (1..=ranks; default 1).
+    #[arg(long)]
+    pub vae_parallel: Option<usize>,
+    /// VAE split over --vae-parallel ranks: halo (row slabs) or tiles (needs --tiling).
+    #[arg(long, value_enum)]
+    pub vae_mode: Option<VaeMode>,
+    /// Tiled VAE decode: TILE_H,TILE_W,STRIDE_H,STRIDE_W in pixels (tiles mode).
+    #[arg(long, value_name = "TH,TW,SH,SW", value_parser = TilingSpec::parse)]
+    pub tiling: Option<TilingSpec>,
+    /// Where the UMT5 text encoder runs: cpu (the host) or sharded (split by layer over the ranks).
+    #[arg(long, value_enum)]
+    pub text_encoder: Option<TextEncoderPlacement>,
+}
+
+/// Every flag of a generation (all optional here: `generate` says which it needs).
+#[derive(Args, Debug, Clone)]
+pub struct GenerationArgs {
+    /// Diffusers pipeline folder (model_index.json, transformer/, vae/, scheduler/, text_encoder/, tokenizer/).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt text (needs text_encoder/ and tokenizer/ in the model folder).
+    #[arg(long, conflicts_with = "prompt_embeds")]
+    pub prompt: Option<String>,
+    /// Safetensors file with tensor `prompt_embeds` [1, L, text_dim].
+    #[arg(long)]
+    pub prompt_embeds: Option<PathBuf>,
+    /// Negative prompt (default "" under guidance > 1).
+    #[arg(long, conflicts_with = "negative_prompt_embeds")]
+    pub negative_prompt: Option<String>,
+    /// Safetensors file with tensor `negative_prompt_embeds` (may be the same file as --prompt-embeds).
+    #[arg(long)]
+    pub negative_prompt_embeds: Option<PathBuf>,
+    /// Input image (PNG/JPEG) for image-to-video.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Frames, 4k+1 (e.g. 81, 121).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (of the high-noise expert for A14B); CFG runs when > 1.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Guidance of the low-noise expert (A14B).
+    #[arg(long)]
+    pub guidance_2: Option<f64>,
+    /// Flow shift override (default: the scheduler config's).
+    #[arg(long)]
+    pub shift: Option<f64>,
+    /// Seed of the initial noise (StdRng/ChaCha12 normal draws; see README).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Initial noise: tensor `latents` [1, z, T, h, w] (e.g. exported from diffusers).
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// x.safetensors (tensor `video` (B,F,C,H,W) in [0,1]), x.mp4, or dir/ (PNG frames).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write the final latents (tensor `latents`).
+    #[arg(long)]
+    pub save_latents: Option<PathBuf>,
+    /// JSON report: per rank its phases with their peaks, weights, step times, comm share.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// cpu or cuda: the device of every worker (one per GPU with cuda).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// A parallel preset (presets/NAME.toml): its plan and default size, with any flag overriding it
+    /// field by field. Check it first with `tessera plan --preset FILE`.
+    #[arg(long)]
+    pub preset: Option<PathBuf>,
+    #[command(flatten)]
+    pub plan: PlanFlags,
+}
+
+impl GenerationArgs {
+    /// The preset (if any) with the explicit flags on top.
+    pub fn applied(&self) -> Result<Applied> {
+        let explicit = Explicit {
+            ranks: self.plan.ranks,
+            ulysses: self.plan.ulysses,
+            cfg_parallel: self.plan.cfg_parallel,
+            fsdp: self.plan.fsdp,
+            vae_parallel: self.plan.vae_parallel,
+            vae_mode: self.plan.vae_mode,
+            vae_tiling: self.plan.tiling,
+            text_encoder: self.plan.text_encoder,
+            height: self.height,
+            width: self.width,
+            frames: self.frames,
+            steps: self.steps,
+            guidance: self.guidance,
+        };
+        let preset = match &self.preset {
+            Some(path) => preset::load(path).with_context(|| format!("loading the preset {}", path.display()))?,
+            None => Preset::flags_only(self.base_plan()),
+        };
+        Ok(preset.apply(&explicit))
+    }
+
+    /// The plan the flags alone describe: Ulysses over the ranks unless told otherwise.
+    fn base_plan(&self) -> ParallelPlan {
+        let f = &self.plan;
+        let cfg_parallel = f.cfg_parallel.unwrap_or(1);
+        let ranks = f.ranks.unwrap_or(f.ulysses.unwrap_or(1) * cfg_parallel);
+        ParallelPlan {
+            ranks,
+            ulysses: f.ulysses.unwrap_or(ranks.checked_div(cfg_parallel).unwrap_or(ranks)),
+            cfg_parallel,
+            fsdp: f.fsdp.unwrap_or(1),
+            vae_parallel: f.vae_parallel.unwrap_or(1),
+            // Tiles are what --tiling implies when no mode is named.
+            vae_mode: f.vae_mode.unwrap_or(if f.tiling.is_some() { VaeMode::Tiles } else { VaeMode::Halo }),
+            vae_tiling: f.tiling,
+            text_encoder: f.text_encoder.unwrap_or_default(),
+        }
+    }
+
+    /// The request the flags describe (`generate` additionally needs --out and a prompt).
+    pub fn request(&self) -> Result<GenerationRequest> {
+        let applied = self.applied()?;
+        let need = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
+        let params = GenerateParams {
+            height: need(applied.height, "--height")?,
+            width: need(applied.width, "--width")?,
+            frames: need(applied.frames, "--frames")?,
+            steps: need(applied.steps, "--steps")?,
+            guidance: applied.guidance.context("--guidance is required (or a --preset with it)")?,
+            guidance_2: self.guidance_2,
+            shift: self.shift,
+            seed: self.seed,
+        };
+        let prompt = match (&self.prompt, &self.prompt_embeds) {
+            (Some(t), _) => Prompt::Text(t.clone()),
+            (None, Some(p)) => Prompt::Embeds(p.clone()),
+            (None, None) => anyhow::bail!("--prompt or --prompt-embeds is required"),
+        };
+        let negative = match (&self.negative_prompt, &self.negative_prompt_embeds) {
+            (Some(t), _) => Some(Prompt::Text(t.clone())),
+            (None, Some(p)) => Some(Prompt::Embeds(p.clone())),
+            (None, None) => None,
+        };
+        Ok(GenerationRequest {
+            negative,
+            image: self.image.clone(),
+            latents: self.latents.clone(),
+            plan: applied.plan,
+            device: self.device,
+            output: self.out.as_ref().map(|path| Output {
+                path: path.clone(),
+                fps: self.fps,
+                latents: self.save_latents.clone(),
+            }),
+            ..GenerationRequest::new(self.model.clone(), prompt, params)
+        })
+    }
+}

@@ -1,0 +1,40 @@
+//! The engine's front door: what the CLI and the studio use to run a generation, and the only
+//! engine module they import (besides the event and report types re-exported here).
+//!
+//! - [`ModelSpec`] (from [`crate::model_spec`]): the one reader of a model on disk.
+//! - [`GenerationRequest`] ([`request`]): model, prompts, image, size, schedule, guidance, seed,
+//!   plan, device, output — validated once by [`GenerationRequest::validate`], whose
+//!   [`RequestError`] words itself for the studio (labels) or the CLI (flags).
+//! - [`Session`] ([`session`]): a world of workers kept between runs; `generate(&request, on_event)`
+//!   resolves the prompts ([`prompts`]), runs the generation on the workers (a world of one is the
+//!   same path), emits [`JobEvent`]s and returns a [`Generation`]: the [`Video`] ([`video`]) and the
+//!   [`GenerationReport`] ([`report`]), one shape for every plan.
+//!
+//! ```no_run
+//! use tessera_engine::api::{GenerateParams, GenerationRequest, Prompt, Session, SessionOptions};
+//! let params = GenerateParams { height: 704, width: 1280, frames: 121, steps: 50, guidance: 5.0,
+//!     guidance_2: None, shift: None, seed: 0 };
+//! let req = GenerationRequest::new("Wan2.2-TI2V-5B-Diffusers", Prompt::Text("a fox".into()), params);
+//! let mut session = Session::new(SessionOptions::default());
+//! let generation = session.generate(&req, &mut |event| println!("{event:?}")).unwrap();
+//! generation.video.unwrap().save("fox.mp4".as_ref()).unwrap();
+//! ```
+
+mod prompts;
+pub mod report;
+pub mod request;
+pub mod session;
+pub mod video;
+
+pub use crate::fields::{render, Audience, Field};
+pub use crate::media::{Frames, OutputKind};
+pub use crate::model_spec::{Family, Layout, ModelSpec, ModelSpecError, Variant};
+pub use crate::parallel::plan::{ParallelPlan, PlanError, TextEncoderPlacement, TilingSpec, VaeMode};
+pub use crate::pipeline::request::{GenerateParams, RequestError};
+pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
+pub use crate::runtime::{JobEvent, PhaseReport, RankReport};
+pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};
+pub use request::{GenerationRequest, Output, Prompt};
+pub use session::{explain, Generation, Session, SessionCancel, SessionError, SessionOptions};
+pub use video::Video;
+pub use crate::tensor_io::write_file_atomic;

@@ -1,0 +1,185 @@
+//! Prompt resolution for a [`super::Session`]: text through UMT5 (on the host, or split by layer over
+//! the session's workers when the plan says `sharded`), embeddings files, or seeded stand-ins. Every
+//! encoded text is kept in memory per (model, text), on top of the on-disk prompt cache, so a
+//! second run with the same prompt encodes nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::request::{GenerationRequest, Prompt};
+use super::session::SessionError;
+use crate::model_spec::ModelSpec;
+use crate::parallel::plan::TextEncoderPlacement;
+use crate::pipeline::sampling;
+use crate::runtime::protocol::{EmbedsSource, EncodePromptSpec, Job, JobData, WireTensor};
+use crate::runtime::{JobEvent, JobResult, Supervisor};
+use crate::text::{self, PromptCache, TextEncoderOptions, DEFAULT_MAX_SEQUENCE_LENGTH};
+
+/// Tokens of the stand-in embeddings (any length works: cross-attention takes any).
+const STANDIN_TOKENS: usize = 16;
+
+/// The generate job's prompt sources, and the text job's result when the world encoded them.
+pub(crate) struct Resolved {
+    pub prompt: EmbedsSource,
+    pub negative: Option<EmbedsSource>,
+    pub text_job: Option<JobResult>,
+}
+
+/// Encoded texts of this session, f32 on the host.
+#[derive(Default)]
+pub(crate) struct PromptMemory {
+    encoded: HashMap<(PathBuf, String), Tensor>,
+}
+
+impl PromptMemory {
+    /// The prompt and (under CFG) negative sources of `req`; `world` runs the sharded encoder.
+    pub fn resolve(
+        &mut self,
+        req: &GenerationRequest,
+        model: &ModelSpec,
+        world: &mut Supervisor,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<Resolved, SessionError> {
+        let negative = req.negative_prompt(model);
+        let texts: Vec<&str> = [Some(&req.prompt), negative.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| match p {
+                Prompt::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        let text_job = self.encode_missing(model, &texts, req.plan.text_encoder, world, on_event)?;
+        let source = |p: &Prompt, name: &str| -> Result<EmbedsSource, SessionError> {
+            Ok(match p {
+                Prompt::Embeds(path) => EmbedsSource::File { path: path.clone(), name: name.into() },
+                Prompt::Text(t) => EmbedsSource::Inline(self.wire(&model.root, t)?),
+                Prompt::StandIn(t) => EmbedsSource::Inline(WireTensor::from_tensor(&standin(t, model.transformer.text_dim)?)?),
+            })
+        };
+        Ok(Resolved {
+            prompt: source(&req.prompt, "prompt_embeds")?,
+            negative: negative.as_ref().map(|n| source(n, "negative_prompt_embeds")).transpose()?,
+            text_job,
+        })
+    }
+
+    /// Embeddings of `texts` for `model` (encoding only those not in memory); `placement` says
+    /// where the encoder runs.
+    pub fn encode(
+        &mut self,
+        model: &ModelSpec,
+        texts: &[&str],
+        placement: TextEncoderPlacement,
+        world: &mut Supervisor,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<Vec<Tensor>, SessionError> {
+        self.encode_missing(model, texts, placement, world, on_event)?;
+        texts.iter().map(|t| self.get(&model.root, t)).collect()
+    }
+
+    fn get(&self, root: &Path, text: &str) -> Result<Tensor, SessionError> {
+        self.encoded
+            .get(&(root.to_path_buf(), text.to_string()))
+            .cloned()
+            .ok_or_else(|| SessionError::Input(format!("the prompt {text:?} was not encoded")))
+    }
+
+    fn wire(&self, root: &Path, text: &str) -> Result<WireTensor, SessionError> {
+        Ok(WireTensor::from_tensor(&self.get(root, text)?)?)
+    }
+
+    fn encode_missing(
+        &mut self,
+        model: &ModelSpec,
+        texts: &[&str],
+        placement: TextEncoderPlacement,
+        world: &mut Supervisor,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<Option<JobResult>, SessionError> {
+        let mut missing: Vec<&str> = Vec::new();
+        for t in texts {
+            if !self.encoded.contains_key(&(model.root.clone(), t.to_string())) && !missing.contains(t) {
+                missing.push(t);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        let cache_dir = PromptCache::default_dir();
+        let (tensors, job) = match placement {
+            TextEncoderPlacement::Cpu => {
+                on_event(&JobEvent::Stage { message: "encoding the prompts (UMT5 on the host)".into() });
+                let opts = TextEncoderOptions {
+                    device: Device::Cpu,
+                    dtype: Some(DType::F32),
+                    max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+                };
+                let cache = cache_dir.map(PromptCache::new);
+                (text::embed_prompts(&model.root, &missing, &opts, cache.as_ref())?, None)
+            }
+            TextEncoderPlacement::Sharded => {
+                on_event(&JobEvent::Stage { message: "encoding the prompts on the workers".into() });
+                let mut tensors = Vec::new();
+                let mut last = None;
+                // The text job takes a prompt and a negative: two texts at a time.
+                for pair in missing.chunks(2) {
+                    let spec = EncodePromptSpec {
+                        model: model.root.clone(),
+                        prompts: pair.iter().map(|t| t.to_string()).collect(),
+                        max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+                        cache_dir: cache_dir.clone(),
+                    };
+                    let result = world.run_job(Job::EncodePrompt(spec), |e| on_event(e))?;
+                    for (_, data) in &result.data {
+                        if let JobData::Tensor { tensor, .. } = data {
+                            tensors.push(tensor.to_tensor(&Device::Cpu)?);
+                        }
+                    }
+                    last = Some(result);
+                }
+                (tensors, last)
+            }
+        };
+        if tensors.len() != missing.len() {
+            return Err(SessionError::Input(format!(
+                "the text encoder returned {} embeddings for {} prompts",
+                tensors.len(),
+                missing.len()
+            )));
+        }
+        for (t, e) in missing.iter().zip(tensors) {
+            self.encoded.insert((model.root.clone(), t.to_string()), e.to_dtype(DType::F32)?);
+        }
+        Ok(job)
+    }
+}
+
+/// FNV-1a of the text: a stable seed (std's hasher may change between Rust versions).
+fn text_seed(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Seeded `(1, 16, text_dim)` embeddings for `text`, unit variance like UMT5 outputs.
+pub(crate) fn standin(text: &str, text_dim: usize) -> candle_core::Result<Tensor> {
+    sampling::initial_noise(text_seed(text), &[1, STANDIN_TOKENS, text_dim], &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standins_are_stable_per_text() {
+        let a = standin("a fox", 32).unwrap();
+        let b = standin("a fox", 32).unwrap();
+        let c = standin("", 32).unwrap();
+        assert_eq!(a.dims(), &[1, STANDIN_TOKENS, 32]);
+        let diff =
+            |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff(&a, &b), 0.0);
+        assert!(diff(&a, &c) > 1.0, "different prompts, different embeddings");
+    }
+}

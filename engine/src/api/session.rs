@@ -1,0 +1,394 @@
+//! [`Session`]: a world of worker processes kept between generations. `generate` checks the request,
+//! (re)starts the workers when the plan's ranks or device changed or one died while idle, resolves
+//! the prompts, runs the whole generation on the workers (a world of one is the same path) and
+//! returns the frames, which come back over the control channel — no file in between. Outputs are
+//! written by the host, atomically, only after the run succeeded.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::prompts::PromptMemory;
+use super::report::GenerationReport;
+use super::request::GenerationRequest;
+use super::video::Video;
+use crate::fields::Field;
+use crate::model_spec::{ModelSpec, ModelSpecError};
+use crate::parallel::plan::TextEncoderPlacement;
+use crate::pipeline::request::RequestError;
+use crate::pipeline::wan::latent_shape;
+use crate::runtime::protocol::{DeviceKind, GenerateSpec, Job, JobData, WireTensor};
+use crate::runtime::{CancelHandle, JobEvent, RuntimeError, Supervisor, WorldSpec};
+use crate::tensor_io;
+
+/// Why a generation did not produce a video. `Display` is for the studio; [`SessionError::cli`]
+/// names CLI flags where a request field is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("Model: {0}")]
+    Model(#[from] ModelSpecError),
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    #[error("{}", explain(.0))]
+    Runtime(RuntimeError),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Input(String),
+    #[error("writing {}: {msg}", .path.display())]
+    Output { path: PathBuf, msg: String },
+}
+
+impl SessionError {
+    /// The message for a terminal (request fields named by their flags).
+    pub fn cli(&self) -> String {
+        match self {
+            Self::Request(e) => e.cli(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<RuntimeError> for SessionError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Cancelled => Self::Cancelled,
+            e => Self::Runtime(e),
+        }
+    }
+}
+
+impl From<candle_core::Error> for SessionError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Input(e.to_string())
+    }
+}
+
+impl From<crate::text::TextError> for SessionError {
+    fn from(e: crate::text::TextError) -> Self {
+        Self::Input(format!("encoding the prompts: {e}"))
+    }
+}
+
+/// A runtime error as people read it: what happened, naming the rank, and what to change.
+pub fn explain(err: &RuntimeError) -> String {
+    let oom = |m: &str| {
+        let m = m.to_ascii_lowercase();
+        m.contains("out of memory") || m.contains("oom") || m.contains("memory allocation")
+    };
+    match err {
+        RuntimeError::WorkerFailed { rank, message } if oom(message) => format!(
+            "Rank {rank} ran out of memory: {message}. Fix: lower the size or frames, raise VAE parallel or FSDP, or use the tiles VAE mode (`tessera plan` predicts each rank's peak)."
+        ),
+        RuntimeError::WorkerFailed { rank, message } => format!("Rank {rank} failed: {message}"),
+        RuntimeError::WorkerExited { rank, status } => format!(
+            "Rank {rank} exited ({status}); the other workers were stopped. If the system killed it for memory, lower the size or spread the work over more ranks; the next run starts fresh workers."
+        ),
+        RuntimeError::Handshake { detail, .. } => {
+            format!("The workers did not start: {detail}. Check `tessera doctor`.")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// How a session starts its workers.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// `None`: `$TESSERA_WORKER_EXE`, else `tessera-worker` beside the current executable.
+    pub worker_exe: Option<PathBuf>,
+    /// CPU threads per worker; `None`: the cores divided by the ranks.
+    pub threads_per_rank: Option<usize>,
+    /// Extra environment for the workers.
+    pub env: Vec<(String, String)>,
+}
+
+/// Stops the session's running generation at the next step boundary; usable from any thread.
+#[derive(Clone, Default)]
+pub struct SessionCancel(Arc<CancelState>);
+
+#[derive(Default)]
+struct CancelState {
+    requested: AtomicBool,
+    job: Mutex<Option<CancelHandle>>,
+}
+
+impl SessionCancel {
+    pub fn cancel(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        if let Ok(job) = self.0.job.lock() {
+            if let Some(h) = job.as_ref() {
+                h.cancel();
+            }
+        }
+    }
+
+    fn is_requested(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    fn arm(&self, handle: Option<CancelHandle>) {
+        if let Ok(mut job) = self.0.job.lock() {
+            *job = handle;
+        }
+    }
+
+    fn reset(&self) {
+        self.arm(None);
+        self.0.requested.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A finished generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// `None` for a denoise-only request.
+    pub video: Option<Video>,
+    /// Final normalised latents `(1, z, T, h, w)` f32.
+    pub latents: Tensor,
+    pub report: GenerationReport,
+}
+
+struct World {
+    supervisor: Supervisor,
+    ranks: usize,
+    device: DeviceKind,
+}
+
+/// A world of workers reused across generations (see the module doc).
+pub struct Session {
+    options: SessionOptions,
+    world: Option<World>,
+    prompts: PromptMemory,
+    cancel: SessionCancel,
+}
+
+impl Session {
+    pub fn new(options: SessionOptions) -> Self {
+        Self { options, world: None, prompts: PromptMemory::default(), cancel: SessionCancel::default() }
+    }
+
+    pub fn cancel_handle(&self) -> SessionCancel {
+        self.cancel.clone()
+    }
+
+    /// Pids of the running workers, by rank (empty when none run).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.world.as_ref().map(|w| w.supervisor.workers().iter().map(|i| i.pid).collect()).unwrap_or_default()
+    }
+
+    /// While idle: whether a worker died since the last run. The world is then stopped (the next
+    /// `generate` starts a fresh one) and the message says which rank and how.
+    pub fn check_idle(&mut self) -> Option<String> {
+        let world = self.world.as_mut()?;
+        match world.supervisor.check_idle() {
+            Ok(()) => None,
+            Err(e) => {
+                self.world = None;
+                Some(format!("{} (while idle)", explain(&e)))
+            }
+        }
+    }
+
+    /// Runs `req` and returns its video; `on_event` sees every event of the run as it happens.
+    pub fn generate(
+        &mut self,
+        req: &GenerationRequest,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<Generation, SessionError> {
+        let result = self.generate_inner(req, on_event);
+        self.cancel.reset();
+        result
+    }
+
+    fn generate_inner(
+        &mut self,
+        req: &GenerationRequest,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<Generation, SessionError> {
+        let started = Instant::now();
+        let model = ModelSpec::from_path(&req.model)?;
+        req.validate(&model)?;
+        let latents = req.latents.as_ref().map(|p| initial_latents(p, &model, req)).transpose()?;
+        let reused = self.prepare_world(req.plan.ranks, req.device, on_event)?;
+        self.check_cancel()?;
+        let world = self.world.as_mut().ok_or_else(|| SessionError::Input("the workers are not running".into()))?;
+        let resolved = self.prompts.resolve(req, &model, &mut world.supervisor, on_event);
+        let resolved = keep_world_if_up(&mut self.world, resolved)?;
+        self.check_cancel()?;
+        let setup_seconds = started.elapsed().as_secs_f64();
+        let spec = GenerateSpec {
+            model: req.model.clone(),
+            params: req.params.clone(),
+            plan: req.plan,
+            prompt: resolved.prompt,
+            negative: resolved.negative,
+            image: req.image.clone(),
+            latents,
+            decode: req.decode,
+        };
+        let world = self.world.as_mut().ok_or_else(|| SessionError::Input("the workers are not running".into()))?;
+        let handle = world.supervisor.cancel_handle();
+        self.cancel.arm(Some(handle.clone()));
+        let cancel = self.cancel.clone();
+        let result = world.supervisor.run_job(Job::Generate(Box::new(spec)), |e| {
+            // `run_job` clears the job's cancel flag as it starts: re-apply a cancel pressed before.
+            if matches!(e, JobEvent::Started { .. }) && cancel.is_requested() {
+                handle.cancel();
+            }
+            on_event(e);
+        });
+        self.cancel.arm(None);
+        let result = keep_world_if_up(&mut self.world, result.map_err(SessionError::from))?;
+
+        let (latents, video) = assemble(&result.data, model.default_fps())?;
+        let latents = latents.ok_or_else(|| SessionError::Input("rank 0 sent no latents".into()))?;
+        if req.decode && video.is_none() {
+            return Err(SessionError::Input("rank 0 sent no video".into()));
+        }
+        let timing = (started.elapsed().as_secs_f64(), setup_seconds, reused);
+        let report = GenerationReport::new(req.model.clone(), req.plan, &result, resolved.text_job.as_ref(), timing);
+        let mut video = video;
+        if let Some(out) = &req.output {
+            if let Some(v) = video.as_mut() {
+                v.fps = out.fps.unwrap_or(v.fps);
+                v.save(&out.path).map_err(|e| SessionError::Output { path: out.path.clone(), msg: e.to_string() })?;
+            }
+            if let Some(path) = &out.latents {
+                tensor_io::write_atomic(path, &[("latents", latents.clone())])
+                    .map_err(|e| SessionError::Output { path: path.clone(), msg: e.to_string() })?;
+            }
+        }
+        Ok(Generation { video, latents, report })
+    }
+
+    /// Prompt embeddings for `texts` (e.g. `tessera encode-prompt`), on the host or over a world of
+    /// `ranks` workers.
+    pub fn encode_prompts(
+        &mut self,
+        model: &ModelSpec,
+        texts: &[&str],
+        placement: TextEncoderPlacement,
+        ranks: usize,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<Vec<Tensor>, SessionError> {
+        if !model.can_encode_text() {
+            return Err(RequestError::new(
+                Field::Prompt,
+                format!("prompt text needs text_encoder/ and tokenizer/ in {}", model.root.display()),
+            )
+            .into());
+        }
+        self.prepare_world(ranks, DeviceKind::Cpu, on_event)?;
+        let world = self.world.as_mut().ok_or_else(|| SessionError::Input("the workers are not running".into()))?;
+        let out = self.prompts.encode(model, texts, placement, &mut world.supervisor, on_event);
+        keep_world_if_up(&mut self.world, out)
+    }
+
+    /// Stops the workers (also done on drop).
+    pub fn shutdown(mut self) {
+        if let Some(w) = self.world.take() {
+            w.supervisor.shutdown();
+        }
+    }
+
+    fn check_cancel(&self) -> Result<(), SessionError> {
+        if self.cancel.is_requested() {
+            return Err(SessionError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Makes sure a live world of `ranks` workers on `device` runs; `true` when the current one was
+    /// reused.
+    fn prepare_world(
+        &mut self,
+        ranks: usize,
+        device: DeviceKind,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<bool, SessionError> {
+        if let Some(w) = self.world.as_mut() {
+            if w.ranks != ranks || w.device != device {
+                if let Some(old) = self.world.take() {
+                    old.supervisor.shutdown();
+                }
+            } else if let Err(e) = w.supervisor.check_idle() {
+                on_event(&JobEvent::Stage { message: format!("{} (while idle); restarting the workers", explain(&e)) });
+                self.world = None;
+            } else {
+                return Ok(true);
+            }
+        }
+        let kind = match device {
+            DeviceKind::Cpu => "CPU",
+            DeviceKind::Cuda => "GPU",
+        };
+        on_event(&JobEvent::Stage {
+            message: format!("starting {ranks} {kind} worker{}", if ranks == 1 { "" } else { "s" }),
+        });
+        let spec = WorldSpec {
+            ranks,
+            device,
+            worker_exe: self.options.worker_exe.clone(),
+            threads_per_rank: self.options.threads_per_rank,
+            env: self.options.env.clone(),
+            ..WorldSpec::default()
+        };
+        let supervisor = Supervisor::spawn(spec)?;
+        self.world = Some(World { supervisor, ranks, device });
+        Ok(false)
+    }
+}
+
+/// Drops the world when a failure took it down (the next run starts a fresh one).
+fn keep_world_if_up<T>(world: &mut Option<World>, result: Result<T, SessionError>) -> Result<T, SessionError> {
+    if result.is_err() && world.as_ref().is_some_and(|w| !w.supervisor.is_up()) {
+        *world = None;
+    }
+    result
+}
+
+/// The `latents` tensor of `path`, checked against the request's latent shape.
+fn initial_latents(path: &std::path::Path, model: &ModelSpec, req: &GenerationRequest) -> Result<WireTensor, SessionError> {
+    let t = tensor_io::read_tensor(path, "latents", DType::F32, &Device::Cpu)
+        .map_err(|e| RequestError::new(Field::Latents, format!("«latents» {e}")))?;
+    let want = latent_shape(&req.params, model.vae.scale_factor_spatial, model.vae.z_dim);
+    if t.dims() != want {
+        return Err(RequestError::new(
+            Field::Latents,
+            format!("«latents» has shape {:?}; this size needs {want:?}", t.dims()),
+        )
+        .into());
+    }
+    Ok(WireTensor::from_tensor(&t)?)
+}
+
+/// The latents and the video (from its frame chunks) that rank 0 sent.
+fn assemble(data: &[(crate::parallel::Rank, JobData)], fps: f64) -> Result<(Option<Tensor>, Option<Video>), SessionError> {
+    let mut latents = None;
+    let mut chunks: Vec<(usize, Tensor)> = Vec::new();
+    let mut total = 0;
+    for (_, d) in data {
+        match d {
+            JobData::Latents(w) => latents = Some(w.to_tensor(&Device::Cpu)?),
+            JobData::VideoFrames { first, total: t, frames } => {
+                total = *t;
+                chunks.push((*first, frames.to_tensor(&Device::Cpu)?));
+            }
+            JobData::Tensor { .. } => {}
+        }
+    }
+    if chunks.is_empty() {
+        return Ok((latents, None));
+    }
+    chunks.sort_by_key(|(first, _)| *first);
+    let got: usize = chunks.iter().map(|(_, t)| t.dim(0).unwrap_or(0)).sum();
+    if got != total {
+        return Err(SessionError::Input(format!("rank 0 sent {got} of {total} video frames")));
+    }
+    let parts: Vec<&Tensor> = chunks.iter().map(|(_, t)| t).collect();
+    let frames = Tensor::cat(&parts, 0)?.unsqueeze(0)?;
+    Ok((latents, Some(Video { frames, fps })))
+}
