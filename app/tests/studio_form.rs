@@ -28,7 +28,7 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
         app.messages.items.iter().any(|m| m.text.starts_with("Invalid size"))
     });
     let text = &h.state().messages.items[0].text;
-    assert_eq!(text, "Invalid size: --width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
+    assert_eq!(text, "Width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
     // Dismiss it; the app stays usable: snap the size and the inline error is gone.
     h.get_by_label("Dismiss").click();
     h.run_steps(2);

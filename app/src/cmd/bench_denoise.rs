@@ -10,14 +10,9 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use serde::Serialize;
-use tessera_engine::parallel::comm::wire::{tensor_to_bytes, WireDType};
-use tessera_engine::parallel::plan::ParallelPlan;
-use tessera_engine::pipeline::GenerateParams;
+use tessera_engine::api::{GenerateParams, GenerationRequest, ParallelPlan, Prompt, Session, SessionOptions};
+use tessera_engine::pipeline_folder::{write_pipeline, Arch, PipelineSpec};
 use tessera_engine::random_weights::StoreDtype;
-use tessera_engine::runtime::protocol::{EmbedsSource, GenerateSpec, Job, JobOutput, WireTensor};
-use tessera_engine::runtime::{Supervisor, WorldSpec};
-
-use super::make_model::{Arch, PipelineSpec};
 
 #[derive(Args, Debug)]
 pub struct BenchDenoiseArgs {
@@ -70,67 +65,58 @@ fn parse_plans(s: &str) -> Result<Vec<ParallelPlan>> {
         .collect()
 }
 
-fn inline(t: &Tensor) -> Result<EmbedsSource> {
-    Ok(EmbedsSource::Inline(WireTensor { dtype: WireDType::F32, shape: t.dims().to_vec(), bytes: tensor_to_bytes(t)? }))
-}
-
 pub fn run(a: BenchDenoiseArgs) -> Result<()> {
     let plans = parse_plans(&a.plans)?;
     let model = a.models_dir.join(format!("wan2.2-ti2v-5b-{}l", a.layers));
     if !model.join("model_index.json").is_file() {
         let spec = PipelineSpec::for_arch(Arch::Wan22Ti2v5b, Some(a.layers))?.context("TI2V is a pipeline arch")?;
-        super::make_model::write_pipeline(
-            &model,
-            &spec,
-            0,
-            StoreDtype::F32,
-            tessera_engine::random_weights::DIFFUSERS_SHARD_BYTES,
-        )?;
+        write_pipeline(&model, &spec, 0, StoreDtype::F32, tessera_engine::random_weights::DIFFUSERS_SHARD_BYTES)?;
     }
     let dev = Device::Cpu;
-    let prompt = Tensor::randn(0f32, 1., (1, 512, 4096), &dev)?;
-    let negative = Tensor::randn(0f32, 1., (1, 512, 4096), &dev)?;
     let tmp = tempfile_dir()?;
+    // UMT5-XXL-shaped embeddings (512 tokens × 4096), as files the workers read.
+    let embeds = tmp.join("embeds.safetensors");
+    tessera_engine::tensor_io::write_atomic(
+        &embeds,
+        &[
+            ("prompt_embeds", Tensor::randn(0f32, 1., (1, 512, 4096), &dev)?),
+            ("negative_prompt_embeds", Tensor::randn(0f32, 1., (1, 512, 4096), &dev)?),
+        ],
+    )?;
+    let mut session = Session::new(SessionOptions::default());
     let mut rows = Vec::new();
     println!("| plan | rank | transformer weights | FSDP bound | denoise heap peak | step | comm share |");
     println!("|---|---|---|---|---|---|---|");
     for plan in plans {
         let name = format!("U{} C{} F{}", plan.ulysses, plan.cfg_parallel, plan.fsdp);
-        let spec = GenerateSpec {
-            model: model.clone(),
-            params: GenerateParams {
-                height: a.height,
-                width: a.width,
-                frames: a.frames,
-                steps: a.steps,
-                guidance: 5.0,
-                guidance_2: None,
-                shift: None,
-                seed: 0,
-            },
-            plan,
-            prompt: inline(&prompt)?,
-            negative: Some(inline(&negative)?),
-            image: None,
-            latents: None,
-            out: tmp.join("unused.safetensors"),
-            save_latents: None,
-            fps: None,
-            decode: false,
+        let params = GenerateParams {
+            height: a.height,
+            width: a.width,
+            frames: a.frames,
+            steps: a.steps,
+            guidance: 5.0,
+            guidance_2: None,
+            shift: None,
+            seed: 0,
         };
-        let mut sup = Supervisor::spawn(WorldSpec { ranks: plan.ranks, ..WorldSpec::default() })
-            .context("starting the workers")?;
-        let result = sup.run_job(Job::Generate(Box::new(spec)), |_| {});
-        sup.shutdown();
-        let result = result.with_context(|| format!("bench case {name}"))?;
-        for (r, (out, rep)) in result.outputs.iter().zip(&result.report.ranks).enumerate() {
-            let JobOutput::Generate(s) = out else { anyhow::bail!("rank {r} returned no statistics") };
+        let request = GenerationRequest {
+            negative: Some(Prompt::Embeds(embeds.clone())),
+            plan,
+            decode: false,
+            ..GenerationRequest::new(&model, Prompt::Embeds(embeds.clone()), params)
+        };
+        let generation = session
+            .generate(&request, &mut |_| {})
+            .map_err(|e| anyhow::anyhow!(e.cli()))
+            .with_context(|| format!("bench case {name}"))?;
+        for (r, rep) in generation.report.ranks.iter().enumerate() {
+            let s = &rep.denoise.as_ref().with_context(|| format!("rank {r} returned no statistics"))?.stats;
             let blocks = s.block_bytes * a.layers as u64;
             let stem = s.transformer_bytes.saturating_sub(blocks / plan.fsdp as u64);
             let bound = stem + blocks.div_ceil(plan.fsdp as u64) + if plan.fsdp > 1 { s.block_bytes } else { 0 };
             let total: f64 = s.step_seconds.iter().sum();
             let comm: f64 = s.step_comm_seconds.iter().sum();
-            let peak = rep.phases.iter().find(|p| p.name == "denoise").map(|p| p.peak_bytes).unwrap_or(0);
+            let peak = rep.run.phases.iter().find(|p| p.name == "denoise").map(|p| p.peak_bytes).unwrap_or(0);
             let row = Row {
                 plan: name.clone(),
                 ranks: plan.ranks,
@@ -155,6 +141,7 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
             rows.push(row);
         }
     }
+    session.shutdown();
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
     }

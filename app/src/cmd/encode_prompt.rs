@@ -84,32 +84,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The encoder split by layer over `--ranks` worker processes.
+/// The encoder split by layer over `--ranks` worker processes (the engine's session runs it).
 fn run_sharded(args: &Args, prompts: &[&str], cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    use tessera_engine::runtime::protocol::{EncodePromptSpec, Job};
-    use tessera_engine::runtime::{Supervisor, WorldSpec};
+    use tessera_engine::api::{Session, SessionOptions, TextEncoderPlacement};
     anyhow::ensure!(
         args.device == "cpu",
         "--text-encoder sharded runs on the worker processes' devices; drop --device"
     );
     anyhow::ensure!(args.dtype.is_none(), "--text-encoder sharded uses the checkpoint's dtype; drop --dtype");
     anyhow::ensure!(args.ranks >= 1, "--ranks must be at least 1");
-    let spec = EncodePromptSpec {
-        model: args.model.clone(),
-        prompts: prompts.iter().map(|p| p.to_string()).collect(),
-        max_sequence_length: args.max_sequence_length,
-        cache_dir,
-        out: args.out.clone(),
-    };
-    let mut sup =
-        Supervisor::spawn(WorldSpec { ranks: args.ranks, ..WorldSpec::default() }).context("starting the workers")?;
-    let result = sup.run_job(Job::EncodePrompt(spec), |_| {});
-    sup.shutdown();
-    let result = result.with_context(|| {
+    let mut session = Session::new(SessionOptions { prompt_cache_dir: cache_dir, ..SessionOptions::default() });
+    let result = session.encode_prompts(
+        &args.model,
+        prompts,
+        args.max_sequence_length,
+        TextEncoderPlacement::Sharded,
+        args.ranks,
+        &mut |_| {},
+    );
+    session.shutdown();
+    let encoded = result.map_err(|e| anyhow::anyhow!(e.cli())).with_context(|| {
         format!("encoding the prompt with the text encoder of {} on {} ranks", args.model.display(), args.ranks)
     })?;
-    if let Some(path) = &args.report {
-        result.report.write_json(path).with_context(|| format!("writing the report {}", path.display()))?;
+    let names = ["prompt_embeds", "negative_prompt_embeds"];
+    let tensors: Vec<(&str, candle_core::Tensor)> = names.iter().copied().zip(encoded.embeds).collect();
+    tessera_engine::tensor_io::write_atomic(&args.out, &tensors)?;
+    if let (Some(path), Some(report)) = (&args.report, &encoded.report) {
+        report.write_json(path).with_context(|| format!("writing the report {}", path.display()))?;
     }
     tracing::info!(out = %args.out.display(), ranks = args.ranks, "wrote prompt_embeds (sharded text encoder)");
     Ok(())

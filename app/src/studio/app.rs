@@ -9,15 +9,12 @@ use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
 use tessera_engine::planner::predict::RankPrediction;
 use tessera_engine::planner::preset::Preset;
 use tessera_engine::runtime::doctor::DoctorReport;
-use tessera_engine::runtime::protocol::DeviceKind;
-use tessera_engine::runtime::JobEvent;
+use tessera_engine::api::{DeviceKind, JobEvent, ModelSpec};
 
 use super::browse::{Background, Done, Target};
-use super::engine_thread::{Command, EngineEvent, EngineHandle, EngineOptions, Video};
-use super::model_info::ModelInfo;
+use super::engine::{Command, EngineEvent, EngineHandle, EngineOptions, ModelChoice, RunRequest, Video};
 use super::panels;
 use super::records::{RunLog, RunRecord};
-use super::runner::{ModelChoice, RunRequest};
 use super::state::{LiveRun, MemoryPoint, Messages, PhaseBand, PieceView, RunStatus, Settings, Tab, ViewState};
 
 /// The thumbnail "error" while it is being decoded.
@@ -31,7 +28,7 @@ pub const SETTINGS_KEY: &str = "tessera.studio.settings";
 pub struct ModelStatus {
     pub path: PathBuf,
     /// `None` while the engine is looking.
-    pub info: Option<Result<ModelInfo, String>>,
+    pub info: Option<Result<ModelSpec, String>>,
 }
 
 /// GPU textures for the mosaic pieces and result frames (rebuilt from the state when missing).
@@ -119,7 +116,7 @@ impl StudioApp {
     /// The folder the current settings use (the demo's lives in the data dir).
     pub fn model_path(&self) -> PathBuf {
         if self.settings.use_demo {
-            self.data_dir.as_ref().map(|d| d.join("demo-model-v1")).unwrap_or_default()
+            self.data_dir.as_deref().map(super::demo::folder).unwrap_or_default()
         } else {
             PathBuf::from(self.settings.model_dir.trim())
         }
@@ -177,12 +174,12 @@ impl StudioApp {
             return;
         }
         let request = self.request();
-        let params = request.params.clone();
-        // With a known model, refuse bad requests here (the engine checks again).
+        // With a known model, refuse bad requests here, with the engine's own check (which the
+        // engine runs again).
         match &self.model.info {
-            Some(Ok(info)) => {
-                if let Err(e) = super::runner::check(&params, &self.settings.plan, info) {
-                    self.messages.error(e);
+            Some(Ok(spec)) => {
+                if let Err(e) = request.to_generation(&self.model.path, spec).validate(spec) {
+                    self.messages.error(e.to_string());
                     return;
                 }
             }
@@ -252,6 +249,7 @@ impl StudioApp {
                 self.refresh_demo_info();
                 self.messages.error(text);
             }
+            EngineEvent::WorkersLost(text) => self.messages.error(text),
             EngineEvent::Cancelled => {
                 self.live.status = RunStatus::Cancelled;
                 self.current = None;
@@ -313,6 +311,7 @@ impl StudioApp {
                 let arrival = live.pieces.len() + 1;
                 live.pieces.push(PieceView { rank, arrival, piece, rank_memory });
             }
+            JobEvent::Stage { message } => live.status = RunStatus::Preparing(message),
             // The engine's own Finished/Failed/Cancelled events carry the outcome.
             JobEvent::Finished { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled => {}
         }

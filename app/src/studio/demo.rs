@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::cmd::make_model::{write_pipeline, PipelineSpec};
+use tessera_engine::pipeline_folder::{write_pipeline, PipelineSpec};
 use tessera_engine::random_weights::{StoreDtype, DIFFUSERS_SHARD_BYTES};
 
 /// Bump when the demo's configs or seed change: a new folder is written beside the old one.
@@ -26,6 +26,16 @@ pub fn data_dir() -> Option<PathBuf> {
     }
     let base = env("XDG_DATA_HOME").or_else(|| env("HOME").map(|h| h.join(".local/share")))?;
     Some(base.join("tessera"))
+}
+
+/// The demo's folder under `data_dir` (written or not).
+pub fn folder(data_dir: &Path) -> PathBuf {
+    data_dir.join(DEMO_FOLDER)
+}
+
+/// Whether the demo folder has been written under `data_dir`.
+pub fn is_written(data_dir: &Path) -> bool {
+    folder(data_dir).join("model_index.json").is_file()
 }
 
 /// The demo pipeline's spec: the golden test pipeline's tiny sizes, TI2V layout and scheduler.
@@ -60,8 +70,8 @@ pub fn spec() -> Result<PipelineSpec> {
 /// The demo folder under `data_dir`, written on first use. Written into a temporary folder and
 /// renamed, so an interrupted first start never leaves a half-written model behind.
 pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
-    let root = data_dir.join(DEMO_FOLDER);
-    if root.join("model_index.json").is_file() {
+    let root = folder(data_dir);
+    if is_written(data_dir) {
         return Ok(root);
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating the data folder {}", data_dir.display()))?;
@@ -70,6 +80,7 @@ pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("clearing {}", tmp.display()))?;
     }
     write_pipeline(&tmp, &spec()?, DEMO_SEED, StoreDtype::F32, DIFFUSERS_SHARD_BYTES)
+        .map(|_| ())
         .with_context(|| format!("writing the demo model to {}", tmp.display()))?;
     match std::fs::rename(&tmp, &root) {
         Ok(()) => Ok(root),
@@ -98,7 +109,7 @@ mod tests {
         assert_eq!(ensure(a.path()).unwrap(), root_a);
         let again = std::fs::metadata(root_a.join("model_index.json")).unwrap().modified().unwrap();
         assert_eq!(modified, again, "second use must not rewrite the model");
-        let info = super::super::model_info::inspect(&root_a).unwrap();
-        assert_eq!((info.size_multiple, info.num_heads, info.z_dim), (32, 4, 8));
+        let spec = tessera_engine::api::ModelSpec::from_path(&root_a).unwrap();
+        assert_eq!((spec.size_multiple(), spec.num_heads(), spec.vae.z_dim), (32, 4, 8));
     }
 }

@@ -3,11 +3,10 @@
 //!
 //! - `app.rs`: [`StudioApp`] (eframe `App`): drains engine events in `logic`, draws in `ui`.
 //! - `state.rs`: plain structs (settings, the live run, messages, what is on screen).
-//! - `engine_thread.rs`: the background thread owning the worker world; commands down, events up.
-//! - `runner.rs`: one run on the engine thread (checks, world, `Generate` job, video);
-//!   `prompts.rs`: its prompt embeddings.
+//! - `engine/`: the threads that own the engine's `Session` (runs) and do the slow helper work;
+//!   commands down, events up.
 //! - `panels/`: Setup, Parallel, Live, Mosaic (+ inspector), Result, Compare, messages.
-//! - `demo.rs`: the built-in demo model; `model_info.rs`: reading a model folder;
+//! - `demo.rs`: the built-in demo model;
 //!   `records.rs`: the persisted run history; `presets.rs`: preset files; `browse.rs`: file pickers and thumbnails;
 //!   `theme.rs`: colours; `settings_ui.rs`: labelled form fields.
 //!
@@ -18,13 +17,10 @@
 pub mod app;
 pub mod browse;
 pub mod demo;
-pub mod engine_thread;
-pub mod model_info;
+pub mod engine;
 pub mod panels;
 pub mod presets;
-pub mod prompts;
 pub mod records;
-pub mod runner;
 pub mod settings_ui;
 pub mod state;
 pub mod theme;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use egui_kittest::Harness;
-use tessera_app::studio::engine_thread::EngineOptions;
+use tessera_app::studio::engine::EngineOptions;
 use tessera_app::studio::state::Settings;
 use tessera_app::studio::StudioApp;
 

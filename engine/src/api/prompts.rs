@@ -28,12 +28,17 @@ pub(crate) struct Resolved {
 }
 
 /// Encoded texts of this session, f32 on the host.
-#[derive(Default)]
 pub(crate) struct PromptMemory {
-    encoded: HashMap<(PathBuf, String), Tensor>,
+    encoded: HashMap<(PathBuf, String, usize), Tensor>,
+    /// The on-disk cache folder (`None`: encode every new text).
+    disk_cache: Option<PathBuf>,
 }
 
 impl PromptMemory {
+    pub fn new(disk_cache: Option<PathBuf>) -> Self {
+        Self { encoded: HashMap::new(), disk_cache }
+    }
+
     /// The prompt and (under CFG) negative sources of `req`; `world` runs the sharded encoder.
     pub fn resolve(
         &mut self,
@@ -51,11 +56,12 @@ impl PromptMemory {
                 _ => None,
             })
             .collect();
-        let text_job = self.encode_missing(model, &texts, req.plan.text_encoder, world, on_event)?;
+        let max_len = DEFAULT_MAX_SEQUENCE_LENGTH;
+        let text_job = self.encode_missing(&model.root, &texts, max_len, req.plan.text_encoder, world, on_event)?;
         let source = |p: &Prompt, name: &str| -> Result<EmbedsSource, SessionError> {
             Ok(match p {
                 Prompt::Embeds(path) => EmbedsSource::File { path: path.clone(), name: name.into() },
-                Prompt::Text(t) => EmbedsSource::Inline(self.wire(&model.root, t)?),
+                Prompt::Text(t) => EmbedsSource::Inline(WireTensor::from_tensor(&self.get(&model.root, t, max_len)?)?),
                 Prompt::StandIn(t) => EmbedsSource::Inline(WireTensor::from_tensor(&standin(t, model.transformer.text_dim)?)?),
             })
         };
@@ -66,59 +72,59 @@ impl PromptMemory {
         })
     }
 
-    /// Embeddings of `texts` for `model` (encoding only those not in memory); `placement` says
-    /// where the encoder runs.
+    /// Embeddings of `texts` with the text encoder under `root` (encoding only those not in
+    /// memory), `max_len` tokens each; `placement` says where the encoder runs. Also the world's
+    /// text job, when it ran.
     pub fn encode(
         &mut self,
-        model: &ModelSpec,
+        root: &Path,
         texts: &[&str],
+        max_len: usize,
         placement: TextEncoderPlacement,
         world: &mut Supervisor,
         on_event: &mut dyn FnMut(&JobEvent),
-    ) -> Result<Vec<Tensor>, SessionError> {
-        self.encode_missing(model, texts, placement, world, on_event)?;
-        texts.iter().map(|t| self.get(&model.root, t)).collect()
+    ) -> Result<(Vec<Tensor>, Option<JobResult>), SessionError> {
+        let job = self.encode_missing(root, texts, max_len, placement, world, on_event)?;
+        let tensors = texts.iter().map(|t| self.get(root, t, max_len)).collect::<Result<_, _>>()?;
+        Ok((tensors, job))
     }
 
-    fn get(&self, root: &Path, text: &str) -> Result<Tensor, SessionError> {
+    fn get(&self, root: &Path, text: &str, max_len: usize) -> Result<Tensor, SessionError> {
         self.encoded
-            .get(&(root.to_path_buf(), text.to_string()))
+            .get(&(root.to_path_buf(), text.to_string(), max_len))
             .cloned()
             .ok_or_else(|| SessionError::Input(format!("the prompt {text:?} was not encoded")))
     }
 
-    fn wire(&self, root: &Path, text: &str) -> Result<WireTensor, SessionError> {
-        Ok(WireTensor::from_tensor(&self.get(root, text)?)?)
-    }
-
     fn encode_missing(
         &mut self,
-        model: &ModelSpec,
+        root: &Path,
         texts: &[&str],
+        max_len: usize,
         placement: TextEncoderPlacement,
         world: &mut Supervisor,
         on_event: &mut dyn FnMut(&JobEvent),
     ) -> Result<Option<JobResult>, SessionError> {
         let mut missing: Vec<&str> = Vec::new();
         for t in texts {
-            if !self.encoded.contains_key(&(model.root.clone(), t.to_string())) && !missing.contains(t) {
+            if !self.encoded.contains_key(&(root.to_path_buf(), t.to_string(), max_len)) && !missing.contains(t) {
                 missing.push(t);
             }
         }
         if missing.is_empty() {
             return Ok(None);
         }
-        let cache_dir = PromptCache::default_dir();
+        let cache_dir = self.disk_cache.clone();
         let (tensors, job) = match placement {
             TextEncoderPlacement::Cpu => {
                 on_event(&JobEvent::Stage { message: "encoding the prompts (UMT5 on the host)".into() });
                 let opts = TextEncoderOptions {
                     device: Device::Cpu,
                     dtype: Some(DType::F32),
-                    max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+                    max_sequence_length: max_len,
                 };
                 let cache = cache_dir.map(PromptCache::new);
-                (text::embed_prompts(&model.root, &missing, &opts, cache.as_ref())?, None)
+                (text::embed_prompts(root, &missing, &opts, cache.as_ref())?, None)
             }
             TextEncoderPlacement::Sharded => {
                 on_event(&JobEvent::Stage { message: "encoding the prompts on the workers".into() });
@@ -127,9 +133,9 @@ impl PromptMemory {
                 // The text job takes a prompt and a negative: two texts at a time.
                 for pair in missing.chunks(2) {
                     let spec = EncodePromptSpec {
-                        model: model.root.clone(),
+                        model: root.to_path_buf(),
                         prompts: pair.iter().map(|t| t.to_string()).collect(),
-                        max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+                        max_sequence_length: max_len,
                         cache_dir: cache_dir.clone(),
                     };
                     let result = world.run_job(Job::EncodePrompt(spec), |e| on_event(e))?;
@@ -151,7 +157,7 @@ impl PromptMemory {
             )));
         }
         for (t, e) in missing.iter().zip(tensors) {
-            self.encoded.insert((model.root.clone(), t.to_string()), e.to_dtype(DType::F32)?);
+            self.encoded.insert((root.to_path_buf(), t.to_string(), max_len), e.to_dtype(DType::F32)?);
         }
         Ok(job)
     }

@@ -94,8 +94,8 @@ pub fn explain(err: &RuntimeError) -> String {
     }
 }
 
-/// How a session starts its workers.
-#[derive(Clone, Debug, Default)]
+/// How a session starts its workers and caches prompts.
+#[derive(Clone, Debug)]
 pub struct SessionOptions {
     /// `None`: `$TESSERA_WORKER_EXE`, else `tessera-worker` beside the current executable.
     pub worker_exe: Option<PathBuf>,
@@ -103,6 +103,26 @@ pub struct SessionOptions {
     pub threads_per_rank: Option<usize>,
     /// Extra environment for the workers.
     pub env: Vec<(String, String)>,
+    /// Prompt embeddings cached on disk per (prompt, model); `None`: no disk cache.
+    pub prompt_cache_dir: Option<PathBuf>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            worker_exe: None,
+            threads_per_rank: None,
+            env: Vec::new(),
+            prompt_cache_dir: crate::text::PromptCache::default_dir(),
+        }
+    }
+}
+
+/// Prompt embeddings and, when the workers encoded them, the text job's report.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub embeds: Vec<Tensor>,
+    pub report: Option<crate::runtime::RunReport>,
 }
 
 /// Stops the session's running generation at the next step boundary; usable from any thread.
@@ -167,7 +187,8 @@ pub struct Session {
 
 impl Session {
     pub fn new(options: SessionOptions) -> Self {
-        Self { options, world: None, prompts: PromptMemory::default(), cancel: SessionCancel::default() }
+        let prompts = PromptMemory::new(options.prompt_cache_dir.clone());
+        Self { options, world: None, prompts, cancel: SessionCancel::default() }
     }
 
     pub fn cancel_handle(&self) -> SessionCancel {
@@ -264,27 +285,30 @@ impl Session {
         Ok(Generation { video, latents, report })
     }
 
-    /// Prompt embeddings for `texts` (e.g. `tessera encode-prompt`), on the host or over a world of
-    /// `ranks` workers.
+    /// Prompt embeddings for `texts`, `max_len` tokens each (e.g. `tessera encode-prompt`), with the
+    /// UMT5 encoder of the folder `root` (it needs only `text_encoder/` and `tokenizer/`), on the
+    /// host or split over a world of `ranks` workers.
     pub fn encode_prompts(
         &mut self,
-        model: &ModelSpec,
+        root: &std::path::Path,
         texts: &[&str],
+        max_len: usize,
         placement: TextEncoderPlacement,
         ranks: usize,
         on_event: &mut dyn FnMut(&JobEvent),
-    ) -> Result<Vec<Tensor>, SessionError> {
-        if !model.can_encode_text() {
+    ) -> Result<Encoded, SessionError> {
+        if !(root.join("text_encoder").is_dir() && root.join("tokenizer").is_dir()) {
             return Err(RequestError::new(
                 Field::Prompt,
-                format!("prompt text needs text_encoder/ and tokenizer/ in {}", model.root.display()),
+                format!("prompt text needs text_encoder/ and tokenizer/ in {}", root.display()),
             )
             .into());
         }
         self.prepare_world(ranks, DeviceKind::Cpu, on_event)?;
         let world = self.world.as_mut().ok_or_else(|| SessionError::Input("the workers are not running".into()))?;
-        let out = self.prompts.encode(model, texts, placement, &mut world.supervisor, on_event);
-        keep_world_if_up(&mut self.world, out)
+        let out = self.prompts.encode(root, texts, max_len, placement, &mut world.supervisor, on_event);
+        let (embeds, job) = keep_world_if_up(&mut self.world, out)?;
+        Ok(Encoded { embeds, report: job.map(|j| j.report) })
     }
 
     /// Stops the workers (also done on drop).

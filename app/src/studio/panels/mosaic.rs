@@ -90,7 +90,7 @@ pub fn inspector_window(ctx: &egui::Context, app: &mut StudioApp) {
         return;
     };
     let spatial = match &app.model.info {
-        Some(Ok(info)) => info.vae_spatial,
+        Some(Ok(info)) => info.vae.scale_factor_spatial,
         _ => 16,
     };
     let texture = app.textures.pieces.get(index).cloned().flatten();

@@ -6,7 +6,7 @@ use tessera_engine::parallel::plan::{PlanModel, TextEncoderPlacement, TilingSpec
 use tessera_engine::runtime::protocol::DeviceKind;
 
 use crate::studio::app::StudioApp;
-use crate::studio::engine_thread::Command;
+use crate::studio::engine::Command;
 use crate::studio::settings_ui::field;
 use crate::studio::{presets, theme};
 
@@ -60,7 +60,7 @@ fn devices_ui(ui: &mut egui::Ui, app: &StudioApp) {
 
 fn plan_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     let num_heads = match &app.model.info {
-        Some(Ok(info)) => Some(info.num_heads),
+        Some(Ok(info)) => Some(info.num_heads()),
         _ => None,
     };
     let cfg = app.settings.guidance > 1.0;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use eframe::egui;
 
 use crate::studio::app::StudioApp;
-use crate::studio::engine_thread::Command;
+use crate::studio::engine::Command;
 use crate::studio::{demo, theme};
 
 /// The three save targets derived from the output path: `x.mp4`, `x-frames/`, `x.safetensors`.

@@ -69,12 +69,12 @@ fn model_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     }
     match &app.model.info {
         Some(Ok(info)) => {
-            ui.label(&info.kind);
+            ui.label(info.describe());
             ui.label(format!(
                 "{} of {} weights{}",
-                theme::bytes(info.weights_bytes),
-                info.dtype,
-                if info.has_text_encoder { ", text encoder present" } else { "" }
+                theme::bytes(info.weights.as_ref().map(|w| w.bytes).unwrap_or(0)),
+                info.weights.as_ref().map(|w| w.dtype.as_str()).unwrap_or("no weights"),
+                if info.can_encode_text() { ", text encoder present" } else { "" }
             ));
         }
         Some(Err(_)) if app.settings.use_demo => {
@@ -91,7 +91,7 @@ fn model_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
 }
 
 fn image_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
-    let wants_image = matches!(&app.model.info, Some(Ok(i)) if i.image_input);
+    let wants_image = matches!(&app.model.info, Some(Ok(i)) if i.accepts_image());
     ui.horizontal(|ui| {
         let label = ui.label("Input image");
         ui.add(
@@ -143,7 +143,7 @@ fn size_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         field(ui, "Frames", egui::DragValue::new(&mut s.frames).range(1..=257).speed(4));
     });
     let multiple = match &app.model.info {
-        Some(Ok(info)) => info.size_multiple,
+        Some(Ok(info)) => info.size_multiple(),
         // The demo (and every Wan2.2 model) uses 32 until the folder is read.
         _ => 32,
     };
@@ -168,7 +168,7 @@ pub fn snap(s: &mut Settings, multiple: usize) {
 }
 
 fn schedule_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
-    let two_experts = matches!(&app.model.info, Some(Ok(i)) if i.two_experts);
+    let two_experts = matches!(&app.model.info, Some(Ok(i)) if i.two_experts());
     let s = &mut app.settings;
     egui::Grid::new("schedule-grid").num_columns(2).show(ui, |ui| {
         field(ui, "Steps", egui::DragValue::new(&mut s.steps).range(1..=200));
