@@ -9,6 +9,8 @@ pub enum Field {
     Model,
     Prompt,
     NegativePrompt,
+    PromptEmbeds,
+    NegativePromptEmbeds,
     Image,
     Height,
     Width,
@@ -40,10 +42,12 @@ pub enum Audience {
 }
 
 impl Field {
-    pub const ALL: [Field; 22] = [
+    pub const ALL: [Field; 24] = [
         Field::Model,
         Field::Prompt,
         Field::NegativePrompt,
+        Field::PromptEmbeds,
+        Field::NegativePromptEmbeds,
         Field::Image,
         Field::Height,
         Field::Width,
@@ -71,6 +75,8 @@ impl Field {
             Field::Model => "model",
             Field::Prompt => "prompt",
             Field::NegativePrompt => "negative-prompt",
+            Field::PromptEmbeds => "prompt-embeds",
+            Field::NegativePromptEmbeds => "negative-prompt-embeds",
             Field::Image => "image",
             Field::Height => "height",
             Field::Width => "width",
@@ -99,6 +105,8 @@ impl Field {
             Field::Model => "Model",
             Field::Prompt => "Prompt",
             Field::NegativePrompt => "Negative prompt",
+            Field::PromptEmbeds => "Prompt embeddings",
+            Field::NegativePromptEmbeds => "Negative prompt embeddings",
             Field::Image => "Image",
             Field::Height => "Height",
             Field::Width => "Width",

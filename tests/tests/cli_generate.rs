@@ -138,9 +138,9 @@ fn bad_requests_are_one_error_line_with_the_nearest_valid_values() {
     assert!(line.contains("--latents has shape [1, 8, 3, 6, 8], this size needs [1, 8, 3, 4, 8]"), "{line}");
 }
 
-/// `(frames, width, height, codec)` of the first video stream as ffprobe decodes it, or `None`
-/// when ffprobe is not installed.
-fn ffprobe(path: &Path) -> Option<(usize, usize, usize, String)> {
+/// `(frames, width, height, codec)` of the first video stream as ffprobe decodes it. ffprobe is
+/// required (`.ci/run` installs Debian's ffmpeg): a missing one fails the test, never skips it.
+fn ffprobe(path: &Path) -> (usize, usize, usize, String) {
     let o = match std::process::Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
         .args(["-show_entries", "stream=nb_read_frames,width,height,codec_name", "-of", "json"])
@@ -148,7 +148,9 @@ fn ffprobe(path: &Path) -> Option<(usize, usize, usize, String)> {
         .output()
     {
         Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("ffprobe is not installed: the MP4 check needs it (Debian: apt-get install ffmpeg)")
+        }
         Err(e) => panic!("running ffprobe: {e}"),
     };
     assert!(o.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -156,7 +158,7 @@ fn ffprobe(path: &Path) -> Option<(usize, usize, usize, String)> {
     let s = &v["streams"][0];
     let frames = s["nb_read_frames"].as_str().and_then(|n| n.parse().ok()).expect("nb_read_frames");
     let dim = |k: &str| s[k].as_u64().expect("width/height") as usize;
-    Some((frames, dim("width"), dim("height"), s["codec_name"].as_str().unwrap_or("").to_string()))
+    (frames, dim("width"), dim("height"), s["codec_name"].as_str().unwrap_or("").to_string())
 }
 
 #[test]
@@ -168,14 +170,10 @@ fn mp4_and_png_outputs_have_every_frame() {
         let o = generate_golden(&case_dir(set, "pipeline"), &mp4, &[]);
         assert!(o.status.success(), "{}", error_line(&o));
         assert!(std::fs::metadata(&mp4).unwrap().len() > 0);
-        match ffprobe(&mp4) {
-            Some((f, w, h, codec)) => {
-                println!("{set}: ffprobe reads {f} frames of {w}×{h} ({codec})");
-                assert_eq!((f, w, h), (frames, width, height));
-                assert_eq!(codec, "h264");
-            }
-            None => println!("SKIPPED the MP4 check: ffprobe is not installed (Debian: apt-get install ffmpeg)"),
-        }
+        let (f, w, h, codec) = ffprobe(&mp4);
+        println!("{set}: ffprobe reads {f} frames of {w}×{h} ({codec})");
+        assert_eq!((f, w, h), (frames, width, height));
+        assert_eq!(codec, "h264");
     }
     let dir = tmp.path().join("frames/");
     let o = generate_golden(&case_dir("golden", "pipeline"), &dir, &[]);

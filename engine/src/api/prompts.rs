@@ -10,7 +10,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::request::{GenerationRequest, Prompt};
 use super::session::SessionError;
+use crate::fields::Field;
 use crate::model_spec::ModelSpec;
+use crate::pipeline::request::RequestError;
 use crate::parallel::plan::TextEncoderPlacement;
 use crate::pipeline::sampling;
 use crate::runtime::protocol::{EmbedsSource, EncodePromptSpec, Job, JobData, WireTensor};
@@ -58,16 +60,20 @@ impl PromptMemory {
             .collect();
         let max_len = DEFAULT_MAX_SEQUENCE_LENGTH;
         let text_job = self.encode_missing(&model.root, &texts, max_len, req.plan.text_encoder, world, on_event)?;
-        let source = |p: &Prompt, name: &str| -> Result<EmbedsSource, SessionError> {
+        let text_dim = model.transformer.text_dim;
+        let source = |p: &Prompt, field: Field, name: &str| -> Result<EmbedsSource, SessionError> {
             Ok(match p {
-                Prompt::Embeds(path) => EmbedsSource::File { path: path.clone(), name: name.into() },
+                Prompt::Embeds(path) => EmbedsSource::Inline(WireTensor::from_tensor(&embeds_file(path, field, name, text_dim)?)?),
                 Prompt::Text(t) => EmbedsSource::Inline(WireTensor::from_tensor(&self.get(&model.root, t, max_len)?)?),
                 Prompt::StandIn(t) => EmbedsSource::Inline(WireTensor::from_tensor(&standin(t, model.transformer.text_dim)?)?),
             })
         };
         Ok(Resolved {
-            prompt: source(&req.prompt, "prompt_embeds")?,
-            negative: negative.as_ref().map(|n| source(n, "negative_prompt_embeds")).transpose()?,
+            prompt: source(&req.prompt, Field::PromptEmbeds, "prompt_embeds")?,
+            negative: negative
+                .as_ref()
+                .map(|n| source(n, Field::NegativePromptEmbeds, "negative_prompt_embeds"))
+                .transpose()?,
             text_job,
         })
     }
@@ -160,6 +166,22 @@ impl PromptMemory {
             self.encoded.insert((root.to_path_buf(), t.to_string(), max_len), e.to_dtype(DType::F32)?);
         }
         Ok(job)
+    }
+}
+
+/// Tensor `name` of an embeddings file, checked to be `(1, L, text_dim)`: read on the host (the
+/// workers get it inline), so a wrong file is one clear message before any work.
+fn embeds_file(path: &Path, field: Field, name: &str, text_dim: usize) -> Result<Tensor, SessionError> {
+    let key = field.key();
+    let t = crate::tensor_io::read_tensor(path, name, DType::F32, &Device::Cpu)
+        .map_err(|e| RequestError::new(field, format!("«{key}» {}: {e}", path.display())))?;
+    match t.dims() {
+        [1, _, d] if *d == text_dim => Ok(t),
+        dims => Err(RequestError::new(
+            field,
+            format!("«{key}» {}: `{name}` is {dims:?}; this model takes (1, L, {text_dim})", path.display()),
+        )
+        .into()),
     }
 }
 

@@ -103,7 +103,11 @@ impl GenerationRequest {
                 "«guidance» above 1 runs classifier-free guidance, which needs a «negative-prompt» (text or embeddings); or set «guidance» 1",
             ));
         }
-        for (field, prompt) in [(Field::Prompt, Some(&self.prompt)), (Field::NegativePrompt, negative.as_ref())] {
+        let fields = [
+            (Field::Prompt, Field::PromptEmbeds, Some(&self.prompt)),
+            (Field::NegativePrompt, Field::NegativePromptEmbeds, negative.as_ref()),
+        ];
+        for (field, embeds_field, prompt) in fields {
             match prompt {
                 Some(Prompt::Text(_)) if !model.can_encode_text() => {
                     return Err(RequestError::new(
@@ -114,7 +118,7 @@ impl GenerationRequest {
                         ),
                     ))
                 }
-                Some(Prompt::Embeds(path)) => must_exist(field, path)?,
+                Some(Prompt::Embeds(path)) => must_exist(embeds_field, path)?,
                 _ => {}
             }
         }
@@ -193,6 +197,8 @@ mod tests {
         let e = embeds.validate(&spec).unwrap_err();
         assert_eq!(e.field, Field::NegativePrompt);
         assert!(e.cli().contains("--negative-prompt"), "{}", e.cli());
+        let missing = GenerationRequest { negative: Some(Prompt::Embeds("".into())), ..embeds };
+        assert_eq!(missing.validate(&spec).unwrap_err().cli(), "--negative-prompt-embeds : no such file");
         let out = GenerationRequest {
             output: Some(Output { path: "/nonexistent/dir/x.mp4".into(), fps: None, latents: None }),
             ..ok.clone()

@@ -382,7 +382,7 @@ fn initial_latents(path: &std::path::Path, model: &ModelSpec, req: &GenerationRe
     if t.dims() != want {
         return Err(RequestError::new(
             Field::Latents,
-            format!("«latents» has shape {:?}; this size needs {want:?}", t.dims()),
+            format!("«latents» has shape {:?}, this size needs {want:?}", t.dims()),
         )
         .into());
     }

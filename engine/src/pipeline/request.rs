@@ -143,7 +143,7 @@ pub fn check(model: &ModelSpec, params: &GenerateParams, plan: &ParallelPlan, im
         return Err(RequestError::new(
             Field::Image,
             format!(
-                "this model ({}) is image-to-video: its transformer takes {} input channels; give an «image»",
+                "this model ({}) is image-to-video: its transformer takes {} input channels; pass «image»",
                 model.variant.describe(),
                 model.transformer.in_channels
             ),
