@@ -1,5 +1,8 @@
 //! Errors as one line: the context chain joined with `: `, each cause cut to its first line (candle
-//! errors carry multi-line backtraces when `RUST_BACKTRACE` is set; users need the message).
+//! errors carry multi-line backtraces when `RUST_BACKTRACE` is set; users need the message). Engine
+//! messages about request fields (`«height»`) are rendered with the CLI's flag names here.
+
+use tessera_engine::api::{render, Audience};
 
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -11,7 +14,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
         }
         parts.push(first);
     }
-    parts.join(": ")
+    render(&parts.join(": "), Audience::Cli)
 }
 
 #[cfg(test)]
@@ -21,5 +24,15 @@ mod tests {
         let inner = anyhow::anyhow!("latents have 5 channels\n   0: backtrace frame");
         let err = inner.context("decoding latents.safetensors");
         assert_eq!(super::one_line(&err), "decoding latents.safetensors: latents have 5 channels");
+    }
+
+    #[test]
+    fn engine_field_templates_become_flags() {
+        let err =
+            anyhow::anyhow!("«ulysses» 5 does not divide the model's 24 attention heads; valid up to «ranks»: [1, 2]");
+        assert_eq!(
+            super::one_line(&err),
+            "--ulysses 5 does not divide the model's 24 attention heads; valid up to --ranks: [1, 2]"
+        );
     }
 }

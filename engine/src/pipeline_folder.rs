@@ -67,9 +67,8 @@ pub struct PipelineSpec {
 impl PipelineSpec {
     /// The spec of a pipeline arch; `None` for the VAE-only archs.
     pub fn for_arch(arch: Arch, layers: Option<usize>) -> Result<Option<Self>, FolderError> {
-        let dit = || {
-            transformer::transformer_config_for_arch(arch.name(), layers).map_err(|e| FolderError(e.to_string()))
-        };
+        let dit =
+            || transformer::transformer_config_for_arch(arch.name(), layers).map_err(|e| FolderError(e.to_string()));
         Ok(Some(match arch {
             Arch::Wan21Vae | Arch::Wan22Vae => return Ok(None),
             Arch::Wan22Ti2v5b => Self {
@@ -175,7 +174,6 @@ fn expert_2_seed(seed: u64) -> u64 {
     seed ^ 0x7472_616e_7366_6f32 // "transfo2"
 }
 
-
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json(path: &Path, value: &Value) -> Result<(), FolderError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| FolderError(e.to_string()))?;
@@ -193,13 +191,16 @@ pub fn write_pipeline(
     shard_bytes: u64,
 ) -> Result<Vec<(&'static str, WrittenComponent)>, FolderError> {
     let mut written = Vec::new();
-    let fail = |dir: &str, e: crate::tensor_io::TensorIoError| FolderError(format!("writing {dir}/ to {}: {e}", out.display()));
+    let fail = |dir: &str, e: crate::tensor_io::TensorIoError| {
+        FolderError(format!("writing {dir}/ to {}: {e}", out.display()))
+    };
     let w = random_weights::write_transformer(&out.join("transformer"), &spec.transformer, seed, dtype, shard_bytes)
         .map_err(|e| fail("transformer", e))?;
     written.push(("transformer", w));
     if let Some(cfg) = &spec.transformer_2 {
-        let w = random_weights::write_transformer(&out.join("transformer_2"), cfg, expert_2_seed(seed), dtype, shard_bytes)
-            .map_err(|e| fail("transformer_2", e))?;
+        let w =
+            random_weights::write_transformer(&out.join("transformer_2"), cfg, expert_2_seed(seed), dtype, shard_bytes)
+                .map_err(|e| fail("transformer_2", e))?;
         written.push(("transformer_2", w));
     }
     let w = random_weights::write_vae(&out.join("vae"), &spec.vae, seed, dtype).map_err(|e| fail("vae", e))?;

@@ -29,8 +29,16 @@ pub fn options() -> SessionOptions {
 
 fn request(steps: usize, plan: ParallelPlan) -> GenerationRequest {
     let inputs = golden().join("inputs.safetensors");
-    let params =
-        GenerateParams { height: 96, width: 128, frames: 9, steps, guidance: 5.0, guidance_2: None, shift: None, seed: 0 };
+    let params = GenerateParams {
+        height: 96,
+        width: 128,
+        frames: 9,
+        steps,
+        guidance: 5.0,
+        guidance_2: None,
+        shift: None,
+        seed: 0,
+    };
     GenerationRequest {
         negative: Some(Prompt::Embeds(inputs.clone())),
         latents: Some(inputs.clone()),

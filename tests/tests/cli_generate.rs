@@ -210,9 +210,13 @@ fn generate_tiny(model: &Path, embeds: &Path, image: Option<&Path>, frames: usiz
         .arg("--negative-prompt-embeds")
         .arg(embeds)
         .args(["--height", "32", "--width", "32", "--frames", &frames.to_string(), "--steps", "2"])
-        .args(["--guidance", "4", "--guidance-2", "3", "--seed", "7"])
+        .args(["--guidance", "4", "--seed", "7"])
         .arg("--out")
         .arg(out);
+    // The low-noise expert's scale exists only for two-expert (A14B) models, as in diffusers.
+    if model.join("transformer_2").is_dir() {
+        cmd.args(["--guidance-2", "3"]);
+    }
     if let Some(image) = image {
         cmd.arg("--image").arg(image);
     }

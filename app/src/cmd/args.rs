@@ -155,7 +155,8 @@ impl GenerationArgs {
     /// The request the flags describe (`generate` additionally needs --out and a prompt).
     pub fn request(&self) -> Result<GenerationRequest> {
         let applied = self.applied()?;
-        let need = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
+        let need =
+            |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
         let params = GenerateParams {
             height: need(applied.height, "--height")?,
             width: need(applied.width, "--width")?,

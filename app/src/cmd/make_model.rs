@@ -84,4 +84,3 @@ pub fn run(a: MakeModelArgs) -> Result<()> {
     println!("done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
-

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
+use tessera_engine::api::{DeviceKind, JobEvent, ModelSpec};
 use tessera_engine::planner::predict::RankPrediction;
 use tessera_engine::planner::preset::Preset;
 use tessera_engine::runtime::doctor::DoctorReport;
-use tessera_engine::api::{DeviceKind, JobEvent, ModelSpec};
 
 use super::browse::{Background, Done, Target};
 use super::engine::{Command, EngineEvent, EngineHandle, EngineOptions, ModelChoice, RunRequest, Video};

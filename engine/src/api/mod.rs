@@ -33,8 +33,8 @@ pub use crate::parallel::plan::{ParallelPlan, PlanError, TextEncoderPlacement, T
 pub use crate::pipeline::request::{GenerateParams, RequestError};
 pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
 pub use crate::runtime::{JobEvent, PhaseReport, RankReport, RunReport};
+pub use crate::tensor_io::write_file_atomic;
 pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};
 pub use request::{GenerationRequest, Output, Prompt};
 pub use session::{explain, Encoded, Generation, Session, SessionCancel, SessionError, SessionOptions};
 pub use video::Video;
-pub use crate::tensor_io::write_file_atomic;

@@ -12,8 +12,8 @@ use super::request::{GenerationRequest, Prompt};
 use super::session::SessionError;
 use crate::fields::Field;
 use crate::model_spec::ModelSpec;
-use crate::pipeline::request::RequestError;
 use crate::parallel::plan::TextEncoderPlacement;
+use crate::pipeline::request::RequestError;
 use crate::pipeline::sampling;
 use crate::runtime::protocol::{EmbedsSource, EncodePromptSpec, Job, JobData, WireTensor};
 use crate::runtime::{JobEvent, JobResult, Supervisor};
@@ -63,9 +63,15 @@ impl PromptMemory {
         let text_dim = model.transformer.text_dim;
         let source = |p: &Prompt, field: Field, name: &str| -> Result<EmbedsSource, SessionError> {
             Ok(match p {
-                Prompt::Embeds(path) => EmbedsSource::Inline(WireTensor::from_tensor(&embeds_file(path, field, name, text_dim)?)?),
-                Prompt::Text(t) => EmbedsSource::Inline(WireTensor::from_tensor(&self.get(&model.root, t, max_len)?)?),
-                Prompt::StandIn(t) => EmbedsSource::Inline(WireTensor::from_tensor(&standin(t, model.transformer.text_dim)?)?),
+                Prompt::Embeds(path) => {
+                    EmbedsSource::Inline(WireTensor::from_tensor(&embeds_file(path, field, name, text_dim)?)?)
+                }
+                Prompt::Text(t) => {
+                    EmbedsSource::Inline(WireTensor::from_tensor(&self.get(&model.root, t, max_len)?)?)
+                }
+                Prompt::StandIn(t) => {
+                    EmbedsSource::Inline(WireTensor::from_tensor(&standin(t, model.transformer.text_dim)?)?)
+                }
             })
         };
         Ok(Resolved {
@@ -124,11 +130,8 @@ impl PromptMemory {
         let (tensors, job) = match placement {
             TextEncoderPlacement::Cpu => {
                 on_event(&JobEvent::Stage { message: "encoding the prompts (UMT5 on the host)".into() });
-                let opts = TextEncoderOptions {
-                    device: Device::Cpu,
-                    dtype: Some(DType::F32),
-                    max_sequence_length: max_len,
-                };
+                let opts =
+                    TextEncoderOptions { device: Device::Cpu, dtype: Some(DType::F32), max_sequence_length: max_len };
                 let cache = cache_dir.map(PromptCache::new);
                 (text::embed_prompts(root, &missing, &opts, cache.as_ref())?, None)
             }

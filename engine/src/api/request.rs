@@ -23,8 +23,7 @@ pub enum Prompt {
     StandIn(String),
 }
 
-impl Prompt {
-}
+impl Prompt {}
 
 /// Where the finished video goes, written atomically once the run succeeded.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,7 +99,7 @@ impl GenerationRequest {
         if self.params.cfg() && negative.is_none() {
             return Err(RequestError::new(
                 Field::NegativePrompt,
-                "«guidance» above 1 runs classifier-free guidance, which needs a «negative-prompt» (text or embeddings); or set «guidance» 1",
+                "«guidance» above 1 runs classifier-free guidance, which needs a negative prompt («negative-prompt» or «negative-prompt-embeds»); or set «guidance» 1",
             ));
         }
         let fields = [
@@ -169,7 +168,16 @@ mod tests {
     }
 
     fn params() -> GenerateParams {
-        GenerateParams { height: 96, width: 128, frames: 9, steps: 2, guidance: 5.0, guidance_2: None, shift: None, seed: 0 }
+        GenerateParams {
+            height: 96,
+            width: 128,
+            frames: 9,
+            steps: 2,
+            guidance: 5.0,
+            guidance_2: None,
+            shift: None,
+            seed: 0,
+        }
     }
 
     #[test]
@@ -205,6 +213,9 @@ mod tests {
         };
         assert!(out.validate(&spec).unwrap_err().to_string().contains("does not exist"));
         let image = GenerationRequest { image: Some(root.join("nope.png")), ..ok };
-        assert_eq!(image.validate(&spec).unwrap_err().cli(), format!("--image {}: no such file", root.join("nope.png").display()));
+        assert_eq!(
+            image.validate(&spec).unwrap_err().cli(),
+            format!("--image {}: no such file", root.join("nope.png").display())
+        );
     }
 }

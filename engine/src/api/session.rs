@@ -375,7 +375,11 @@ fn keep_world_if_up<T>(world: &mut Option<World>, result: Result<T, SessionError
 }
 
 /// The `latents` tensor of `path`, checked against the request's latent shape.
-fn initial_latents(path: &std::path::Path, model: &ModelSpec, req: &GenerationRequest) -> Result<WireTensor, SessionError> {
+fn initial_latents(
+    path: &std::path::Path,
+    model: &ModelSpec,
+    req: &GenerationRequest,
+) -> Result<WireTensor, SessionError> {
     let t = tensor_io::read_tensor(path, "latents", DType::F32, &Device::Cpu)
         .map_err(|e| RequestError::new(Field::Latents, format!("«latents» {e}")))?;
     let want = latent_shape(&req.params, model.vae.scale_factor_spatial, model.vae.z_dim);
@@ -390,7 +394,10 @@ fn initial_latents(path: &std::path::Path, model: &ModelSpec, req: &GenerationRe
 }
 
 /// The latents and the video (from its frame chunks) that rank 0 sent.
-fn assemble(data: &[(crate::parallel::Rank, JobData)], fps: f64) -> Result<(Option<Tensor>, Option<Video>), SessionError> {
+fn assemble(
+    data: &[(crate::parallel::Rank, JobData)],
+    fps: f64,
+) -> Result<(Option<Tensor>, Option<Video>), SessionError> {
     let mut latents = None;
     let mut chunks: Vec<(usize, Tensor)> = Vec::new();
     let mut total = 0;

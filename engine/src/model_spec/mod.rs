@@ -200,7 +200,9 @@ impl ModelSpec {
             ));
         }
         if let Some(t2) = &self.transformer_2 {
-            if t2.num_attention_heads != self.transformer.num_attention_heads || t2.in_channels != self.transformer.in_channels {
+            if t2.num_attention_heads != self.transformer.num_attention_heads
+                || t2.in_channels != self.transformer.in_channels
+            {
                 return Err(invalid(
                     "transformer_2",
                     "the two experts differ in heads or input channels: transformer/ and transformer_2/ are from different models".into(),
@@ -318,13 +320,20 @@ mod tests {
         assert!(i2v.requires_image() && i2v.two_experts());
         assert_eq!(i2v.text_encoder.as_ref().map(|t| t.num_layers), Some(24));
         let t2v = ModelSpec::from_path(&fixture("configs/wan2.2-t2v-a14b")).unwrap();
-        assert_eq!((t2v.variant, t2v.default_fps(), t2v.boundary_timestep()), (Variant::Wan22T2vA14b, 16.0, Some(875.0)));
+        assert_eq!(
+            (t2v.variant, t2v.default_fps(), t2v.boundary_timestep()),
+            (Variant::Wan22T2vA14b, 16.0, Some(875.0))
+        );
     }
 
     #[test]
     fn golden_pipeline_has_weights_and_no_text_encoder() {
         let spec = ModelSpec::from_path(&fixture("golden/pipeline")).unwrap();
-        assert!(spec.describe().starts_with("Wan2.2 TI2V-5B layout (WanPipeline), 2 blocks × 4 heads"), "{}", spec.describe());
+        assert!(
+            spec.describe().starts_with("Wan2.2 TI2V-5B layout (WanPipeline), 2 blocks × 4 heads"),
+            "{}",
+            spec.describe()
+        );
         let w = spec.weights.as_ref().unwrap();
         assert_eq!(w.dtype, "F32");
         assert!(w.bytes > 6_000_000, "{}", w.bytes);

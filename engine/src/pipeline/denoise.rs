@@ -8,9 +8,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::request::GenerateParams;
 use super::sampling;
 use super::wan::PipelineProgress;
-use super::request::GenerateParams;
 use crate::model_spec::ModelSpec;
 use crate::scheduler::Scheduler;
 

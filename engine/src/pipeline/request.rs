@@ -188,8 +188,11 @@ mod tests {
     }
 
     fn golden() -> ModelSpec {
-        ModelSpec::from_path(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/pipeline")))
-            .unwrap()
+        ModelSpec::from_path(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/golden/pipeline"
+        )))
+        .unwrap()
     }
 
     #[test]

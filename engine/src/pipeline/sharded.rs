@@ -135,9 +135,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::model_spec::ModelSpec;
     use crate::parallel::comm::ThreadComm;
     use crate::pipeline::denoise::{run_loop, LoopSpec};
-    use crate::model_spec::ModelSpec;
     use crate::pipeline::wan::{PromptEmbeds, WanPipeline};
     use crate::pipeline::GenerateParams;
     use crate::scheduler;

@@ -74,8 +74,11 @@ pub struct WanPipeline {
 impl WanPipeline {
     /// Loads `root/{transformer,transformer_2?,vae}` in `dtype` on `device`.
     pub fn load(root: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let spec = ModelSpec::from_path(root)
-            .map_err(|e| PipelineError::Load { component: "model", path: root.to_path_buf(), msg: e.to_string() })?;
+        let spec = ModelSpec::from_path(root).map_err(|e| PipelineError::Load {
+            component: "model",
+            path: root.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         let load_dit = |name: &'static str| {
             WanTransformer3DModel::load(&root.join(name), dtype, device).map_err(|e| PipelineError::Load {
                 component: name,

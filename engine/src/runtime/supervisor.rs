@@ -16,11 +16,11 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use super::launch::{resolve_worker_exe, CommBackend, WorkerArgs};
+use super::protocol::LogLevel;
 use super::protocol::{
     read_msg, write_msg, DeviceInfo, DeviceKind, FromWorker, Job, JobData, JobId, JobOutput, RankSummary, ToWorker,
     WorkerEvent, PROTOCOL_VERSION,
 };
-use super::protocol::LogLevel;
 use super::report::{JobEvent, PhaseReport, RankReport, RunReport};
 use super::RuntimeError;
 use crate::parallel::Rank;

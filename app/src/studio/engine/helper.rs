@@ -27,7 +27,8 @@ pub fn predict(request: &RunRequest, data_dir: Option<&Path>) -> Result<Vec<Rank
     opts.threads = (opts.threads / request.plan.ranks.max(1)).max(1);
     let image = request.image.is_some() && spec.index.expand_timesteps;
     let req = Request { height: p.height, width: p.width, frames: p.frames, guidance: p.guidance, image };
-    Ok(predict(&spec, &req, &request.plan, &opts).map_err(|e| e.to_string())?.ranks)
+    let gui = |e: String| tessera_engine::api::render(&e, tessera_engine::api::Audience::Gui);
+    Ok(predict(&spec, &req, &request.plan, &opts).map_err(|e| gui(e.to_string()))?.ranks)
 }
 
 /// Writes `video` to `path`; the kind follows the name (`.mp4`, `.safetensors`, folder `/`).

@@ -28,7 +28,8 @@ fn run_inner(
 ) -> Result<(), SessionError> {
     let data_dir = data_dir.ok_or_else(|| {
         SessionError::Input(
-            "no data folder: set $TESSERA_DATA_DIR or $HOME (the studio keeps the demo model and run files there)".into(),
+            "no data folder: set $TESSERA_DATA_DIR or $HOME (the studio keeps the demo model and run files there)"
+                .into(),
         )
     })?;
     let root = match &request.model {

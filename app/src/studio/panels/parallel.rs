@@ -2,6 +2,7 @@
 //! and mode, tiling, text encoder), presets, a verdict per device; and the Generate / Cancel buttons.
 
 use eframe::egui;
+use tessera_engine::api::RequestError;
 use tessera_engine::parallel::plan::{PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
 use tessera_engine::runtime::protocol::DeviceKind;
 
@@ -115,7 +116,7 @@ fn plan_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         None => Ok(()),
     };
     if let Err(e) = check {
-        ui.colored_label(theme::BAD, e.to_string());
+        ui.colored_label(theme::BAD, RequestError::from(e).to_string());
     }
 }
 

@@ -2,6 +2,7 @@
 //! output path. Problems show inline (red) as soon as they are known.
 
 use eframe::egui;
+use tessera_engine::api::RequestError;
 use tessera_engine::pipeline::GenerateParams;
 
 use crate::studio::app::{StudioApp, LOADING};
@@ -148,7 +149,7 @@ fn size_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         _ => 32,
     };
     if let Err(e) = params(s).validate(multiple) {
-        ui.colored_label(theme::BAD, e.to_string());
+        ui.colored_label(theme::BAD, RequestError::from(e).to_string());
         if ui
             .button("Snap to valid")
             .on_hover_text("Round width and height to the model's multiple, frames to 4k+1")

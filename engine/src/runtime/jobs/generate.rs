@@ -26,9 +26,9 @@ use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgr
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::VaeMode;
 use crate::pipeline::denoise::{run_loop, LoopSpec};
+use crate::pipeline::request;
 use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
-use crate::pipeline::request;
 use crate::pipeline::wan as wan_pipeline;
 use crate::pipeline::PipelineProgress;
 use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, WireTensor, WorkerEvent};
