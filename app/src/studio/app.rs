@@ -1,6 +1,6 @@
-//! `StudioApp`: the eframe app. `logic` drains engine events into the plain state (`state.rs`);
-//! `ui` lays out the panels, which only draw and queue [`Command`]s; queued commands go to the
-//! engine thread after the frame. Settings persist through eframe storage.
+//! `StudioApp`: the studio's state and its logic. `logic` drains engine events into the plain state
+//! (`state.rs`); drawing lives in `frame.rs` (the panels, which only draw and queue [`Command`]s;
+//! queued commands go to the engine after the frame). Settings persist through eframe storage.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +13,6 @@ use tessera_engine::runtime::doctor::DoctorReport;
 
 use super::browse::{Background, Done, Target};
 use super::engine::{Command, EngineEvent, EngineHandle, EngineOptions, ModelChoice, RunRequest, Video};
-use super::panels;
 use super::records::{RunLog, RunRecord};
 use super::state::{LiveRun, MemoryPoint, Messages, PhaseBand, PieceView, RunStatus, Settings, Tab, ViewState};
 
@@ -160,9 +159,8 @@ impl StudioApp {
         }
     }
 
-    /// Draws the whole studio, then sends what the panels queued.
-    pub fn show(&mut self, ui: &mut egui::Ui) {
-        panels::layout(ui, self);
+    /// Sends what the panels queued this frame to the engine.
+    pub fn flush_commands(&mut self) {
         for command in std::mem::take(&mut self.outbox) {
             self.engine.send(command);
         }
@@ -201,7 +199,7 @@ impl StudioApp {
     /// The request the settings describe.
     pub fn request(&self) -> RunRequest {
         let model = if self.settings.use_demo { ModelChoice::Demo } else { ModelChoice::Folder(self.model_path()) };
-        let params = panels::setup::params(&self.settings);
+        let params = self.settings.params();
         let image = Some(PathBuf::from(self.settings.image.trim())).filter(|p| !p.as_os_str().is_empty());
         RunRequest {
             model,
@@ -407,20 +405,6 @@ impl StudioApp {
 
     pub fn data_dir(&self) -> Option<&std::path::Path> {
         self.data_dir.as_deref()
-    }
-}
-
-impl eframe::App for StudioApp {
-    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
-        StudioApp::logic(self, ctx);
-    }
-
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        self.show(ui);
-    }
-
-    fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, SETTINGS_KEY, &self.settings);
     }
 }
 

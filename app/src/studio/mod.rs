@@ -1,7 +1,8 @@
 //! The studio: an eframe app to set up a generation, choose the parallel plan, and watch every
 //! device work (memory over time, progress, VAE pieces as they decode), then compare runs.
 //!
-//! - `app.rs`: [`StudioApp`] (eframe `App`): drains engine events in `logic`, draws in `ui`.
+//! - `app.rs`: [`StudioApp`]: the state and `logic` (engine events in); `frame.rs`: drawing one
+//!   frame with the panels and the eframe `App` glue.
 //! - `state.rs`: plain structs (settings, the live run, messages, what is on screen).
 //! - `engine/`: the threads that own the engine's `Session` (runs) and do the slow helper work;
 //!   commands down, events up.
@@ -18,6 +19,7 @@ pub mod app;
 pub mod browse;
 pub mod demo;
 pub mod engine;
+mod frame;
 pub mod panels;
 pub mod presets;
 pub mod records;

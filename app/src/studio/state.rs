@@ -3,7 +3,7 @@
 //! only `app.rs` applies engine events to them.
 
 use serde::{Deserialize, Serialize};
-use tessera_engine::parallel::plan::ParallelPlan;
+use tessera_engine::api::{GenerateParams, ParallelPlan};
 use tessera_engine::parallel::Rank;
 use tessera_engine::runtime::protocol::VaePiece;
 
@@ -35,6 +35,23 @@ pub struct Settings {
     pub plan: ParallelPlan,
     /// The preset last picked (the plan may have been edited since).
     pub preset: Option<String>,
+}
+
+impl Settings {
+    /// Size, schedule and guidance as the engine takes them (`guidance_2` is dropped for one-expert
+    /// models when the request is made: see `RunRequest::to_generation`).
+    pub fn params(&self) -> GenerateParams {
+        GenerateParams {
+            height: self.height,
+            width: self.width,
+            frames: self.frames,
+            steps: self.steps,
+            guidance: self.guidance,
+            guidance_2: Some(self.guidance_2),
+            shift: self.shift,
+            seed: self.seed,
+        }
+    }
 }
 
 impl Default for Settings {

@@ -20,6 +20,7 @@
 //! generation.video.unwrap().save("fox.mp4".as_ref()).unwrap();
 //! ```
 
+pub mod error;
 mod prompts;
 pub mod report;
 pub mod request;
@@ -34,7 +35,8 @@ pub use crate::pipeline::request::{GenerateParams, RequestError};
 pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
 pub use crate::runtime::{JobEvent, PhaseReport, RankReport, RunReport};
 pub use crate::tensor_io::write_file_atomic;
+pub use error::{explain, SessionError};
 pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};
 pub use request::{GenerationRequest, Output, Prompt};
-pub use session::{explain, Encoded, Generation, Session, SessionCancel, SessionError, SessionOptions};
+pub use session::{Encoded, Generation, Session, SessionCancel, SessionOptions};
 pub use video::Video;

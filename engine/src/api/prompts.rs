@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::error::SessionError;
 use super::request::{GenerationRequest, Prompt};
-use super::session::SessionError;
 use crate::fields::Field;
 use crate::model_spec::ModelSpec;
 use crate::parallel::plan::TextEncoderPlacement;

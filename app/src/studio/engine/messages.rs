@@ -64,12 +64,15 @@ impl RunRequest {
     /// stand-in embeddings; the image goes along when the model takes one.
     pub fn to_generation(&self, root: &Path, spec: &ModelSpec) -> GenerationRequest {
         let prompt = |text: &str| if self.is_demo() { Prompt::StandIn(text.into()) } else { Prompt::Text(text.into()) };
+        let mut params = self.params.clone();
+        // The low-noise expert's scale exists only for two-expert (A14B) models.
+        params.guidance_2 = params.guidance_2.filter(|_| spec.two_experts());
         GenerationRequest {
             negative: Some(prompt(&self.negative_prompt)),
             image: self.image.clone().filter(|_| spec.accepts_image()),
             plan: self.plan,
             device: self.device,
-            ..GenerationRequest::new(root, prompt(&self.prompt), self.params.clone())
+            ..GenerationRequest::new(root, prompt(&self.prompt), params)
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use eframe::egui;
 use tessera_engine::api::RequestError;
-use tessera_engine::pipeline::GenerateParams;
 
 use crate::studio::app::{StudioApp, LOADING};
 use crate::studio::browse::Target;
@@ -21,19 +20,6 @@ pub const RESOLUTIONS: [(&str, usize, usize); 5] = [
 ];
 
 /// The generation parameters of the settings.
-pub fn params(s: &Settings) -> GenerateParams {
-    GenerateParams {
-        height: s.height,
-        width: s.width,
-        frames: s.frames,
-        steps: s.steps,
-        guidance: s.guidance,
-        guidance_2: Some(s.guidance_2),
-        shift: s.shift,
-        seed: s.seed,
-    }
-}
-
 pub fn setup_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     model_ui(ui, app);
     ui.separator();
@@ -148,7 +134,7 @@ fn size_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         // The demo (and every Wan2.2 model) uses 32 until the folder is read.
         _ => 32,
     };
-    if let Err(e) = params(s).validate(multiple) {
+    if let Err(e) = s.params().validate(multiple) {
         ui.colored_label(theme::BAD, RequestError::from(e).to_string());
         if ui
             .button("Snap to valid")
@@ -218,9 +204,9 @@ mod tests {
         let mut s = Settings { width: 250, height: 200, frames: 10, ..Settings::default() };
         snap(&mut s, 32);
         assert_eq!((s.width, s.height, s.frames), (256, 192, 9));
-        assert!(params(&s).validate(32).is_ok());
+        assert!(s.params().validate(32).is_ok());
         for (_, w, h) in RESOLUTIONS {
-            assert!(params(&Settings { width: w, height: h, ..Settings::default() }).validate(32).is_ok());
+            assert!(Settings { width: w, height: h, ..Settings::default() }.params().validate(32).is_ok());
         }
     }
 }
