@@ -20,12 +20,12 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
     h.run_steps(3);
     assert_eq!(h.state().settings.prompt, "a lighthouse at dusk");
     assert_eq!((h.state().settings.width, h.state().settings.frames), (250, 13));
-    // Shown inline while typing…
-    h.get_by_label("--width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
+    // Shown inline while typing, in the form's words (no CLI flag names)…
+    h.get_by_label("Width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
     // …and as a message when Generate is pressed anyway (the demo is written, then the check fails).
     h.get_by_label("Generate").click();
     step_until(h, "the invalid-size message", Duration::from_secs(120), |app| {
-        app.messages.items.iter().any(|m| m.text.starts_with("Invalid size"))
+        app.messages.items.iter().any(|m| m.text.starts_with("Width 250"))
     });
     let text = &h.state().messages.items[0].text;
     assert_eq!(text, "Width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
@@ -35,11 +35,11 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
     assert!(h.state().messages.items.is_empty());
     // The first Generate wrote the demo model; once it is read the panel shows what it is.
     step_until(h, "the demo model's description", Duration::from_secs(30), |app| matches!(app.model.info, Some(Ok(_))));
-    h.get_by_label_contains("Wan2.2 TI2V layout (WanPipeline), 2 blocks × 4 heads");
+    h.get_by_label_contains("Wan2.2 TI2V-5B layout (WanPipeline), 2 blocks × 4 heads");
     h.get_by_label("Snap to valid").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.width, 256);
-    let inline = "--width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256";
+    let inline = "Width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256";
     assert!(h.query_by_label(inline).is_none());
     assert!(!h.state().live.status.is_busy());
 }

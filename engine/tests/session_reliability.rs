@@ -137,10 +137,17 @@ fn ten_runs_on_one_session_keep_memory_flat() {
         // Another seed each run: new noise, same model and plan.
         let g = session.generate(&request(96, 128, 9, 2, run), &mut |_| {}).unwrap();
         assert_eq!(g.report.world_reused, run > 0);
+        for r in &g.report.ranks {
+            let reused = r.denoise.as_ref().map(|d| d.stats.weights_reused);
+            assert_eq!(reused, Some(run > 0), "run {run} rank {}: weights reused only after the first run", r.run.rank);
+        }
         reload.push(g.report.ranks[0].run.phases.iter().find(|p| p.name == "load").map(|p| p.seconds).unwrap_or(0.0));
         let workers = session.worker_pids().iter().map(|p| rss(&p.to_string())).collect();
         rows.push((rss(&me), workers));
     }
+    let first = reload[0];
+    let later = reload[1..].iter().sum::<f64>() / 9.0;
+    println!("load phase: {first:.3} s on the first run, {later:.4} s on average after (weights kept): {:.3} s saved per run", first - later);
     println!("| run | host RSS MiB | worker RSS MiB | load s |");
     for (i, (host, workers)) in rows.iter().enumerate() {
         let mib = |b: &u64| format!("{:.1}", *b as f64 / (1 << 20) as f64);

@@ -292,3 +292,34 @@ fn make_model_pipelines_generate_end_to_end() {
     assert!(!o.status.success());
     assert!(error_line(&o).contains("pass --image"), "{}", error_line(&o));
 }
+
+/// A write that fails for real (the file-size limit, as a full disk would: `EFBIG` mid-file) leaves
+/// the earlier output untouched and no partial or temporary file, and says why in one line.
+#[test]
+fn a_write_that_fails_mid_file_leaves_no_partial_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    std::fs::write(&out, b"an earlier video").unwrap();
+    let dir = case_dir("golden", "pipeline");
+    let inputs = dir.join("inputs.safetensors");
+    // The video tensor is 9 × 3 × 96 × 128 × 4 B ≈ 1.3 MB; the limit allows 256 KiB. SIGXFSZ is
+    // ignored so the write returns EFBIG instead of killing the process (the workers write no file).
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 256; exec {} generate --model {} --prompt-embeds {} --negative-prompt-embeds {} \
+         --latents {} --height 96 --width 128 --frames 9 --steps 1 --guidance 5 --out {}",
+        tessera_e2e::bin("tessera").display(),
+        dir.display(),
+        inputs.display(),
+        inputs.display(),
+        inputs.display(),
+        out.display()
+    );
+    let o = run(std::process::Command::new("bash").args(["-c", &script]));
+    assert!(!o.status.success(), "the write cannot have succeeded under a 256 KiB file-size limit");
+    let line = error_line(&o);
+    println!("{line}");
+    assert!(line.contains(&out.display().to_string()), "the error names the output: {line}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"an earlier video", "the earlier output survives");
+    let files: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files.len(), 1, "no partial or temporary file: {files:?}");
+}

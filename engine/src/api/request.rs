@@ -55,6 +55,10 @@ pub struct GenerationRequest {
     pub device: DeviceKind,
     /// `false`: denoise only (no VAE decode, no video), for benchmarks.
     pub decode: bool,
+    /// Keep the weights loaded on the workers after the run, so the next run with the same model
+    /// and plan skips loading them (the default); `false` frees the transformer before the VAE
+    /// decode instead — a lower decode peak when memory is tight.
+    pub keep_weights: bool,
     pub output: Option<Output>,
 }
 
@@ -71,6 +75,7 @@ impl GenerationRequest {
             plan: ParallelPlan::default(),
             device: DeviceKind::Cpu,
             decode: true,
+            keep_weights: true,
             output: None,
         }
     }

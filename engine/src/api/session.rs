@@ -180,6 +180,7 @@ impl Session {
             image: req.image.clone(),
             latents,
             decode: req.decode,
+            keep_weights: req.keep_weights,
         };
         let world = self.world.as_mut().ok_or_else(|| SessionError::Input("the workers are not running".into()))?;
         let handle = world.supervisor.cancel_handle();

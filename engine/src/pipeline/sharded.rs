@@ -72,6 +72,18 @@ pub struct ShardedPredictor {
 }
 
 impl ShardedPredictor {
+    /// Loads `transformer/` (and `transformer_2/` when `two_experts`) under `root` as `groups` say.
+    pub fn load_experts(
+        root: &Path,
+        two_experts: bool,
+        groups: &PlanGroups,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Vec<ShardedTransformer>> {
+        let names: &[&str] = if two_experts { &["transformer", "transformer_2"] } else { &["transformer"] };
+        names.iter().map(|n| ShardedTransformer::load(&root.join(n), dtype, device, groups.shard_options())).collect()
+    }
+
     /// Loads `transformer/` (and `transformer_2/` when `two_experts`) under `root` as `groups`
     /// say; embeddings are converted to `dtype`.
     pub fn load(
@@ -95,6 +107,29 @@ impl ShardedPredictor {
             cfg: groups.cfg.clone(),
             cfg_branch: groups.cfg_branch,
         })
+    }
+
+    /// A predictor over experts loaded earlier (kept resident between runs), with new prompts.
+    pub fn from_experts(
+        experts: Vec<ShardedTransformer>,
+        groups: &PlanGroups,
+        prompt: &Tensor,
+        negative: Option<&Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            experts,
+            prompt: prompt.to_device(device)?.to_dtype(dtype)?,
+            negative: negative.map(|n| n.to_device(device)?.to_dtype(dtype)).transpose()?,
+            cfg: groups.cfg.clone(),
+            cfg_branch: groups.cfg_branch,
+        })
+    }
+
+    /// The experts, for keeping them resident after the run (the prompts are dropped).
+    pub fn into_experts(self) -> Vec<ShardedTransformer> {
+        self.experts
     }
 
     pub fn experts(&self) -> &[ShardedTransformer] {

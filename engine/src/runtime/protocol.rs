@@ -266,6 +266,9 @@ pub struct GenerateSpec {
     pub latents: Option<WireTensor>,
     /// `false`: skip the VAE (only the latents come back), for denoise benchmarks.
     pub decode: bool,
+    /// Keep the weights loaded after the job (the next job with the same model and plan reuses
+    /// them); `false` frees the transformer before the decode.
+    pub keep_weights: bool,
 }
 
 /// Where a job's prompt embeddings come from.
@@ -285,6 +288,8 @@ pub struct GenerateStats {
     /// Transformer weights alone, and one block's full weights (what FSDP gathers at a time).
     pub transformer_bytes: u64,
     pub block_bytes: u64,
+    /// The weights were still loaded from the previous job (no checkpoint read).
+    pub weights_reused: bool,
     /// Wall time of each denoising step and the part of it spent inside collectives.
     pub step_seconds: Vec<f64>,
     pub step_comm_seconds: Vec<f64>,

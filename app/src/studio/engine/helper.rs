@@ -13,7 +13,13 @@ use super::messages::{ModelChoice, RunRequest, Video};
 pub fn predict(request: &RunRequest, data_dir: Option<&Path>) -> Result<Vec<RankPrediction>, String> {
     use tessera_engine::planner::{predict, Options, Request, Target};
     let root = match &request.model {
-        ModelChoice::Demo => data_dir.map(crate::studio::demo::folder).ok_or("no data folder")?,
+        ModelChoice::Demo => {
+            let dir = data_dir.ok_or("no data folder")?;
+            if !crate::studio::demo::is_written(dir) {
+                return Err("the demo model is written by the first Generate".into());
+            }
+            crate::studio::demo::folder(dir)
+        }
         ModelChoice::Folder(p) => p.clone(),
     };
     let spec = ModelSpec::from_path(&root).map_err(|e| e.to_string())?;

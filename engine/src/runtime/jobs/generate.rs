@@ -12,6 +12,7 @@
 //! in a preceding `EncodePrompt` job). Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
 
 mod inputs;
+mod resident;
 mod timed;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::pipeline::PipelineProgress;
 use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, WireTensor, WorkerEvent};
 use crate::scheduler;
 use crate::weights::Checkpoint;
+use resident::{Resident, ResidentKey};
 use timed::{CommStats, TimedComm};
 
 fn invalid(e: impl std::fmt::Display) -> JobError {
@@ -53,46 +55,51 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let vae_cfg = &model.vae;
     let cfg_on = params.cfg();
 
-    let stats = Arc::new(CommStats::default());
-    let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
-    let groups = PlanGroups::new(&plan, &world)?;
     let embeds = inputs::prompt_embeds(spec, cfg_on)?;
     let shape = wan_pipeline::latent_shape(params, vae_cfg.scale_factor_spatial, vae_cfg.z_dim);
     let given = spec.latents.as_ref().map(|w| w.to_tensor(&device)).transpose()?;
     let latents = wan_pipeline::initial_latents(params, &shape, given.as_ref(), &device).map_err(invalid)?;
 
     // Decoding ranks: the VAE group `0..vae_parallel` (rank 0 alone when it is 1).
-    let decodes = spec.decode && (groups.vae.is_some() || rank.0 == 0);
+    let decodes = spec.decode && (plan.vae_group().contains(&rank) || rank.0 == 0);
     let encodes = rank.0 == 0 && spec.image.is_some();
-    let (mut predictor, vae, mut out_stats) = {
+    let parts = match (decodes, encodes) {
+        (true, true) => Some(VaeParts::Both),
+        (true, false) => Some(VaeParts::Decoder),
+        (false, true) => Some(VaeParts::Encoder),
+        (false, false) => None,
+    };
+    let key = ResidentKey::new(&model, plan, dtype, parts);
+    let (stats, world, groups, mut predictor, vae, vae_bytes, mut out_stats) = {
         let _load = ctx.phase("load");
-        let predictor = ShardedPredictor::load(
-            &spec.model,
-            model.two_experts(),
-            &groups,
-            &embeds.prompt,
-            embeds.negative.as_ref(),
-            dtype,
-            &device,
-        )?;
-        let transformer_bytes = predictor.resident_bytes();
-        let parts = match (decodes, encodes) {
-            (true, true) => Some(VaeParts::Both),
-            (true, false) => Some(VaeParts::Decoder),
-            (false, true) => Some(VaeParts::Encoder),
-            (false, false) => None,
+        let (stats, world, groups, experts, vae, vae_bytes, reused) = match resident::take(&key) {
+            Some(r) => {
+                r.stats.reset();
+                (r.stats, r.world, r.groups, r.experts, r.vae, r.vae_bytes, true)
+            }
+            None => {
+                let stats = Arc::new(CommStats::default());
+                let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
+                let groups = PlanGroups::new(&plan, &world)?;
+                let experts = ShardedPredictor::load_experts(&spec.model, model.two_experts(), &groups, dtype, &device)?;
+                let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
+                let vae_bytes = if vae.is_some() { Checkpoint::open(&model.components.vae)?.stored_bytes() } else { 0 };
+                (stats, world, groups, experts, vae, vae_bytes, false)
+            }
         };
-        let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
-        let vae_bytes = if vae.is_some() { Checkpoint::open(&model.components.vae)?.stored_bytes() } else { 0 };
+        let predictor =
+            ShardedPredictor::from_experts(experts, &groups, &embeds.prompt, embeds.negative.as_ref(), dtype, &device)?;
+        let transformer_bytes = predictor.resident_bytes();
         ctx.add_weights_bytes(transformer_bytes + vae_bytes);
         let block_bytes = predictor.experts().first().map(|e| e.block_bytes()).unwrap_or(0);
         let s = GenerateStats {
             weights_bytes: transformer_bytes + vae_bytes,
             transformer_bytes,
             block_bytes,
+            weights_reused: reused,
             ..GenerateStats::default()
         };
-        (predictor, vae, s)
+        (stats, world, groups, predictor, vae, vae_bytes, s)
     };
     let latent_stats = LatentStats::new(&vae_cfg.latents_mean, &vae_cfg.latents_std, &device)?;
     let condition = match &spec.image {
@@ -133,11 +140,20 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             Ok(())
         });
         match result {
-            Err(_) if cancelled => return Err(JobError::Cancelled),
+            Err(_) if cancelled => {
+                // Every rank stopped at the same step: the world and the weights stay usable.
+                if spec.keep_weights {
+                    let experts = predictor.into_experts();
+                    resident::keep(Resident { key, stats, world, groups, experts, vae, vae_bytes });
+                }
+                return Err(JobError::Cancelled);
+            }
             r => r?,
         }
     };
-    drop(predictor);
+    // `keep_weights: false` frees the transformer before the decode (a lower decode peak; the next
+    // run loads it again).
+    let experts = spec.keep_weights.then(|| predictor.into_experts());
 
     if rank.0 == 0 {
         ctx.emit(WorkerEvent::Data(JobData::Latents(WireTensor::from_tensor(&latents)?)));
@@ -156,6 +172,9 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     out_stats.comm_seconds = stats.seconds();
     out_stats.comm_calls = stats.calls();
     out_stats.comm_bytes = stats.bytes();
+    if let Some(experts) = experts {
+        resident::keep(Resident { key, stats, world, groups, experts, vae, vae_bytes });
+    }
     Ok(JobOutput::Generate(out_stats))
 }
 

@@ -28,6 +28,13 @@ impl CommStats {
         self.calls.load(Ordering::Relaxed)
     }
 
+    /// Starts counting from zero (a new job over the same communicators).
+    pub fn reset(&self) {
+        for c in [&self.nanos, &self.calls, &self.bytes] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Payload bytes this rank passed in (the tensor given to each op).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
