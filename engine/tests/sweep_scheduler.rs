@@ -3,7 +3,9 @@
 //! `lower_order_final`, final sigma zero or `sigma_min`, disabled correctors, `shift_terminal`;
 //! FlowMatchEuler with shifts 0.5–8, 1–30 steps, `shift_terminal`), each built from the
 //! `scheduler_config.json` diffusers saved: timestep and sigma tables, then every step of a run
-//! whose "model" is `sin(sample·(i+1)) + 0.1·i`.
+//! whose "model" is `sin(sample·(1 + i mod 3)) + 0.1·i` (a gentler slope than the golden case's
+//! `sin(sample·(i+1))`, so that 50-step runs stay well conditioned: the generator checks that
+//! diffusers' own f32 and f64 runs agree within 1e-6 on every case).
 //!
 //! Tolerances: tables are f32 roundings of the same f64 computation (UniPC timesteps are integers):
 //! 1e-4 absolute on timesteps up to 1000 (one f32 ulp there is 6e-5), 1e-6 absolute on sigmas in
@@ -42,7 +44,7 @@ fn every_scheduler_config_matches_diffusers() {
         report.check_abs(&format!("{} sigmas", case.name), &sigmas, case.output("sigmas"), 1e-6);
         let mut sample = case.output("init").clone();
         for i in 0..steps {
-            let model_out = ((&sample * (i + 1) as f64).and_then(|x| x.sin()).and_then(|x| x + 0.1 * i as f64))
+            let model_out = ((&sample * (1 + i % 3) as f64).and_then(|x| x.sin()).and_then(|x| x + 0.1 * i as f64))
                 .expect("model stand-in");
             let what = format!("{} step {i}", case.name);
             match sched.step(&model_out, i, &sample) {

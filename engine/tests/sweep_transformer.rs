@@ -4,10 +4,13 @@
 //! diffusers 0.42.1, on one device and under a parallel plan (Ulysses across the heads, FSDP 2) on
 //! ranks that are threads of this process.
 //!
-//! Tolerance: 1e-5 relative. Both sides are f32 on CPU with the same bf16-rounded weights; what
-//! remains is summation order in the matmuls and softmax, measured at 1e-7..1e-6 here. A RoPE axis
-//! or frequency off by one pair already costs 1e-5..1e-3 (the head-dim-16 bug was 8.5e-5), so the
-//! tolerance must stay below that; the issue's own head-dim-16 case is held to 1e-6.
+//! Tolerance: 3e-6 relative. Both sides are f32 on CPU with the same bf16-rounded weights; what
+//! remains is summation order in the matmuls and softmax, measured at 1e-7..2.5e-7, and, where
+//! torch's f32 `exp` in the timestep sinusoid is one ulp off the correctly rounded value Tessera
+//! uses (one frequency of 32 at `freq_dim` 64, two of 128 at 256), 1.3e-6 and 6.6e-7 (rerunning
+//! diffusers with a correctly rounded `exp` gives exactly those numbers). A RoPE pair on the wrong
+//! axis costs 3.8e-6 (head dim 40) to 1.3e-2 (head dim 10) on this sweep, so the tolerance stays
+//! below that; the issue's own head-dim-16 case is held to 1e-6.
 
 mod common;
 
@@ -20,7 +23,7 @@ use tessera_engine::models::wan::transformer::{ShardOptions, ShardedTransformer,
 use tessera_engine::parallel::comm::{Collective, ThreadComm};
 use tessera_engine::parallel::Rank;
 
-const TOL: f64 = 1e-5;
+const TOL: f64 = 3e-6;
 
 fn load(case: &Case) -> candle_core::Result<WanTransformer3DModel> {
     WanTransformer3DModel::load(&case.dir.join("transformer"), DType::F32, &Device::Cpu)
@@ -56,7 +59,7 @@ fn every_transformer_config_matches_diffusers() {
 }
 
 /// The configuration (the golden `dit` with head dim 16, whose RoPE split is uneven) is
-/// exact to f32 rounding: before the split followed diffusers 0.42.1 it was 1.2e-4 here.
+/// exact to f32 rounding: before the split followed diffusers 0.42.1 it was 1.9e-4 here.
 #[test]
 fn head_dim_16_is_exact() {
     let case = sweep::cases("transformer").into_iter().find(|c| c.name == "hd16_h4_golden").expect("case listed");

@@ -19,13 +19,10 @@ fn every_umt5_config_matches_transformers() {
     let mut report = Report::default();
     for case in &cases {
         let dir = case.dir.join("text_encoder");
-        let model = weights::load_config::<Config>(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| {
-                let vb = Checkpoint::open(&dir).and_then(|c| c.var_builder(DType::F32, &Device::Cpu));
-                vb.map_err(|e| e.to_string())
-                    .and_then(|vb| UMT5EncoderModel::new(&cfg, vb).map_err(|e| e.to_string()))
-            });
+        let model = weights::load_config::<Config>(&dir).map_err(|e| e.to_string()).and_then(|cfg| {
+            let vb = Checkpoint::open(&dir).and_then(|c| c.var_builder(DType::F32, &Device::Cpu));
+            vb.map_err(|e| e.to_string()).and_then(|vb| UMT5EncoderModel::new(&cfg, vb).map_err(|e| e.to_string()))
+        });
         let model = match model {
             Ok(m) => m,
             Err(e) => {

@@ -57,8 +57,7 @@ pub fn cases(part: &str) -> Vec<Case> {
             let name = n.as_str().expect("case names are strings").to_string();
             let dir = root().join(part).join(&name);
             let desc_path = dir.join("case.json");
-            let desc = std::fs::read_to_string(&desc_path)
-                .unwrap_or_else(|e| panic!("{}: {e}", desc_path.display()));
+            let desc = std::fs::read_to_string(&desc_path).unwrap_or_else(|e| panic!("{}: {e}", desc_path.display()));
             Case {
                 desc: serde_json::from_str(&desc).expect("case.json parses"),
                 inputs: read_map(&dir.join("inputs.safetensors")),
