@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
 
+pub mod sweep;
+
 /// `tests/fixtures/golden/<rel>` at the workspace root (copied from shared/golden).
 pub fn golden(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden").join(rel)
