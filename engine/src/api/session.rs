@@ -139,7 +139,7 @@ impl Session {
             Ok(()) => None,
             Err(e) => {
                 self.world = None;
-                Some(format!("{} (while idle)", explain(&e)))
+                Some(format!("Idle workers stopped: {}", explain(&e)))
             }
         }
     }

@@ -81,7 +81,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 let stats = Arc::new(CommStats::default());
                 let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
                 let groups = PlanGroups::new(&plan, &world)?;
-                let experts = ShardedPredictor::load_experts(&spec.model, model.two_experts(), &groups, dtype, &device)?;
+                let experts =
+                    ShardedPredictor::load_experts(&spec.model, model.two_experts(), &groups, dtype, &device)?;
                 let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
                 let vae_bytes = if vae.is_some() { Checkpoint::open(&model.components.vae)?.stored_bytes() } else { 0 };
                 (stats, world, groups, experts, vae, vae_bytes, false)
