@@ -73,8 +73,11 @@ pub struct MakeModelArgs {
     pub max_shard_bytes: u64,
 }
 
-/// Everything a pipeline folder holds besides weights: what the diffusers converter writes for
-/// each Wan2.2 model (`convert_wan_to_diffusers.py` 1185-1231; models.md §3.3-3.4).
+/// Everything a pipeline folder holds besides weights: what the diffusers converter
+/// (`scripts/convert_wan_to_diffusers.py` 1185-1231) writes for each Wan2.2 model. T2V-A14B:
+/// `WanPipeline`, `boundary_ratio` 0.875; I2V-A14B: `WanImageToVideoPipeline`, 0.9; TI2V-5B:
+/// `WanPipeline` with `expand_timesteps`. Its `flow_shift` is 5.0 for TI2V-5B and 3.0 for the A14B
+/// models, where the official Wan configs use 12.0 (T2V) and 5.0 (I2V).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineSpec {
     /// `WanPipeline` or `WanImageToVideoPipeline`.

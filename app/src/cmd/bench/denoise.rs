@@ -17,7 +17,7 @@ use tessera_engine::random_weights::StoreDtype;
 use tessera_engine::runtime::protocol::{EmbedsSource, GenerateSpec, Job, JobOutput, WireTensor};
 use tessera_engine::runtime::{Supervisor, WorldSpec};
 
-use super::make_model::{Arch, PipelineSpec};
+use crate::cmd::make_model::{Arch, PipelineSpec};
 
 #[derive(Args, Debug)]
 pub struct BenchDenoiseArgs {
@@ -79,7 +79,7 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
     let model = a.models_dir.join(format!("wan2.2-ti2v-5b-{}l", a.layers));
     if !model.join("model_index.json").is_file() {
         let spec = PipelineSpec::for_arch(Arch::Wan22Ti2v5b, Some(a.layers))?.context("TI2V is a pipeline arch")?;
-        super::make_model::write_pipeline(
+        crate::cmd::make_model::write_pipeline(
             &model,
             &spec,
             0,
