@@ -3,8 +3,6 @@
 //!
 //! This binary never links CUDA: GPU work runs in `tessera-worker` processes.
 
-#![deny(unsafe_code)]
-
 use tessera_app::{cmd, report, studio};
 
 use std::process::ExitCode;

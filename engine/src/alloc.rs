@@ -4,6 +4,10 @@
 //! elsewhere the counters stay at zero and [`HeapStats::tracked`] is false. Peaks can be scoped
 //! (per job, per phase) with [`begin_peak_scope`] / [`end_peak_scope`].
 
+// `GlobalAlloc` is an `unsafe` trait and its methods are `unsafe fn`s: a global allocator cannot be
+// written without `unsafe`. Every block here only forwards to `System`.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -19,12 +23,13 @@ fn grew(by: usize) {
     PEAK.fetch_max(live, Ordering::Relaxed);
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the counters are
-// plain atomics and never allocate.
-#[allow(unsafe_code)]
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
+// guarantees (valid, aligned, non-overlapping blocks) are ours; the counters are plain atomics, never
+// allocate (no re-entry) and never unwind.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as ours.
+        // SAFETY: `GlobalAlloc::alloc` has the same contract as ours (non-zero-size `layout`), which
+        // our caller upholds.
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
             grew(layout.size());
@@ -33,7 +38,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as ours.
+        // SAFETY: same contract as `alloc` (non-zero-size `layout`), upheld by our caller.
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if !ptr.is_null() {
             grew(layout.size());
@@ -42,13 +47,15 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
+        // SAFETY: `ptr` came from this allocator with `layout` (our caller's contract), and every block
+        // this allocator hands out is a `System` block, so it is `System`'s to free.
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: same contract as ours.
+        // SAFETY: `ptr`/`layout` describe a `System` block (as in `dealloc`) and `new_size` is non-zero
+        // and does not overflow `isize` once rounded to `layout.align()`: our caller's contract.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() {
             if new_size >= layout.size() {

@@ -46,8 +46,11 @@ impl Arch {
     }
 }
 
-/// Everything a pipeline folder holds besides weights: what the diffusers converter writes for
-/// each Wan2.2 model (diffusers' `scripts/convert_wan_to_diffusers.py`, the converter the published folders come from).
+/// Everything a pipeline folder holds besides weights: what the diffusers converter
+/// (`scripts/convert_wan_to_diffusers.py` 1185-1231) writes for each Wan2.2 model. T2V-A14B:
+/// `WanPipeline`, `boundary_ratio` 0.875; I2V-A14B: `WanImageToVideoPipeline`, 0.9; TI2V-5B:
+/// `WanPipeline` with `expand_timesteps`. Its `flow_shift` is 5.0 for TI2V-5B and 3.0 for the A14B
+/// models, where the official Wan configs use 12.0 (T2V) and 5.0 (I2V).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineSpec {
     /// `WanPipeline` or `WanImageToVideoPipeline`.

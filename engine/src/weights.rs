@@ -6,6 +6,11 @@
 //! memory-mapped; each tensor is converted to the run dtype only when the model asks for it, so an
 //! fp32 checkpoint never sits in memory whole next to its converted copy.
 
+// Memory-mapping a file (`Mmap::map`) and dropping its pages (`unchecked_advise_range`) are `unsafe`
+// in memmap2: both are only sound under assumptions about the file and the mapping that the compiler
+// cannot check, argued at each block below.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -163,8 +168,10 @@ impl MmapBackend {
         for (i, path) in files.iter().enumerate() {
             let corrupt = |msg: String| WeightsError::Corrupt { path: path.clone(), msg };
             let file = std::fs::File::open(path).map_err(|source| WeightsError::Io { path: path.clone(), source })?;
-            // SAFETY: mapped read-only; like every mmap user we rely on the file not being truncated
-            // while the process runs (its length was validated against its header when found).
+            // SAFETY: mapped read-only and never written through. Like every mmap user (candle's
+            // `from_mmaped_safetensors` included) we rely on the file not being truncated or modified
+            // while the process runs: a checkpoint folder is read-only input, and every tensor's range
+            // is bounds-checked against the map before it is read (`load`).
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|source| WeightsError::Io { path: path.clone(), source })?;
             let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| corrupt(e.to_string()))?;
@@ -189,11 +196,14 @@ impl MmapBackend {
             candle_core::Error::msg(format!("tensor {name} lies beyond the end of {}", path.display()))
         })?;
         let tensor = Tensor::from_raw_buffer(bytes, loc.dtype, &loc.shape, &Device::Cpu)?;
-        // SAFETY: `bytes` is no longer used; dropping the pages of a read-only private file mapping
-        // only makes later reads fault them in again from the file.
-        unsafe {
-            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, loc.start, loc.end - loc.start);
-        }
+        // SAFETY: the range is inside the map (`map.get` above succeeded on it) and `bytes`, this
+        // call's borrow of it, is dead (`from_raw_buffer` copied it). `Mmap::map` is a read-only
+        // shared file mapping, so `MADV_DONTNEED` only drops clean page-cache pages: later reads
+        // (other tensors on the same pages included) fault the same bytes in again from the file,
+        // under the unchanged-file assumption of `open`. The advice is best-effort (it only returns
+        // memory early), so its error is ignored.
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, loc.start, loc.end - loc.start) };
         tensor.to_dtype(dtype)?.to_device(dev)
     }
 }

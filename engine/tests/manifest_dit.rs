@@ -64,8 +64,8 @@ fn i2v_a14b_matches_manifest() -> Result<()> {
     check_manifest("wan2.2-i2v-a14b-transformer.json", Config::i2v_a14b())
 }
 
-/// Parameter counts of the models without a manifest here, from models.md §2.1 (cross-checked
-/// there against the Hub file sizes).
+/// Parameter counts of the models without a manifest here: the published sizes, which agree with
+/// the Hub checkpoints' file sizes (fp32: 4 bytes a parameter).
 #[test]
 fn wan21_presets_have_the_published_parameter_counts() -> Result<()> {
     let small = record(&Config::wan21_1_3b())?;
@@ -76,7 +76,7 @@ fn wan21_presets_have_the_published_parameter_counts() -> Result<()> {
     assert_eq!(t2v.len(), 1095);
     let i2v = record(&Config::wan21_i2v_14b())?;
     assert_eq!(params(&i2v), 16_394_878_784);
-    // The CLIP image branch (models.md §2.7).
+    // The CLIP image branch (Wan2.1 I2V only): image embedder and the added k/v of cross-attention.
     let expect = [
         ("condition_embedder.image_embedder.norm1.weight", vec![1280]),
         ("condition_embedder.image_embedder.ff.net.0.proj.weight", vec![1280, 1280]),

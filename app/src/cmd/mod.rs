@@ -2,10 +2,6 @@
 
 pub mod args;
 pub mod bench;
-pub mod bench_comm;
-pub mod bench_denoise;
-pub mod bench_dit;
-pub mod bench_vae_parallel;
 pub mod doctor;
 pub mod encode_prompt;
 pub mod generate;

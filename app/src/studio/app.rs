@@ -223,7 +223,7 @@ impl StudioApp {
             EngineEvent::Devices(report) => self.devices = Some(*report),
             EngineEvent::Model(path, info) => {
                 if path == self.model.path {
-                    self.model.info = Some(info);
+                    self.model.info = Some(*info);
                 }
             }
             EngineEvent::Preparing(what) => self.live.status = RunStatus::Preparing(what),

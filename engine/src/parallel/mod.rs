@@ -2,13 +2,12 @@
 //!
 //! - [`Rank`], [`Topology`]: plain identities handed to every worker at startup.
 //! - [`comm`]: the [`comm::Collective`] trait (the data plane model code uses) and its backends:
-//!   [`comm::SingleRank`] (world of one), [`comm::LocalSocketComm`] (CPU worker processes over Unix
-//!   sockets), [`comm::ThreadComm`] (in-process ranks, for fast tests) and, behind the `cuda`
-//!   feature, `comm::NcclComm`.
+//!   [`comm::SingleRank`] (world of one), LocalSocket ([`comm::SocketListener`] → [`comm::MeshComm`]:
+//!   CPU worker processes over Unix sockets), [`comm::ThreadComm`] (in-process ranks, for fast tests)
+//!   and, behind the `cuda` feature, `comm::NcclComm`.
 //! - [`fsdp`]: FSDP-style sharded weights (each rank keeps a slice, a unit is gathered before use).
 //! - [`plan`]: the [`plan::ParallelPlan`] of a generation (ranks, Ulysses, CFG, FSDP, VAE parallel) and
 //!   its validation.
-#![deny(unsafe_code)]
 
 pub mod comm;
 pub mod fsdp;

@@ -10,9 +10,23 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::request::GenerateParams;
 use super::sampling;
-use super::wan::PipelineProgress;
 use crate::model_spec::ModelSpec;
 use crate::scheduler::Scheduler;
+
+/// Progress of one generation: the loop here reports the steps, the pipelines around it the
+/// image encode before and the decode after.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PipelineProgress {
+    EncodingImage,
+    /// Denoising step `index` of `total` finished (`expert` 1 or 2).
+    Step {
+        index: usize,
+        total: usize,
+        timestep: f32,
+        expert: u8,
+    },
+    Decoding,
+}
 
 /// Computes the model's noise prediction for one step.
 pub trait NoisePredictor {

@@ -15,5 +15,6 @@ pub mod sampling;
 pub mod sharded;
 pub mod wan;
 
+pub use denoise::PipelineProgress;
 pub use request::{GenerateParams, ParamsError};
-pub use wan::{GenerateOutput, PipelineError, PipelineProgress, PromptEmbeds, WanPipeline};
+pub use wan::{GenerateOutput, PipelineError, PromptEmbeds, WanPipeline};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::denoise::{run_loop, Condition, LoopSpec, NoisePredictor};
+use super::denoise::{run_loop, Condition, LoopSpec, NoisePredictor, PipelineProgress};
 use super::request::{GenerateParams, ParamsError};
 use super::sampling::{self, LatentStats};
 use crate::model_spec::ModelSpec;
@@ -34,20 +34,6 @@ type Result<T> = std::result::Result<T, PipelineError>;
 pub struct PromptEmbeds {
     pub prompt: Tensor,
     pub negative: Option<Tensor>,
-}
-
-/// Progress of one generation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PipelineProgress {
-    EncodingImage,
-    /// Denoising step `index` of `total` finished (`expert` 1 or 2).
-    Step {
-        index: usize,
-        total: usize,
-        timestep: f32,
-        expert: u8,
-    },
-    Decoding,
 }
 
 /// Result of a generation: the video as diffusers' `output_type="pt"` and the final latents.

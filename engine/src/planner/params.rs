@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn wan21_i2v_image_branch_is_counted() {
         let cfg = DitConfig::wan21_i2v_14b();
-        // Published size of Wan2.1-I2V-14B (models.md §2.1).
+        // Published size of Wan2.1-I2V-14B (the Hub checkpoint's parameter count).
         assert_eq!(dit_total(&cfg), 16_394_878_784);
     }
 

@@ -2,6 +2,9 @@
 //! caller: the host (sysinfo), the NVIDIA driver (NVML, dlopened by nvml-wrapper: absent driver =
 //! clean error), and the worker executable (`tessera-worker --doctor`, which in a `cuda` build reports
 //! CUDA devices, compute capability, the NCCL version and the peer-to-peer access matrix).
+//!
+//! The worker's CUDA probe (`cuda`, feature `cuda`) lives here, next to the report it fills, rather
+//! than in the NCCL comm backend: probing devices is not a collective.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -74,16 +77,66 @@ pub fn worker_probe() -> WorkerProbe {
     #[cfg(feature = "cuda")]
     {
         probe.cuda_built = true;
-        match crate::parallel::comm::nccl::probe_devices() {
+        match cuda::probe_devices() {
             Ok((devices, p2p)) => {
                 probe.cuda_devices = devices;
                 probe.p2p = p2p;
             }
             Err(e) => probe.cuda_error = Some(e),
         }
-        probe.nccl_version = crate::parallel::comm::nccl::nccl_version();
+        probe.nccl_version = cuda::nccl_version();
     }
     probe
+}
+
+/// The CUDA driver's and NCCL's view from inside a worker (only `tessera-worker` links CUDA).
+#[cfg(feature = "cuda")]
+mod cuda {
+    // `cuDeviceCanAccessPeer` has no safe wrapper in cudarc; it is called through the raw driver FFI.
+    #![allow(unsafe_code)]
+
+    use cudarc::driver::CudaContext;
+
+    use super::GpuReport;
+
+    /// "2.28.9", from `ncclGetVersion`.
+    pub fn nccl_version() -> Option<String> {
+        let v = cudarc::nccl::result::get_nccl_version().ok()?;
+        Some(format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100))
+    }
+
+    /// CUDA devices as this process sees them, and `cuDeviceCanAccessPeer` between each pair.
+    pub fn probe_devices() -> Result<(Vec<GpuReport>, Vec<Vec<bool>>), String> {
+        let n = CudaContext::device_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))? as usize;
+        let mut reports = Vec::with_capacity(n);
+        let mut contexts = Vec::with_capacity(n);
+        for index in 0..n {
+            let ctx = CudaContext::new(index).map_err(|e| format!("cuda:{index}: {e:?}"))?;
+            let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
+            reports.push(GpuReport {
+                index,
+                name: ctx.name().unwrap_or_default(),
+                mem_total_bytes: total as u64,
+                mem_used_bytes: Some((total - free) as u64),
+                compute_capability: ctx.compute_capability().ok().map(|(major, minor)| format!("{major}.{minor}")),
+            });
+            contexts.push(ctx);
+        }
+        let p2p = contexts.iter().map(|a| contexts.iter().map(|b| can_access_peer(a, b)).collect()).collect();
+        Ok((reports, p2p))
+    }
+
+    /// Whether `a` can map `b`'s memory (a device can always access itself).
+    fn can_access_peer(a: &CudaContext, b: &CudaContext) -> bool {
+        if a.ordinal() == b.ordinal() {
+            return true;
+        }
+        let mut can: std::ffi::c_int = 0;
+        // SAFETY: both `CUdevice` handles come from contexts that are alive for this call (the
+        // driver is initialised), and `can` is a valid, writable `c_int` for the out-parameter.
+        let status = unsafe { cudarc::driver::sys::cuDeviceCanAccessPeer(&mut can, a.cu_device(), b.cu_device()) };
+        status == cudarc::driver::sys::CUresult::CUDA_SUCCESS && can == 1
+    }
 }
 
 pub fn cpu_report() -> CpuReport {

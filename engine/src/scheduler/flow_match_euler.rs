@@ -1,5 +1,5 @@
 //! The diffusers `FlowMatchEulerDiscreteScheduler`: first-order Euler on the flow ODE,
-//! `x_{k+1} = x_k + (σ_{k+1} − σ_k)·v` (models.md §4.3).
+//! `x_{k+1} = x_k + (σ_{k+1} − σ_k)·v`.
 //!
 //! A diffusers quirk is kept on purpose: the training sigmas are already shifted, and
 //! `set_timesteps` shifts the interpolated sigmas once more. Timesteps are fractional (`σ·1000`).
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn schedule_matches_diffusers() {
         // FlowMatchEulerDiscreteScheduler(shift=5.0).set_timesteps(50).sigmas:
-        // 1.0, 0.99587, …, 0.11482, 0.02441, 0 (models.md §4.3).
+        // 1.0, 0.99587, …, 0.11482, 0.02441, 0.
         let mut s = FlowMatchEulerScheduler::new(FlowMatchEulerConfig { shift: 5.0, ..Default::default() })
             .expect("valid config");
         s.set_timesteps(50).expect("set_timesteps");

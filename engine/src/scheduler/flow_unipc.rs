@@ -1,6 +1,7 @@
 //! UniPC multistep (predictor UniP + corrector UniC, B(h) variants) in flow-matching mode: the
 //! diffusers `UniPCMultistepScheduler` with `use_flow_sigmas=True, prediction_type="flow_prediction"`,
-//! which is how every Wan2.x pipeline ships. See models.md §4.1–4.2 for the derivation.
+//! which is how every Wan2.x pipeline ships (diffusers `scheduling_unipc_multistep.py`: sigmas at
+//! 428-449, predictor 833-960, corrector 962-1098).
 //!
 //! With flow sigmas `α(σ) = 1−σ` and `λ(σ) = ln α − ln σ`. The model predicts a velocity `v`; the
 //! solver works on the data prediction `x0 = x − σ·v` (`predict_x0`). Orders above 2 need a general
@@ -173,7 +174,7 @@ impl FlowUniPcScheduler {
         let (sigma_t, sigma_s0) = (self.sigmas[k + 1], self.sigmas[k]);
         if sigma_t == 0.0 {
             // σ = 0 makes λ = +∞ and expm1(−∞) = −1, α = 1: the update collapses to x0 itself.
-            // Return it directly instead of trusting ∞ arithmetic (models.md §4.2 step 6).
+            // Return it directly instead of trusting ∞ arithmetic.
             return Ok(m0.clone());
         }
         let alpha_t = 1.0 - sigma_t;
@@ -283,7 +284,7 @@ impl Scheduler for FlowUniPcScheduler {
         }
         let k = step_index;
         // diffusers forms σ·v in the model's dtype; doing it in the sample's (f32) dtype is the
-        // more accurate, accepted deviation (models.md §4.2 step 1).
+        // more accurate, accepted deviation.
         let model_output = model_output.to_dtype(sample.dtype())?;
         let x0 = (sample - model_output.affine(self.sigmas[k] as f64, 0.0)?)?;
 
@@ -318,7 +319,7 @@ mod tests {
     #[test]
     fn wan_schedule_matches_diffusers() {
         // diffusers UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=5.0, ...).set_timesteps(50):
-        // timesteps start 999, 995, 991, 987, 982 and end 305, 244, 175, 96 (models.md §4.1).
+        // timesteps start 999, 995, 991, 987, 982 and end 305, 244, 175, 96.
         let mut s = FlowUniPcScheduler::new(FlowUniPcConfig::wan(5.0)).expect("valid config");
         s.set_timesteps(50).expect("set_timesteps");
         let t = s.timesteps();

@@ -84,7 +84,8 @@ impl TextEncoder {
         let tokens = self.tokenize(prompt)?;
         // Only the real tokens go through UMT5: padded keys are masked out and the relative bias
         // depends only on offsets, so the kept rows are the same as with the padded batch, at a
-        // fraction of the cost (models.md §3.1). The padded rows are discarded anyway.
+        // fraction of the cost. The padded rows are discarded anyway: diffusers trims each row to
+        // its true length (EOS included) and re-pads with exact zeros.
         let ids = Tensor::new(&tokens.ids[..tokens.len], self.model.device())?.unsqueeze(0)?;
         let hidden = self.model.forward(&ids, None)?.to_dtype(self.dtype)?.to_dtype(DType::F32)?;
         Ok(zero_pad_rows(&hidden, self.max_sequence_length)?)

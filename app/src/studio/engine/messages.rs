@@ -95,7 +95,7 @@ impl std::fmt::Debug for Video {
 #[derive(Debug)]
 pub enum EngineEvent {
     Devices(Box<DoctorReport>),
-    Model(PathBuf, Result<ModelSpec, String>),
+    Model(PathBuf, Box<Result<ModelSpec, String>>),
     /// Before the job runs: a step of preparation ("starting 2 workers").
     Preparing(String),
     /// Output size of the run in pixels, known once the request is validated.

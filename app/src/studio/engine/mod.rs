@@ -127,7 +127,7 @@ fn helper_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter
         match command {
             Command::Inspect(path) => {
                 let spec = ModelSpec::from_path(&path).map_err(|e| e.to_string());
-                out.emit(EngineEvent::Model(path, spec));
+                out.emit(EngineEvent::Model(path, Box::new(spec)));
             }
             Command::Save(path, video) => match helper::save(&path, &video) {
                 Ok(()) => out.emit(EngineEvent::Saved(path)),

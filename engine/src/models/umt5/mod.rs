@@ -1,6 +1,6 @@
-//! UMT5-XXL, the text encoder of every Wan2.x model (transformers `UMT5EncoderModel`,
-//! models.md §5): a T5 v1.1 encoder whose **every** layer carries its own relative-position bias
-//! (candle's `t5.rs` shares block 0's bias across layers, which is wrong for UMT5).
+//! UMT5-XXL, the text encoder of every Wan2.x model (transformers `UMT5EncoderModel`): a T5 v1.1
+//! encoder whose **every** layer carries its own relative-position bias (candle's `t5.rs` shares
+//! block 0's bias across layers, which is wrong for UMT5).
 //!
 //! - [`config`] — the `text_encoder/config.json` keys (transformers `UMT5Config`).
 //! - [`attention`] — relative-position buckets and the unscaled self-attention.

@@ -9,7 +9,11 @@
 //!   whole world, while the trait lets members create groups alone. Both are fine for the small
 //!   halo exchanges and CFG groups they serve; switch to `ncclCommSplit` if a group becomes hot.
 //!
-//! The unique id is made by rank 0 and relayed by the supervisor (`Hello` → `Init`).
+//! The unique id is made by rank 0 and relayed by the supervisor (`Hello` → `Init`). Device probing
+//! (`tessera-worker --doctor`) is not here but in `runtime::doctor`.
+
+// cudarc's NCCL `Comm` is not `Send` (it holds raw handles); moving it into a `Mutex` that the
+// `Collective` trait (`Send + Sync`) can hold needs one `unsafe impl Send`, argued below.
 #![allow(unsafe_code)]
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,7 +29,6 @@ use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclReduceOp};
 use super::mesh::MeshComm;
 use super::{Collective, CommError, ReduceOp};
 use crate::parallel::Rank;
-use crate::runtime::doctor::GpuReport;
 
 /// Bytes of an NCCL unique id.
 pub const NCCL_ID_BYTES: usize = 128;
@@ -33,7 +36,9 @@ pub const NCCL_ID_BYTES: usize = 128;
 struct SendComm(Comm);
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls on it are not
-// concurrent; every use goes through the `Mutex` in `NcclComm`.
+// concurrent (NCCL's thread-safety rule); `SendComm` is private to this module, which only ever
+// reaches the `Comm` through the `Mutex` in `NcclComm` (`NcclComm::lock`). Its stream is an
+// `Arc<CudaStream>`, itself `Send + Sync`.
 unsafe impl Send for SendComm {}
 
 pub struct NcclComm {
@@ -66,49 +71,42 @@ pub fn id_from_bytes(bytes: &[u8]) -> std::result::Result<Id, CommError> {
     Ok(Id::uninit(internal))
 }
 
-/// "2.28.9", from `ncclGetVersion`.
-pub fn nccl_version() -> Option<String> {
-    let v = cudarc::nccl::result::get_nccl_version().ok()?;
-    Some(format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100))
-}
-
-/// CUDA devices as this process sees them, and `cuDeviceCanAccessPeer` between each pair.
-pub fn probe_devices() -> std::result::Result<(Vec<GpuReport>, Vec<Vec<bool>>), String> {
-    use cudarc::driver::CudaContext;
-    let n = CudaContext::device_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))? as usize;
-    let mut reports = Vec::with_capacity(n);
-    let mut contexts = Vec::with_capacity(n);
-    for index in 0..n {
-        let ctx = CudaContext::new(index).map_err(|e| format!("cuda:{index}: {e:?}"))?;
-        let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
-        reports.push(GpuReport {
-            index,
-            name: ctx.name().unwrap_or_default(),
-            mem_total_bytes: total as u64,
-            mem_used_bytes: Some((total - free) as u64),
-            compute_capability: ctx.compute_capability().ok().map(|(major, minor)| format!("{major}.{minor}")),
-        });
-        contexts.push(ctx);
-    }
-    let p2p = contexts
-        .iter()
-        .map(|a| {
-            contexts
-                .iter()
-                .map(|b| {
-                    if a.ordinal() == b.ordinal() {
-                        return true;
-                    }
-                    let mut can: std::ffi::c_int = 0;
-                    // SAFETY: both handles come from live contexts; `can` is a valid out-pointer.
-                    let status =
-                        unsafe { cudarc::driver::sys::cuDeviceCanAccessPeer(&mut can, a.cu_device(), b.cu_device()) };
-                    status == cudarc::driver::sys::CUresult::CUDA_SUCCESS && can == 1
-                })
-                .collect()
-        })
-        .collect();
-    Ok((reports, p2p))
+/// Evaluates `$body` with the type `$T` naming the Rust element type of `$dtype` (a candle
+/// [`DType`]), or fails for dtypes NCCL has no type for: the one list of supported dtypes.
+macro_rules! with_nccl_type {
+    ($dtype:expr, $what:literal, $T:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+            DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            DType::U8 => {
+                type $T = u8;
+                $body
+            }
+            DType::U32 => {
+                type $T = u32;
+                $body
+            }
+            DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            other => candle_core::bail!("NCCL {} does not support {other:?}", $what),
+        }
+    };
 }
 
 fn nccl_err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
@@ -221,16 +219,7 @@ impl CustomOp1 for NcclOp<'_> {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        match s.dtype() {
-            DType::F32 => self.run::<f32>(s, l),
-            DType::F16 => self.run::<half::f16>(s, l),
-            DType::BF16 => self.run::<half::bf16>(s, l),
-            DType::F64 => self.run::<f64>(s, l),
-            DType::U8 => self.run::<u8>(s, l),
-            DType::U32 => self.run::<u32>(s, l),
-            DType::I64 => self.run::<i64>(s, l),
-            other => candle_core::bail!("NCCL collectives do not support {other:?}"),
-        }
+        with_nccl_type!(s.dtype(), "collectives", T => self.run::<T>(s, l))
     }
 }
 
@@ -245,16 +234,7 @@ fn send_raw(comm: &Comm, xs: &Tensor, peer: usize) -> Result<()> {
     }
     let (storage, layout) = xs.storage_and_layout();
     let Storage::Cuda(s) = &*storage else { candle_core::bail!("NCCL send needs a CUDA tensor") };
-    match s.dtype() {
-        DType::F32 => go::<f32>(comm, s, layout, peer),
-        DType::F16 => go::<half::f16>(comm, s, layout, peer),
-        DType::BF16 => go::<half::bf16>(comm, s, layout, peer),
-        DType::F64 => go::<f64>(comm, s, layout, peer),
-        DType::U8 => go::<u8>(comm, s, layout, peer),
-        DType::U32 => go::<u32>(comm, s, layout, peer),
-        DType::I64 => go::<i64>(comm, s, layout, peer),
-        other => candle_core::bail!("NCCL send does not support {other:?}"),
-    }
+    with_nccl_type!(s.dtype(), "send", T => go::<T>(comm, s, layout, peer))
 }
 
 impl Collective for NcclComm {

@@ -1,6 +1,6 @@
 //! Wan DiT: diffusers `WanTransformer3DModel` (Wan2.1 1.3B/14B, Wan2.2 TI2V-5B, T2V/I2V-A14B).
-//! Upstream: huggingface/diffusers@58eb52c0 `src/diffusers/models/transformers/transformer_wan.py`;
-//! architecture notes in `shared/reference/models.md` §2.
+//! Upstream: huggingface/diffusers@58eb52c0 `src/diffusers/models/transformers/transformer_wan.py`
+//! (model 507-735, blocks 419-504, RoPE 354-416).
 //!
 //! - [`config`]: `config.json`, presets, the `make-model` config writer.
 //! - [`embeddings`]: patch, timestep, text and (Wan2.1 I2V) image embeddings.

@@ -173,7 +173,7 @@ mod tests {
     }
 
     /// Head dim 128: pairs 0..22 rotate with the frame, 22..43 with the row, 43..64 with the
-    /// column, at `ω = 10000^(−2j/d)` per axis (models.md §2.3).
+    /// column, at `ω = 10000^(−2j/d)` per axis (diffusers `WanRotaryPosEmbed`: 44 + 42 + 42 of 128).
     #[test]
     fn tables_follow_the_44_42_42_split() -> Result<()> {
         assert_eq!(axis_widths(128), [44, 42, 42]);

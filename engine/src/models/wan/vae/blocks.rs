@@ -137,12 +137,34 @@ pub enum ResampleMode {
 }
 
 /// `WanResample`: spatial ×2 up/down per frame plus, for the 3-D modes, a causal time conv.
+///
+/// Each mode holds exactly the layers it runs, so a 3-D mode cannot lack its time conv.
 #[derive(Debug, Clone)]
 pub struct Resample {
-    mode: ResampleMode,
-    /// `resample.1`: the per-frame 3×3 conv.
+    kind: ResampleKind,
+}
+
+#[derive(Debug, Clone)]
+enum ResampleKind {
+    Upsample2d(Upsample),
+    /// `time_conv` doubles the frames (after the first chunk), then every frame is upsampled.
+    Upsample3d {
+        up: Upsample,
+        time_conv: CausalConv3d,
+    },
+    /// `resample.1`: the stride-2 3×3 conv.
+    Downsample2d(CausalConv3d),
+    /// `conv` per frame, then `time_conv` halves the frames (stride 2 over time).
+    Downsample3d {
+        conv: CausalConv3d,
+        time_conv: CausalConv3d,
+    },
+}
+
+/// Nearest ×2 upsampling then `resample.1`, the per-frame 3×3 conv.
+#[derive(Debug, Clone)]
+struct Upsample {
     conv: CausalConv3d,
-    time_conv: Option<CausalConv3d>,
     /// Sub-pixel weights of the fused upsample conv (CPU f32 only).
     phases: Option<Tensor>,
 }
@@ -151,52 +173,53 @@ impl Resample {
     /// `up_out`: output channels of the upsampling conv (`dim / 2` for Wan2.1, `dim` for Wan2.2).
     pub fn new(dim: usize, mode: ResampleMode, up_out: usize, vb: VarBuilder) -> Result<Self> {
         let vr = vb.pp("resample").pp(1);
-        let (conv, time_conv) = match mode {
-            ResampleMode::Upsample2d => (CausalConv3d::conv2d(dim, up_out, 3, 1, (1, 1, 1, 1), vr)?, None),
-            ResampleMode::Upsample3d => (
-                CausalConv3d::conv2d(dim, up_out, 3, 1, (1, 1, 1, 1), vr)?,
-                Some(CausalConv3d::new(dim, dim * 2, 3, 1, 0, vb.pp("time_conv"))?),
-            ),
-            // ZeroPad2d((0, 1, 0, 1)) then a stride-2 3×3 conv: padding only right and bottom.
-            ResampleMode::Downsample2d => (CausalConv3d::conv2d(dim, dim, 3, 2, (0, 1, 0, 1), vr)?, None),
-            ResampleMode::Downsample3d => (
-                CausalConv3d::conv2d(dim, dim, 3, 2, (0, 1, 0, 1), vr)?,
-                Some(CausalConv3d::new(dim, dim, 3, 1, 0, vb.pp("time_conv"))?),
-            ),
+        let upsample = |vr| -> Result<Upsample> {
+            let conv = CausalConv3d::conv2d(dim, up_out, 3, 1, (1, 1, 1, 1), vr)?;
+            let phases = ops::upsample_phases(conv.weight())?;
+            Ok(Upsample { conv, phases })
         };
-        let phases = match mode {
-            ResampleMode::Upsample2d | ResampleMode::Upsample3d => ops::upsample_phases(conv.weight())?,
-            _ => None,
+        // ZeroPad2d((0, 1, 0, 1)) then a stride-2 3×3 conv: padding only right and bottom.
+        let downsample = |vr| CausalConv3d::conv2d(dim, dim, 3, 2, (0, 1, 0, 1), vr);
+        let kind = match mode {
+            ResampleMode::Upsample2d => ResampleKind::Upsample2d(upsample(vr)?),
+            ResampleMode::Upsample3d => ResampleKind::Upsample3d {
+                up: upsample(vr)?,
+                time_conv: CausalConv3d::new(dim, dim * 2, 3, 1, 0, vb.pp("time_conv"))?,
+            },
+            ResampleMode::Downsample2d => ResampleKind::Downsample2d(downsample(vr)?),
+            ResampleMode::Downsample3d => ResampleKind::Downsample3d {
+                conv: downsample(vr)?,
+                time_conv: CausalConv3d::new(dim, dim, 3, 1, 0, vb.pp("time_conv"))?,
+            },
         };
-        Ok(Self { mode, conv, time_conv, phases })
+        Ok(Self { kind })
     }
 
     /// `residual` (upsampling modes only) is added to the output, fused into the conv on CPU.
     pub fn forward(&self, xs: Tensor, cache: &mut FeatCache, residual: Option<&Tensor>) -> Result<Tensor> {
-        if residual.is_some() && matches!(self.mode, ResampleMode::Downsample2d | ResampleMode::Downsample3d) {
-            candle_core::bail!("a residual can only be fused into an upsampling resample");
-        }
         let split = cache.split();
-        match self.mode {
-            ResampleMode::Upsample2d => self.upsample(xs, residual, split.as_deref()),
-            ResampleMode::Upsample3d => {
+        match &self.kind {
+            ResampleKind::Upsample2d(up) => up.forward(xs, residual, split.as_deref()),
+            ResampleKind::Upsample3d { up, time_conv } => {
                 let slot = cache.next_slot();
                 let xs = if matches!(slot, Slot::Empty) {
                     // First chunk: diffusers marks "Rep" and skips the time conv (1 frame in, 1 out).
                     *slot = Slot::Rep;
                     xs
                 } else {
-                    let time_conv = self.time_conv.as_ref().expect("upsample3d has a time conv");
                     let (t, c, h, w) = xs.dims4()?;
                     let ys = time_conv.forward_cached(&xs, slot, None, None)?; // (t, 2c, h, w)
                                                                                // Channels [0,c) give frame 2i, [c,2c) frame 2i+1: a free reshape in this layout.
                     ys.reshape((2 * t, c, h, w))?
                 };
-                self.upsample(xs, residual, split.as_deref())
+                up.forward(xs, residual, split.as_deref())
             }
-            ResampleMode::Downsample2d => self.conv.forward_split(&xs, None, split.as_deref()),
-            ResampleMode::Downsample3d => {
-                let xs = self.conv.forward_split(&xs, None, split.as_deref())?;
+            ResampleKind::Downsample2d(_) | ResampleKind::Downsample3d { .. } if residual.is_some() => {
+                candle_core::bail!("a residual can only be fused into an upsampling resample")
+            }
+            ResampleKind::Downsample2d(conv) => conv.forward_split(&xs, None, split.as_deref()),
+            ResampleKind::Downsample3d { conv, time_conv } => {
+                let xs = conv.forward_split(&xs, None, split.as_deref())?;
                 let slot = cache.next_slot();
                 let t_len = xs.dim(0)?;
                 match slot.frames().cloned() {
@@ -206,7 +229,7 @@ impl Resample {
                         Ok(xs)
                     }
                     Some(prev) => {
-                        let ys = self.time_downsample(&prev, &xs)?;
+                        let ys = time_downsample(time_conv, &prev, &xs)?;
                         *slot = Slot::Frames(ops::copy_frames(&xs, t_len - 1, 1)?);
                         Ok(ys)
                     }
@@ -214,12 +237,14 @@ impl Resample {
             }
         }
     }
+}
 
+impl Upsample {
     /// Nearest ×2 upsampling then the 3×3 conv, per frame.
     ///
     /// In halo mode the slab gets one neighbour row above and below; the upsampled conv over that
     /// extended slab is exact for the slab's own rows, which are cut out (the residual is added after).
-    fn upsample(&self, xs: Tensor, residual: Option<&Tensor>, halo: Option<&dyn RowExchange>) -> Result<Tensor> {
+    fn forward(&self, xs: Tensor, residual: Option<&Tensor>, halo: Option<&dyn RowExchange>) -> Result<Tensor> {
         match halo {
             None => ops::upsample_conv(&xs, self.conv.weight(), self.conv.bias(), self.phases.as_ref(), residual),
             Some(ex) => {
@@ -235,22 +260,21 @@ impl Resample {
             }
         }
     }
+}
 
-    /// Stride-2 causal time conv over `[prev_last, xs…]` without padding: output k reads frames
-    /// 2k, 2k+1, 2k+2 of that sequence.
-    fn time_downsample(&self, prev: &Tensor, xs: &Tensor) -> Result<Tensor> {
-        let time_conv = self.time_conv.as_ref().expect("downsample3d has a time conv");
-        let mut frames = vec![prev.get(prev.dim(0)? - 1)?];
-        for t in 0..xs.dim(0)? {
-            frames.push(xs.get(t)?);
-        }
-        if frames.len() < 3 {
-            candle_core::bail!("temporal downsample needs at least 2 new frames per chunk, got {}", xs.dim(0)?);
-        }
-        let outs = (frames.len() - 3) / 2 + 1;
-        let taps = (0..outs).map(|k| (0..3).map(|j| Some(&frames[2 * k + j])).collect()).collect();
-        ops::conv_frames(&ConvInputs { taps }, time_conv.weight(), time_conv.bias(), 1, (0, 0, 0, 0), None)
+/// Stride-2 causal time conv over `[prev_last, xs…]` without padding: output k reads frames
+/// 2k, 2k+1, 2k+2 of that sequence.
+fn time_downsample(time_conv: &CausalConv3d, prev: &Tensor, xs: &Tensor) -> Result<Tensor> {
+    let mut frames = vec![prev.get(prev.dim(0)? - 1)?];
+    for t in 0..xs.dim(0)? {
+        frames.push(xs.get(t)?);
     }
+    if frames.len() < 3 {
+        candle_core::bail!("temporal downsample needs at least 2 new frames per chunk, got {}", xs.dim(0)?);
+    }
+    let outs = (frames.len() - 3) / 2 + 1;
+    let taps = (0..outs).map(|k| (0..3).map(|j| Some(&frames[2 * k + j])).collect()).collect();
+    ops::conv_frames(&ConvInputs { taps }, time_conv.weight(), time_conv.bias(), 1, (0, 0, 0, 0), None)
 }
 
 /// `AvgDown3D` (Wan2.2 encoder shortcut): space/time-to-channel packing then a mean over groups.
@@ -312,7 +336,7 @@ impl DupUp3D {
         if ops::cpu_fast_path(xs) {
             let xs = xs.contiguous()?;
             let out = super::cpu_kernels::dup_up_frames(
-                ops::cpu_slice(&xs)?,
+                &ops::cpu_f32(&xs)?,
                 (t, c, h, w),
                 self.out_channels,
                 ft,

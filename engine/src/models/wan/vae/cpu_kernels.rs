@@ -6,8 +6,19 @@
 //! the preallocated output (`gemm` reads and writes arbitrary strides): no padded copy, no im2col, no
 //! concatenation with the causal cache — zero padding is simply the taps that are skipped.
 //!
-//! Everything here works on plain slices; `ops.rs` wraps it for tensors. All parallelism is over
-//! disjoint output rows (rayon), each GEMM single-threaded.
+//! Everything here works on plain slices; `ops.rs` wraps it for tensors (and turns bad shapes into
+//! errors before they get here). All parallelism is over disjoint output rows (rayon), each GEMM
+//! single-threaded.
+//!
+//! Soundness: every public kernel asserts each slice length its raw-pointer code relies on (input
+//! frames, weights, bias, residual, output) before the first `unsafe` block runs, so no caller of
+//! these safe functions can make a GEMM read or write out of bounds; a wrong length is a panic with
+//! the kernel's name, never undefined behaviour.
+
+// The convolutions hand raw pointers and strides to `gemm` (it reads and writes strided matrices in
+// place) and let rayon tasks write disjoint rows of one output buffer through a shared pointer; both
+// need `unsafe`. Each block states the bounds or disjointness argument it relies on.
+#![allow(unsafe_code)]
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -45,11 +56,11 @@ impl ConvGeom {
     }
 
     pub fn in_frame_len(&self) -> usize {
-        self.in_channels * self.h_in * self.w_in
+        checked_len("conv input frame", &[self.in_channels, self.h_in, self.w_in])
     }
 
     pub fn out_frame_len(&self) -> usize {
-        self.out_channels * self.h_out * self.w_out
+        checked_len("conv output frame", &[self.out_channels, self.h_out, self.w_out])
     }
 
     /// A 1×1 stride-1 conv over a whole frame is one GEMM: view the frame as a single row.
@@ -61,6 +72,12 @@ impl ConvGeom {
             self
         }
     }
+}
+
+/// The product of `dims`, panicking instead of wrapping: the length checks below compare slice
+/// lengths with such products, and a wrapped product could let a too-short slice pass them.
+fn checked_len(what: &str, dims: &[usize]) -> usize {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or_else(|| panic!("{what}: size {dims:?} overflows"))
 }
 
 /// Where output pixel (o, y, x) of a conv lands in the destination frame: `offset + o·plane +
@@ -97,11 +114,30 @@ pub enum RowInit<'a> {
     BiasPlus(&'a [f32], &'a [&'a [f32]]),
 }
 
+impl RowInit<'_> {
+    /// Panics unless there is one bias value per output channel and, with a residual, one whole
+    /// output frame per output frame: `init_rows` relies on both.
+    fn assert_sizes(&self, frames: usize, g: &ConvGeom) {
+        let (RowInit::Bias(bias) | RowInit::BiasPlus(bias, _)) = self;
+        assert_eq!(bias.len(), g.out_channels, "conv_frames: bias size");
+        if let RowInit::BiasPlus(_, residual) = self {
+            assert_eq!(residual.len(), frames, "conv_frames: residual frames");
+            for r in residual.iter() {
+                assert_eq!(r.len(), g.out_frame_len(), "conv_frames: residual frame size");
+            }
+        }
+    }
+}
+
 /// A raw output pointer shared by tasks that write disjoint rows.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of (frame, row) positions; see `conv_frames`.
+// SAFETY: the pointer is only dereferenced by the tasks of `conv_frames`, `upsample2x_conv3x3_frames`
+// and `rms_norm_frames`, while the `&mut [f32]` it came from is borrowed by that call, and each task
+// writes a set of positions no other task reads or writes (argued at each use). So sending it to, and
+// sharing it between, rayon threads creates no data race.
 unsafe impl Send for OutPtr {}
+// SAFETY: see `Send` above; `&OutPtr` only gives out the same pointer.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
@@ -115,7 +151,8 @@ impl OutPtr {
 /// `init + Σ_k Σ_{dy,dx} W[:, :, k, dy, dx] · inputs[t][k]` where `inputs[t][k]` is the input
 /// frame feeding time tap `k` (or `None` for a causal zero frame, which contributes nothing).
 ///
-/// `out` holds `inputs.len()` frames of `geom.out_frame_len()` values.
+/// `out` holds `inputs.len()` frames of `geom.out_frame_len()` values; each `inputs[t]` has exactly
+/// `weight.kt` taps of `geom.in_frame_len()` values. Panics (before touching `out`) on any other size.
 pub fn conv_frames(
     out: &mut [f32],
     inputs: &[Vec<Option<&[f32]>>],
@@ -125,8 +162,20 @@ pub fn conv_frames(
 ) {
     let g = geom.flattened_if_pointwise();
     let frames = inputs.len();
-    assert_eq!(out.len(), frames * g.out_frame_len(), "conv_frames: output size");
-    assert_eq!(weight.data.len(), g.out_channels * g.in_channels * weight.kt * g.kh * g.kw, "conv_frames: weight size");
+    assert_eq!(out.len(), checked_len("conv_frames output", &[frames, g.out_frame_len()]), "conv_frames: output size");
+    let weight_len = checked_len("conv_frames weight", &[g.out_channels, g.in_channels, weight.kt, g.kh, g.kw]);
+    assert_eq!(weight.data.len(), weight_len, "conv_frames: weight size");
+    init.assert_sizes(frames, &g);
+    for taps in inputs {
+        // A tap index past `kt` would address weights beyond the end of `weight.data`.
+        assert_eq!(taps.len(), weight.kt, "conv_frames: time taps per frame");
+        for input in taps.iter().flatten() {
+            assert_eq!(input.len(), g.in_frame_len(), "conv_frames: input frame size");
+        }
+    }
+    if out.is_empty() {
+        return;
+    }
     // Row bands: enough tasks to balance two to a few dozen threads, big enough to amortise calls.
     let threads = rayon::current_num_threads().max(1);
     let bands_per_frame = (threads * 4).div_ceil(frames).clamp(1, g.h_out);
@@ -138,20 +187,24 @@ pub fn conv_frames(
     let banded = g.stride == 1 && g.kh * g.kw > 1 && g.w_out < BANDED_BELOW_WIDTH;
     let ptr = OutPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&(t, y0, y1)| {
-        // SAFETY: `out` has `frames` frames (asserted); (t, y0..y1) bands are disjoint across tasks.
+        // SAFETY: `t < frames` and `out` holds `frames` whole frames (asserted), so the frame start
+        // is inside `out`.
         let frame_out = unsafe { ptr.get().add(t * g.out_frame_len()) };
+        // SAFETY: `frame_out` is a dense frame of `g` inside `out`; rows `y0..y1` of frame `t`
+        // belong to this task alone (the tasks tile each frame's rows without overlap); the bias
+        // and residual sizes were asserted.
         unsafe { init_rows(frame_out, init, t, g, y0, y1) };
-        for input in inputs[t].iter().flatten() {
-            assert_eq!(input.len(), g.in_frame_len(), "conv_frames: input frame size");
-        }
         if banded {
-            // SAFETY: the band's rows of this frame belong to this task only.
+            // SAFETY: as for `init_rows`; every input frame has `g.in_frame_len()` values and `kt`
+            // taps, matching `weight` (asserted).
             unsafe { accumulate_band_padded(frame_out, &inputs[t], weight, g, y0, y1) };
             return;
         }
         for (k, input) in inputs[t].iter().enumerate() {
             if let Some(input) = input {
-                // SAFETY: bounds follow from the geometry checks in `accumulate_rows`.
+                // SAFETY: the dense map keeps every pixel of `g` inside this frame, whose rows
+                // `y0..y1` only this task writes; `input` has `g.in_frame_len()` values and
+                // `k < weight.kt` (asserted).
                 unsafe { accumulate_rows(frame_out, OutMap::dense(&g), input, weight, k, g, y0, y1) };
             }
         }
@@ -167,7 +220,9 @@ const BANDED_BELOW_WIDTH: usize = 192;
 /// in scratch columns that are thrown away). Results are added onto the initialised output rows.
 ///
 /// # Safety
-/// `frame_out` must point to a dense `[O, h_out, w_out]` frame whose rows `y0..y1` only this call writes.
+/// `frame_out` must point to a dense `[O, h_out, w_out]` frame whose rows `y0..y1` (`y1 ≤ h_out`)
+/// only this call reads or writes while it runs; `g.stride == 1`; `inputs` has at most `weight.kt`
+/// taps; `weight.data` holds `O·I·kt·kh·kw` values.
 unsafe fn accumulate_band_padded(
     frame_out: *mut f32,
     inputs: &[Option<&[f32]>],
@@ -201,34 +256,45 @@ unsafe fn accumulate_band_padded(
         for dy in 0..g.kh {
             for dx in 0..g.kw {
                 let tap = (k * g.kh + dy) * g.kw + dx;
-                gemm(
-                    g.out_channels,
-                    n,
-                    g.in_channels,
-                    acc.as_mut_ptr(),
-                    1,
-                    (rows * wp) as isize,
-                    true,
-                    weight.data.as_ptr().add(tap),
-                    taps as isize,
-                    (g.in_channels * taps) as isize,
-                    padded.as_ptr().add(dy * wp + dx),
-                    1,
-                    (prow * wp) as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+                // SAFETY: all three matrices lie inside buffers of this call or of the contract.
+                // dst `acc` [O × n], strides (1, rows·wp): last element (O−1)·rows·wp + n − 1 <
+                // O·rows·wp = acc.len(). lhs: weight (o, i) at tap + o·I·taps + i·taps, whose largest
+                // value O·I·taps − taps + tap is below O·I·taps = weight.data.len() because
+                // `k < kt` makes `tap < taps`. rhs: `padded` (i, j) at dy·wp + dx + i·prow·wp + j,
+                // at most (I−1)·prow·wp + (kh−1)·wp + (kw−1) + n − 1 = I·prow·wp − 1. `acc` is
+                // written only here and aliases neither input.
+                unsafe {
+                    gemm(
+                        g.out_channels,
+                        n,
+                        g.in_channels,
+                        acc.as_mut_ptr(),
+                        1,
+                        (rows * wp) as isize,
+                        true,
+                        weight.data[tap..].as_ptr(),
+                        taps as isize,
+                        (g.in_channels * taps) as isize,
+                        padded[dy * wp + dx..].as_ptr(),
+                        1,
+                        (prow * wp) as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                };
             }
         }
     }
     let plane = g.h_out * g.w_out;
     for o in 0..g.out_channels {
         for r in 0..rows {
-            let dst = std::slice::from_raw_parts_mut(frame_out.add(o * plane + (y0 + r) * g.w_out), g.w_out);
+            // SAFETY: row `y0 + r < y1 ≤ h_out` of channel `o` is inside the dense frame and belongs
+            // to this call alone (the contract), so a unique `&mut` to it is sound.
+            let dst = unsafe { std::slice::from_raw_parts_mut(frame_out.add(o * plane + (y0 + r) * g.w_out), g.w_out) };
             let src = &acc[(o * rows + r) * wp..(o * rows + r) * wp + g.w_out];
             for (d, &v) in dst.iter_mut().zip(src) {
                 *d += v;
@@ -237,8 +303,13 @@ unsafe fn accumulate_band_padded(
     }
 }
 
+/// Writes the initial value (bias, plus the residual with `BiasPlus`) of output rows `y0..y1`.
+///
 /// # Safety
-/// `frame_out` must point to a frame of `g.out_frame_len()` writable values.
+/// `frame_out` must point to a dense `[O, h_out, w_out]` frame whose rows `y0..y1` (`y1 ≤ h_out`)
+/// only this call accesses while it runs. With `BiasPlus`, `residual[t]` must exist (it is indexed,
+/// so a missing one panics). Rows of channels past `bias.len()` are left untouched, which is why
+/// the callers assert one bias value per output channel.
 unsafe fn init_rows(frame_out: *mut f32, init: RowInit<'_>, t: usize, g: ConvGeom, y0: usize, y1: usize) {
     let plane = g.h_out * g.w_out;
     let (bias, residual) = match init {
@@ -248,7 +319,9 @@ unsafe fn init_rows(frame_out: *mut f32, init: RowInit<'_>, t: usize, g: ConvGeo
     for (o, &b) in bias.iter().enumerate().take(g.out_channels) {
         let start = o * plane + y0 * g.w_out;
         let len = (y1 - y0) * g.w_out;
-        let dst = std::slice::from_raw_parts_mut(frame_out.add(start), len);
+        // SAFETY: rows `y0..y1` of channel `o < O` are inside the frame and only this call touches
+        // them (the contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(frame_out.add(start), len) };
         match residual {
             None => dst.fill(b),
             Some(r) => {
@@ -263,8 +336,10 @@ unsafe fn init_rows(frame_out: *mut f32, init: RowInit<'_>, t: usize, g: ConvGeo
 /// Adds time tap `k` of the weight applied to `input` into output rows `y0..y1`.
 ///
 /// # Safety
-/// `frame_out` must point to a frame that `map` keeps in bounds for all of `g`'s output pixels;
-/// `input` has `g.in_frame_len()` values.
+/// For every output pixel (o < O, y0 ≤ y < y1, x < w_out), `frame_out + map.offset + o·map.plane +
+/// y·map.row_stride + x·map.col_stride` must be inside one allocation that only this call accesses
+/// at those positions while it runs. `input` must hold `g.in_frame_len()` values, `k < weight.kt`
+/// and `weight.data` must hold `O·I·kt·kh·kw` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn accumulate_rows(
     frame_out: *mut f32,
@@ -301,27 +376,36 @@ unsafe fn accumulate_rows(
                 let n = x_hi - x_lo;
                 let ix0 = x_lo * s + dx - g.pad_left;
                 let tap = (k * g.kh + dy) * g.kw + dx;
-                gemm(
-                    g.out_channels,
-                    n,
-                    g.in_channels,
-                    frame_out.add(map.offset + y * map.row_stride + x_lo * map.col_stride),
-                    map.col_stride as isize,
-                    map.plane as isize,
-                    true,
-                    weight.data.as_ptr().add(tap),
-                    w_i_stride,
-                    w_o_stride,
-                    input.as_ptr().add(iy as usize * g.w_in + ix0),
-                    s as isize,
-                    in_plane,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+                // SAFETY: dst: pixels (o, y, x_lo..x_hi) with x_hi ≤ w_out, inside the allocation
+                // and this call's own by the contract. lhs: weight (o, i) at tap + o·I·taps + i·taps
+                // ≤ O·I·taps − taps + tap < weight.data.len(), as `k < kt` makes `tap < taps`. rhs:
+                // input (i, j) at iy·w_in + ix0 + j·s + i·h_in·w_in with 0 ≤ iy < h_in (checked
+                // above) and ix0 + (n−1)·s = (x_hi−1)·s + dx − pad_left ≤ last_in + dx − pad_left =
+                // w_in − 1 (x_hi ≤ last_in / s + 1), so the last element is below I·h_in·w_in =
+                // input.len(). The output aliases neither input: it is a separate `&mut` buffer.
+                unsafe {
+                    gemm(
+                        g.out_channels,
+                        n,
+                        g.in_channels,
+                        frame_out.add(map.offset + y * map.row_stride + x_lo * map.col_stride),
+                        map.col_stride as isize,
+                        map.plane as isize,
+                        true,
+                        weight.data[tap..].as_ptr(),
+                        w_i_stride,
+                        w_o_stride,
+                        input[iy as usize * g.w_in + ix0..].as_ptr(),
+                        s as isize,
+                        in_plane,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                };
             }
         }
     }
@@ -362,7 +446,9 @@ pub fn upsample_phase_weights(w: &[f32], out_c: usize, in_c: usize) -> Vec<f32> 
 /// Nearest ×2 upsample followed by a 3×3 pad-1 conv, without ever building the upsampled frame:
 /// four 2×2 sub-pixel convs on the low-resolution input, each writing every other row and column
 /// of the output (2.25× fewer FLOPs, no 4× intermediate). `inputs` are `[I, H, W]` frames, `out`
-/// holds as many `[O, 2H, 2W]` frames; `phases` come from [`upsample_phase_weights`].
+/// holds as many `[O, 2H, 2W]` frames; `phases` come from [`upsample_phase_weights`], `bias` is
+/// `[O]` and `residual`, when given, holds as many `[O, 2H, 2W]` frames as `out`. Panics (before
+/// touching `out`) on any other size.
 #[allow(clippy::too_many_arguments)]
 pub fn upsample2x_conv3x3_frames(
     out: &mut [f32],
@@ -376,22 +462,39 @@ pub fn upsample2x_conv3x3_frames(
     w: usize,
 ) {
     let frames = inputs.len();
-    let out_frame = out_c * 4 * h * w;
-    assert_eq!(out.len(), frames * out_frame, "upsample conv: output size");
-    assert_eq!(phases.len(), 4 * out_c * in_c * 4, "upsample conv: phase weights size");
+    let out_frame = checked_len("upsample conv output frame", &[out_c, 4, h, w]);
+    assert_eq!(out.len(), checked_len("upsample conv output", &[frames, out_frame]), "upsample conv: output size");
+    assert_eq!(
+        phases.len(),
+        checked_len("upsample conv phases", &[4, out_c, in_c, 4]),
+        "upsample conv: phase weights size"
+    );
+    assert_eq!(bias.len(), out_c, "upsample conv: bias size");
+    let in_frame = checked_len("upsample conv input frame", &[in_c, h, w]);
+    for input in inputs {
+        assert_eq!(input.len(), in_frame, "upsample conv: input frame size");
+    }
+    if let Some(r) = residual {
+        assert_eq!(r.len(), out.len(), "upsample conv: residual size");
+    }
+    if out.is_empty() {
+        return;
+    }
     let threads = rayon::current_num_threads().max(1);
-    let bands_per_frame = (threads * 4).div_ceil(frames.max(1)).clamp(1, h.max(1));
-    let band = h.div_ceil(bands_per_frame).max(1);
+    let bands_per_frame = (threads * 4).div_ceil(frames).clamp(1, h);
+    let band = h.div_ceil(bands_per_frame);
     let tasks: Vec<(usize, usize, usize)> =
         (0..frames).flat_map(|t| (0..h).step_by(band).map(move |y0| (t, y0, (y0 + band).min(h)))).collect();
     let ptr = OutPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&(t, y0, y1)| {
-        // SAFETY: low-res rows y0..y1 of frame t map to output rows 2·y0..2·y1, disjoint across tasks.
+        // SAFETY: `t < frames` and `out` holds `frames` frames of `out_frame` values (asserted).
         let frame_out = unsafe { ptr.get().add(t * out_frame) };
         let (h2, w2) = (2 * h, 2 * w);
-        for (o, &b) in bias.iter().enumerate().take(out_c) {
+        for (o, &b) in bias.iter().enumerate() {
             let start = o * h2 * w2 + 2 * y0 * w2;
             let len = 2 * (y1 - y0) * w2;
+            // SAFETY: output rows 2·y0..2·y1 ≤ 2H of channel `o < O` lie inside this frame, and
+            // low-res rows y0..y1 of frame t (so output rows 2·y0..2·y1) belong to this task alone.
             let dst = unsafe { std::slice::from_raw_parts_mut(frame_out.add(start), len) };
             match residual {
                 None => dst.fill(b),
@@ -421,7 +524,10 @@ pub fn upsample2x_conv3x3_frames(
                 };
                 let map = OutMap { plane: h2 * w2, row_stride: 2 * w2, col_stride: 2, offset: py * w2 + px };
                 let wv = WeightView { data: &phases[phase * out_c * in_c * 4..(phase + 1) * out_c * in_c * 4], kt: 1 };
-                // SAFETY: the map keeps every (o, y < h, x < w) inside the [O, 2H, 2W] frame.
+                // SAFETY: pixel (o, y, x) of this phase lands at (py + 2y)·2W + px + 2x + o·4HW, at
+                // most 4HW·O − 1 for o < O, y < H, x < W, so inside this frame; its output row
+                // 2y + py is one of this task's rows 2·y0..2·y1. `inputs[t]` has I·H·W values, `wv`
+                // O·I·1·2·2 and tap 0 < kt = 1 (asserted or built above).
                 unsafe { accumulate_rows(frame_out, map, inputs[t], wv, 0, g, y0, y1) };
             }
         }
@@ -441,6 +547,12 @@ pub fn dup_up_frames(
     repeats: usize,
     skip: usize,
 ) -> Vec<f32> {
+    // Safe code (indexing would panic anyway); the checks name the broken size instead.
+    assert_eq!(x.len(), t_n * c_n * h * w, "dup_up_frames: input size");
+    assert!(
+        out_c * ft * fs * fs <= c_n * repeats,
+        "dup_up_frames: {out_c} output channels need more than {c_n}×{repeats} packed channels"
+    );
     let (h2, w2) = (h * fs, w * fs);
     let frames = t_n * ft - skip;
     let mut out = vec![0f32; frames * out_c * h2 * w2];
@@ -451,7 +563,6 @@ pub fn dup_up_frames(
             for dw in 0..fs {
                 let q = ((o * ft + a) * fs + dh) * fs + dw;
                 let c = q / repeats;
-                debug_assert!(c < c_n);
                 let src = &x[(t * c_n + c) * h * w..(t * c_n + c + 1) * h * w];
                 for y in 0..h {
                     let row = &mut plane[(y * fs + dh) * w2..(y * fs + dh + 1) * w2];
@@ -469,7 +580,8 @@ pub fn dup_up_frames(
 /// `scale[c]` is `γ[c]·√C` (WanRMS_norm). `x` and `out` hold whole frames `[C, plane]`.
 pub fn rms_norm_frames(out: &mut [f32], x: &[f32], scale: &[f32], plane: usize, silu: bool) {
     let channels = scale.len();
-    let frame = channels * plane;
+    let frame = checked_len("rms_norm_frames frame", &[channels, plane]);
+    assert!(frame > 0, "rms_norm_frames: empty frame ({channels} channels of {plane} pixels)");
     assert_eq!(x.len() % frame, 0, "rms_norm_frames: input is not whole frames");
     assert_eq!(out.len(), x.len(), "rms_norm_frames: output size");
     const CHUNK: usize = 2048;
@@ -493,7 +605,9 @@ pub fn rms_norm_frames(out: &mut [f32], x: &[f32], scale: &[f32], plane: usize, 
         }
         for (c, &sc) in scale.iter().enumerate() {
             let src = &xf[c * plane + p0..c * plane + p1];
-            // SAFETY: (t, c, p0..p1) ranges are disjoint across tasks and inside `out`.
+            // SAFETY: t < frames, c < channels and p1 ≤ plane put t·frame + c·plane + p0..p1 inside
+            // `out` (out.len() = x.len() = frames·frame, asserted); the task index fixes (t, p0..p1),
+            // so these ranges are disjoint across tasks.
             let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(t * frame + c * plane + p0), p1 - p0) };
             for ((d, &v), &r) in dst.iter_mut().zip(src).zip(inv.iter()) {
                 let y = v * r * sc;
@@ -607,6 +721,126 @@ mod tests {
         upsample2x_conv3x3_frames(&mut got, &[&x], &phases, &b, None, ci, co, h, w);
         let max = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(max < 1e-4, "fused upsample conv: max diff {max}");
+    }
+
+    /// A valid 3-tap 3×3 conv over two frames; the tests below break one size at a time.
+    struct ConvCase {
+        g: ConvGeom,
+        w: Vec<f32>,
+        b: Vec<f32>,
+        frame: Vec<f32>,
+    }
+
+    impl ConvCase {
+        fn new() -> Self {
+            let g = ConvGeom::new(2, 3, (4, 5), (3, 3), 1, (1, 1, 1, 1));
+            Self { g, w: pseudo(3 * 2 * 3 * 9, 1), b: pseudo(3, 2), frame: pseudo(g.in_frame_len(), 3) }
+        }
+
+        fn run(&self, inputs: &[Vec<Option<&[f32]>>], bias: &[f32]) {
+            let mut out = vec![0f32; inputs.len() * self.g.out_frame_len()];
+            conv_frames(&mut out, inputs, WeightView { data: &self.w, kt: 3 }, RowInit::Bias(bias), self.g);
+        }
+    }
+
+    #[test]
+    fn conv_case_is_valid() {
+        let c = ConvCase::new();
+        c.run(&[vec![None, None, Some(&c.frame)], vec![None, Some(&c.frame), Some(&c.frame)]], &c.b);
+    }
+
+    #[test]
+    #[should_panic(expected = "conv_frames: input frame size")]
+    fn conv_rejects_a_short_input_frame() {
+        let c = ConvCase::new();
+        let short = &c.frame[..c.frame.len() - 1];
+        c.run(&[vec![None, None, Some(&c.frame)], vec![None, Some(&c.frame), Some(short)]], &c.b);
+    }
+
+    #[test]
+    #[should_panic(expected = "conv_frames: time taps per frame")]
+    fn conv_rejects_more_taps_than_the_weight_has() {
+        let c = ConvCase::new();
+        c.run(&[vec![None, None, Some(&c.frame), Some(&c.frame)]], &c.b);
+    }
+
+    #[test]
+    #[should_panic(expected = "conv_frames: bias size")]
+    fn conv_rejects_a_short_bias() {
+        let c = ConvCase::new();
+        c.run(&[vec![None, None, Some(&c.frame)]], &c.b[..2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "conv_frames: residual frames")]
+    fn conv_rejects_a_missing_residual_frame() {
+        let c = ConvCase::new();
+        let mut out = vec![0f32; 2 * c.g.out_frame_len()];
+        let residual = pseudo(c.g.out_frame_len(), 4);
+        let inputs = [vec![None, None, Some(&c.frame[..])], vec![None, Some(&c.frame[..]), Some(&c.frame[..])]];
+        let init = RowInit::BiasPlus(&c.b, &[&residual]);
+        conv_frames(&mut out, &inputs, WeightView { data: &c.w, kt: 3 }, init, c.g);
+    }
+
+    /// A valid fused upsample conv of two 3→4 channel 5×6 frames.
+    struct UpCase {
+        phases: Vec<f32>,
+        b: Vec<f32>,
+        x: Vec<f32>,
+    }
+
+    impl UpCase {
+        const DIMS: (usize, usize, usize, usize) = (3, 4, 5, 6);
+
+        fn new() -> Self {
+            let (ci, co, h, w) = Self::DIMS;
+            Self {
+                phases: upsample_phase_weights(&pseudo(co * ci * 9, 5), co, ci),
+                b: pseudo(co, 6),
+                x: pseudo(ci * h * w, 7),
+            }
+        }
+
+        fn run(&self, inputs: &[&[f32]], bias: &[f32], residual: Option<&[f32]>) {
+            let (ci, co, h, w) = Self::DIMS;
+            let mut out = vec![0f32; inputs.len() * co * 4 * h * w];
+            upsample2x_conv3x3_frames(&mut out, inputs, &self.phases, bias, residual, ci, co, h, w);
+        }
+    }
+
+    #[test]
+    fn up_case_is_valid() {
+        let c = UpCase::new();
+        let (_, co, h, w) = UpCase::DIMS;
+        c.run(&[&c.x, &c.x], &c.b, Some(&pseudo(2 * co * 4 * h * w, 8)));
+    }
+
+    #[test]
+    #[should_panic(expected = "upsample conv: input frame size")]
+    fn upsample_rejects_a_short_input_frame() {
+        let c = UpCase::new();
+        c.run(&[&c.x, &c.x[1..]], &c.b, None);
+    }
+
+    #[test]
+    #[should_panic(expected = "upsample conv: bias size")]
+    fn upsample_rejects_a_short_bias() {
+        let c = UpCase::new();
+        c.run(&[&c.x], &c.b[1..], None);
+    }
+
+    #[test]
+    #[should_panic(expected = "upsample conv: residual size")]
+    fn upsample_rejects_a_short_residual() {
+        let c = UpCase::new();
+        let (_, co, h, w) = UpCase::DIMS;
+        c.run(&[&c.x, &c.x], &c.b, Some(&pseudo(co * 4 * h * w, 8)));
+    }
+
+    #[test]
+    #[should_panic(expected = "dup_up_frames: input size")]
+    fn dup_up_rejects_a_short_input() {
+        dup_up_frames(&pseudo(2 * 8 * 3 * 3 - 1, 9), (2, 8, 3, 3), 4, 2, 2, 4, 0);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! or concatenated copies) and a generic candle path for CUDA / other dtypes. `KernelChoice` lets
 //! tests force the generic path on CPU to prove the two agree.
 
+use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, StorageRef, Tensor};
 
 use super::cpu_kernels::{self, ConvGeom, RowInit, WeightView};
 
@@ -36,18 +37,39 @@ fn use_cpu_kernels(xs: &Tensor) -> bool {
     !FORCE_GENERIC.load(Ordering::Relaxed) && xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
-/// A contiguous f32 CPU tensor's data.
-pub(crate) fn cpu_slice(xs: &Tensor) -> Result<&[f32]> {
-    // `storage_and_layout` returns a guard; we need a slice that outlives it, which is sound because
-    // candle CPU storage is immutable once shared and lives as long as `xs`.
+/// A contiguous f32 CPU tensor's elements, borrowed under its storage's read lock.
+///
+/// Holding the lock (instead of a raw slice taken from under it) is what makes the borrow sound:
+/// candle's in-place ops (`slice_set`, `InplaceOp*`) mutate storage through its write lock, so
+/// they wait until a kernel is done reading instead of racing it. Nothing in the VAE writes a
+/// tensor in place, so the lock is never contended; taking it is one atomic operation.
+pub(crate) struct CpuF32<'a> {
+    storage: StorageRef<'a>,
+    range: Range<usize>,
+}
+
+impl Deref for CpuF32<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(data)) => &data[self.range.clone()],
+            // `cpu_f32` checked the variant, and the read lock keeps the storage from changing.
+            _ => unreachable!("CpuF32 is only built over f32 CPU storage"),
+        }
+    }
+}
+
+/// Borrows a contiguous f32 CPU tensor's elements (see [`CpuF32`]).
+pub(crate) fn cpu_f32(xs: &Tensor) -> Result<CpuF32<'_>> {
     let (storage, layout) = xs.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("expected a CPU tensor") };
-    let data = cpu.as_slice::<f32>()?;
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
-    let (ptr, len) = (data[start..end].as_ptr(), end - start);
-    drop(storage);
-    // SAFETY: the storage is reference-counted by `xs`, which the returned borrow is tied to.
-    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+    if !matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))) {
+        candle_core::bail!("expected an f32 CPU tensor, got {:?} on {:?}", xs.dtype(), xs.device().location());
+    }
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor, got strides {:?} for {:?}", layout.stride(), xs.shape())
+    };
+    Ok(CpuF32 { storage, range: start..end })
 }
 
 fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
@@ -80,31 +102,54 @@ pub fn conv_frames(
     if c != i {
         candle_core::bail!("conv expects {i} input channels, got {c} (frame shape {:?})", first.shape());
     }
+    for (t, taps) in inputs.taps.iter().enumerate() {
+        if taps.len() != kt {
+            candle_core::bail!("conv with {kt} time taps got {} input frames for output frame {t}", taps.len());
+        }
+        if let Some(f) = taps.iter().flatten().find(|f| f.dims() != first.dims()) {
+            candle_core::bail!("conv input frames differ in shape: {:?} and {:?}", first.shape(), f.shape());
+        }
+    }
+    if bias.dims() != [o] {
+        candle_core::bail!("conv with {o} output channels got a bias of shape {:?}", bias.shape());
+    }
+    let (pt, pb, pl, pr) = pad;
+    if h + pt + pb < kh || w + pl + pr < kw || stride == 0 {
+        candle_core::bail!("conv {kh}x{kw} stride {stride} does not fit a {h}x{w} frame padded by {pad:?}");
+    }
     let geom = ConvGeom::new(i, o, (h, w), (kh, kw), stride, pad);
     let frames = inputs.taps.len();
+    if let Some(r) = residual {
+        if r.dims() != [frames, o, geom.h_out, geom.w_out] {
+            let want = [frames, o, geom.h_out, geom.w_out];
+            candle_core::bail!("conv residual has shape {:?}, the output {want:?}", r.shape());
+        }
+    }
     if use_cpu_kernels(first) && weight.dtype() == DType::F32 {
-        let wdata = cpu_slice(weight)?;
-        let bdata = cpu_slice(bias)?;
-        let frame_refs: Vec<Vec<Option<&[f32]>>> = inputs
+        let wdata = cpu_f32(weight)?;
+        let bdata = cpu_f32(bias)?;
+        // The locks are held until the kernel returns; the kernel reads plain slices of them.
+        let frame_data: Vec<Vec<Option<CpuF32<'_>>>> = inputs
             .taps
             .iter()
-            .map(|ts| ts.iter().map(|f| f.map(cpu_slice).transpose()).collect::<Result<Vec<_>>>())
+            .map(|ts| ts.iter().map(|f| f.map(cpu_f32).transpose()).collect::<Result<Vec<_>>>())
             .collect::<Result<_>>()?;
+        let frame_refs: Vec<Vec<Option<&[f32]>>> =
+            frame_data.iter().map(|ts| ts.iter().map(|f| f.as_deref()).collect()).collect();
+        let res_data = residual.map(cpu_f32).transpose()?;
         let res_frames: Vec<&[f32]>;
-        let init = match residual {
-            Some(r) => {
-                let data = cpu_slice(r)?;
+        let init = match &res_data {
+            Some(data) => {
                 res_frames = data.chunks(geom.out_frame_len()).collect();
-                RowInit::BiasPlus(bdata, &res_frames)
+                RowInit::BiasPlus(&bdata, &res_frames)
             }
-            None => RowInit::Bias(bdata),
+            None => RowInit::Bias(&bdata),
         };
         let mut out = vec![0f32; frames * geom.out_frame_len()];
-        cpu_kernels::conv_frames(&mut out, &frame_refs, WeightView { data: wdata, kt }, init, geom);
+        cpu_kernels::conv_frames(&mut out, &frame_refs, WeightView { data: &wdata, kt }, init, geom);
         return from_vec(out, &[frames, o, geom.h_out, geom.w_out]);
     }
     // Generic path: one candle conv2d per time tap, summed; explicit zero padding.
-    let (pt, pb, pl, pr) = pad;
     let mut outs = Vec::with_capacity(frames);
     for (t, taps) in inputs.taps.iter().enumerate() {
         let mut acc = bias.reshape((o, 1, 1))?.broadcast_as((o, geom.h_out, geom.w_out))?.contiguous()?;
@@ -129,7 +174,7 @@ pub fn upsample_phases(weight: &Tensor) -> Result<Option<Tensor>> {
     if kh != 3 || kw != 3 || !weight.device().is_cpu() || weight.dtype() != DType::F32 || !weight.is_contiguous() {
         return Ok(None);
     }
-    let phases = cpu_kernels::upsample_phase_weights(cpu_slice(weight)?, o, i);
+    let phases = cpu_kernels::upsample_phase_weights(&cpu_f32(weight)?, o, i);
     Ok(Some(from_vec(phases, &[4, o, i, 2, 2])?))
 }
 
@@ -144,18 +189,40 @@ pub fn upsample_conv(
 ) -> Result<Tensor> {
     let (t, i, h, w) = xs.dims4()?;
     let o = weight.dim(0)?;
+    if weight.dims() != [o, i, 1, 3, 3] {
+        candle_core::bail!("upsample conv on {i} channels needs a [O, {i}, 1, 3, 3] weight, got {:?}", weight.shape());
+    }
+    if bias.dims() != [o] {
+        candle_core::bail!("upsample conv with {o} output channels got a bias of shape {:?}", bias.shape());
+    }
+    if let Some(r) = residual {
+        if r.dims() != [t, o, 2 * h, 2 * w] {
+            candle_core::bail!(
+                "upsample conv residual has shape {:?}, the output {:?}",
+                r.shape(),
+                [t, o, 2 * h, 2 * w]
+            );
+        }
+    }
     if let (Some(phases), true) = (phases, use_cpu_kernels(xs)) {
+        if phases.dims() != [4, o, i, 2, 2] {
+            candle_core::bail!(
+                "upsample phase weights of shape {:?} for a {:?} weight",
+                phases.shape(),
+                weight.shape()
+            );
+        }
         let xs = xs.contiguous()?;
-        let data = cpu_slice(&xs)?;
+        let data = cpu_f32(&xs)?;
         let frames: Vec<&[f32]> = data.chunks(i * h * w).collect();
-        let res = residual.map(cpu_slice).transpose()?;
+        let res = residual.map(cpu_f32).transpose()?;
         let mut out = vec![0f32; t * o * 4 * h * w];
         cpu_kernels::upsample2x_conv3x3_frames(
             &mut out,
             &frames,
-            cpu_slice(phases)?,
-            cpu_slice(bias)?,
-            res,
+            &cpu_f32(phases)?,
+            &cpu_f32(bias)?,
+            res.as_deref(),
             i,
             o,
             h,
@@ -178,7 +245,7 @@ pub fn rms_norm(xs: &Tensor, scale: &Tensor, silu: bool) -> Result<Tensor> {
     if use_cpu_kernels(xs) && scale.dtype() == DType::F32 {
         let xs = xs.contiguous()?;
         let mut out = vec![0f32; t * c * h * w];
-        cpu_kernels::rms_norm_frames(&mut out, cpu_slice(&xs)?, cpu_slice(scale)?, h * w, silu);
+        cpu_kernels::rms_norm_frames(&mut out, &cpu_f32(&xs)?, &cpu_f32(scale)?, h * w, silu);
         return from_vec(out, &[t, c, h, w]);
     }
     // Norm in f32 as diffusers does for half inputs, cast back before the scale.
@@ -199,4 +266,90 @@ pub fn rms_norm(xs: &Tensor, scale: &Tensor, silu: bool) -> Result<Tensor> {
 pub fn copy_frames(xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     // `force_contiguous` allocates exactly the narrowed elements (`copy` would clone the whole storage).
     xs.narrow(0, start, len)?.force_contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn seq(dims: &[usize]) -> Tensor {
+        let n: usize = dims.iter().product();
+        Tensor::from_vec((0..n).map(|v| v as f32 / n as f32).collect::<Vec<_>>(), dims, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn cpu_f32_borrows_contiguous_views_and_rejects_the_rest() -> Result<()> {
+        let x = seq(&[2, 3, 4]);
+        let want: Vec<f32> = x.get(1)?.flatten_all()?.to_vec1()?;
+        assert_eq!(&*cpu_f32(&x.get(1)?)?, &want[..]);
+        let strided = cpu_f32(&x.transpose(1, 2)?).err().expect("a transposed view is not contiguous");
+        assert!(strided.to_string().contains("expected a contiguous tensor"), "{strided}");
+        let half = cpu_f32(&x.to_dtype(DType::F16)?).err().expect("f16 is not f32");
+        assert!(half.to_string().contains("expected an f32 CPU tensor"), "{half}");
+        Ok(())
+    }
+
+    /// The borrow holds the storage's read lock: an in-place write from another thread waits until
+    /// the borrow ends instead of changing the data under it.
+    #[test]
+    fn an_in_place_write_waits_for_the_borrow() -> Result<()> {
+        let x = seq(&[4, 8]);
+        let before: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let data = cpu_f32(&x)?;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let x = x.clone();
+            std::thread::spawn(move || {
+                let result = x.zero_set();
+                done_tx.send(()).unwrap();
+                result
+            })
+        };
+        assert!(done_rx.recv_timeout(Duration::from_millis(300)).is_err(), "the write did not wait for the borrow");
+        assert_eq!(&*data, &before[..]);
+        drop(data);
+        done_rx.recv_timeout(Duration::from_secs(30)).expect("the write finishes once the borrow ends");
+        writer.join().unwrap()?;
+        assert!(x.flatten_all()?.to_vec1::<f32>()?.iter().all(|&v| v == 0.0));
+        Ok(())
+    }
+
+    /// Every size the CPU kernels would assert on is an error here first. The checks run before
+    /// the CPU/generic branch; the upsample runs both (phases given or not) to show it.
+    #[test]
+    fn bad_shapes_are_errors_before_any_kernel_runs() -> Result<()> {
+        let (frame, other) = (seq(&[2, 5, 6]), seq(&[2, 5, 7]));
+        let (w3, b3) = (seq(&[3, 2, 3, 3, 3]), seq(&[3]));
+        let conv = |taps: Vec<Vec<Option<&Tensor>>>, bias: &Tensor, residual: Option<&Tensor>| {
+            conv_frames(&ConvInputs { taps }, &w3, bias, 1, (1, 1, 1, 1), residual).map(|_| ())
+        };
+        let mut cases: Vec<(&str, Result<()>)> = vec![
+            ("3 time taps got 2 input frames", conv(vec![vec![None, Some(&frame)]], &b3, None)),
+            ("input frames differ in shape", conv(vec![vec![None, Some(&frame), Some(&other)]], &b3, None)),
+            ("bias of shape [2]", conv(vec![vec![None, None, Some(&frame)]], &seq(&[2]), None)),
+            (
+                "residual has shape [1, 3, 5, 5]",
+                conv(vec![vec![None, None, Some(&frame)]], &b3, Some(&seq(&[1, 3, 5, 5]))),
+            ),
+        ];
+        let (x, w, b) = (seq(&[2, 4, 3, 5]), seq(&[6, 4, 1, 3, 3]), seq(&[6]));
+        let fused = upsample_phases(&w)?;
+        assert!(fused.is_some(), "an f32 CPU weight gets sub-pixel phases");
+        for phases in [fused.as_ref(), None] {
+            let up = |x: &Tensor, b: &Tensor, r: Option<&Tensor>| upsample_conv(x, &w, b, phases, r).map(|_| ());
+            cases.push(("needs a [O, 3, 1, 3, 3] weight", up(&seq(&[2, 3, 3, 5]), &b, None)));
+            cases.push(("bias of shape [5]", up(&x, &seq(&[5]), None)));
+            cases.push(("residual has shape [2, 6, 6, 9]", up(&x, &b, Some(&seq(&[2, 6, 6, 9])))));
+            // The same call with the right sizes succeeds.
+            up(&x, &b, Some(&seq(&[2, 6, 6, 10])))?;
+        }
+        for (want, got) in cases {
+            let err = got.err().unwrap_or_else(|| panic!("expected an error containing `{want}`"));
+            assert!(err.to_string().contains(want), "`{err}` should mention `{want}`");
+        }
+        conv(vec![vec![None, None, Some(&frame)]], &b3, Some(&seq(&[1, 3, 5, 6])))?;
+        Ok(())
+    }
 }

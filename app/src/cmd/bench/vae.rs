@@ -7,30 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use clap::{Args, Subcommand};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use tessera_engine::models::wan::vae::{self, Tiling, VaeParts};
-use tessera_engine::random_weights::{self, StoreDtype};
 use tessera_engine::tensor_io;
 
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Decode benchmark table for the Wan2.1 and Wan2.2 VAEs.
-    Vae(BenchVaeArgs),
-    /// Bandwidth and latency of every collective across N worker processes.
-    Comm(super::bench_comm::BenchCommArgs),
-    /// One measured decode (used by `bench vae`; prints one JSON line).
-    #[command(hide = true)]
-    VaeCase(VaeCaseArgs),
-    /// DiT forward benchmark at a few token counts (real width, few blocks), optionally beside diffusers.
-    Dit(super::bench_dit::BenchDitArgs),
-    /// Patch-parallel VAE decode (halo and tiles) on 1, 2, 4 worker processes: wall time, per-rank peak.
-    VaeParallel(super::bench_vae_parallel::BenchVaeParallelArgs),
-    /// Sharded denoise on worker processes: resident weights, peak, step time, comm share per rank.
-    Denoise(super::bench_denoise::BenchDenoiseArgs),
-}
+use super::support::{ensure_latents, ensure_vae_model, peak_rss_bytes, run_child};
 
 #[derive(Args, Debug)]
 pub struct BenchVaeArgs {
@@ -82,22 +66,8 @@ struct Row {
     peak_rss_gib: f64,
 }
 
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Vae(a) => bench_vae(a),
-        BenchCommand::Dit(a) => super::bench_dit::run(a),
-        BenchCommand::VaeParallel(a) => super::bench_vae_parallel::run(a),
-        BenchCommand::Denoise(a) => super::bench_denoise::run(a),
-        BenchCommand::Comm(a) => super::bench_comm::run(a),
-        BenchCommand::VaeCase(a) => {
-            let r = vae_case(&a)?;
-            println!("{}", serde_json::to_string(&r)?);
-            Ok(())
-        }
-    }
-}
-
-fn vae_case(a: &VaeCaseArgs) -> Result<CaseResult> {
+/// One measured decode in this process (the hidden `bench vae-case`).
+pub fn vae_case(a: &VaeCaseArgs) -> Result<CaseResult> {
     let latents = tensor_io::read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
     let model = vae::load(&a.model, VaeParts::Decoder, DType::F32, &Device::Cpu)?;
     let started = std::time::Instant::now();
@@ -105,14 +75,6 @@ fn vae_case(a: &VaeCaseArgs) -> Result<CaseResult> {
     let seconds = started.elapsed().as_secs_f64();
     drop(video);
     Ok(CaseResult { seconds, peak_rss_bytes: peak_rss_bytes()? })
-}
-
-/// `VmHWM` of this process.
-pub fn peak_rss_bytes() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
-    let kb: u64 = line.split_whitespace().nth(1).context("bad VmHWM line")?.parse()?;
-    Ok(kb * 1024)
 }
 
 fn default_sizes(arch: &str) -> Vec<[usize; 3]> {
@@ -134,43 +96,7 @@ fn parse_sizes(s: &str) -> Result<Vec<[usize; 3]>> {
         .collect()
 }
 
-pub(crate) fn ensure_model(dir: &Path, arch: &str) -> Result<PathBuf> {
-    let root = dir.join(format!("{arch}-seed0"));
-    if !root.join("vae/config.json").is_file() {
-        let cfg = match arch {
-            "wan2.1-vae" => vae::Config::wan21(),
-            "wan2.2-vae" => vae::Config::wan22(),
-            other => bail!("unknown arch `{other}` (wan2.1-vae, wan2.2-vae)"),
-        };
-        eprintln!("writing {arch} with seeded random weights to {}", root.display());
-        random_weights::write_vae(&root.join("vae"), &cfg, 0, StoreDtype::F32)?;
-    }
-    Ok(root)
-}
-
-pub(crate) fn ensure_latents(dir: &Path, z: usize, size: [usize; 3]) -> Result<PathBuf> {
-    let [t, h, w] = size;
-    let path = dir.join(format!("latents-z{z}-{t}x{h}x{w}.safetensors"));
-    if !path.is_file() {
-        // Unit-variance latents, like a denoised sample in normalised space.
-        let values = random_weights::standard_normal(1, z * t * h * w);
-        let lat = Tensor::from_vec(values, (1, z, t, h, w), &Device::Cpu)?;
-        tensor_io::write_atomic(&path, &[("latents", lat)])?;
-    }
-    Ok(path)
-}
-
-fn run_child(mut cmd: Command) -> Result<CaseResult> {
-    let out = cmd.output().context("running a benchmark case")?;
-    if !out.status.success() {
-        bail!("benchmark case failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("case printed no JSON")?;
-    Ok(serde_json::from_str(line)?)
-}
-
-fn bench_vae(a: BenchVaeArgs) -> Result<()> {
+pub fn run(a: BenchVaeArgs) -> Result<()> {
     std::fs::create_dir_all(&a.models_dir)?;
     let exe = std::env::current_exe()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_vae_diffusers.py");
@@ -178,7 +104,7 @@ fn bench_vae(a: BenchVaeArgs) -> Result<()> {
     println!("| VAE | latent T×H×W | video F×H×W | tiled | engine | seconds | peak RSS GiB |");
     println!("|---|---|---|---|---|---|---|");
     for arch in a.arch.split(',').map(str::trim) {
-        let model = ensure_model(&a.models_dir, arch)?;
+        let model = ensure_vae_model(&a.models_dir, arch)?;
         let cfg: vae::Config = tessera_engine::weights::load_config(&model.join("vae"))?;
         let sizes = match &a.sizes {
             Some(s) => parse_sizes(s)?,
@@ -203,7 +129,7 @@ fn bench_vae(a: BenchVaeArgs) -> Result<()> {
                 if tiled {
                     ours.args(["--tiling", &tiling]);
                 }
-                let mut runs = vec![("tessera".to_string(), run_child(ours)?)];
+                let mut runs = vec![("tessera".to_string(), run_child::<CaseResult>(ours)?)];
                 if let Some(py) = &a.diffusers {
                     let mut theirs = Command::new(py);
                     theirs.arg(&script).arg("--model").arg(model.join("vae")).arg("--latents").arg(&latents);

@@ -17,7 +17,7 @@ use tessera_engine::parallel::plan::VaeMode;
 use tessera_engine::runtime::protocol::{Job, VaeDecodeSpec};
 use tessera_engine::runtime::{Supervisor, WorldSpec};
 
-use super::bench::{ensure_latents, ensure_model};
+use super::support::{ensure_latents, ensure_vae_model};
 
 #[derive(Args, Debug)]
 pub struct BenchVaeParallelArgs {
@@ -80,7 +80,7 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
     println!("| VAE | latent T×H×W | mode | ranks | wall s | decode s | speedup | decode working set per rank GiB (rank 0 / max other) | vs N=1 (other ranks) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for arch in a.arch.split(',').map(str::trim) {
-        let model = ensure_model(&a.models_dir, arch)?;
+        let model = ensure_vae_model(&a.models_dir, arch)?;
         let cfg: vae::Config = tessera_engine::weights::load_config(&model.join("vae"))?;
         let size = size_for(&a.sizes, arch)?;
         let latents = ensure_latents(&a.models_dir, cfg.z_dim, size)?;

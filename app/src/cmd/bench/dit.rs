@@ -18,6 +18,8 @@ use tessera_engine::models::wan::transformer::{self, WanTransformer3DModel};
 use tessera_engine::random_weights::{self, StoreDtype};
 use tessera_engine::tensor_io;
 
+use super::support::{peak_rss_bytes, run_child};
+
 #[derive(Args, Debug)]
 pub struct BenchDitArgs {
     /// Where the make-model transformers and inputs are kept between runs.
@@ -117,7 +119,7 @@ fn dit_case(model: &Path, inputs: &Path, out: Option<&Path>, warmup: usize, iter
         seconds: times.iter().sum::<f64>() / times.len() as f64,
         min_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
         load_seconds,
-        peak_rss_bytes: super::bench::peak_rss_bytes()?,
+        peak_rss_bytes: peak_rss_bytes()?,
     })
 }
 
@@ -161,16 +163,6 @@ fn ensure_inputs(dir: &Path, cfg: &transformer::Config, size: [usize; 3], text_l
         tensor_io::write_atomic(&path, &[("latents", latents), ("context", context), ("timestep", timestep)])?;
     }
     Ok(path)
-}
-
-fn run_child(mut cmd: Command) -> Result<DitCaseResult> {
-    let out = cmd.output().context("running a benchmark case")?;
-    if !out.status.success() {
-        bail!("benchmark case failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("case printed no JSON")?;
-    Ok(serde_json::from_str(line)?)
 }
 
 /// ‖a−b‖/‖b‖ of the `out` tensors of two files.
@@ -233,7 +225,7 @@ fn bench_dit(a: BenchDitArgs) -> Result<()> {
             .arg("--case-out")
             .arg(&ours_out)
             .args(["--warmup", &a.warmup.to_string(), "--iters", &a.iters.to_string()]);
-        let mut runs = vec![("tessera", run_child(ours)?)];
+        let mut runs = vec![("tessera", run_child::<DitCaseResult>(ours)?)];
         let mut err = None;
         if let Some(py) = &a.diffusers {
             let theirs_out = tmp.join("diffusers.safetensors");

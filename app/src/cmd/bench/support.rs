@@ -1,0 +1,61 @@
+//! What several benchmarks share: seeded VAE checkpoints and latents kept between runs, running a
+//! measured case in a child process, and the process's peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::de::DeserializeOwned;
+use tessera_engine::models::wan::vae;
+use tessera_engine::random_weights::{self, StoreDtype};
+use tessera_engine::tensor_io;
+
+/// `VmHWM` of this process.
+pub fn peak_rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
+    let kb: u64 = line.split_whitespace().nth(1).context("bad VmHWM line")?.parse()?;
+    Ok(kb * 1024)
+}
+
+/// A VAE-only pipeline folder of `arch` (`wan2.1-vae`, `wan2.2-vae`) with seed-0 random weights,
+/// written on first use.
+pub fn ensure_vae_model(dir: &Path, arch: &str) -> Result<PathBuf> {
+    let root = dir.join(format!("{arch}-seed0"));
+    if !root.join("vae/config.json").is_file() {
+        let cfg = match arch {
+            "wan2.1-vae" => vae::Config::wan21(),
+            "wan2.2-vae" => vae::Config::wan22(),
+            other => bail!("unknown arch `{other}` (wan2.1-vae, wan2.2-vae)"),
+        };
+        eprintln!("writing {arch} with seeded random weights to {}", root.display());
+        random_weights::write_vae(&root.join("vae"), &cfg, 0, StoreDtype::F32)?;
+    }
+    Ok(root)
+}
+
+/// Unit-variance latents `(1, z, T, H, W)` for `size` = [T, H, W], written on first use.
+pub fn ensure_latents(dir: &Path, z: usize, size: [usize; 3]) -> Result<PathBuf> {
+    let [t, h, w] = size;
+    let path = dir.join(format!("latents-z{z}-{t}x{h}x{w}.safetensors"));
+    if !path.is_file() {
+        // Unit-variance latents, like a denoised sample in normalised space.
+        let values = random_weights::standard_normal(1, z * t * h * w);
+        let lat = Tensor::from_vec(values, (1, z, t, h, w), &Device::Cpu)?;
+        tensor_io::write_atomic(&path, &[("latents", lat)])?;
+    }
+    Ok(path)
+}
+
+/// Runs one measured case as a child process (so its peak RSS is its own) and parses the last JSON
+/// line it prints.
+pub fn run_child<T: DeserializeOwned>(mut cmd: Command) -> Result<T> {
+    let out = cmd.output().context("running a benchmark case")?;
+    if !out.status.success() {
+        bail!("benchmark case failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("case printed no JSON")?;
+    Ok(serde_json::from_str(line)?)
+}
