@@ -89,5 +89,5 @@ fn bad_input_is_one_clear_line() {
     }
     let out =
         run(tessera().args(["plan", "--model", "/nonexistent", "--height", "704", "--width", "1280", "--frames", "5"]));
-    assert!(error_line(&out).contains("model_index.json"));
+    assert!(error_line(&out).contains("model folder not found: /nonexistent"), "{}", error_line(&out));
 }

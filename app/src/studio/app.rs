@@ -150,6 +150,8 @@ impl StudioApp {
         let request = self.request();
         if self.predicted_for.as_ref() != Some(&request) {
             self.predicted_for = Some(request.clone());
+            // A prediction for another request is stale: show none until this one's arrives.
+            self.prediction = None;
             self.engine.send(Command::Predict(Box::new(request)));
         }
         self.make_textures(ctx);

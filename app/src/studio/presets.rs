@@ -3,6 +3,7 @@
 //! Picking one sets the plan and the request defaults it carries.
 
 use std::path::{Path, PathBuf};
+use tessera_engine::api::{render, Audience};
 
 use tessera_engine::parallel::plan::{ParallelPlan, TilingSpec};
 use tessera_engine::planner::preset::{self, Preset};
@@ -45,7 +46,7 @@ pub fn load_all(folders: &[PathBuf]) -> (Vec<Preset>, Vec<String>) {
                     presets.push(p);
                 }
             }
-            Err(e) => errors.push(format!("Preset: {e}")),
+            Err(e) => errors.push(format!("Preset: {}", render(&e.to_string(), Audience::Gui))),
         }
     }
     presets.sort_by(|a, b| a.name.cmp(&b.name));

@@ -101,12 +101,6 @@ impl GenerationRequest {
     pub fn validate(&self, model: &ModelSpec) -> Result<(), RequestError> {
         request::check(model, &self.params, &self.plan, self.image.is_some())?;
         let negative = self.negative_prompt(model);
-        if self.params.cfg() && negative.is_none() {
-            return Err(RequestError::new(
-                Field::NegativePrompt,
-                "«guidance» above 1 runs classifier-free guidance, which needs a negative prompt («negative-prompt» or «negative-prompt-embeds»); or set «guidance» 1",
-            ));
-        }
         let fields = [
             (Field::Prompt, Field::PromptEmbeds, Some(&self.prompt)),
             (Field::NegativePrompt, Field::NegativePromptEmbeds, negative.as_ref()),
@@ -125,6 +119,12 @@ impl GenerationRequest {
                 Some(Prompt::Embeds(path)) => must_exist(embeds_field, path)?,
                 _ => {}
             }
+        }
+        if self.params.cfg() && negative.is_none() {
+            return Err(RequestError::new(
+                Field::NegativePrompt,
+                "«guidance» above 1 runs classifier-free guidance, which needs a negative prompt («negative-prompt» or «negative-prompt-embeds»); or set «guidance» 1",
+            ));
         }
         if let Some(image) = &self.image {
             must_exist(Field::Image, image)?;

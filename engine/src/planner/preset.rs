@@ -275,7 +275,7 @@ mod tests {
         assert!(e.to_string().contains(":7:") && e.to_string().contains("slabs"), "{e}");
         // Layout errors point at the [plan] table and keep the plan's own advice.
         let e = parse(Path::new("x.toml"), &GOOD.replace("ulysses = 2", "ulysses = 1")).unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:4:") && e.contains("--cfg-parallel"), "{e}");
+        assert!(e.starts_with("x.toml:4:") && e.contains("«cfg-parallel»"), "{e}");
         let e = parse(Path::new("x.toml"), &GOOD.replace("2x24GB", "2by24")).unwrap_err().to_string();
         assert!(e.contains(":11:") && e.contains("COUNTxSIZE"), "{e}");
         let e = parse(Path::new("x.toml"), &GOOD.replace("2x24GB", "1x24GB")).unwrap_err().to_string();

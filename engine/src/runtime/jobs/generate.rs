@@ -159,11 +159,13 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     if rank.0 == 0 {
         ctx.emit(WorkerEvent::Data(JobData::Latents(WireTensor::from_tensor(&latents)?)));
     }
-    if decodes {
+    {
+        // Every rank reports the phase (ranks outside the VAE group spend it waiting), so the
+        // report and the planner line up rank by rank.
         let _decode = ctx.phase("decode");
         let video = match &vae {
-            Some(vae) => decode(ctx, &plan, &groups, vae, &latent_stats, &latents)?,
-            None => None,
+            Some(vae) if decodes => decode(ctx, &plan, &groups, vae, &latent_stats, &latents)?,
+            _ => None,
         };
         if let Some(video) = video {
             send_video(ctx, &video)?;
