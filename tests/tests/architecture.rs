@@ -62,7 +62,7 @@ fn strip(src: &str) -> String {
     let c: Vec<char> = src.chars().collect();
     let mut out = String::with_capacity(src.len());
     let blank = |out: &mut String, ch: char| out.push(if ch == '\n' { '\n' } else { ' ' });
-    let is_ident = |ch: char| ch.is_alphanumeric() || ch == '_';
+    let ident_char = |ch: char| ch.is_alphanumeric() || ch == '_';
     let mut i = 0;
     while i < c.len() {
         let ch = c[i];
@@ -92,7 +92,7 @@ fn strip(src: &str) -> String {
             }
         } else if ch == 'r'
             && (next == Some('"') || next == Some('#'))
-            && (i == 0 || !is_ident(c[i - 1]) || (c[i - 1] == 'b' && (i < 2 || !is_ident(c[i - 2]))))
+            && (i == 0 || !ident_char(c[i - 1]) || (c[i - 1] == 'b' && (i < 2 || !ident_char(c[i - 2]))))
             && {
                 // r"…", r#"…"#: count the hashes, then a quote must follow.
                 let mut j = i + 1;
@@ -439,8 +439,10 @@ fn module_of(krate: &str, src: &Path, file: &Path) -> ModuleId {
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -513,8 +515,14 @@ fn cycles(nodes: &BTreeSet<ModuleId>, edges: &[Edge]) -> Vec<Vec<ModuleId>> {
         }
     }
     let n = ids.len();
-    let mut s =
-        State { index: vec![None; n], low: vec![0; n], on_stack: vec![false; n], stack: Vec::new(), next: 0, out: Vec::new() };
+    let mut s = State {
+        index: vec![None; n],
+        low: vec![0; n],
+        on_stack: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        out: Vec::new(),
+    };
     for v in 0..n {
         if s.index[v].is_none() {
             visit(v, &adj, &mut s);
@@ -698,6 +706,9 @@ fn inline_modules_are_nodes_and_app_paths_outside_the_api_are_named() {
     assert!(describe(&g).is_empty());
     assert_eq!(
         g.engine_bypasses,
-        ["app/src/lib.rs:2: tessera_engine::planner::Preset", "app/src/lib.rs:3: tessera_engine::runtime::doctor::probe"],
+        [
+            "app/src/lib.rs:2: tessera_engine::planner::Preset",
+            "app/src/lib.rs:3: tessera_engine::runtime::doctor::probe"
+        ],
     );
 }

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
     DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, TextEncoderPlacement, TilingSpec,
     VaeMode,
 };
-use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 
 /// How the generation is spread over the workers.
 #[derive(Args, Debug, Clone, Default)]

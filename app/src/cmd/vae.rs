@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
 use tessera_engine::api::tools::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
-use tessera_engine::api::tools::{read_tensor, read_video_or_image, Job, Supervisor, VaeDecodeSpec, VaeEncodeSpec, WorldSpec};
+use tessera_engine::api::tools::{
+    read_tensor, read_video_or_image, Job, Supervisor, VaeDecodeSpec, VaeEncodeSpec, WorldSpec,
+};
 use tessera_engine::api::{write_tensors, JobEvent, VaeMode};
 
 #[derive(Subcommand, Debug)]

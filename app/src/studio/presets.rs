@@ -103,8 +103,7 @@ pub fn save(dir: &Path, name: &str, s: &Settings) -> Result<PathBuf, String> {
         return Err(format!("preset {name} would not read back as the same plan"));
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    write_file_atomic(&path, |tmp| std::fs::write(tmp, &text).map_err(|e| e.to_string()))
-        .map_err(|e| e.to_string())?;
+    write_file_atomic(&path, |tmp| std::fs::write(tmp, &text).map_err(|e| e.to_string())).map_err(|e| e.to_string())?;
     Ok(path)
 }
 

@@ -2,6 +2,4 @@
 //! executable can drive (`tessera doctor`, the studio's device list). Named re-exports of
 //! [`crate::runtime::doctor`].
 
-pub use crate::runtime::doctor::{
-    probe, CpuReport, DoctorReport, GpuReport, NvmlReport, WorkerProbe, WorkerReport,
-};
+pub use crate::runtime::doctor::{probe, CpuReport, DoctorReport, GpuReport, NvmlReport, WorkerProbe, WorkerReport};

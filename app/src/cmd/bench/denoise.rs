@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use serde::Serialize;
-use tessera_engine::api::{GenerateParams, GenerationRequest, ParallelPlan, Prompt, Session, SessionOptions};
 use tessera_engine::api::random_models::{write_pipeline, Arch, PipelineSpec, StoreDtype, DIFFUSERS_SHARD_BYTES};
+use tessera_engine::api::{GenerateParams, GenerationRequest, ParallelPlan, Prompt, Session, SessionOptions};
 
 #[derive(Args, Debug)]
 pub struct BenchDenoiseArgs {

@@ -155,11 +155,8 @@ fn ensure_inputs(dir: &Path, cfg: &transformer::Config, size: [usize; 3], text_l
         let dev = Device::Cpu;
         let latents = Tensor::from_vec(standard_normal(1, c * f * h * w), (1, c, f, h, w), &dev)?;
         // UMT5 rows are O(0.1); the scale only matters for realism, not for timing.
-        let context = (Tensor::from_vec(
-            standard_normal(2, text_len * cfg.text_dim),
-            (1, text_len, cfg.text_dim),
-            &dev,
-        )? * 0.1)?;
+        let context =
+            (Tensor::from_vec(standard_normal(2, text_len * cfg.text_dim), (1, text_len, cfg.text_dim), &dev)? * 0.1)?;
         let timestep = Tensor::new(&[500f32], &dev)?;
         write_tensors(&path, &[("latents", latents), ("context", context), ("timestep", timestep)])?;
     }

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use tessera_engine::api::{DeviceKind, ModelSpec};
 use tessera_engine::api::planning::RankPrediction;
+use tessera_engine::api::{DeviceKind, ModelSpec};
 
 use super::messages::{ModelChoice, RunRequest, Video};
 
