@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
     DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, TextEncoderPlacement, TilingSpec,
     VaeMode,
 };
-use tessera_engine::planner::preset::{self, Applied, Explicit, Preset};
 
 /// How the generation is spread over the workers.
 #[derive(Args, Debug, Clone, Default)]
@@ -128,7 +128,7 @@ impl GenerationArgs {
             guidance: self.guidance,
         };
         let preset = match &self.preset {
-            Some(path) => preset::load(path).with_context(|| format!("loading the preset {}", path.display()))?,
+            Some(path) => load_preset(path).with_context(|| format!("loading the preset {}", path.display()))?,
             None => Preset::flags_only(self.base_plan()),
         };
         Ok(preset.apply(&explicit))

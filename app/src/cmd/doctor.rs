@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tessera_engine::runtime::doctor;
+use tessera_engine::api::devices;
 
 #[derive(Debug, Clone, Args)]
 pub struct DoctorArgs {
@@ -19,7 +19,7 @@ pub struct DoctorArgs {
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
-    let report = doctor::probe(args.worker_exe.as_deref());
+    let report = devices::probe(args.worker_exe.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use tessera_engine::parallel::plan::TextEncoderPlacement;
-use tessera_engine::tensor_io;
-use tessera_engine::text::{self, PromptCache, TextEncoderOptions, DEFAULT_MAX_SEQUENCE_LENGTH};
+use tessera_engine::api::text::{embed_prompts, PromptCache, TextEncoderOptions, DEFAULT_MAX_SEQUENCE_LENGTH};
+use tessera_engine::api::{write_tensors, TextEncoderPlacement};
 
 /// Encode a prompt with the pipeline's UMT5 text encoder.
 #[derive(Debug, clap::Args)]
@@ -69,12 +68,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.text_encoder == TextEncoderPlacement::Sharded {
         return run_sharded(&args, &prompts, cache.as_ref().map(|c| c.dir().to_path_buf()));
     }
-    let embeds = text::embed_prompts(&args.model, &prompts, &opts, cache.as_ref())
+    let embeds = embed_prompts(&args.model, &prompts, &opts, cache.as_ref())
         .with_context(|| format!("encoding the prompt with the text encoder of {}", args.model.display()))?;
     let names = ["prompt_embeds", "negative_prompt_embeds"];
     let tensors: Vec<(&str, candle_core::Tensor)> = names.iter().copied().zip(embeds).collect();
     anyhow::ensure!(!tensors.is_empty(), "the text encoder returned no embeddings");
-    tensor_io::write_atomic(&args.out, &tensors)?;
+    write_tensors(&args.out, &tensors)?;
     tracing::info!(
         out = %args.out.display(),
         shape = ?tensors[0].1.dims(),
@@ -86,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The encoder split by layer over `--ranks` worker processes (the engine's session runs it).
 fn run_sharded(args: &Args, prompts: &[&str], cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    use tessera_engine::api::{Session, SessionOptions, TextEncoderPlacement};
+    use tessera_engine::api::{Session, SessionOptions};
     anyhow::ensure!(
         args.device == "cpu",
         "--text-encoder sharded runs on the worker processes' devices; drop --device"
@@ -108,7 +107,7 @@ fn run_sharded(args: &Args, prompts: &[&str], cache_dir: Option<PathBuf>) -> any
     })?;
     let names = ["prompt_embeds", "negative_prompt_embeds"];
     let tensors: Vec<(&str, candle_core::Tensor)> = names.iter().copied().zip(encoded.embeds).collect();
-    tessera_engine::tensor_io::write_atomic(&args.out, &tensors)?;
+    write_tensors(&args.out, &tensors)?;
     if let (Some(path), Some(report)) = (&args.report, &encoded.report) {
         report.write_json(path).with_context(|| format!("writing the report {}", path.display()))?;
     }

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use tessera_engine::models::wan::vae;
-use tessera_engine::pipeline_folder::{write_json, write_pipeline, Arch, PipelineSpec, DIFFUSERS_VERSION};
-use tessera_engine::random_weights::{self, StoreDtype, WrittenComponent};
+use tessera_engine::api::random_models::{
+    write_json, write_pipeline, write_vae, Arch, PipelineSpec, StoreDtype, WrittenComponent, DIFFUSERS_SHARD_BYTES,
+    DIFFUSERS_VERSION,
+};
+use tessera_engine::api::tools::vae;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Dtype {
@@ -37,7 +39,7 @@ pub struct MakeModelArgs {
     pub layers: Option<usize>,
     /// Largest transformer shard in bytes (diffusers' default "5GB"); bigger components are
     /// written as numbered shards with an index.
-    #[arg(long, default_value_t = random_weights::DIFFUSERS_SHARD_BYTES)]
+    #[arg(long, default_value_t = DIFFUSERS_SHARD_BYTES)]
     pub max_shard_bytes: u64,
 }
 
@@ -66,7 +68,7 @@ pub fn run(a: MakeModelArgs) -> Result<()> {
             anyhow::bail!("--layers applies to the transformer archs, not {name}");
         }
         let cfg = if a.arch == Arch::Wan21Vae { vae::Config::wan21() } else { vae::Config::wan22() };
-        let written = random_weights::write_vae(&a.out.join("vae"), &cfg, a.seed, dtype)
+        let written = write_vae(&a.out.join("vae"), &cfg, a.seed, dtype)
             .with_context(|| format!("writing {name} to {}", a.out.display()))?;
         report("vae", &written);
         let index = json!({

@@ -5,11 +5,10 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use tessera_engine::api::{DeviceKind, ParallelPlan};
-use tessera_engine::planner::predict::{PhasePrediction, RankPrediction};
-use tessera_engine::planner::preset;
-use tessera_engine::planner::search::{self, GpuSpec};
-use tessera_engine::planner::{self, ModelSpec, Options, Prediction, Request, Residency, Target};
+use tessera_engine::api::planning::{
+    self, GpuSpec, Options, PhasePrediction, Prediction, RankPrediction, Request, Residency, Target,
+};
+use tessera_engine::api::{DeviceKind, ModelSpec, ParallelPlan};
 
 use super::args::GenerationArgs;
 
@@ -60,7 +59,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
     let applied = g.applied()?;
     let residency = match (&g.preset, a.residency) {
         (_, Some(r)) => r,
-        (Some(p), None) => preset::load(p)?.residency,
+        (Some(p), None) => planning::load_preset(p)?.residency,
         (None, None) => Residency::default(),
     };
     let need = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
@@ -84,11 +83,11 @@ pub fn run(a: PlanArgs) -> Result<()> {
         opts.threads = t.max(1);
     }
     let plan = applied.plan;
-    let prediction = planner::predict(&spec, &req, &plan, &opts)?;
-    let fits = gpus.map(|g| search::fits(&prediction, &g));
+    let prediction = planning::predict(&spec, &req, &plan, &opts)?;
+    let fits = gpus.map(|g| planning::fits(&prediction, &g));
     let suggestion = match (gpus, fits) {
-        (Some(g), Some(false)) => search::cheapest_fit(&spec, &req, &plan, &opts, &g)?.map(|f| Suggestion {
-            flags: search::describe_changes(&plan, &f.plan),
+        (Some(g), Some(false)) => planning::cheapest_fit(&spec, &req, &plan, &opts, &g)?.map(|f| Suggestion {
+            flags: planning::describe_changes(&plan, &f.plan),
             plan: f.plan,
             ranks: f.prediction.ranks,
         }),

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
-use tessera_engine::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
-use tessera_engine::parallel::plan::VaeMode;
-use tessera_engine::pipeline::image::read_video_or_image;
-use tessera_engine::runtime::protocol::{Job, VaeDecodeSpec, VaeEncodeSpec};
-use tessera_engine::runtime::{JobEvent, Supervisor, WorldSpec};
-use tessera_engine::tensor_io;
+use tessera_engine::api::tools::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
+use tessera_engine::api::tools::{
+    read_tensor, read_video_or_image, Job, Supervisor, VaeDecodeSpec, VaeEncodeSpec, WorldSpec,
+};
+use tessera_engine::api::{write_tensors, JobEvent, VaeMode};
 
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
@@ -130,7 +129,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
         };
         return run_on_workers(Job::VaeDecode(spec), &a.parallel, "decode", &a.latents);
     }
-    let latents = tensor_io::read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
+    let latents = read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
     let vae = load(&a.model, VaeParts::Decoder)?;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(1, "decode");
@@ -139,7 +138,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
         .with_context(|| format!("decoding {}", a.latents.display()))?;
     pb.finish_and_clear();
     tracing::info!("decoded {:?} -> {:?} in {:.2}s", latents.dims(), video.dims(), started.elapsed().as_secs_f64());
-    tensor_io::write_atomic(&a.out, &[("video", video)])?;
+    write_tensors(&a.out, &[("video", video)])?;
     Ok(())
 }
 
@@ -214,7 +213,7 @@ fn encode(a: EncodeArgs) -> Result<()> {
         moments.mean.dims(),
         started.elapsed().as_secs_f64()
     );
-    tensor_io::write_atomic(&a.out, &[("mean", moments.mean), ("logvar", moments.logvar)])?;
+    write_tensors(&a.out, &[("mean", moments.mean), ("logvar", moments.logvar)])?;
     Ok(())
 }
 

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
-use tessera_engine::api::{DeviceKind, JobEvent, ModelSpec};
-use tessera_engine::planner::predict::RankPrediction;
-use tessera_engine::planner::preset::Preset;
-use tessera_engine::runtime::doctor::DoctorReport;
+use tessera_engine::api::devices::DoctorReport;
+use tessera_engine::api::planning::{Preset, RankPrediction};
+use tessera_engine::api::{DeviceKind, JobEvent, ModelSpec, RunReport};
 
 use super::browse::{Background, Done, Target};
 use super::engine::{Command, EngineEvent, EngineHandle, EngineOptions, ModelChoice, RunRequest, Video};
@@ -317,7 +316,7 @@ impl StudioApp {
         }
     }
 
-    fn record(&mut self, request: RunRequest, report: tessera_engine::runtime::RunReport) {
+    fn record(&mut self, request: RunRequest, report: RunReport) {
         let model = match &request.model {
             ModelChoice::Demo => "demo".to_string(),
             ModelChoice::Folder(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),

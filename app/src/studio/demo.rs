@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use tessera_engine::pipeline_folder::{write_pipeline, PipelineSpec};
-use tessera_engine::random_weights::{StoreDtype, DIFFUSERS_SHARD_BYTES};
+use tessera_engine::api::random_models::{write_pipeline, PipelineSpec, StoreDtype, DIFFUSERS_SHARD_BYTES};
 
 /// Bump when the demo's configs or seed change: a new folder is written beside the old one.
 const DEMO_FOLDER: &str = "demo-model-v1";

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use tessera_engine::api::{render, Audience};
 
-use tessera_engine::parallel::plan::{ParallelPlan, TilingSpec};
-use tessera_engine::planner::preset::{self, Preset};
+use tessera_engine::api::planning::{load_presets, parse_preset, Preset};
+use tessera_engine::api::{write_file_atomic, ParallelPlan, TilingSpec};
 
 use super::state::Settings;
 
@@ -39,7 +39,7 @@ pub fn load_all(folders: &[PathBuf]) -> (Vec<Preset>, Vec<String>) {
     let mut presets: Vec<Preset> = Vec::new();
     let mut errors = Vec::new();
     for dir in folders.iter().filter(|d| d.is_dir()) {
-        match preset::load_dir(dir) {
+        match load_presets(dir) {
             Ok(found) => {
                 for p in found {
                     presets.retain(|q| q.name != p.name);
@@ -99,20 +99,20 @@ pub fn save(dir: &Path, name: &str, s: &Settings) -> Result<PathBuf, String> {
     let name = valid_name(name)?;
     let path = dir.join(format!("{name}.toml"));
     let text = to_toml(s, &format!("Saved from the studio: {}×{}×{} frames.", s.width, s.height, s.frames));
-    let parsed = preset::parse(&path, &text).map_err(|e| e.to_string())?;
+    let parsed = parse_preset(&path, &text).map_err(|e| e.to_string())?;
     if parsed.plan != s.plan {
         return Err(format!("preset {name} would not read back as the same plan"));
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    tessera_engine::tensor_io::write_file_atomic(&path, |tmp| std::fs::write(tmp, &text).map_err(|e| e.to_string()))
-        .map_err(|e| e.to_string())?;
+    write_file_atomic(&path, |tmp| std::fs::write(tmp, &text).map_err(|e| e.to_string())).map_err(|e| e.to_string())?;
     Ok(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_engine::parallel::plan::VaeMode;
+    use tessera_engine::api::planning::load_preset;
+    use tessera_engine::api::VaeMode;
 
     #[test]
     fn the_repository_presets_load_and_apply() {
@@ -134,7 +134,7 @@ mod tests {
         s.plan.vae_mode = VaeMode::Tiles;
         s.plan.vae_tiling = Some(TilingSpec::default());
         let path = save(dir.path(), "my-plan", &s).unwrap();
-        let back = preset::load(&path).unwrap();
+        let back = load_preset(&path).unwrap();
         assert_eq!(back.plan, s.plan);
         assert_eq!(back.defaults.width, Some(s.width));
         assert!(save(dir.path(), "../evil", &s).unwrap_err().contains("preset name"));

@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tessera_engine::parallel::plan::ParallelPlan;
-use tessera_engine::runtime::RunReport;
+use tessera_engine::api::{write_file_atomic, ParallelPlan, RankReport, RunReport};
 
 /// One finished run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,7 +62,7 @@ impl RunRecord {
     }
 }
 
-fn phase_peak(r: &tessera_engine::runtime::RankReport) -> u64 {
+fn phase_peak(r: &RankReport) -> u64 {
     r.phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0)
 }
 
@@ -122,7 +121,7 @@ impl RunLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        tessera_engine::tensor_io::write_file_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| e.to_string()))
+        write_file_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| e.to_string()))
             .map_err(|e| format!("cannot save the run history: {e}"))
     }
 }
@@ -130,7 +129,7 @@ impl RunLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_engine::runtime::{PhaseReport, RankReport};
+    use tessera_engine::api::PhaseReport;
 
     fn record(id: u64) -> RunRecord {
         let phase = |name: &str, seconds: f64, peak_bytes: u64| PhaseReport {

@@ -3,9 +3,7 @@
 //! only `app.rs` applies engine events to them.
 
 use serde::{Deserialize, Serialize};
-use tessera_engine::api::{GenerateParams, ParallelPlan};
-use tessera_engine::parallel::Rank;
-use tessera_engine::runtime::protocol::VaePiece;
+use tessera_engine::api::{GenerateParams, ParallelPlan, Rank, VaePiece};
 
 /// Everything on the Setup and Parallel panels; restored at the next start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

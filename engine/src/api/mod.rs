@@ -10,6 +10,16 @@
 //!   same path), emits [`JobEvent`]s and returns a [`Generation`]: the [`Video`] ([`video`]) and the
 //!   [`GenerationReport`] ([`report`]), one shape for every plan.
 //!
+//! Beside the generation path, small groups of named re-exports (never a glob of an internal
+//! module), each with its own doc:
+//!
+//! - [`planning`]: predictions, fit checks, plan search and presets (`tessera plan`, the studio).
+//! - [`devices`]: the doctor's device report.
+//! - [`text`]: prompt encoding in this process (`tessera encode-prompt`).
+//! - [`random_models`]: model folders with seeded random weights (demo model, `make-model`).
+//! - [`tools`]: one job on a world of workers, the VAE and transformer in process, tensor files —
+//!   for the tool commands only (`vae`, `bench`).
+//!
 //! ```no_run
 //! use tessera_engine::api::{GenerateParams, GenerationRequest, Prompt, Session, SessionOptions};
 //! let params = GenerateParams { height: 704, width: 1280, frames: 121, steps: 50, guidance: 5.0,
@@ -20,21 +30,27 @@
 //! generation.video.unwrap().save("fox.mp4".as_ref()).unwrap();
 //! ```
 
+pub mod devices;
 pub mod error;
+pub mod planning;
 mod prompts;
+pub mod random_models;
 pub mod report;
 pub mod request;
 pub mod session;
+pub mod text;
+pub mod tools;
 pub mod video;
 
 pub use crate::fields::{render, Audience, Field};
 pub use crate::media::{Frames, OutputKind};
 pub use crate::model_spec::{Family, Layout, ModelSpec, ModelSpecError, Variant};
-pub use crate::parallel::plan::{ParallelPlan, PlanError, TextEncoderPlacement, TilingSpec, VaeMode};
+pub use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
+pub use crate::parallel::Rank;
 pub use crate::pipeline::request::{GenerateParams, RequestError};
 pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
 pub use crate::runtime::{JobEvent, PhaseReport, RankReport, RunReport};
-pub use crate::tensor_io::write_file_atomic;
+pub use crate::tensor_io::{write_atomic as write_tensors, write_file_atomic, TensorIoError};
 pub use error::{explain, SessionError};
 pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};
 pub use request::{GenerationRequest, Output, Prompt};

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tessera_engine::parallel::comm::check::{CheckSpec, CollectiveOp};
-use tessera_engine::parallel::comm::wire::WireDType;
-use tessera_engine::parallel::comm::ReduceOp;
-use tessera_engine::runtime::protocol::{BenchRow, BenchSpec};
-use tessera_engine::runtime::{CommBackend, DeviceKind, Job, JobEvent, JobOutput, Supervisor, WorldSpec};
+use tessera_engine::api::tools::{
+    BenchRow, BenchSpec, CheckSpec, CollectiveOp, CommBackend, Job, JobOutput, ReduceOp, Supervisor, WireDType,
+    WorldSpec,
+};
+use tessera_engine::api::{DeviceKind, JobEvent};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchCommArgs {

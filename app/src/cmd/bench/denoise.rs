@@ -10,9 +10,8 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use serde::Serialize;
+use tessera_engine::api::random_models::{write_pipeline, Arch, PipelineSpec, StoreDtype, DIFFUSERS_SHARD_BYTES};
 use tessera_engine::api::{GenerateParams, GenerationRequest, ParallelPlan, Prompt, Session, SessionOptions};
-use tessera_engine::pipeline_folder::{write_pipeline, Arch, PipelineSpec};
-use tessera_engine::random_weights::StoreDtype;
 
 #[derive(Args, Debug)]
 pub struct BenchDenoiseArgs {
@@ -70,13 +69,13 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
     let model = a.models_dir.join(format!("wan2.2-ti2v-5b-{}l", a.layers));
     if !model.join("model_index.json").is_file() {
         let spec = PipelineSpec::for_arch(Arch::Wan22Ti2v5b, Some(a.layers))?.context("TI2V is a pipeline arch")?;
-        write_pipeline(&model, &spec, 0, StoreDtype::F32, tessera_engine::random_weights::DIFFUSERS_SHARD_BYTES)?;
+        write_pipeline(&model, &spec, 0, StoreDtype::F32, DIFFUSERS_SHARD_BYTES)?;
     }
     let dev = Device::Cpu;
     let tmp = tempfile_dir()?;
     // UMT5-XXL-shaped embeddings (512 tokens × 4096), as files the workers read.
     let embeds = tmp.join("embeds.safetensors");
-    tessera_engine::tensor_io::write_atomic(
+    tessera_engine::api::write_tensors(
         &embeds,
         &[
             ("prompt_embeds", Tensor::randn(0f32, 1., (1, 512, 4096), &dev)?),

@@ -14,9 +14,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tessera_engine::models::wan::transformer::{self, WanTransformer3DModel};
-use tessera_engine::random_weights::{self, StoreDtype};
-use tessera_engine::tensor_io;
+use tessera_engine::api::random_models::{standard_normal, write_transformer, StoreDtype, DIFFUSERS_SHARD_BYTES};
+use tessera_engine::api::tools::transformer::{self, WanTransformer3DModel};
+use tessera_engine::api::tools::{read_all, read_tensor, take_tensor};
+use tessera_engine::api::write_tensors;
 
 use super::support::{peak_rss_bytes, run_child};
 
@@ -94,10 +95,10 @@ pub fn run(a: BenchDitArgs) -> Result<()> {
 
 fn dit_case(model: &Path, inputs: &Path, out: Option<&Path>, warmup: usize, iters: usize) -> Result<DitCaseResult> {
     let dev = Device::Cpu;
-    let mut all = tensor_io::read_all(inputs, &dev)?;
-    let latents = tensor_io::take(&mut all, inputs, "latents")?;
-    let context = tensor_io::take(&mut all, inputs, "context")?;
-    let timestep = tensor_io::take(&mut all, inputs, "timestep")?;
+    let mut all = read_all(inputs, &dev)?;
+    let latents = take_tensor(&mut all, inputs, "latents")?;
+    let context = take_tensor(&mut all, inputs, "context")?;
+    let timestep = take_tensor(&mut all, inputs, "timestep")?;
     let t0 = std::time::Instant::now();
     let dit = WanTransformer3DModel::load(model, DType::F32, &dev)?;
     let load_seconds = t0.elapsed().as_secs_f64();
@@ -113,7 +114,7 @@ fn dit_case(model: &Path, inputs: &Path, out: Option<&Path>, warmup: usize, iter
         last = Some(y);
     }
     if let (Some(path), Some(y)) = (out, last) {
-        tensor_io::write_atomic(path, &[("out", y)])?;
+        write_tensors(path, &[("out", y)])?;
     }
     Ok(DitCaseResult {
         seconds: times.iter().sum::<f64>() / times.len() as f64,
@@ -141,7 +142,7 @@ fn ensure_model(dir: &Path, arch: &str, layers: usize) -> Result<(PathBuf, trans
     let root = dir.join(format!("{arch}-{layers}layers-seed0/transformer"));
     if !root.join("config.json").is_file() {
         eprintln!("writing {arch} ({layers} blocks) with seeded random weights to {}", root.display());
-        random_weights::write_transformer(&root, &cfg, 0, StoreDtype::F32, random_weights::DIFFUSERS_SHARD_BYTES)?;
+        write_transformer(&root, &cfg, 0, StoreDtype::F32, DIFFUSERS_SHARD_BYTES)?;
     }
     Ok((root, cfg))
 }
@@ -152,15 +153,12 @@ fn ensure_inputs(dir: &Path, cfg: &transformer::Config, size: [usize; 3], text_l
     let path = dir.join(format!("dit-inputs-c{c}-{f}x{h}x{w}-text{text_len}x{}.safetensors", cfg.text_dim));
     if !path.is_file() {
         let dev = Device::Cpu;
-        let latents = Tensor::from_vec(random_weights::standard_normal(1, c * f * h * w), (1, c, f, h, w), &dev)?;
+        let latents = Tensor::from_vec(standard_normal(1, c * f * h * w), (1, c, f, h, w), &dev)?;
         // UMT5 rows are O(0.1); the scale only matters for realism, not for timing.
-        let context = (Tensor::from_vec(
-            random_weights::standard_normal(2, text_len * cfg.text_dim),
-            (1, text_len, cfg.text_dim),
-            &dev,
-        )? * 0.1)?;
+        let context =
+            (Tensor::from_vec(standard_normal(2, text_len * cfg.text_dim), (1, text_len, cfg.text_dim), &dev)? * 0.1)?;
         let timestep = Tensor::new(&[500f32], &dev)?;
-        tensor_io::write_atomic(&path, &[("latents", latents), ("context", context), ("timestep", timestep)])?;
+        write_tensors(&path, &[("latents", latents), ("context", context), ("timestep", timestep)])?;
     }
     Ok(path)
 }
@@ -168,7 +166,7 @@ fn ensure_inputs(dir: &Path, cfg: &transformer::Config, size: [usize; 3], text_l
 /// ‖a−b‖/‖b‖ of the `out` tensors of two files.
 fn rel_err(ours: &Path, theirs: &Path) -> Result<f64> {
     let read = |p: &Path| -> Result<Vec<f64>> {
-        let t = tensor_io::read_tensor(p, "out", DType::F64, &Device::Cpu)?;
+        let t = read_tensor(p, "out", DType::F64, &Device::Cpu)?;
         Ok(t.flatten_all()?.to_vec1::<f64>()?)
     };
     let (a, b) = (read(ours)?, read(theirs)?);

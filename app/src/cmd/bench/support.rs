@@ -7,9 +7,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::de::DeserializeOwned;
-use tessera_engine::models::wan::vae;
-use tessera_engine::random_weights::{self, StoreDtype};
-use tessera_engine::tensor_io;
+use tessera_engine::api::random_models::{standard_normal, write_vae, StoreDtype};
+use tessera_engine::api::tools::vae;
+use tessera_engine::api::write_tensors;
 
 /// `VmHWM` of this process.
 pub fn peak_rss_bytes() -> Result<u64> {
@@ -30,7 +30,7 @@ pub fn ensure_vae_model(dir: &Path, arch: &str) -> Result<PathBuf> {
             other => bail!("unknown arch `{other}` (wan2.1-vae, wan2.2-vae)"),
         };
         eprintln!("writing {arch} with seeded random weights to {}", root.display());
-        random_weights::write_vae(&root.join("vae"), &cfg, 0, StoreDtype::F32)?;
+        write_vae(&root.join("vae"), &cfg, 0, StoreDtype::F32)?;
     }
     Ok(root)
 }
@@ -41,9 +41,9 @@ pub fn ensure_latents(dir: &Path, z: usize, size: [usize; 3]) -> Result<PathBuf>
     let path = dir.join(format!("latents-z{z}-{t}x{h}x{w}.safetensors"));
     if !path.is_file() {
         // Unit-variance latents, like a denoised sample in normalised space.
-        let values = random_weights::standard_normal(1, z * t * h * w);
+        let values = standard_normal(1, z * t * h * w);
         let lat = Tensor::from_vec(values, (1, z, t, h, w), &Device::Cpu)?;
-        tensor_io::write_atomic(&path, &[("latents", lat)])?;
+        write_tensors(&path, &[("latents", lat)])?;
     }
     Ok(path)
 }

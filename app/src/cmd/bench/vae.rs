@@ -11,8 +11,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tessera_engine::models::wan::vae::{self, Tiling, VaeParts};
-use tessera_engine::tensor_io;
+use tessera_engine::api::tools::vae::{self, Tiling, VaeParts};
+use tessera_engine::api::tools::{load_config, read_tensor};
 
 use super::support::{ensure_latents, ensure_vae_model, peak_rss_bytes, run_child};
 
@@ -68,7 +68,7 @@ struct Row {
 
 /// One measured decode in this process (the hidden `bench vae-case`).
 pub fn vae_case(a: &VaeCaseArgs) -> Result<CaseResult> {
-    let latents = tensor_io::read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
+    let latents = read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
     let model = vae::load(&a.model, VaeParts::Decoder, DType::F32, &Device::Cpu)?;
     let started = std::time::Instant::now();
     let video = model.decode(&latents, a.tiling.as_ref(), &mut |_| {})?;
@@ -105,7 +105,7 @@ pub fn run(a: BenchVaeArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|");
     for arch in a.arch.split(',').map(str::trim) {
         let model = ensure_vae_model(&a.models_dir, arch)?;
-        let cfg: vae::Config = tessera_engine::weights::load_config(&model.join("vae"))?;
+        let cfg: vae::Config = load_config(&model.join("vae"))?;
         let sizes = match &a.sizes {
             Some(s) => parse_sizes(s)?,
             None => default_sizes(arch),

@@ -12,10 +12,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use tessera_engine::models::wan::vae::{self, Tiling};
-use tessera_engine::parallel::plan::VaeMode;
-use tessera_engine::runtime::protocol::{Job, VaeDecodeSpec};
-use tessera_engine::runtime::{Supervisor, WorldSpec};
+use tessera_engine::api::tools::vae::{self, Tiling};
+use tessera_engine::api::tools::{load_config, Job, Supervisor, VaeDecodeSpec, WorldSpec};
+use tessera_engine::api::{RankReport, VaeMode};
 
 use super::support::{ensure_latents, ensure_vae_model};
 
@@ -81,7 +80,7 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     for arch in a.arch.split(',').map(str::trim) {
         let model = ensure_vae_model(&a.models_dir, arch)?;
-        let cfg: vae::Config = tessera_engine::weights::load_config(&model.join("vae"))?;
+        let cfg: vae::Config = load_config(&model.join("vae"))?;
         let size = size_for(&a.sizes, arch)?;
         let latents = ensure_latents(&a.models_dir, cfg.z_dim, size)?;
         for mode in [VaeMode::Halo, VaeMode::Tiles] {
@@ -107,7 +106,7 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
                 let _ = std::fs::remove_file(&out);
                 // The decode phase's own working set: its peak above what was live when it began
                 // (the loaded weights, which candle keeps on the heap on CPU).
-                let phase = |r: &tessera_engine::runtime::RankReport, name: &str| {
+                let phase = |r: &RankReport, name: &str| {
                     r.phases
                         .iter()
                         .find(|p| p.name == name)

@@ -3,15 +3,15 @@
 
 use std::path::Path;
 
+use tessera_engine::api::planning::RankPrediction;
 use tessera_engine::api::{DeviceKind, ModelSpec};
-use tessera_engine::planner::predict::RankPrediction;
 
 use super::messages::{ModelChoice, RunRequest, Video};
 
 /// The planner's per-rank peaks per phase for `request`; `Err` when the model or the request
 /// cannot be read or the plan does not validate.
 pub fn predict(request: &RunRequest, data_dir: Option<&Path>) -> Result<Vec<RankPrediction>, String> {
-    use tessera_engine::planner::{predict, Options, Request, Target};
+    use tessera_engine::api::planning::{predict, Options, Request, Target};
     let root = match &request.model {
         ModelChoice::Demo => {
             let dir = data_dir.ok_or("no data folder")?;

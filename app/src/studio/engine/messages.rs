@@ -4,13 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tessera_engine::api::devices::DoctorReport;
+use tessera_engine::api::planning::{Preset, RankPrediction};
+use tessera_engine::api::RunReport;
 use tessera_engine::api::{
     DeviceKind, Frames, GenerateParams, GenerationRequest, JobEvent, ModelSpec, ParallelPlan, Prompt,
 };
-use tessera_engine::planner::predict::RankPrediction;
-use tessera_engine::planner::preset::Preset;
-use tessera_engine::runtime::doctor::DoctorReport;
-use tessera_engine::runtime::RunReport;
 
 use crate::studio::state::Settings;
 

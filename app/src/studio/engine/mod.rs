@@ -121,7 +121,7 @@ fn helper_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter
     let data_dir: Option<PathBuf> = options.data_dir.clone().or_else(crate::studio::demo::data_dir);
     let preset_folders = crate::studio::presets::folders(data_dir.as_deref());
     if !options.skip_device_probe {
-        out.emit(EngineEvent::Devices(Box::new(tessera_engine::runtime::doctor::probe(options.worker_exe.as_deref()))));
+        out.emit(EngineEvent::Devices(Box::new(tessera_engine::api::devices::probe(options.worker_exe.as_deref()))));
     }
     while let Ok(command) = commands.recv() {
         match command {

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tessera_engine::api::RunReport;
 use tessera_engine::api::{JobEvent, ModelSpec, Session, SessionError};
-use tessera_engine::runtime::RunReport;
 
 use super::emitter::Emitter;
 use super::messages::{EngineEvent, ModelChoice, RunRequest, Video};

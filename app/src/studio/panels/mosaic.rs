@@ -3,7 +3,7 @@
 //! latent chunk (halo mode sends one slab per chunk). Clicking a piece opens its inspector.
 
 use eframe::egui::{self, Align2, Color32, FontId, Pos2, Rect, Sense, Stroke, StrokeKind, Vec2};
-use tessera_engine::parallel::plan::VaeMode;
+use tessera_engine::api::VaeMode;
 
 use crate::studio::app::StudioApp;
 use crate::studio::state::PieceView;

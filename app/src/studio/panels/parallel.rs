@@ -2,9 +2,7 @@
 //! and mode, tiling, text encoder), presets, a verdict per device; and the Generate / Cancel buttons.
 
 use eframe::egui;
-use tessera_engine::api::RequestError;
-use tessera_engine::parallel::plan::{PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
-use tessera_engine::runtime::protocol::DeviceKind;
+use tessera_engine::api::{DeviceKind, PlanModel, RequestError, TextEncoderPlacement, TilingSpec, VaeMode};
 
 use crate::studio::app::StudioApp;
 use crate::studio::engine::Command;

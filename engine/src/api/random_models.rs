@@ -1,0 +1,8 @@
+//! Model folders with seeded random weights of the real architectures: the studio's demo model,
+//! `tessera make-model` and the benchmarks' checkpoints. Named re-exports of
+//! [`crate::pipeline_folder`] and [`crate::random_weights`].
+
+pub use crate::pipeline_folder::{write_json, write_pipeline, Arch, FolderError, PipelineSpec, DIFFUSERS_VERSION};
+pub use crate::random_weights::{
+    standard_normal, write_transformer, write_vae, StoreDtype, WrittenComponent, DIFFUSERS_SHARD_BYTES,
+};
