@@ -78,18 +78,20 @@ fn session_cancels_reuses_workers_and_matches_diffusers() {
     assert_eq!(pids.len(), 4);
 
     let mut steps = Vec::new();
+    let mut logs = Vec::new();
     let mut req = request(4, plan);
     req.output = Some(Output { path: out.clone(), fps: None, latents: None });
     let generation = session
-        .generate(&req, &mut |e| {
-            if let JobEvent::Progress { rank, step, total, message } = e {
-                if message == "denoise" {
-                    steps.push((rank.0, *step, *total));
-                }
+        .generate(&req, &mut |e| match e {
+            JobEvent::Progress { rank, step, total, message } if message == "denoise" => {
+                steps.push((rank.0, *step, *total))
             }
+            JobEvent::Log { message, .. } => logs.push(message.clone()),
+            _ => {}
         })
         .unwrap();
     assert_eq!(session.worker_pids(), pids, "the cancelled run's workers are reused");
+    assert!(logs.iter().any(|l| l.starts_with("weights still loaded from the previous run")), "{logs:?}");
     assert!(generation.report.world_reused);
     assert_eq!(steps, (1..=4).map(|s| (0, s, 4)).collect::<Vec<_>>(), "one event per step, from rank 0");
     for r in &generation.report.ranks {

@@ -91,3 +91,53 @@ fn bad_input_is_one_clear_line() {
         run(tessera().args(["plan", "--model", "/nonexistent", "--height", "704", "--width", "1280", "--frames", "5"]));
     assert!(error_line(&out).contains("model folder not found: /nonexistent"), "{}", error_line(&out));
 }
+
+/// Any complete `generate` command line is a `plan` command line: prompts, seeds, outputs and
+/// reports are accepted (and do not change the prediction).
+#[test]
+fn a_generate_command_line_plans_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let generate_flags: Vec<String> = [
+        "--prompt",
+        "a lighthouse at dusk",
+        "--negative-prompt",
+        "blurry",
+        "--height",
+        "704",
+        "--width",
+        "1280",
+        "--frames",
+        "121",
+        "--steps",
+        "40",
+        "--guidance",
+        "5",
+        "--seed",
+        "7",
+        "--ulysses",
+        "2",
+        "--fsdp",
+        "2",
+        "--vae-parallel",
+        "2",
+        "--vae-mode",
+        "halo",
+        "--text-encoder",
+        "sharded",
+        "--fps",
+        "24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--out".into(), tmp.path().join("v.mp4").display().to_string()])
+    .chain(["--report".into(), tmp.path().join("r.json").display().to_string()])
+    .chain(["--save-latents".into(), tmp.path().join("l.safetensors").display().to_string()])
+    .collect();
+    let out =
+        run(tessera().args(["plan", "--model"]).arg(configs("wan2.2-ti2v-5b")).args(&generate_flags).arg("--json"));
+    assert!(out.status.success(), "{}", error_line(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["plan"]["ulysses"], 2);
+    assert_eq!(v["ranks"].as_array().unwrap().len(), 2);
+    assert!(!tmp.path().join("v.mp4").exists(), "plan writes nothing");
+}

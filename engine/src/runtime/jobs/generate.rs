@@ -32,7 +32,7 @@ use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use crate::pipeline::wan as wan_pipeline;
 use crate::pipeline::PipelineProgress;
-use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, WireTensor, WorkerEvent};
+use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, WireTensor, WorkerEvent};
 use crate::scheduler;
 use crate::weights::Checkpoint;
 use resident::{Resident, ResidentKey};
@@ -70,6 +70,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         (false, false) => None,
     };
     let key = ResidentKey::new(&model, plan, dtype, parts);
+    let load_started = Instant::now();
     let (stats, world, groups, mut predictor, vae, vae_bytes, mut out_stats) = {
         let _load = ctx.phase("load");
         let (stats, world, groups, experts, vae, vae_bytes, reused) = match resident::take(&key) {
@@ -102,6 +103,15 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         };
         (stats, world, groups, predictor, vae, vae_bytes, s)
     };
+    if rank.0 == 0 {
+        let gib = (out_stats.weights_bytes as f64) / (1u64 << 30) as f64;
+        let message = if out_stats.weights_reused {
+            format!("weights still loaded from the previous run ({gib:.2} GiB on rank 0): nothing read")
+        } else {
+            format!("loaded {gib:.2} GiB of weights on rank 0 in {:.1} s", load_started.elapsed().as_secs_f64())
+        };
+        ctx.log(LogLevel::Info, message);
+    }
     let latent_stats = LatentStats::new(&vae_cfg.latents_mean, &vae_cfg.latents_std, &device)?;
     let condition = match &spec.image {
         Some(path) => Some(inputs::image_condition(
