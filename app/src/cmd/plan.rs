@@ -11,7 +11,7 @@ use tessera_engine::parallel::plan::{ParallelPlan, TextEncoderPlacement, TilingS
 use tessera_engine::planner::predict::{PhasePrediction, RankPrediction};
 use tessera_engine::planner::preset::{self, Explicit};
 use tessera_engine::planner::search::{self, GpuSpec};
-use tessera_engine::planner::{self, ModelSpec, Options, Prediction, Request, Residency, Target};
+use tessera_engine::planner::{self, ModelSpec, Options, Prediction, Request, Target};
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
@@ -60,11 +60,8 @@ pub struct PlanArgs {
     /// cuda (bf16 transformer, device bytes) or cpu (f32, heap bytes).
     #[arg(long, value_enum)]
     pub device: Option<Target>,
-    /// Which weights stay loaded across phases: pipeline (as WanPipeline today: everything from load
-    /// to the end) or phased (each phase its own weights). Default: the preset's, else pipeline.
-    #[arg(long, value_enum)]
-    pub residency: Option<Residency>,
-    /// CPU threads per rank (VAE kernel scratch); default: this machine's.
+    /// CPU threads per rank (VAE kernel scratch, matmul slabs); default: this machine's cores / ranks,
+    /// as the workers get them.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print JSON (`ranks[]` with `rank`, `peak_bytes`, `phases` like the run report).
@@ -109,13 +106,8 @@ pub fn run(a: PlanArgs) -> Result<()> {
         steps: a.steps,
         guidance: a.guidance,
     };
-    let mut residency = a.residency.unwrap_or_default();
     let applied = match &a.preset {
-        Some(p) => {
-            let p = preset::load(p)?;
-            residency = a.residency.unwrap_or(p.residency);
-            p.apply(&explicit)
-        }
+        Some(p) => preset::load(p)?.apply(&explicit),
         None => {
             // Without a preset: one rank, and Ulysses over all ranks unless told otherwise.
             let ranks = a.ranks.unwrap_or(1);
@@ -131,7 +123,6 @@ pub fn run(a: PlanArgs) -> Result<()> {
                 name: String::new(),
                 path: PathBuf::new(),
                 model: None,
-                residency,
                 plan: base,
                 defaults: Default::default(),
                 gpus: None,
@@ -157,11 +148,8 @@ pub fn run(a: PlanArgs) -> Result<()> {
     };
     let spec = ModelSpec::from_dir(&a.model)?;
     let mut opts = Options::new(target);
-    opts.residency = residency;
-    if let Some(t) = a.threads {
-        opts.threads = t.max(1);
-    }
     let plan = applied.plan;
+    opts.threads = a.threads.unwrap_or(opts.threads / plan.ranks.max(1)).max(1);
     let prediction = planner::predict(&spec, &req, &plan, &opts)?;
     let fits = gpus.map(|g| search::fits(&prediction, &g));
     let suggestion = match (gpus, fits) {
@@ -234,8 +222,13 @@ fn print_table(
         "plan: ranks {} · ulysses {} · cfg-parallel {} · fsdp {} · vae {}×{}{tiling} · text encoder {}",
         plan.ranks, plan.ulysses, plan.cfg_parallel, plan.fsdp, plan.vae_parallel, plan.vae_mode, plan.text_encoder
     );
-    let names: Vec<String> =
-        p.ranks.first().map(|r| r.phases.iter().map(|ph| ph.name.clone()).collect()).unwrap_or_default();
+    // Columns by phase name: some phases are only some ranks' (`encode_image` is rank 0's).
+    let mut names: Vec<&str> = Vec::new();
+    for ph in p.ranks.iter().flat_map(|r| &r.phases) {
+        if !names.contains(&ph.name.as_str()) {
+            names.push(&ph.name);
+        }
+    }
     let mut header = format!("{:<5}", "rank");
     for n in &names {
         header += &format!("{n:>14}");
@@ -244,8 +237,9 @@ fn print_table(
     println!("{header}");
     for r in &p.ranks {
         let mut line = format!("{:<5}", r.rank);
-        for ph in &r.phases {
-            line += &format!("{:>14}", gib(ph.peak_bytes));
+        for n in &names {
+            let cell = r.phases.iter().find(|ph| ph.name == *n).map_or("—".to_string(), |ph| gib(ph.peak_bytes));
+            line += &format!("{cell:>14}");
         }
         let fit = match gpus {
             Some(g) if r.peak_bytes > g.usable() => " ✗",

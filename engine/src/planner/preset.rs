@@ -4,7 +4,6 @@
 //! ```toml
 //! # Who it is for (a comment; required by convention, see presets/README.md).
 //! model = "wan2.2-ti2v-5b"        # the architecture it was sized for (optional)
-//! residency = "pipeline"          # weights kept across phases: pipeline (default) | phased
 //! [plan]                          # deserialised into ParallelPlan; omitted keys = one-rank defaults
 //! ranks = 2
 //! ulysses = 2
@@ -25,7 +24,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::predict::Residency;
 use super::search::GpuSpec;
 use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
 
@@ -46,7 +44,6 @@ pub struct Defaults {
 #[serde(deny_unknown_fields)]
 struct PresetFile {
     model: Option<String>,
-    residency: Option<Residency>,
     plan: ParallelPlan,
     #[serde(default)]
     defaults: Defaults,
@@ -60,9 +57,6 @@ pub struct Preset {
     pub path: PathBuf,
     /// Architecture it was sized for (`wan2.2-ti2v-5b`, …), when given.
     pub model: Option<String>,
-    /// Which weights the preset assumes stay loaded across phases (default: `pipeline`, what
-    /// `WanPipeline` does; `phased` needs a runtime that loads each phase's weights only for it).
-    pub residency: Residency,
     pub plan: ParallelPlan,
     pub defaults: Defaults,
     /// Parsed `defaults.gpus`.
@@ -141,7 +135,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Preset, PresetError> {
         name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         path: path.to_path_buf(),
         model: file.model,
-        residency: file.residency.unwrap_or_default(),
         plan: file.plan,
         defaults: file.defaults,
         gpus,
@@ -289,8 +282,7 @@ mod tests {
                 image: spec.channel_concat_i2v(),
             };
             let target = if p.gpus.is_some() { Target::Cuda } else { Target::Cpu };
-            let mut opts = Options::new(target);
-            opts.residency = p.residency;
+            let opts = Options::new(target);
             let prediction = predict(&spec, &req, &p.plan, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             if let Some(g) = p.gpus {
                 let peak = prediction.max_peak();
