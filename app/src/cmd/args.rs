@@ -41,6 +41,13 @@ pub struct PlanFlags {
     pub text_encoder: Option<TextEncoderPlacement>,
 }
 
+/// What happens to the transformer's weights after the denoise (`--weights`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    Keep,
+    Free,
+}
+
 /// Every flag of a generation (all optional here: `generate` says which it needs).
 #[derive(Args, Debug, Clone)]
 pub struct GenerationArgs {
@@ -101,6 +108,11 @@ pub struct GenerationArgs {
     /// cpu or cuda: the device of every worker (one per GPU with cuda).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// After the denoise: keep (default, or the preset's) the transformer loaded through the VAE
+    /// decode and for the session's next run, or free it before the decode (a lower decode peak;
+    /// nothing is reused).
+    #[arg(long, value_enum)]
+    pub weights: Option<Weights>,
     /// A parallel preset (presets/NAME.toml): its plan and default size, with any flag overriding it
     /// field by field. Check it first with `tessera plan --preset FILE`.
     #[arg(long)]
@@ -126,6 +138,7 @@ impl GenerationArgs {
             frames: self.frames,
             steps: self.steps,
             guidance: self.guidance,
+            keep_weights: self.weights.map(|w| w == Weights::Keep),
         };
         let preset = match &self.preset {
             Some(path) => load_preset(path).with_context(|| format!("loading the preset {}", path.display()))?,
@@ -183,6 +196,7 @@ impl GenerationArgs {
             latents: self.latents.clone(),
             plan: applied.plan,
             device: self.device,
+            keep_weights: applied.keep_weights,
             output: self.out.as_ref().map(|path| Output {
                 path: path.clone(),
                 fps: self.fps,

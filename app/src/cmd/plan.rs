@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use tessera_engine::api::planning::{
-    self, GpuSpec, Options, PhasePrediction, Prediction, RankPrediction, Request, Residency, Target,
+    self, GpuSpec, Options, PhasePrediction, Prediction, RankPrediction, Request, Target,
 };
 use tessera_engine::api::{DeviceKind, ModelSpec, ParallelPlan};
 
@@ -21,11 +21,8 @@ pub struct PlanArgs {
     /// GPUs to fit, COUNTxSIZE (8x24GB); implies --device cuda.
     #[arg(long, value_parser = GpuSpec::parse)]
     pub gpus: Option<GpuSpec>,
-    /// Which weights stay loaded across phases: pipeline (everything from load to the end) or
-    /// phased (each phase its own weights). Default: the preset's, else pipeline.
-    #[arg(long, value_enum)]
-    pub residency: Option<Residency>,
-    /// CPU threads per rank (VAE kernel scratch); default: this machine's.
+    /// CPU threads per rank (VAE kernel scratch, matmul slabs); default: this machine's cores / ranks,
+    /// as the workers get them.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print JSON (`ranks[]` with `rank`, `peak_bytes`, `phases` like the run report).
@@ -57,11 +54,6 @@ struct Output<'a> {
 pub fn run(a: PlanArgs) -> Result<()> {
     let g = &a.generation;
     let applied = g.applied()?;
-    let residency = match (&g.preset, a.residency) {
-        (_, Some(r)) => r,
-        (Some(p), None) => planning::load_preset(p)?.residency,
-        (None, None) => Residency::default(),
-    };
     let need = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
     let req = Request {
         height: need(applied.height, "--height")?,
@@ -78,11 +70,9 @@ pub fn run(a: PlanArgs) -> Result<()> {
     };
     let spec = ModelSpec::from_path(&g.model)?;
     let mut opts = Options::new(target);
-    opts.residency = residency;
-    if let Some(t) = a.threads {
-        opts.threads = t.max(1);
-    }
     let plan = applied.plan;
+    opts.threads = a.threads.unwrap_or(opts.threads / plan.ranks.max(1)).max(1);
+    opts.keep_weights = applied.keep_weights;
     let prediction = planning::predict(&spec, &req, &plan, &opts)?;
     let fits = gpus.map(|g| planning::fits(&prediction, &g));
     let suggestion = match (gpus, fits) {
@@ -155,8 +145,13 @@ fn print_table(
         "plan: ranks {} · ulysses {} · cfg-parallel {} · fsdp {} · vae {}×{}{tiling} · text encoder {}",
         plan.ranks, plan.ulysses, plan.cfg_parallel, plan.fsdp, plan.vae_parallel, plan.vae_mode, plan.text_encoder
     );
-    let names: Vec<String> =
-        p.ranks.first().map(|r| r.phases.iter().map(|ph| ph.name.clone()).collect()).unwrap_or_default();
+    // Columns by phase name: some phases are only some ranks' (`encode_image` is rank 0's).
+    let mut names: Vec<&str> = Vec::new();
+    for ph in p.ranks.iter().flat_map(|r| &r.phases) {
+        if !names.contains(&ph.name.as_str()) {
+            names.push(&ph.name);
+        }
+    }
     let mut header = format!("{:<5}", "rank");
     for n in &names {
         header += &format!("{n:>14}");
@@ -165,8 +160,9 @@ fn print_table(
     println!("{header}");
     for r in &p.ranks {
         let mut line = format!("{:<5}", r.rank);
-        for ph in &r.phases {
-            line += &format!("{:>14}", gib(ph.peak_bytes));
+        for n in &names {
+            let cell = r.phases.iter().find(|ph| ph.name == *n).map_or("—".to_string(), |ph| gib(ph.peak_bytes));
+            line += &format!("{cell:>14}");
         }
         let fit = match gpus {
             Some(g) if r.peak_bytes > g.usable() => " ✗",

@@ -9,4 +9,4 @@ pub use crate::planner::preset::{
     PresetError,
 };
 pub use crate::planner::search::{cheapest_fit, describe_changes, fits, Found, GpuSpec};
-pub use crate::planner::{predict, Options, Prediction, Request, Residency, Target};
+pub use crate::planner::{predict, Options, Prediction, Request, Target};

@@ -54,14 +54,36 @@ pub fn weights_bytes(cfg: &DitConfig, elt: u64, fsdp: usize) -> u64 {
     stem + (cfg.num_layers as u64 * block).div_ceil(fsdp.max(1) as u64)
 }
 
-/// FSDP: the full weights of the block about to run, all-gathered from the group's shards (plus
-/// the wire copy of this rank's shard). Nothing without FSDP.
+/// FSDP: the full weights of the block that runs, all-gathered from the group's slices and dropped
+/// after it. Nothing without FSDP.
 pub fn fsdp_gather_bytes(cfg: &DitConfig, elt: u64, fsdp: usize) -> u64 {
     if fsdp <= 1 {
         return 0;
     }
-    let block = params::dit_block(cfg) * elt;
-    block + block.div_ceil(fsdp as u64)
+    params::dit_block(cfg) * elt
+}
+
+/// FSDP: what gathering the block's largest tensor (an FFN matrix, gathered next to last) holds
+/// besides its result: the wire copy of this rank's slice and the peers' received slices, together
+/// the tensor once more. It is freed before the block runs, so it never meets the block's
+/// activations. Nothing without FSDP.
+pub fn fsdp_gather_transient_bytes(cfg: &DitConfig, elt: u64, fsdp: usize) -> u64 {
+    if fsdp <= 1 {
+        return 0;
+    }
+    let d = cfg.inner_dim();
+    (d * cfg.ffn_dim.max(d)) as u64 * elt
+}
+
+/// FSDP load on the CPU: each slice is read from the checkpoint into a byte buffer and copied into
+/// its tensor, so the largest slice (of an FFN matrix) is briefly held twice. Checkpoints are taken
+/// to store f32 (the Hub's Wan2.2 transformers and `make-model` do). Nothing without FSDP.
+pub fn fsdp_read_buffer_bytes(cfg: &DitConfig, fsdp: usize) -> u64 {
+    if fsdp <= 1 {
+        return 0;
+    }
+    let d = cfg.inner_dim();
+    (d * cfg.ffn_dim.max(d)).div_ceil(fsdp) as u64 * 4
 }
 
 /// RoPE cos/sin tables (f32, `L × head_dim/2` each) built for the whole grid, plus this shard's
@@ -76,12 +98,10 @@ pub fn rope_bytes(cfg: &DitConfig, tokens: usize, ulysses: usize) -> u64 {
     }
 }
 
-/// Text context: the prompt embeddings as given (`512 × text_dim`, f32 from the encoder, one or
-/// two with CFG) and the embedded context (`512 × D` in the run dtype) with its embedder's output.
-pub fn context_bytes(cfg: &DitConfig, elt: u64, cfg_branches: usize) -> u64 {
-    let t = TEXT_TOKENS as u64;
-    let inputs = cfg_branches as u64 * t * cfg.text_dim as u64 * 4;
-    inputs + t * cfg.inner_dim() as u64 * elt
+/// Text context of one forward: the embedded prompt (`512 × D` in the run dtype), held while the
+/// blocks run (the prompt embeddings themselves are held by the job for its whole length).
+pub fn context_bytes(cfg: &DitConfig, elt: u64) -> u64 {
+    TEXT_TOKENS as u64 * cfg.inner_dim() as u64 * elt
 }
 
 /// Latent-sized state across a step: the f32 latents, the model input in the run dtype (with the
@@ -131,14 +151,22 @@ pub fn attention_core_bytes(a: &ChunkedAttention, heads: usize, lq: usize, lk: u
     m.peak()
 }
 
-/// One Ulysses all-to-all of an `n`-byte tensor: the send copies (`tensor_to_bytes` flattens then
-/// casts: two copies), the received payload and the assembled result.
-pub fn all_to_all_bytes(n: u64, ulysses: usize) -> u64 {
-    if ulysses <= 1 {
-        0
-    } else {
-        4 * n
+/// One all-to-all of an `n`-byte tensor over `u` ranks (the socket mesh's): for each peer the wire
+/// bytes of the chunk it gets (`tensor_to_bytes` flattens and collects first: two transient
+/// copies), kept until the exchange returns; each received payload and the tensor made from it;
+/// then their concatenation, which is left live. Nothing for one rank.
+pub fn all_to_all(m: &mut Live, n: u64, u: usize) {
+    if u <= 1 {
+        return;
     }
+    let chunk = n / u as u64;
+    let moving = chunk * (u as u64 - 1);
+    m.transient(2 * chunk); // flattened copy and values of one outgoing chunk
+    m.alloc(moving); // wire bytes of every outgoing chunk
+    m.transient(chunk); // one received payload
+    m.alloc(moving); // the received chunks as tensors
+    m.alloc(n); // Tensor::cat
+    m.free(2 * moving);
 }
 
 /// `Fp32LayerNorm::forward` + `scale_shift` + cast: what is allocated and freed, returns the
@@ -226,21 +254,20 @@ pub fn block_peak(cfg: &DitConfig, run: &DitRun, ls: usize, runs: usize) -> u64 
     m.free(lin);
     let mut attn_in = 3 * x;
     if u > 1 {
-        // q, k, v to head shards (each as large as the token shard).
-        m.transient(all_to_all_bytes(x, u));
+        // One exchange for q, k and v: their stack and its head-sharded result (each as large as
+        // the three token shards) live until the attention returns.
         m.alloc(3 * x);
-        attn_in += 3 * x;
+        all_to_all(&mut m, 3 * x, u);
+        attn_in += 6 * x;
     }
     let lq = ls * u;
     let core = attention_core_bytes(&run.attention, heads / u, lq, lq, hd, e);
     m.transient(core);
     m.alloc(x); // attention output (the cat)
     if u > 1 {
-        m.free(3 * x);
-        attn_in -= 3 * x;
-        m.transient(all_to_all_bytes(x, u));
-        m.alloc(x); // back to token shards
-        m.free(x);
+        all_to_all(&mut m, x, u); // back to token shards
+        m.free(x + 6 * x); // head-sharded output, stack, head-sharded q, k, v
+        attn_in -= 6 * x;
     }
     m.alloc(x); // merge_heads copy
     m.free(x);
@@ -249,23 +276,33 @@ pub fn block_peak(cfg: &DitConfig, run: &DitRun, ls: usize, runs: usize) -> u64 
     let x1 = gated_residual(&mut m, x, xf, e);
     // 2. Cross-attention on the 512 text tokens (no communication, all heads, local queries).
     let normed2 = modulated_norm(&mut m, x, xf, e, cfg.cross_attn_norm);
-    let q = {
-        let lin = linear(&mut m, x);
-        m.alloc(if e == 4 { x } else { 3 * xf });
-        m.alloc(x);
-        m.free(lin + if e == 4 { x } else { 3 * xf });
-        x
+    // q, k and v each in one statement: the projection (and for q, k the RMSNorm) are temporaries
+    // of the statement, the head-split copy survives it.
+    let projected = |m: &mut Live, rows: u64, rows_f32: u64, normed: bool| -> u64 {
+        let lin = linear(m, rows);
+        let norm = if !normed {
+            0
+        } else if e == 4 {
+            rows
+        } else {
+            3 * rows_f32
+        };
+        m.alloc(norm);
+        m.alloc(rows);
+        m.free(lin + norm);
+        rows
     };
-    let kv = 2 * (TEXT_TOKENS * d) as u64 * e;
-    m.alloc(3 * kv); // text k, v projections and their head splits
-    m.free(kv);
+    let q = projected(&mut m, x, xf, true);
+    let text = TEXT_TOKENS as u64 * d as u64;
+    let k = projected(&mut m, text * e, text * 4, true);
+    let v = projected(&mut m, text * e, text * 4, false);
     let core = attention_core_bytes(&run.attention, heads, ls, TEXT_TOKENS, hd, e);
     m.transient(core);
     m.alloc(x); // output
     m.alloc(x); // merge_heads
     m.free(x);
     let attn2 = linear(&mut m, x);
-    m.free(q + 2 * kv + x);
+    m.free(q + k + v + x);
     m.alloc(x); // x1 + attn2
     let x2 = x;
     // 3. Feed-forward: by now the block holds normed1, attn1, x1, normed2, attn2, x2.
@@ -325,8 +362,9 @@ mod tests {
     fn fsdp_gathers_one_block() {
         let cfg = ti2v();
         assert_eq!(fsdp_gather_bytes(&cfg, 2, 1), 0);
-        let b = params::dit_block(&cfg) * 2;
-        assert_eq!(fsdp_gather_bytes(&cfg, 2, 4), b + b.div_ceil(4));
+        assert_eq!(fsdp_gather_bytes(&cfg, 2, 4), params::dit_block(&cfg) * 2);
+        assert_eq!(fsdp_gather_transient_bytes(&cfg, 2, 4), 3072 * 14336 * 2);
+        assert_eq!(fsdp_gather_transient_bytes(&cfg, 2, 1), 0);
     }
 
     #[test]
@@ -339,7 +377,7 @@ mod tests {
     #[test]
     fn context_and_latent_state() {
         let cfg = ti2v();
-        assert_eq!(context_bytes(&cfg, 2, 2), 2 * 512 * 4096 * 4 + 512 * 3072 * 2);
+        assert_eq!(context_bytes(&cfg, 2), 512 * 3072 * 2);
         // f32, no CFG, in = out channels: latents, input f32 + cast, one prediction, UniPC history.
         assert_eq!(latent_state_bytes(&cfg, 100, 4, false), 100 * 4 * (1 + 2 + 1 + 3));
     }
@@ -377,8 +415,12 @@ mod tests {
 
     #[test]
     fn all_to_all_only_with_ulysses() {
-        assert_eq!(all_to_all_bytes(10, 1), 0);
-        assert_eq!(all_to_all_bytes(10, 2), 40);
+        let mut m = Live::default();
+        all_to_all(&mut m, 12, 1);
+        assert_eq!((m.peak(), m.live()), (0, 0));
+        // Two ranks: half leaves (6 wire bytes), half arrives (6), then the 12-byte concatenation.
+        all_to_all(&mut m, 12, 2);
+        assert_eq!((m.peak(), m.live()), (24, 12));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The memory planner: from a model folder's config files, a request (size, frames, guidance,
-//! image) and a [`ParallelPlan`](crate::parallel::plan::ParallelPlan), each rank's peak bytes per
-//! phase (text encode, VAE encode, denoise, VAE decode), computed from first principles and
-//! calibrated against the counting allocator's heap peaks of real CPU runs (README, "Memory
-//! planner").
+//! image) and a [`ParallelPlan`](crate::parallel::plan::ParallelPlan), each rank's peak bytes in
+//! each phase of the `Generate` job as it runs (`text_encode`, `load`, `encode_image`, `denoise`,
+//! `decode`: the `--report` phase names), computed from first principles and checked against the
+//! counting allocator's heap peaks of real CPU runs (README, "Memory planner").
 //!
 //! - [`model`]: the configs of a pipeline folder ([`ModelSpec`]).
 //! - [`params`]: parameter counts per component from the configs.
@@ -23,4 +23,4 @@ pub mod search;
 pub mod vae;
 
 pub use model::{ModelSpec, ModelSpecError};
-pub use predict::{predict, Options, Prediction, Request, Residency, Target};
+pub use predict::{predict, Options, Prediction, Request, Target};

@@ -1,11 +1,21 @@
-//! Per-rank, per-phase peak bytes of a generation: each phase is its resident weights plus the
-//! working set the replays in [`super::dit`] and [`super::vae`] predict, with every term named so
-//! the CLI can say what dominates.
+//! Per-rank, per-phase peak bytes of a generation as the `Generate` job runs it
+//! (`runtime::jobs::generate`, after the sharded text job when there is one): each phase is what
+//! the job holds then plus the working set the replays in [`super::dit`] and [`super::vae`]
+//! predict, with every term named so the CLI can say what dominates.
 //!
-//! Residency follows the code that runs: [`Residency::Pipeline`] is `WanPipeline` today (transformer
-//! expert(s) and the whole VAE loaded before the first step and held to the end; the text encoder
-//! runs and is freed before). [`Residency::Phased`] is a runtime that loads each phase's weights
-//! only for that phase (the VAE decode job already does: decoder weights only).
+//! Phases and residency, as the job does them (the names are the `--report` phase names):
+//! - `text_encode` (`--text-encoder sharded`, when the folder has a text encoder): this rank's
+//!   UMT5 layers, loaded and freed inside the text job that runs before the generation.
+//! - `load`: the prompt embeddings and the initial latents (read before it and held to the end),
+//!   every expert's transformer part (stem, and the blocks whole or this rank's FSDP slices), the
+//!   VAE decoder on the decoding ranks `0..vae_parallel` (rank 0 alone when it is 1) and the VAE
+//!   encoder on rank 0 for image-to-video. Everything stays loaded through `denoise`.
+//! - `encode_image` (rank 0, image-to-video): the image (A14B: with its zero frames) through the
+//!   encoder on rank 0 alone, untiled; every rank then holds the broadcast condition.
+//! - `denoise`: the loaded weights plus one step's working set.
+//! - `decode`: with `keep_weights` (the session's default: the next run reuses the weights) the
+//!   transformer stays loaded; without, it is dropped before the decode. The decoding ranks add the
+//!   VAE decode working set; rank 0 also converts the finished video to [0, 1] and sends it back.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,17 +47,6 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// Which weights stay loaded across phases.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Residency {
-    /// As `WanPipeline`: every expert and the whole VAE from load to the end.
-    #[default]
-    Pipeline,
-    /// Each phase holds only its own weights (one expert at a time for A14B).
-    Phased,
-}
-
 /// The generation asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -64,22 +63,28 @@ pub struct Request {
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub target: Target,
-    pub residency: Residency,
-    /// CPU threads per rank (rayon), for the VAE kernels' band scratch.
+    /// CPU threads per rank (rayon), for the VAE kernels' band scratch and the matmul slabs.
     pub threads: usize,
+    /// L2 cache bytes per core: gemm keeps a thread-local packing slab of this size on every
+    /// thread that has run a matrix multiply (CPU target only).
+    pub l2_bytes: u64,
     pub attention: ChunkedAttention,
     /// Text tokens the encoder runs on (it runs only the valid tokens; 512 is the worst case).
     pub prompt_tokens: usize,
+    /// The transformer stays loaded through the decode (and for the session's next run), as the
+    /// job does with `keep_weights`; `false`: it is freed before the decode.
+    pub keep_weights: bool,
 }
 
 impl Options {
     pub fn new(target: Target) -> Self {
         Self {
             target,
-            residency: Residency::Pipeline,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            l2_bytes: l2_cache_bytes(),
             attention: ChunkedAttention::default(),
             prompt_tokens: dit::TEXT_TOKENS,
+            keep_weights: true,
         }
     }
 
@@ -98,6 +103,32 @@ impl Options {
         // The VAE always runs in f32 (the VAE job and the pipeline load it so; diffusers too).
         VaeRun { elt: 4, path, halo, threads: self.threads }
     }
+}
+
+/// This machine's L2 cache per core, as Linux reports it (`/sys/devices/system/cpu/cpu0/cache`);
+/// 1 MiB, a common server-core size, where it cannot be read.
+pub fn l2_cache_bytes() -> u64 {
+    const FALLBACK: u64 = 1 << 20;
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let Ok(entries) = std::fs::read_dir(dir) else { return FALLBACK };
+    for e in entries.flatten() {
+        if read(e.path().join("level")).as_deref() != Some("2") {
+            continue;
+        }
+        let Some(size) = read(e.path().join("size")) else { continue };
+        let (num, scale) = match size.strip_suffix('K') {
+            Some(n) => (n, 1 << 10),
+            None => match size.strip_suffix('M') {
+                Some(n) => (n, 1 << 20),
+                None => (size.as_str(), 1),
+            },
+        };
+        if let Ok(n) = num.parse::<u64>() {
+            return n * scale;
+        }
+    }
+    FALLBACK
 }
 
 /// One named contribution to a phase's peak.
@@ -234,6 +265,29 @@ fn check(spec: &ModelSpec, req: &Request, plan: &ParallelPlan) -> Result<(), Pre
     Ok(())
 }
 
+/// Bytes of one prompt's embeddings as the job receives them: `(1, 512, text_dim)` f32 (the text
+/// encoders pad to 512 tokens).
+fn prompt_embeds_bytes(spec: &ModelSpec) -> u64 {
+    (dit::TEXT_TOKENS * spec.transformer.text_dim) as u64 * 4
+}
+
+/// Copies of the prompt embeddings a worker holds on the host: the session sends every prompt's
+/// embeddings inline in the job spec (text encoded on the host or by the sharded text job, and
+/// files read and checked on the host alike), which the worker keeps while the job runs, and
+/// copies them into a tensor.
+fn host_embeds_copies() -> u64 {
+    2
+}
+
+/// The image condition every rank holds after `encode_image`: TI2V the normalised image latent
+/// `(1, z, 1, h, w)` and the first-frame mask `(1, 1, T, h, w)`; A14B the mask and latents of the
+/// image and its zero frames `(1, 4 + z, T, h, w)`. All f32.
+fn condition_bytes(spec: &ModelSpec, (lt, lh, lw): (usize, usize, usize)) -> u64 {
+    let z = spec.vae.z_dim;
+    let elems = if spec.channel_concat_i2v() { (4 + z) * lt * lh * lw } else { z * lh * lw + lt * lh * lw };
+    elems as u64 * 4
+}
+
 /// Predicts every rank's peak per phase.
 pub fn predict(
     spec: &ModelSpec,
@@ -242,33 +296,42 @@ pub fn predict(
     opts: &Options,
 ) -> Result<Prediction, PredictError> {
     check(spec, req, plan)?;
-    let (lt, lh, lw) = spec.latent_grid(req.height, req.width, req.frames);
+    let grid = spec.latent_grid(req.height, req.width, req.frames);
+    let (lt, lh, lw) = grid;
     let dcfg = &spec.transformer;
     let e = opts.dit_elt();
     let cfg_on = req.guidance > 1.0;
-    let experts = 1 + usize::from(spec.transformer_2.is_some());
+    let branches: u64 = if cfg_on { 2 } else { 1 };
     let run = DitRun { elt: e, ulysses: plan.ulysses, fsdp: plan.fsdp, attention: opts.attention };
-    let tokens = dit::tokens(dcfg, (lt, lh, lw));
+    let tokens = dit::tokens(dcfg, grid);
     let ls = dit::shard_tokens(tokens, plan.ulysses);
     // TI2V's per-token timesteps differ between frame 0 and the rest: two conditioning runs.
     let runs = if spec.index.expand_timesteps { 2 } else { 1 };
+    let cuda = opts.target == Target::Cuda;
+    let context = if cuda { CUDA_CONTEXT_BYTES } else { 0 };
 
-    let one_expert = dit::weights_bytes(dcfg, e, plan.fsdp);
-    let resident_experts = match opts.residency {
-        Residency::Pipeline => experts,
-        Residency::Phased => 1,
-    };
-    let dit_weights = one_expert * resident_experts as u64;
-    let vae_dec_w = params::vae_decoder(&spec.vae) * 4
-        + match opts.target {
-            Target::Cpu => params::vae_decoder_upsample_phases(&spec.vae) * 4,
-            Target::Cuda => 0,
-        };
+    // Every expert is loaded at `load` and kept until the decode (the job drops them together).
+    let dit_weights: u64 =
+        std::iter::once(dcfg).chain(spec.transformer_2.as_ref()).map(|c| dit::weights_bytes(c, e, plan.fsdp)).sum();
+    // The VAE runs in f32 on every device; the CPU decoder adds its sub-pixel upsample weights.
+    let vae_dec_w =
+        params::vae_decoder(&spec.vae) * 4 + if cuda { 0 } else { params::vae_decoder_upsample_phases(&spec.vae) * 4 };
     let vae_enc_w = params::vae_encoder(&spec.vae) * 4;
-    let context = if opts.target == Target::Cuda { CUDA_CONTEXT_BYTES } else { 0 };
-    let pipeline = opts.residency == Residency::Pipeline;
 
-    // Text encoding.
+    // Held from before `load` to the end of the job: the prompt embeddings (host memory: counted
+    // on the CPU only; on a GPU the predictor's run-dtype copies count while it lives) and the
+    // initial latents (f32 on the device; the denoise loop takes them over).
+    let host_embeds = if cuda { 0 } else { branches * prompt_embeds_bytes(spec) * host_embeds_copies() };
+    let device_embeds = if cuda { branches * (dit::TEXT_TOKENS * dcfg.text_dim) as u64 * e } else { 0 };
+    let latent_elems = (dcfg.out_channels() * lt * lh * lw) as u64;
+    let latents = latent_elems * 4;
+    let condition = if req.image { condition_bytes(spec, grid) } else { 0 };
+    // CPU only: FSDP slices pass through a read buffer at load; from the first matrix multiply on,
+    // every compute thread keeps gemm's L2-sized packing slab.
+    let fsdp_read = if cuda { 0 } else { dit::fsdp_read_buffer_bytes(dcfg, plan.fsdp) };
+    let slabs = if cuda { 0 } else { opts.threads as u64 * opts.l2_bytes };
+
+    // Text encoding: in a job of its own before the generation (sharded), or in the host process.
     let (text_terms, host_text) = match (plan.text_encoder, &spec.text_encoder) {
         (TextEncoderPlacement::Sharded, Some(_)) => (true, 0),
         (TextEncoderPlacement::Cpu, Some(_)) => {
@@ -278,47 +341,46 @@ pub fn predict(
         (_, None) => (false, 0),
     };
 
-    // Denoise working set (the same on every rank: shards are equal up to one token).
-    let latent_elems = (dcfg.out_channels() * lt * lh * lw) as u64;
-    let cfg_branches = if cfg_on { 2 } else { 1 };
+    // One step's working set (the same on every rank: shards are equal up to one token).
     let denoise_work = [
         term("latents, predictions and scheduler state", dit::latent_state_bytes(dcfg, latent_elems, e, cfg_on)),
-        term("text context", dit::context_bytes(dcfg, e, cfg_branches)),
+        term("text context", dit::context_bytes(dcfg, e)),
         term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
         term("block input (tokens)", (ls * dcfg.inner_dim()) as u64 * e),
-        // The stem/head temporaries and a block's never coexist: the larger one counts.
+        // The stem/head temporaries, a block's and the FSDP gather buffers never coexist: the
+        // largest counts.
         term(
             "block activations (FFN, attention tiles)",
-            dit::block_peak(dcfg, &run, ls, runs).max(dit::stem_head_bytes(dcfg, ls, e)),
+            dit::block_peak(dcfg, &run, ls, runs)
+                .max(dit::stem_head_bytes(dcfg, ls, e))
+                .max(dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)),
         ),
         term("fsdp gathered block", dit::fsdp_gather_bytes(dcfg, e, plan.fsdp)),
     ];
 
-    // VAE decode working set per rank.
+    // The decode working set of a rank of the VAE group (`0..vae_parallel`).
     let halo = plan.vae_mode == VaeMode::Halo && plan.vae_parallel > 1;
     let decode_work = |rank: usize| -> u64 {
-        if rank >= plan.vae_parallel {
-            return 0;
-        }
-        match (plan.vae_mode, plan.vae_tiling) {
+        let replay = match (plan.vae_mode, plan.vae_tiling) {
             (VaeMode::Tiles, Some(t)) => {
                 let tiling = crate::models::wan::vae::Tiling::from(t);
                 let s = spec.vae.scale_factor_spatial;
                 if !TilePlan::decode_needs_tiling(&tiling, lh, lw, s) {
                     let shape = DecodeShape { t: lt, h: lh, w: lw, rows: lh, cols: lw, root: rank == 0, world: 1 };
-                    return vae::decode_peak(&spec.vae, opts.vae_run(false), shape, 0);
+                    vae::decode_peak(&spec.vae, opts.vae_run(false), shape, 0)
+                } else {
+                    let tp = TilePlan::for_decode(&tiling, lh, lw, s, spec.vae.patch());
+                    let shape = DecodeShape {
+                        t: lt,
+                        h: lh,
+                        w: lw,
+                        rows: tp.tile_h.min(lh),
+                        cols: tp.tile_w.min(lw),
+                        root: rank == 0,
+                        world: plan.vae_parallel,
+                    };
+                    vae::tiled_decode_peak(&spec.vae, opts.vae_run(false), shape, (tp.rows(), tp.cols()), 0)
                 }
-                let tp = TilePlan::for_decode(&tiling, lh, lw, s, spec.vae.patch());
-                let shape = DecodeShape {
-                    t: lt,
-                    h: lh,
-                    w: lw,
-                    rows: tp.tile_h.min(lh),
-                    cols: tp.tile_w.min(lw),
-                    root: rank == 0,
-                    world: plan.vae_parallel,
-                };
-                vae::tiled_decode_peak(&spec.vae, opts.vae_run(false), shape, (tp.rows(), tp.cols()), 0)
             }
             _ => {
                 let rows = crate::models::wan::vae::split::split_rows(lh, plan.vae_parallel.max(1))
@@ -328,49 +390,64 @@ pub fn predict(
                     DecodeShape { t: lt, h: lh, w: lw, rows, cols: lw, root: rank == 0, world: plan.vae_parallel };
                 vae::decode_peak(&spec.vae, opts.vae_run(halo), shape, 0)
             }
-        }
+        };
+        // Rank 0 then turns the video into [0, 1] beside the denormalised latents.
+        let finish = if rank == 0 { latent_elems * 4 + vae::unit_range_peak(&spec.vae, lt, lh, lw) } else { 0 };
+        replay.max(finish)
     };
 
-    let encode_work = |rank: usize| -> u64 {
-        if !req.image || rank >= plan.vae_parallel {
-            return 0;
-        }
+    // The image encode on rank 0: TI2V encodes the image alone, A14B the image and its zero frames.
+    let encode_work = || -> u64 {
         let frames = if spec.channel_concat_i2v() { req.frames } else { 1 };
-        vae::encode_peak(&spec.vae, opts.vae_run(halo), frames, req.height, req.width, plan.vae_parallel, 0)
+        let image = (3 * req.height * req.width) as u64 * 4;
+        image + vae::encode_peak(&spec.vae, opts.vae_run(false), frames, req.height, req.width, 1, 0)
     };
 
     let mut ranks = Vec::with_capacity(plan.ranks);
     for rank in 0..plan.ranks {
+        let decodes = rank < plan.vae_parallel.max(1);
+        let encodes = rank == 0 && req.image;
+        let vae_w = if decodes { vae_dec_w } else { 0 } + if encodes { vae_enc_w } else { 0 };
         let mut phases = Vec::new();
         if text_terms {
             let mut t = text_encode_terms(spec, opts, rank, plan.ranks);
             t.push(term("cuda context", context));
             phases.push(PhasePrediction::new("text_encode", t));
         }
-        let vae_w = |own: u64| if pipeline { vae_dec_w + vae_enc_w } else { own };
-        if req.image {
-            let mut t = vec![term("vae weights", vae_w(vae_enc_w))];
-            if pipeline {
-                t.push(term("transformer weights", dit_weights));
-            }
-            t.push(term("vae encode working set", encode_work(rank)));
-            t.push(term("cuda context", context));
-            phases.push(PhasePrediction::new("vae_encode", t));
+        let loaded = vec![
+            term("cuda context", context),
+            term("prompt embeddings", host_embeds + device_embeds),
+            term("transformer weights", dit_weights),
+            term("vae weights", vae_w),
+        ];
+        let mut t = loaded.clone();
+        t.push(term("initial latents", latents));
+        // The transformer loads before the VAE: its read buffer shows only where the VAE is smaller.
+        t.push(term("fsdp slice read buffer", fsdp_read.saturating_sub(vae_w)));
+        phases.push(PhasePrediction::new("load", t));
+        if encodes {
+            let mut t = loaded.clone();
+            t.push(term("initial latents", latents));
+            t.push(term("matmul slabs", slabs));
+            t.push(term("vae encode working set", encode_work()));
+            phases.push(PhasePrediction::new("encode_image", t));
         }
-        let mut t = vec![term("transformer weights", dit_weights)];
-        if pipeline {
-            t.push(term("vae weights", vae_dec_w + vae_enc_w));
-        }
+        let mut t = loaded;
+        t.push(term("image condition", condition));
+        t.push(term("matmul slabs", slabs));
         t.extend(denoise_work.iter().cloned());
-        t.push(term("cuda context", context));
         phases.push(PhasePrediction::new("denoise", t));
-        let mut t = vec![term("vae weights", vae_w(vae_dec_w))];
-        if pipeline {
-            t.push(term("transformer weights", dit_weights));
-        }
-        t.push(term("vae decode working set", decode_work(rank)));
-        t.push(term("cuda context", context));
-        phases.push(PhasePrediction::new("vae_decode", t));
+        let t = vec![
+            term("cuda context", context),
+            term("prompt embeddings", host_embeds),
+            term("transformer weights", if opts.keep_weights { dit_weights } else { 0 }),
+            term("vae weights", vae_w),
+            term("latents", latents),
+            term("image condition", condition),
+            term("matmul slabs", slabs),
+            term("vae decode working set", if decodes { decode_work(rank) } else { 0 }),
+        ];
+        phases.push(PhasePrediction::new("decode", t));
         let weights_bytes = phases
             .iter()
             .map(|p| p.terms.iter().filter(|t| t.name.ends_with("weights")).map(|t| t.bytes).sum::<u64>())
@@ -421,8 +498,17 @@ mod tests {
         assert_eq!(w(30, 32), 0);
     }
 
+    fn phase<'a>(r: &'a RankPrediction, name: &str) -> &'a PhasePrediction {
+        r.phases.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("rank {} has no {name}", r.rank))
+    }
+
+    fn term_bytes(p: &PhasePrediction, name: &str) -> u64 {
+        p.terms.iter().find(|t| t.name == name).map_or(0, |t| t.bytes)
+    }
+
+    /// The job's phases in its order; only the VAE group decodes, only rank 0 encodes the image.
     #[test]
-    fn every_rank_gets_every_phase_and_the_vae_group_decodes() {
+    fn every_rank_gets_the_jobs_phases_and_the_vae_group_decodes() {
         let s = spec("wan2.2-ti2v-5b");
         let plan = ParallelPlan {
             ranks: 4,
@@ -433,15 +519,44 @@ mod tests {
             text_encoder: TextEncoderPlacement::Sharded,
             ..Default::default()
         };
-        let p = predict(&s, &req(704, 1280, 121), &plan, &Options::new(Target::Cuda)).unwrap();
+        let i2v = Request { image: true, ..req(704, 1280, 121) };
+        let p = predict(&s, &i2v, &plan, &Options::new(Target::Cuda)).unwrap();
         assert_eq!(p.ranks.len(), 4);
         for r in &p.ranks {
             let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
-            assert_eq!(names, ["text_encode", "denoise", "vae_decode"]);
+            if r.rank == 0 {
+                assert_eq!(names, ["text_encode", "load", "encode_image", "denoise", "decode"]);
+            } else {
+                assert_eq!(names, ["text_encode", "load", "denoise", "decode"]);
+            }
             assert_eq!(r.peak_bytes, r.phases.iter().map(|p| p.peak_bytes).max().unwrap());
         }
-        let decode = |r: usize| p.ranks[r].phases[2].terms.iter().any(|t| t.name == "vae decode working set");
-        assert!(decode(0) && decode(1) && !decode(2) && !decode(3));
+        let decodes = |r: usize| term_bytes(phase(&p.ranks[r], "decode"), "vae decode working set") > 0;
+        assert!(decodes(0) && decodes(1) && !decodes(2) && !decodes(3));
+        // The encoder is loaded on rank 0 only, the decoder on the VAE group only.
+        let vae = |r: usize| term_bytes(phase(&p.ranks[r], "load"), "vae weights");
+        let (dec, enc) = (params::vae_decoder(&s.vae) * 4, params::vae_encoder(&s.vae) * 4);
+        assert_eq!((vae(0), vae(1), vae(2)), (dec + enc, dec, 0));
+    }
+
+    /// Without `keep_weights` the job drops the transformer before the decode; it keeps the VAE
+    /// from `load` on either way.
+    #[test]
+    fn the_transformer_is_dropped_before_the_decode() {
+        let s = spec("wan2.2-t2v-a14b");
+        let mut opts = Options::new(Target::Cuda);
+        let kept = predict(&s, &req(720, 1280, 81), &ParallelPlan::single(), &opts).unwrap();
+        let experts = 2 * dit::weights_bytes(&s.transformer, 2, 1);
+        assert_eq!(term_bytes(phase(&kept.ranks[0], "decode"), "transformer weights"), experts);
+        opts.keep_weights = false;
+        let p = predict(&s, &req(720, 1280, 81), &ParallelPlan::single(), &opts).unwrap();
+        let r = &p.ranks[0];
+        for name in ["load", "denoise"] {
+            assert_eq!(term_bytes(phase(r, name), "transformer weights"), experts, "{name}: both experts");
+            assert!(term_bytes(phase(r, name), "vae weights") > 0, "{name}: the decoder is loaded");
+        }
+        assert_eq!(term_bytes(phase(r, "decode"), "transformer weights"), 0);
+        assert_eq!(r.weights_bytes, experts + params::vae_decoder(&s.vae) * 4);
     }
 
     #[test]

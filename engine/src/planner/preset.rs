@@ -4,7 +4,7 @@
 //! ```toml
 //! # Who it is for (a comment; required by convention, see presets/README.md).
 //! model = "wan2.2-ti2v-5b"        # the architecture it was sized for (optional)
-//! residency = "pipeline"          # weights kept across phases: pipeline (default) | phased
+//! keep_weights = false            # free the transformer before the VAE decode (default: true)
 //! [plan]                          # deserialised into ParallelPlan; omitted keys = one-rank defaults
 //! ranks = 2
 //! ulysses = 2
@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::predict::Residency;
 use super::search::GpuSpec;
 use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
 
@@ -46,7 +45,7 @@ pub struct Defaults {
 #[serde(deny_unknown_fields)]
 struct PresetFile {
     model: Option<String>,
-    residency: Option<Residency>,
+    keep_weights: Option<bool>,
     plan: ParallelPlan,
     #[serde(default)]
     defaults: Defaults,
@@ -60,9 +59,9 @@ pub struct Preset {
     pub path: PathBuf,
     /// Architecture it was sized for (`wan2.2-ti2v-5b`, …), when given.
     pub model: Option<String>,
-    /// Which weights the preset assumes stay loaded across phases (default: `pipeline`, what
-    /// `WanPipeline` does; `phased` needs a runtime that loads each phase's weights only for it).
-    pub residency: Residency,
+    /// Whether the transformer stays loaded through the VAE decode (and between a session's runs);
+    /// presets for GPUs that cannot hold both set it to `false`.
+    pub keep_weights: bool,
     pub plan: ParallelPlan,
     pub defaults: Defaults,
     /// Parsed `defaults.gpus`.
@@ -141,7 +140,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Preset, PresetError> {
         name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         path: path.to_path_buf(),
         model: file.model,
-        residency: file.residency.unwrap_or_default(),
+        keep_weights: file.keep_weights.unwrap_or(true),
         plan: file.plan,
         defaults: file.defaults,
         gpus,
@@ -182,6 +181,7 @@ pub struct Explicit {
     pub frames: Option<usize>,
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
+    pub keep_weights: Option<bool>,
 }
 
 /// A preset with the command line's explicit values on top.
@@ -194,6 +194,7 @@ pub struct Applied {
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
     pub gpus: Option<GpuSpec>,
+    pub keep_weights: bool,
 }
 
 impl Preset {
@@ -203,7 +204,7 @@ impl Preset {
             name: String::new(),
             path: PathBuf::new(),
             model: None,
-            residency: Residency::default(),
+            keep_weights: true,
             plan,
             defaults: Defaults::default(),
             gpus: None,
@@ -234,6 +235,7 @@ impl Preset {
             steps: e.steps.or(d.steps),
             guidance: e.guidance.or(d.guidance),
             gpus: self.gpus,
+            keep_weights: e.keep_weights.unwrap_or(self.keep_weights),
         }
     }
 }
@@ -304,7 +306,7 @@ mod tests {
             };
             let target = if p.gpus.is_some() { Target::Cuda } else { Target::Cpu };
             let mut opts = Options::new(target);
-            opts.residency = p.residency;
+            opts.keep_weights = p.keep_weights;
             let prediction = predict(&spec, &req, &p.plan, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             if let Some(g) = p.gpus {
                 let peak = prediction.max_peak();

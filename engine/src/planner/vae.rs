@@ -491,6 +491,13 @@ pub fn output_video_bytes(cfg: &VaeConfig, t: usize, h: usize, w: usize) -> u64 
     (3 * frames * h * s * w * s) as u64 * 4
 }
 
+/// Rank 0 after the decode: `video_to_unit_range` computes `(x / 2 + 0.5).clamp(0, 1)` in one
+/// statement, so the decoded video, the two affine results and clamp's `maximum` and `minimum`
+/// (five videos) are live together before the temporaries drop and the permuted copy is made.
+pub fn unit_range_peak(cfg: &VaeConfig, t: usize, h: usize, w: usize) -> u64 {
+    5 * output_video_bytes(cfg, t, h, w)
+}
+
 /// Peak bytes of an untiled (or halo-slab) decode above `base`, replaying chunks until the caches
 /// reach their steady state (the third chunk; later chunks repeat it).
 pub fn decode_peak(cfg: &VaeConfig, run: VaeRun, shape: DecodeShape, base: u64) -> u64 {
