@@ -209,11 +209,16 @@ fn term(name: &str, bytes: u64) -> Term {
     Term { name: name.into(), bytes }
 }
 
-/// UMT5 text encoding on `rank` of `ranks` (`text::sharded`: split by layer, rank 0 also holding
-/// the token embedding, the last layer-holding rank the final norm; `ranks = 1` is the whole
-/// encoder), plus the activations of `prompt_tokens` tokens (hidden state, q/k/v, f32 scores with
-/// the relative bias and softmax, the gated FFN) and the broadcast `(1, 512, d_model)` f32 result.
-pub fn text_encode_terms(spec: &ModelSpec, opts: &Options, rank: usize, ranks: usize) -> Vec<Term> {
+/// UMT5 text encoding of `prompts` prompts (the prompt, and the negative one under CFG) on `rank`
+/// of `ranks` (`text::sharded`: split by layer, rank 0 also holding the token embedding, the last
+/// layer-holding rank the final norm; `ranks = 1` is the whole encoder), plus the activations of
+/// `prompt_tokens` tokens and the `(1, 512, d_model)` f32 results every rank ends with.
+///
+/// Activations, one prompt and one layer at a time (`models::umt5::attention`): the hidden state
+/// and its norms, q, k, v and the context; in f32 the scores `q·kᵀ`, the layer's relative bias,
+/// their sum and the softmax, all four bound until the attention returns; the gated FFN's two
+/// `l × d_ff` and their product; and the `l × l` relative-position buckets.
+pub fn text_encode_terms(spec: &ModelSpec, opts: &Options, rank: usize, ranks: usize, prompts: usize) -> Vec<Term> {
     let Some(t) = &spec.text_encoder else { return vec![] };
     let e = opts.dit_elt();
     let holders = ranks.min(t.num_layers).max(1);
@@ -230,15 +235,17 @@ pub fn text_encode_terms(spec: &ModelSpec, opts: &Options, rank: usize, ranks: u
     let inner = (t.num_heads * t.d_kv) as u64;
     let scores = t.num_heads as u64 * l * l * 4;
     let act = if layers > 0 || rank == 0 {
-        l * d * e * 3 + 3 * l * inner * e + 3 * scores + 3 * l * t.d_ff as u64 * e
+        l * d * e * 3 + 3 * l * inner * e + 4 * scores + 3 * l * t.d_ff as u64 * e + l * l * 4
     } else {
         0
     };
-    let result = dit::TEXT_TOKENS as u64 * d * 4;
+    let result = prompts as u64 * dit::TEXT_TOKENS as u64 * d * 4;
+    let slabs = if opts.target == Target::Cpu && layers > 0 { opts.threads as u64 * opts.l2_bytes } else { 0 };
     vec![
         term("text encoder weights", weights),
         term("text encoder activations", act),
         term("prompt embeddings", result),
+        term("matmul slabs", slabs),
     ]
 }
 
@@ -336,7 +343,7 @@ pub fn predict(
         (TextEncoderPlacement::Sharded, Some(_)) => (true, 0),
         (TextEncoderPlacement::Cpu, Some(_)) => {
             let host = Options { target: Target::Cpu, ..*opts };
-            (false, text_encode_terms(spec, &host, 0, 1).iter().map(|t| t.bytes).sum())
+            (false, text_encode_terms(spec, &host, 0, 1, branches as usize).iter().map(|t| t.bytes).sum())
         }
         (_, None) => (false, 0),
     };
@@ -410,7 +417,7 @@ pub fn predict(
         let vae_w = if decodes { vae_dec_w } else { 0 } + if encodes { vae_enc_w } else { 0 };
         let mut phases = Vec::new();
         if text_terms {
-            let mut t = text_encode_terms(spec, opts, rank, plan.ranks);
+            let mut t = text_encode_terms(spec, opts, rank, plan.ranks, branches as usize);
             t.push(term("cuda context", context));
             phases.push(PhasePrediction::new("text_encode", t));
         }
@@ -486,7 +493,7 @@ mod tests {
     fn text_encoder_terms_split_the_layers() {
         let s = spec("wan2.2-ti2v-5b");
         let opts = Options::new(Target::Cuda);
-        let w = |rank, ranks| text_encode_terms(&s, &opts, rank, ranks)[0].bytes;
+        let w = |rank, ranks| text_encode_terms(&s, &opts, rank, ranks, 2)[0].bytes;
         // 5.68 B bf16 parameters: ~11.4 GB on one rank.
         assert!((11_300_000_000..11_400_000_000).contains(&w(0, 1)), "{}", w(0, 1));
         // 8 ranks: 3 of 24 layers each; rank 0 adds the 1.05 B-parameter embedding.

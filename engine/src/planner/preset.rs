@@ -284,8 +284,17 @@ mod tests {
         assert!(e.contains("fewer GPUs"), "{e}");
     }
 
+    /// Presets that do not fit their GPUs under the generate job as it runs today, and why. The
+    /// test checks that they still do not fit, so the list shrinks when the job changes.
+    const DO_NOT_FIT_YET: [(&str, &str); 3] = [
+        ("i2v-a14b-720p-1xh100", "rank 0 encodes the image and its 80 zero frames untiled, both experts loaded"),
+        ("i2v-a14b-720p-4x4090", "rank 0 encodes the image and its 80 zero frames untiled, both experts loaded"),
+        ("i2v-a14b-720p-8x4090", "rank 0 encodes the image and its 80 zero frames untiled, both experts loaded"),
+    ];
+
     /// Every preset in `presets/` loads, validates against its model, and (when it names GPUs) fits
-    /// them according to the planner, with the real-size configs of `tests/fixtures/configs/`.
+    /// them according to the planner, with the real-size configs of `tests/fixtures/configs/`, unless
+    /// it is one of [`DO_NOT_FIT_YET`] (which must then still not fit, and say so in its comment).
     #[test]
     fn every_preset_fits_its_gpus() {
         use crate::planner::{predict, ModelSpec, Options, Request, Target};
@@ -310,13 +319,25 @@ mod tests {
             let prediction = predict(&spec, &req, &p.plan, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             if let Some(g) = p.gpus {
                 let peak = prediction.max_peak();
+                let fits = crate::planner::search::fits(&prediction, &g);
                 println!(
-                    "{:<28} peak {:>6.2} GiB of {:.2} usable",
+                    "{:<28} peak {:>6.2} GiB of {:.2} usable{}",
                     p.name,
                     peak as f64 / (1u64 << 30) as f64,
-                    g.usable() as f64 / (1u64 << 30) as f64
+                    g.usable() as f64 / (1u64 << 30) as f64,
+                    if fits { "" } else { " (does not fit yet)" }
                 );
-                assert!(crate::planner::search::fits(&prediction, &g), "{}: peak {peak} B does not fit {g}", p.name);
+                match DO_NOT_FIT_YET.iter().find(|(name, _)| *name == p.name) {
+                    Some((_, why)) => {
+                        assert!(!fits, "{} fits {g} now: take it off DO_NOT_FIT_YET ({why})", p.name);
+                        assert!(
+                            p.description.contains("Does NOT fit yet"),
+                            "{}: its comment says it does not fit",
+                            p.name
+                        );
+                    }
+                    None => assert!(fits, "{}: peak {peak} B does not fit {g}", p.name),
+                }
             }
         }
     }
