@@ -65,14 +65,17 @@ EOF
 rows=rows.tsv
 touch "$rows"
 
-# case LABEL MODEL PROMPT_ARGS_VAR -- SIZE AND PLAN FLAGS (shared by generate and plan)
+# case LABEL MODEL PROMPT_ARGS_VAR -- SIZE AND PLAN FLAGS (shared by generate and plan). The table was
+# measured with `--weights free` (the transformer freed before the decode); `WEIGHTS=keep` measures
+# the session default, where the decode rows add each rank's transformer part.
+WEIGHTS=${WEIGHTS:-free}
 case_() {
   local label=$1 model=$2 prompts=$3
   shift 3
   grep -qF "$label	" "$rows" && return 0
   local -n p=$prompts
-  "$T" generate --model "$model" "${p[@]}" --steps 2 --out out.safetensors --report r.json "$@" >/dev/null 2>&1
-  "$T" plan --model "$model" --device cpu --json "$@" > p.json
+  "$T" generate --model "$model" "${p[@]}" --steps 2 --out out.safetensors --report r.json --weights "$WEIGHTS" "$@" >/dev/null 2>&1
+  "$T" plan --model "$model" --device cpu --json --weights "$WEIGHTS" "$@" > p.json
   python3 - "$label" >> "$rows" <<'EOF'
 import json, sys
 label = sys.argv[1]
