@@ -54,33 +54,33 @@ impl Frames {
 
 /// Writes an H.264 MP4 at `fps`.
 pub fn write_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<(), MediaError> {
-    use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, FrameType, RateControlMode};
-    use openh264::formats::{RgbSliceU8, YUVBuffer};
-    use openh264::OpenH264API;
-
     let (w, h) = (frames.width, frames.height);
     if w % 2 != 0 || h % 2 != 0 {
         return Err(MediaError::OddSize(w, h));
     }
     let err = |msg: String| MediaError::Encode { path: path.to_path_buf(), msg };
-    // About 0.2 bits per pixel per frame: visually clean for generated video at modest size.
-    let bps = ((w * h) as f64 * fps * 0.2).clamp(500_000.0, 50_000_000.0) as u32;
-    let config = EncoderConfig::new()
-        .bitrate(BitRate::from_bps(bps))
-        .max_frame_rate(FrameRate::from_hz(fps as f32))
-        // Every frame must be coded: with frame skipping on, rate control drops frames of noisy
-        // (generated) video as empty bitstreams, which the muxer rejects. Buffer-based control
-        // is the mode OpenH264 accepts without skipping (the others warn on stderr).
-        .rate_control_mode(RateControlMode::Bufferbased)
-        .skip_frames(false);
-    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| err(e.to_string()))?;
-    let mut nals = Vec::with_capacity(frames.rgb.len());
-    for rgb in &frames.rgb {
-        let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(rgb, (w, h)));
-        let bits = encoder.encode(&yuv).map_err(|e| err(e.to_string()))?;
-        let key = matches!(bits.frame_type(), FrameType::IDR | FrameType::I);
-        nals.push((bits.to_vec(), key));
+    // OpenH264 fails a frame whose bitstream outgrows its internal buffer (`cmMallocMemeError`,
+    // "Native:3"), which near-incompressible frames (noise, e.g. from random weights) do at low
+    // quantisers even at 256×192. Encode with the full quantiser range first; only when that fails,
+    // again with a floor on the quantiser, so ordinary video keeps its quality.
+    let mut last = String::new();
+    let mut encoded = None;
+    for min_qp in [0u8, 30, 38, 46] {
+        match encode_h264(frames, fps, min_qp) {
+            Ok(nals) => {
+                if min_qp > 0 {
+                    tracing::warn!(
+                        "{}: H.264 needed a quantiser floor of {min_qp} (very noisy frames)",
+                        path.display()
+                    );
+                }
+                encoded = Some(nals);
+                break;
+            }
+            Err(e) => last = e,
+        }
     }
+    let nals = encoded.ok_or_else(|| err(last))?;
     Ok(write_file_atomic(path, |tmp| {
         let file = std::fs::File::create(tmp).map_err(|e| e.to_string())?;
         let mut muxer = muxide::api::MuxerBuilder::new(std::io::BufWriter::new(file))
@@ -93,6 +93,36 @@ pub fn write_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<(), MediaErro
         }
         muxer.finish().map_err(|e| e.to_string())
     })?)
+}
+
+/// The frames as H.264 NAL units (and whether each is a key frame), quantisers limited to
+/// `min_qp..=51`.
+fn encode_h264(frames: &Frames, fps: f64, min_qp: u8) -> Result<Vec<(Vec<u8>, bool)>, String> {
+    use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, FrameType, QpRange, RateControlMode};
+    use openh264::formats::{RgbSliceU8, YUVBuffer};
+    use openh264::OpenH264API;
+
+    let (w, h) = (frames.width, frames.height);
+    // About 0.2 bits per pixel per frame: visually clean for generated video at modest size.
+    let bps = ((w * h) as f64 * fps * 0.2).clamp(500_000.0, 50_000_000.0) as u32;
+    let config = EncoderConfig::new()
+        .bitrate(BitRate::from_bps(bps))
+        .max_frame_rate(FrameRate::from_hz(fps as f32))
+        // Every frame must be coded: with frame skipping on, rate control drops frames of noisy
+        // (generated) video as empty bitstreams, which the muxer rejects. Buffer-based control
+        // is the mode OpenH264 accepts without skipping (the others warn on stderr).
+        .rate_control_mode(RateControlMode::Bufferbased)
+        .skip_frames(false)
+        .qp(QpRange::new(min_qp, 51));
+    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| e.to_string())?;
+    let mut nals = Vec::with_capacity(frames.rgb.len());
+    for rgb in &frames.rgb {
+        let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(rgb, (w, h)));
+        let bits = encoder.encode(&yuv).map_err(|e| e.to_string())?;
+        let key = matches!(bits.frame_type(), FrameType::IDR | FrameType::I);
+        nals.push((bits.to_vec(), key));
+    }
+    Ok(nals)
 }
 
 /// Writes `frame_00000.png`, … into `dir` (created). Each file is written atomically.
@@ -159,5 +189,21 @@ mod tests {
         assert_eq!(OutputKind::of(Path::new("a/b.MP4")).unwrap(), OutputKind::Mp4);
         assert!(OutputKind::of(Path::new("a/b.gif")).is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Pure noise at 256×192 overflows OpenH264's frame buffer at low quantisers (the encoder then
+    /// fails with "Native:3"); the quantiser floor fallback still writes every frame.
+    #[test]
+    fn incompressible_frames_still_encode() {
+        let dir = tempfile::tempdir().unwrap();
+        let video = Tensor::rand(0f32, 1.0, (9, 3, 192, 256), &Device::Cpu).unwrap();
+        let frames = Frames::from_tensor(&video).unwrap();
+        assert!(
+            encode_h264(&frames, 24.0, 0).is_err(),
+            "the full quantiser range fails on noise (else drop the fallback)"
+        );
+        write_mp4(&dir.path().join("noise.mp4"), &frames, 24.0).unwrap();
+        let bytes = std::fs::read(dir.path().join("noise.mp4")).unwrap();
+        assert!(bytes.windows(4).any(|w| w == b"ftyp"));
     }
 }
