@@ -95,18 +95,8 @@ impl ShardedPredictor {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let names: &[&str] = if two_experts { &["transformer", "transformer_2"] } else { &["transformer"] };
-        let experts = names
-            .iter()
-            .map(|n| ShardedTransformer::load(&root.join(n), dtype, device, groups.shard_options()))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            experts,
-            prompt: prompt.to_device(device)?.to_dtype(dtype)?,
-            negative: negative.map(|n| n.to_device(device)?.to_dtype(dtype)).transpose()?,
-            cfg: groups.cfg.clone(),
-            cfg_branch: groups.cfg_branch,
-        })
+        let experts = Self::load_experts(root, two_experts, groups, dtype, device)?;
+        Self::from_experts(experts, groups, prompt, negative, dtype, device)
     }
 
     /// A predictor over experts loaded earlier (kept resident between runs), with new prompts.
