@@ -15,7 +15,7 @@ use crate::model_spec::ModelSpec;
 use crate::parallel::plan::TextEncoderPlacement;
 use crate::pipeline::request::RequestError;
 use crate::pipeline::sampling;
-use crate::runtime::protocol::{EmbedsSource, EncodePromptSpec, Job, JobData, WireTensor};
+use crate::runtime::protocol::{EncodePromptSpec, Job, JobData, WireTensor};
 use crate::runtime::{JobEvent, JobResult, Supervisor};
 use crate::text::{self, PromptCache, TextEncoderOptions, DEFAULT_MAX_SEQUENCE_LENGTH};
 
@@ -24,8 +24,8 @@ const STANDIN_TOKENS: usize = 16;
 
 /// The generate job's prompt sources, and the text job's result when the world encoded them.
 pub(crate) struct Resolved {
-    pub prompt: EmbedsSource,
-    pub negative: Option<EmbedsSource>,
+    pub prompt: WireTensor,
+    pub negative: Option<WireTensor>,
     pub text_job: Option<JobResult>,
 }
 
@@ -61,18 +61,13 @@ impl PromptMemory {
         let max_len = DEFAULT_MAX_SEQUENCE_LENGTH;
         let text_job = self.encode_missing(&model.root, &texts, max_len, req.plan.text_encoder, world, on_event)?;
         let text_dim = model.transformer.text_dim;
-        let source = |p: &Prompt, field: Field, name: &str| -> Result<EmbedsSource, SessionError> {
-            Ok(match p {
-                Prompt::Embeds(path) => {
-                    EmbedsSource::Inline(WireTensor::from_tensor(&embeds_file(path, field, name, text_dim)?)?)
-                }
-                Prompt::Text(t) => {
-                    EmbedsSource::Inline(WireTensor::from_tensor(&self.get(&model.root, t, max_len)?)?)
-                }
-                Prompt::StandIn(t) => {
-                    EmbedsSource::Inline(WireTensor::from_tensor(&standin(t, model.transformer.text_dim)?)?)
-                }
-            })
+        let source = |p: &Prompt, field: Field, name: &str| -> Result<WireTensor, SessionError> {
+            let t = match p {
+                Prompt::Embeds(path) => embeds_file(path, field, name, text_dim)?,
+                Prompt::Text(t) => self.get(&model.root, t, max_len)?,
+                Prompt::StandIn(t) => standin(t, text_dim)?,
+            };
+            Ok(WireTensor::from_tensor(&t)?)
         };
         Ok(Resolved {
             prompt: source(&req.prompt, Field::PromptEmbeds, "prompt_embeds")?,

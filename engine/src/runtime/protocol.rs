@@ -247,8 +247,8 @@ pub enum Job {
 /// only their slices). Rank 0 sends the final latents and the decoded frames back as
 /// [`JobData`]; the host writes any output file, so a failed run never touches it.
 ///
-/// The prompt embeddings come ready-made (the host's text encoder, or this world's sharded one in
-/// an `EncodePrompt` job just before): as a safetensors file every rank reads, or inline.
+/// The prompt embeddings come ready-made and inline (the host's text encoder, this world's sharded
+/// one in an `EncodePrompt` job just before, or a file the host read and checked).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateSpec {
     /// Diffusers pipeline folder (model_index.json, transformer/, transformer_2/?, vae/, scheduler/).
@@ -256,10 +256,10 @@ pub struct GenerateSpec {
     pub params: crate::pipeline::GenerateParams,
     /// Validated again on the workers against the model.
     pub plan: crate::parallel::plan::ParallelPlan,
-    /// `(1, L, text_dim)` prompt embeddings.
-    pub prompt: EmbedsSource,
+    /// `(1, L, text_dim)` prompt embeddings, f32 (resolved and checked by the host).
+    pub prompt: WireTensor,
     /// Negative prompt embeddings; required when `params.guidance > 1`.
-    pub negative: Option<EmbedsSource>,
+    pub negative: Option<WireTensor>,
     /// PNG/JPEG for image-to-video (rank 0 encodes it and broadcasts the latent condition).
     pub image: Option<std::path::PathBuf>,
     /// Initial noise `(1, z, T, h, w)` f32; else seeded noise from `params.seed`.
@@ -269,15 +269,6 @@ pub struct GenerateSpec {
     /// Keep the weights loaded after the job (the next job with the same model and plan reuses
     /// them); `false` frees the transformer before the decode.
     pub keep_weights: bool,
-}
-
-/// Where a job's prompt embeddings come from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum EmbedsSource {
-    /// Tensor `name` of a safetensors file.
-    File { path: std::path::PathBuf, name: String },
-    /// The tensor itself (f32 from the host's text encoder).
-    Inline(WireTensor),
 }
 
 /// What a rank measured during a `Generate` job (`--report`).

@@ -8,7 +8,6 @@ use candle_core::{DType, Device, Tensor};
 
 use super::super::{JobCtx, JobError};
 use crate::models::wan::vae::AutoencoderKLWan;
-use crate::parallel::comm::wire::tensor_from_bytes;
 use crate::parallel::comm::Collective;
 use crate::parallel::Rank;
 use crate::pipeline::denoise::Condition;
@@ -16,19 +15,15 @@ use crate::pipeline::image::load_image;
 use crate::pipeline::sampling::LatentStats;
 use crate::pipeline::wan::image_condition as encode_condition;
 use crate::pipeline::GenerateParams;
-use crate::runtime::protocol::{EmbedsSource, GenerateSpec};
-use crate::tensor_io;
+use crate::runtime::protocol::{GenerateSpec, WireTensor};
 
 pub struct Embeds {
     pub prompt: Tensor,
     pub negative: Option<Tensor>,
 }
 
-fn load(src: &EmbedsSource) -> Result<Tensor, JobError> {
-    Ok(match src {
-        EmbedsSource::File { path, name } => tensor_io::read_tensor(path, name, DType::F32, &Device::Cpu)?,
-        EmbedsSource::Inline(w) => tensor_from_bytes(&w.bytes, w.dtype, &w.shape, &Device::Cpu)?,
-    })
+fn load(w: &WireTensor) -> Result<Tensor, JobError> {
+    Ok(w.to_tensor(&Device::Cpu)?)
 }
 
 /// The prompt and (with CFG) negative embeddings; CFG without a negative is an input error.
