@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
-    DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, TextEncoderPlacement, TilingSpec,
-    VaeMode,
+    DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, SchedulerKind, TextEncoderPlacement,
+    TilingSpec, VaeMode,
 };
 
 /// How the generation is spread over the workers.
@@ -87,6 +87,12 @@ pub struct GenerationArgs {
     /// Flow shift override (default: the scheduler config's).
     #[arg(long)]
     pub shift: Option<f64>,
+    /// Sampler: unipc or euler (default: the model's scheduler_config.json).
+    #[arg(long, value_enum)]
+    pub scheduler: Option<SchedulerKind>,
+    /// Custom schedule, one sigma per step before --shift applies (4-step distill: 1,0.75,0.5,0.25).
+    #[arg(long, value_name = "S1,S2,…", value_delimiter = ',', num_args = 1..)]
+    pub sigmas: Option<Vec<f64>>,
     /// Seed of the initial noise (StdRng/ChaCha12 normal draws; see README).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -139,6 +145,8 @@ impl GenerationArgs {
             steps: self.steps,
             guidance: self.guidance,
             keep_weights: self.weights.map(|w| w == Weights::Keep),
+            scheduler: self.scheduler,
+            sigmas: self.sigmas.clone(),
         };
         let preset = match &self.preset {
             Some(path) => load_preset(path).with_context(|| format!("loading the preset {}", path.display()))?,
@@ -179,6 +187,8 @@ impl GenerationArgs {
             guidance_2: self.guidance_2,
             shift: self.shift,
             seed: self.seed,
+            scheduler: applied.scheduler,
+            sigmas: applied.sigmas.clone(),
         };
         let prompt = match (&self.prompt, &self.prompt_embeds) {
             (Some(t), _) => Prompt::Text(t.clone()),

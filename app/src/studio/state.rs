@@ -48,6 +48,8 @@ impl Settings {
             guidance_2: Some(self.guidance_2),
             shift: self.shift,
             seed: self.seed,
+            scheduler: None,
+            sigmas: None,
         }
     }
 }

@@ -23,7 +23,7 @@
 //! ```no_run
 //! use tessera_engine::api::{GenerateParams, GenerationRequest, Prompt, Session, SessionOptions};
 //! let params = GenerateParams { height: 704, width: 1280, frames: 121, steps: 50, guidance: 5.0,
-//!     guidance_2: None, shift: None, seed: 0 };
+//!     guidance_2: None, shift: None, seed: 0, scheduler: None, sigmas: None };
 //! let req = GenerationRequest::new("Wan2.2-TI2V-5B-Diffusers", Prompt::Text("a fox".into()), params);
 //! let mut session = Session::new(SessionOptions::default());
 //! let generation = session.generate(&req, &mut |event| println!("{event:?}")).unwrap();
@@ -50,6 +50,7 @@ pub use crate::parallel::Rank;
 pub use crate::pipeline::request::{GenerateParams, RequestError};
 pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
 pub use crate::runtime::{JobEvent, PhaseReport, RankReport, RunReport};
+pub use crate::scheduler::SchedulerKind;
 pub use crate::tensor_io::{write_atomic as write_tensors, write_file_atomic, TensorIoError};
 pub use error::{explain, SessionError};
 pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};

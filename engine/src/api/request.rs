@@ -182,6 +182,8 @@ mod tests {
             guidance_2: None,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
         }
     }
 

@@ -194,6 +194,8 @@ mod tests {
             guidance_2: None,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
         };
         let pipe = WanPipeline::load(root, DType::F32, &dev).unwrap();
         let embeds = PromptEmbeds { prompt: prompt.clone(), negative: Some(negative.clone()) };
@@ -220,7 +222,7 @@ mod tests {
                                 &Device::Cpu,
                             )
                             .unwrap();
-                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None).unwrap();
+                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None, None).unwrap();
                             sched.set_timesteps(4).unwrap();
                             let spec = LoopSpec {
                                 expand_timesteps: index.expand_timesteps,

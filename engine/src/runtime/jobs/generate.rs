@@ -33,7 +33,6 @@ use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use crate::pipeline::wan as wan_pipeline;
 use crate::pipeline::PipelineProgress;
 use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, WireTensor, WorkerEvent};
-use crate::scheduler;
 use crate::weights::Checkpoint;
 use resident::{Resident, ResidentKey};
 use timed::{CommStats, TimedComm};
@@ -129,8 +128,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
 
     let latents = {
         let _denoise = ctx.phase("denoise");
-        let mut sched = scheduler::from_pretrained(&model.components.scheduler, params.shift).map_err(invalid)?;
-        sched.set_timesteps(params.steps)?;
+        let mut sched = params.scheduler(&model.components.scheduler).map_err(invalid)?;
         let loop_spec = LoopSpec::new(&model, params, dtype);
         let (mut last, mut last_comm, mut cancelled) = (Instant::now(), stats.seconds(), false);
         let result = run_loop(&loop_spec, sched.as_mut(), latents, condition.as_ref(), &mut predictor, &mut |p| {
