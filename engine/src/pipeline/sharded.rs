@@ -231,6 +231,7 @@ mod tests {
                                 patch: [1, 2, 2],
                                 guidance: Some((5.0, 5.0)),
                                 dtype: DType::F32,
+                                preview_every: None,
                             };
                             run_loop(&spec, sched.as_mut(), noise.clone(), None, &mut predictor, &mut |_| Ok(()))
                                 .unwrap()
