@@ -108,6 +108,12 @@ pub struct GenerationArgs {
     /// JSON report: per rank its phases with their peaks, weights, step times, comm share.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write live denoise previews here (created): `step_NNN.png`, the x0 estimate in RGB, ≤ 256 px.
+    #[arg(long)]
+    pub preview_dir: Option<PathBuf>,
+    /// A preview every K denoise steps (default 1; needs --preview-dir).
+    #[arg(long, value_name = "K", requires = "preview_dir")]
+    pub preview_every: Option<usize>,
     /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
     #[arg(long)]
     pub fps: Option<f64>,
@@ -212,6 +218,7 @@ impl GenerationArgs {
                 fps: self.fps,
                 latents: self.save_latents.clone(),
             }),
+            preview_every: self.preview_dir.as_ref().map(|_| self.preview_every.unwrap_or(1)),
             ..GenerationRequest::new(self.model.clone(), prompt, params)
         })
     }

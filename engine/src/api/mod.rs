@@ -46,7 +46,7 @@ pub mod tools;
 pub mod video;
 
 pub use crate::fields::{render, Audience, Field};
-pub use crate::media::{Frames, OutputKind};
+pub use crate::media::{write_png, Frames, OutputKind};
 pub use crate::model_spec::{Family, Layout, ModelSpec, ModelSpecError, Variant};
 pub use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
 pub use crate::parallel::Rank;

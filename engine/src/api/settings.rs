@@ -30,6 +30,8 @@ pub struct Settings {
     /// The negative prompt when one was used (CFG on), else `None`.
     pub negative_prompt: Option<Prompt>,
     pub image: Option<PathBuf>,
+    /// Initial noise read from a file (else seeded noise from `seed`).
+    pub latents: Option<PathBuf>,
     /// Size, frames, steps, guidance(s), shift, seed, scheduler and sigmas.
     #[serde(flatten)]
     pub params: GenerateParams,
@@ -91,6 +93,7 @@ impl Settings {
             prompt: req.prompt.clone(),
             negative_prompt: req.negative_prompt(model),
             image: req.image.clone(),
+            latents: req.latents.clone(),
             params: req.params.clone(),
             fps,
             plan: req.plan,
