@@ -49,6 +49,12 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     );
     let video = app.video.as_ref().expect("a decoded video");
     assert_eq!((video.frames.rgb.len(), video.frames.width, video.frames.height), (5, 128, 64));
+    // A denoise preview after every step; the Live view shows the latest (8×4: the demo's
+    // 16×-spatial latent grid of 128×64).
+    assert_eq!(app.live.denoise_previews, 2);
+    let preview = app.live.denoise_preview.as_ref().expect("a denoise preview");
+    assert_eq!((preview.step, preview.total, preview.preview.width, preview.preview.height), (2, 2, 8, 4));
+    h.get_by_label("Denoise preview after step 2/2 (latent to RGB, 8×4)");
 
     // The mosaic shows the latest chunk; go back to chunk 0 and inspect the first piece.
     let first_rank = pieces[0].rank;
@@ -72,6 +78,14 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     });
     let mp4 = out_dir.join("clip.mp4");
     assert!(mp4.is_file() && std::fs::metadata(&mp4).unwrap().len() > 0, "{:?}", h.state().messages.items);
+    // The saved MP4 carries the run's settings, which restore the form.
+    let stored = tessera_engine::api::Settings::read(&mp4).expect("settings in the saved MP4");
+    assert_eq!((stored.params.width, stored.params.height, stored.params.steps), (128, 64, 2));
+    let mut restored = Settings { steps: 30, width: 512, use_demo: false, ..Settings::default() };
+    let demo = tessera_app::studio::demo::folder(s.data_dir.path());
+    tessera_app::studio::load_settings::apply(&stored, &mut restored, Some(&demo));
+    assert!(restored.use_demo, "a demo run restores the demo model");
+    assert_eq!((restored.width, restored.height, restored.steps), (128, 64, 2));
 
     // Compare: the run is recorded and persisted.
     h.get_by_label("Compare").click();

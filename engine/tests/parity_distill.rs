@@ -133,11 +133,11 @@ fn custom_sigmas_other_than_the_recipe_match_diffusers() {
     //       .set_timesteps(sigmas=np.array([1.0, 0.9, 0.6, 0.3, 0.1]))
     // (UniPC needs a NumPy array there: a list fails in `flow_shift * sigmas`.)
     let given = [1.0, 0.9, 0.6, 0.3, 0.1];
-    // The f32 values as Python prints them (exact decimal expansions).
-    let euler_t = [1000.0f32, 964.285_644_531_25, 818.181_823_730_468_8, 562.5, 250.0];
-    let euler_s = [1.0f32, 0.964_285_671_710_968, 0.818_181_812_763_214_1, 0.5625, 0.25, 0.0];
-    let unipc_t = [999.0f32, 964.0, 818.0, 562.0, 250.0];
-    let unipc_s = [0.999_998_986_721_038_8f32, 0.964_285_731_315_612_8, 0.818_181_812_763_214_1, 0.5625, 0.25, 0.0];
+    // The f32 values as Python prints them (as f64: each is exactly the f32 value).
+    let euler_t = [1000.0, 964.28564453125, 818.1818237304688, 562.5, 250.0];
+    let euler_s = [1.0, 0.964285671710968, 0.8181818127632141, 0.5625, 0.25, 0.0];
+    let unipc_t = [999.0, 964.0, 818.0, 562.0, 250.0];
+    let unipc_s = [0.9999989867210388, 0.9642857313156128, 0.8181818127632141, 0.5625, 0.25, 0.0];
     let dir = PathBuf::from(PIPELINE_SCHEDULER);
     for (kind, t, s) in
         [(SchedulerKind::Euler, &euler_t[..], &euler_s[..]), (SchedulerKind::UniPc, &unipc_t[..], &unipc_s[..])]
@@ -145,8 +145,9 @@ fn custom_sigmas_other_than_the_recipe_match_diffusers() {
         let mut sched = scheduler::from_pretrained(&dir, Some(kind), Some(3.0)).expect("scheduler");
         sched.set_sigmas(&given).expect("set_sigmas");
         println!("{kind:?}: timesteps {:?}, sigmas {:?}", sched.timesteps(), sched.sigmas());
-        assert_eq!(sched.timesteps(), t, "{kind:?} timesteps");
-        assert_eq!(sched.sigmas(), s, "{kind:?} sigmas");
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        assert_eq!(wide(sched.timesteps()), t, "{kind:?} timesteps");
+        assert_eq!(wide(sched.sigmas()), s, "{kind:?} sigmas");
     }
 }
 

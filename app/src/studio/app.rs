@@ -348,7 +348,7 @@ impl StudioApp {
         }
     }
 
-    /// Picked paths into the settings; thumbnails for a changed input image.
+    /// Picked paths and loaded settings into the form; thumbnails for a changed input image.
     fn background_logic(&mut self, ctx: &egui::Context) {
         while let Some(done) = self.background.try_recv() {
             match done {
@@ -361,8 +361,20 @@ impl StudioApp {
                         }
                         Target::Image => self.settings.image = text,
                         Target::Output => self.settings.output = text,
+                        // Answered with `Done::Settings`.
+                        Target::SettingsFile => {}
                     }
                 }
+                Done::Settings(path, Ok(from)) => {
+                    let demo = self.data_dir.as_deref().map(super::demo::folder);
+                    let notes = super::load_settings::apply(&from, &mut self.settings, demo.as_deref());
+                    self.messages.info(format!("Loaded the settings of {}", path.display()));
+                    for note in notes {
+                        self.messages.info(format!("Note: {note}"));
+                    }
+                }
+                // The error names the file.
+                Done::Settings(_, Err(e)) => self.messages.error(e),
                 Done::Thumbnail(path, result) => {
                     if path.as_os_str() == self.settings.image.trim() {
                         let texture = result.map(|img| ctx.load_texture("input-image", img, TextureOptions::LINEAR));

@@ -13,11 +13,15 @@ pub enum Target {
     ModelFolder,
     Image,
     Output,
+    /// An MP4 or PNG whose settings are loaded (read on the browse thread: the file may be large).
+    SettingsFile,
 }
 
 /// A finished background request.
 pub enum Done {
     Picked(Target, PathBuf),
+    /// The settings stored in a picked MP4/PNG, or why they could not be read.
+    Settings(PathBuf, Result<Box<tessera_engine::api::Settings>, String>),
     /// A thumbnail for `path`, or why it could not be read.
     Thumbnail(PathBuf, Result<egui::ColorImage, String>),
 }
@@ -48,9 +52,17 @@ impl Background {
                 Target::ModelFolder => dialog.set_title("Model folder").pick_folder(),
                 Target::Image => dialog.add_filter("Images", &["png", "jpg", "jpeg"]).pick_file(),
                 Target::Output => dialog.add_filter("Video", &["mp4", "safetensors"]).save_file(),
+                Target::SettingsFile => dialog.add_filter("Tessera output", &["mp4", "png"]).pick_file(),
             };
             if let Some(path) = picked {
-                tx.send(Done::Picked(target, path)).ok();
+                let done = match target {
+                    Target::SettingsFile => {
+                        let read = tessera_engine::api::Settings::read(&path).map(Box::new).map_err(|e| e.to_string());
+                        Done::Settings(path, read)
+                    }
+                    _ => Done::Picked(target, path),
+                };
+                tx.send(done).ok();
                 ctx.request_repaint();
             }
         });

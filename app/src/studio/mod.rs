@@ -9,6 +9,7 @@
 //! - `panels/`: Setup, Parallel, Live, Mosaic (+ inspector), Result, Compare, messages.
 //! - `demo.rs`: the built-in demo model;
 //!   `records.rs`: the persisted run history; `presets.rs`: preset files; `browse.rs`: file pickers and thumbnails;
+//!   `load_settings.rs`: a run's settings from an MP4/PNG back into the form;
 //!   `theme.rs`: colours; `settings_ui.rs`: labelled form fields.
 //!
 //! Failure handling: a bad request (size, plan, model folder) is refused before anything starts,
@@ -20,6 +21,7 @@ pub mod browse;
 pub mod demo;
 pub mod engine;
 mod frame;
+pub mod load_settings;
 pub mod panels;
 pub mod presets;
 pub mod records;

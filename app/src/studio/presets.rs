@@ -62,6 +62,9 @@ pub fn apply(p: &Preset, s: &mut Settings) {
     s.frames = d.frames.unwrap_or(s.frames);
     s.steps = d.steps.unwrap_or(s.steps);
     s.guidance = d.guidance.unwrap_or(s.guidance);
+    // A distilled preset names its sampler and schedule; others keep the model's.
+    s.scheduler = d.scheduler;
+    s.sigmas = d.sigmas.clone();
     s.preset = Some(p.name.clone());
 }
 

@@ -3,7 +3,7 @@
 //! only `app.rs` applies engine events to them.
 
 use serde::{Deserialize, Serialize};
-use tessera_engine::api::{DenoisePreview, GenerateParams, ParallelPlan, Rank, VaePiece};
+use tessera_engine::api::{DenoisePreview, GenerateParams, ParallelPlan, Rank, SchedulerKind, VaePiece};
 
 /// Everything on the Setup and Parallel panels; restored at the next start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub struct Settings {
     /// Flow shift; `None` keeps the scheduler config's.
     pub shift: Option<f64>,
     pub seed: u64,
+    /// Sampler; `None` keeps the scheduler config's.
+    pub scheduler: Option<SchedulerKind>,
+    /// Custom schedule (one sigma per step, before the shift); `None`: the scheduler's spacing.
+    pub sigmas: Option<Vec<f64>>,
     /// Where "Save" writes: `.mp4`, `.safetensors` or a folder ending in `/` (PNG frames).
     pub output: String,
     pub plan: ParallelPlan,
@@ -48,8 +52,8 @@ impl Settings {
             guidance_2: Some(self.guidance_2),
             shift: self.shift,
             seed: self.seed,
-            scheduler: None,
-            sigmas: None,
+            scheduler: self.scheduler,
+            sigmas: self.sigmas.clone(),
         }
     }
 }
@@ -70,6 +74,8 @@ impl Default for Settings {
             guidance_2: 5.0,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
             output: "tessera-output.mp4".into(),
             // The demo runs on two CPU virtual devices, its VAE decode split in halo slabs.
             plan: ParallelPlan { ranks: 2, ulysses: 2, vae_parallel: 2, ..ParallelPlan::default() },

@@ -20,7 +20,15 @@ pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         Some(Ok(p)) => p.iter().map(|r| (r.rank, r.peak_bytes)).collect(),
         _ => Vec::new(),
     };
-    memory_chart_ui(ui, &app.live, &predicted);
+    // The denoise preview sits beside the chart, so the mosaic below keeps its place.
+    let preview_width = if app.textures.denoise.is_some() { PREVIEW_BOX.x + 16.0 } else { 0.0 };
+    ui.horizontal_top(|ui| {
+        ui.vertical(|ui| {
+            ui.set_width((ui.available_width() - preview_width).max(240.0));
+            memory_chart_ui(ui, &app.live, &predicted);
+        });
+        denoise_preview_ui(ui, app);
+    });
     if !app.live.log.is_empty() {
         egui::CollapsingHeader::new(format!("Worker log ({} lines)", app.live.log.len())).show(ui, |ui| {
             // The latest lines; the full log goes to stderr with a `[rank N]` prefix.
@@ -29,7 +37,6 @@ pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             }
         });
     }
-    denoise_preview_ui(ui, app);
     ui.separator();
     super::mosaic::mosaic_ui(ui, app);
 }
@@ -38,18 +45,20 @@ pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
 /// (no VAE), scaled up to a readable size.
 fn denoise_preview_ui(ui: &mut egui::Ui, app: &StudioApp) {
     let (Some(p), Some((_, texture))) = (&app.live.denoise_preview, &app.textures.denoise) else { return };
-    ui.separator();
-    ui.label(format!(
-        "Denoise preview after step {}/{} (latent→RGB, {}×{})",
-        p.step, p.total, p.preview.width, p.preview.height
-    ));
-    let size = texture.size_vec2();
-    let scale = (PREVIEW_SHOWN_SIDE / size.x.max(size.y).max(1.0)).max(1.0);
-    ui.image((texture.id(), size * scale));
+    ui.vertical(|ui| {
+        ui.label(format!(
+            "Denoise preview after step {}/{} (latent to RGB, {}×{})",
+            p.step, p.total, p.preview.width, p.preview.height
+        ));
+        let size = texture.size_vec2().max(egui::vec2(1.0, 1.0));
+        // Scaled up to fill the box beside the chart, keeping the aspect.
+        let scale = (PREVIEW_BOX.x / size.x).min(PREVIEW_BOX.y / size.y).max(1.0);
+        ui.image((texture.id(), size * scale));
+    });
 }
 
-/// Long side of the denoise preview on screen, in points.
-const PREVIEW_SHOWN_SIDE: f32 = 320.0;
+/// The denoise preview's box on screen, in points (the memory chart is 220 high).
+const PREVIEW_BOX: egui::Vec2 = egui::vec2(320.0, 200.0);
 
 /// Worker log lines shown under the chart.
 const LOG_LINES: usize = 40;

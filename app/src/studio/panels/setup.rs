@@ -2,7 +2,7 @@
 //! output path. Problems show inline (red) as soon as they are known.
 
 use eframe::egui;
-use tessera_engine::api::RequestError;
+use tessera_engine::api::{RequestError, SchedulerKind};
 
 use crate::studio::app::{StudioApp, LOADING};
 use crate::studio::browse::Target;
@@ -21,6 +21,13 @@ pub const RESOLUTIONS: [(&str, usize, usize); 5] = [
 
 /// The generation parameters of the settings.
 pub fn setup_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    if ui
+        .button("Load settings from file…")
+        .on_hover_text("Restore the settings of a run from an MP4 or PNG Tessera wrote")
+        .clicked()
+    {
+        app.background.pick(Target::SettingsFile, ui.ctx());
+    }
     model_ui(ui, app);
     ui.separator();
     let s = &mut app.settings;
@@ -171,6 +178,42 @@ fn schedule_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             }
             if let Some(shift) = &mut s.shift {
                 ui.add(egui::DragValue::new(shift).range(0.1..=20.0).speed(0.1));
+            }
+        });
+        ui.end_row();
+        let label = ui.label("Scheduler");
+        let name = |k: Option<SchedulerKind>| k.map_or("model's", SchedulerKind::name);
+        egui::ComboBox::from_id_salt("scheduler")
+            .selected_text(name(s.scheduler))
+            .show_ui(ui, |ui| {
+                for k in [None, Some(SchedulerKind::UniPc), Some(SchedulerKind::Euler)] {
+                    ui.selectable_value(&mut s.scheduler, k, name(k));
+                }
+            })
+            .response
+            .labelled_by(label.id);
+        ui.end_row();
+        let label = ui.label("Sigmas");
+        ui.horizontal(|ui| {
+            let mut custom = s.sigmas.is_some();
+            if ui.checkbox(&mut custom, "custom").labelled_by(label.id).changed() {
+                // The distilled 4-step schedule is the one people type.
+                s.sigmas = custom.then(|| vec![1.0, 0.75, 0.5, 0.25]);
+                if custom {
+                    s.steps = 4;
+                }
+            }
+            if let Some(sigmas) = &mut s.sigmas {
+                let mut text = sigmas.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
+                let edit = ui.add(egui::TextEdit::singleline(&mut text).desired_width(140.0));
+                if edit.changed() {
+                    if let Ok(parsed) = text.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>()
+                    {
+                        *sigmas = parsed;
+                        s.steps = sigmas.len().max(1);
+                    }
+                }
+                edit.on_hover_text("One sigma per step, before the shift (sets Steps)");
             }
         });
         ui.end_row();
