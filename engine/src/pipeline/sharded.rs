@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::denoise::NoisePredictor;
 use super::sampling;
 use crate::models::wan::transformer::{ShardOptions, ShardedTransformer};
-use crate::parallel::comm::Collective;
+use crate::parallel::comm::{color_of, Collective};
 use crate::parallel::plan::ParallelPlan;
 use crate::parallel::Rank;
 
@@ -39,12 +39,11 @@ impl PlanGroups {
             candle_core::bail!("the plan has {} ranks but the world has {}", plan.ranks, world.world_size());
         }
         let me = world.rank();
+        // A collective split per group kind, on every rank in the same order (NCCL: one device
+        // communicator per group, made here once per plan; sockets: a sub-group of the mesh).
         let group = |ranks: Vec<Rank>| -> Result<Option<Arc<dyn Collective>>> {
-            if ranks.len() > 1 && ranks.contains(&me) {
-                world.sub_group(&ranks).map(Some)
-            } else {
-                Ok(None)
-            }
+            let (color, key) = color_of(&ranks, me);
+            world.split(color, key)
         };
         let u = plan.ulysses.max(1);
         let cfg = if plan.cfg_parallel == 2 { group(vec![Rank(me.0 % u), Rank(me.0 % u + u)])? } else { None };
