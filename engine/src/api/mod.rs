@@ -49,7 +49,7 @@ pub use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, TextEncoderP
 pub use crate::parallel::Rank;
 pub use crate::pipeline::request::{GenerateParams, RequestError};
 pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
-pub use crate::runtime::{JobEvent, PhaseReport, RankReport, RunReport};
+pub use crate::runtime::{CommBackend, JobEvent, PhaseReport, RankReport, RunReport};
 pub use crate::tensor_io::{write_atomic as write_tensors, write_file_atomic, TensorIoError};
 pub use error::{explain, SessionError};
 pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};
