@@ -255,14 +255,14 @@ impl Supervisor {
             down: None,
             dir,
         };
-        for rank in 0..spec.ranks {
+        for (rank, &device_ordinal) in ordinals.iter().enumerate() {
             let args = WorkerArgs {
                 doctor: false,
                 rank,
                 world_size: spec.ranks,
                 rendezvous: Some(sup.dir.0.clone()),
                 device: spec.device,
-                device_ordinal: ordinals[rank],
+                device_ordinal,
                 comm: spec.comm.resolve(spec.device),
                 parent_pid: Some(std::process::id()),
                 handshake_timeout_ms: spec.handshake_timeout.as_millis() as u64,
