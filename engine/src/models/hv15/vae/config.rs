@@ -114,7 +114,7 @@ impl Config {
             return Err("latent_channels, layers_per_block, in_channels and out_channels must be positive".into());
         }
         let last = b[b.len() - 1];
-        if last % (2 * self.latent_channels) != 0 || last % self.latent_channels != 0 {
+        if !last.is_multiple_of(2 * self.latent_channels) {
             return Err(format!(
                 "block_out_channels[-1] {last} must be a multiple of 2·latent_channels {}",
                 2 * self.latent_channels
@@ -123,7 +123,10 @@ impl Config {
         for d in self.down_blocks() {
             if let Some((out, temporal)) = d.down {
                 let f = if temporal { 8 } else { 4 };
-                if out % f != 0 || (f * d.out_c) % out != 0 || (f * d.out_c / out) % 2 != 0 && temporal {
+                if !out.is_multiple_of(f)
+                    || !(f * d.out_c).is_multiple_of(out)
+                    || (temporal && !(f * d.out_c / out).is_multiple_of(2))
+                {
                     return Err(format!("down block {} → {out} channels does not split into whole groups", d.out_c));
                 }
             }
@@ -131,7 +134,8 @@ impl Config {
         for u in self.up_blocks() {
             if let Some((out, temporal)) = u.up {
                 let f = if temporal { 8 } else { 4 };
-                if (f * out) % u.out_c != 0 || (temporal && (u.out_c % 8 != 0 || (f * out / u.out_c) % 2 != 0)) {
+                let whole = (f * out).is_multiple_of(u.out_c);
+                if !whole || (temporal && (!u.out_c.is_multiple_of(8) || !(f * out / u.out_c).is_multiple_of(2))) {
                     return Err(format!("up block {} → {out} channels does not repeat into whole groups", u.out_c));
                 }
             }
