@@ -45,7 +45,9 @@ pub mod video;
 pub use crate::fields::{render, Audience, Field};
 pub use crate::media::{Frames, OutputKind};
 pub use crate::model_spec::{Family, Layout, ModelSpec, ModelSpecError, Variant};
-pub use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
+pub use crate::parallel::plan::{
+    ParallelPlan, PlanError, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode,
+};
 pub use crate::parallel::Rank;
 pub use crate::pipeline::request::{GenerateParams, RequestError};
 pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};

@@ -15,7 +15,7 @@ use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -288,6 +288,10 @@ pub struct GenerateStats {
     pub comm_seconds: f64,
     pub comm_calls: u64,
     pub comm_bytes: u64,
+    /// The expert of each step (1: the only or high-noise one, 2: the low-noise one).
+    pub step_experts: Vec<u8>,
+    /// Bytes of expert weights this rank read at the boundary step (phased residency), else 0.
+    pub switched_bytes: u64,
 }
 
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).
