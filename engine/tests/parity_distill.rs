@@ -1,10 +1,11 @@
 //! The distilled sampling recipe against diffusers 0.42.1 (`tests/fixtures/golden/distill`, the
-//! lightx2v 4-step recipe; `case.json` says how it was run): `--scheduler euler --sigmas
-//! 1,0.75,0.5,0.25` with the case's shift 5 must give diffusers' timesteps and sigmas, and each
-//! scheduler update must turn the golden latents of step i−1 and the golden model output of step i
-//! into the golden latents of step i — for the Euler run and for the `unipc_*` run (the same
-//! pipeline with UniPC, 4 steps). The schedulers are built the way a request builds them
-//! ([`GenerateParams::scheduler`]), so the flags' path is what is tested.
+//! lightx2v 4-step recipe on the `lora` case's A14B-style pipeline; `case.json` and `gen_distill.py`
+//! say how it was run): `--scheduler euler --shift 5 --sigmas 1,0.75,0.5,0.25` on a UniPC model
+//! folder with shift 3 must give diffusers' timesteps and sigmas, and each scheduler update must
+//! turn the golden latents of step i−1 and the golden model output of step i into the golden
+//! latents of step i — for the Euler run and for the `unipc_*` run (`--shift 5 --steps 4`). The
+//! schedulers are built the way a request builds them ([`GenerateParams::scheduler`]), so the
+//! flags' path is what is tested.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,11 @@ use tessera_engine::tensor_io;
 const CASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/distill");
 /// The UniPC + FlowMatchEuler case of `gen.py` (a UniPC `scheduler_config.json` lives in `pipeline/`).
 const SCHEDULER_CASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/scheduler");
+/// UniPC, flow_shift 5.
 const PIPELINE_SCHEDULER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/pipeline/scheduler");
+/// UniPC, flow_shift 3, as the `lora` case's A14B pipeline the distill case ran on.
+const SHIFT3_SCHEDULER: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden-seed1/pipeline/scheduler");
 
 /// Max-abs and relative (‖a−b‖/‖b‖) error.
 fn errors(ours: &Tensor, reference: &Tensor) -> (f32, f32) {
@@ -38,13 +43,13 @@ fn case() -> serde_json::Value {
 
 fn params(scheduler: Option<SchedulerKind>, sigmas: Option<Vec<f64>>) -> GenerateParams {
     GenerateParams {
-        height: 64,
-        width: 64,
+        height: 32,
+        width: 32,
         frames: 9,
         steps: 4,
         guidance: 1.0,
         guidance_2: None,
-        shift: None,
+        shift: Some(5.0),
         seed: 0,
         scheduler,
         sigmas,
@@ -82,30 +87,27 @@ fn check_run(name: &str, sched: &mut dyn Scheduler, prefix: &str, timesteps: &Te
 #[test]
 fn euler_on_the_distill_sigmas_matches_diffusers() {
     let case = case();
-    let recipe = &case["recipe"];
-    let sigmas: Vec<f64> = vec![1.0, 0.75, 0.5, 0.25];
     let out = read("outputs.safetensors");
-    // The case's own scheduler folder is already Euler; name it anyway, as the recipe's flags do.
-    let p = params(Some(SchedulerKind::Euler), Some(sigmas.clone()));
-    p.validate(32).expect("the recipe is a valid request");
-    let mut sched = p.scheduler(&Path::new(CASE).join("scheduler")).expect("scheduler");
+    // The recipe's flags on the lora pipeline's UniPC (shift 3) folder: Euler, shift 5, the sigmas.
+    let p = params(Some(SchedulerKind::Euler), Some(vec![1.0, 0.75, 0.5, 0.25]));
+    p.validate(16).expect("the recipe is a valid request");
+    let mut sched = p.scheduler(Path::new(SHIFT3_SCHEDULER)).expect("scheduler");
     check_run("euler", sched.as_mut(), "", &out["timesteps"], Some(&out["sigmas"]));
-    assert_eq!(recipe["num_inference_steps"], 4);
+    assert_eq!(case["recipe"]["num_inference_steps"], 4);
     let (max_abs, _) = errors(&out["final_latents"], &out["latents_step3"]);
     assert_eq!(max_abs, 0.0, "final_latents are the last step's");
 
-    // A UniPC model folder (Wan's default) run with `--scheduler euler` keeps its flow_shift (5).
-    let mut from_unipc = p.scheduler(Path::new(PIPELINE_SCHEDULER)).expect("scheduler");
-    check_run("euler from a UniPC config", from_unipc.as_mut(), "", &out["timesteps"], Some(&out["sigmas"]));
+    // A folder whose flow_shift is already 5 needs no --shift.
+    let mut from_shift5 = GenerateParams { shift: None, ..p }.scheduler(Path::new(PIPELINE_SCHEDULER)).unwrap();
+    check_run("euler from a shift-5 UniPC config", from_shift5.as_mut(), "", &out["timesteps"], Some(&out["sigmas"]));
 }
 
 #[test]
 fn unipc_on_the_distill_case_matches_diffusers() {
     let out = read("outputs.safetensors");
-    // The case's folder is Euler (shift 5); `--scheduler unipc` gives Wan's UniPC with that shift,
-    // which is the config `case.json` "unipc_run" records.
-    let p = params(Some(SchedulerKind::UniPc), None);
-    let mut sched = p.scheduler(&Path::new(CASE).join("scheduler")).expect("scheduler");
+    // The folder's own UniPC with --shift 5, 4 steps: the config `case.json` "unipc_run" records.
+    let p = params(None, None);
+    let mut sched = p.scheduler(Path::new(SHIFT3_SCHEDULER)).expect("scheduler");
     check_run("unipc", sched.as_mut(), "unipc_", &out["unipc_timesteps"], None);
 }
 
