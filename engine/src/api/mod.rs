@@ -44,7 +44,7 @@ pub mod video;
 
 pub use crate::fields::{render, Audience, Field};
 pub use crate::media::{Frames, OutputKind};
-pub use crate::model_spec::{Family, Layout, ModelSpec, ModelSpecError, Variant};
+pub use crate::model_spec::{Family, Layout, LoraSpec, LoraTarget, ModelFiles, ModelSpec, ModelSpecError, Variant};
 pub use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
 pub use crate::parallel::Rank;
 pub use crate::pipeline::request::{GenerateParams, RequestError};

@@ -7,13 +7,13 @@
 //! latents after each step. Without CFG parallel every rank runs both branches in turn. Ulysses and
 //! FSDP live inside [`ShardedTransformer`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::denoise::NoisePredictor;
 use super::sampling;
+use crate::model_spec::ModelSpec;
 use crate::models::wan::transformer::{ShardOptions, ShardedTransformer};
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::ParallelPlan;
@@ -72,30 +72,36 @@ pub struct ShardedPredictor {
 }
 
 impl ShardedPredictor {
-    /// Loads `transformer/` (and `transformer_2/` when `two_experts`) under `root` as `groups` say.
+    /// Loads the model's transformer(s) (LoRAs merged) as `groups` say.
     pub fn load_experts(
-        root: &Path,
-        two_experts: bool,
+        model: &ModelSpec,
         groups: &PlanGroups,
         dtype: DType,
         device: &Device,
     ) -> Result<Vec<ShardedTransformer>> {
-        let names: &[&str] = if two_experts { &["transformer", "transformer_2"] } else { &["transformer"] };
-        names.iter().map(|n| ShardedTransformer::load(&root.join(n), dtype, device, groups.shard_options())).collect()
+        (0..model.experts())
+            .map(|i| {
+                let cfg = if i == 0 {
+                    &model.transformer
+                } else {
+                    model.transformer_2.as_ref().unwrap_or(&model.transformer)
+                };
+                let weights = model.transformer_weights(i).map_err(candle_core::Error::wrap)?;
+                ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options())
+            })
+            .collect()
     }
 
-    /// Loads `transformer/` (and `transformer_2/` when `two_experts`) under `root` as `groups`
-    /// say; embeddings are converted to `dtype`.
+    /// Loads the model's transformer(s) as `groups` say; embeddings are converted to `dtype`.
     pub fn load(
-        root: &Path,
-        two_experts: bool,
+        model: &ModelSpec,
         groups: &PlanGroups,
         prompt: &Tensor,
         negative: Option<&Tensor>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let experts = Self::load_experts(root, two_experts, groups, dtype, device)?;
+        let experts = Self::load_experts(model, groups, dtype, device)?;
         Self::from_experts(experts, groups, prompt, negative, dtype, device)
     }
 
@@ -157,10 +163,10 @@ impl NoisePredictor for ShardedPredictor {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::time::Duration;
 
     use super::*;
-    use crate::model_spec::ModelSpec;
     use crate::parallel::comm::ThreadComm;
     use crate::pipeline::denoise::{run_loop, LoopSpec};
     use crate::pipeline::wan::{PromptEmbeds, WanPipeline};
@@ -198,7 +204,8 @@ mod tests {
         let pipe = WanPipeline::load(root, DType::F32, &dev).unwrap();
         let embeds = PromptEmbeds { prompt: prompt.clone(), negative: Some(negative.clone()) };
         let want = pipe.generate(&params, &embeds, None, Some(&noise), &mut |_| {}).unwrap().latents;
-        let index = ModelSpec::from_path(root).unwrap().index;
+        let model = ModelSpec::from_path(root).unwrap();
+        let index = model.index.clone();
         for (u, c, f) in [(1, 2, 1), (2, 1, 1), (2, 2, 4), (1, 2, 2)] {
             let plan = ParallelPlan { ranks: u * c, ulysses: u, cfg_parallel: c, fsdp: f, ..Default::default() };
             let comms = ThreadComm::world(plan.ranks, Duration::from_secs(30));
@@ -206,13 +213,12 @@ mod tests {
                 let hs: Vec<_> = comms
                     .into_iter()
                     .map(|comm| {
-                        let (prompt, negative, noise, index) = (&prompt, &negative, &noise, &index);
+                        let (prompt, negative, noise, index, model) = (&prompt, &negative, &noise, &index, &model);
                         s.spawn(move || {
                             let world: Arc<dyn Collective> = Arc::new(comm);
                             let groups = PlanGroups::new(&plan, &world).unwrap();
                             let mut predictor = ShardedPredictor::load(
-                                root,
-                                false,
+                                model,
                                 &groups,
                                 prompt,
                                 Some(negative),

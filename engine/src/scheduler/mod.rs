@@ -53,6 +53,17 @@ pub fn from_pretrained(dir: &Path, shift: Option<f64>) -> std::result::Result<Bo
     let text = std::fs::read_to_string(&path).map_err(|source| SchedulerError::Io { path: path.clone(), source })?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|source| SchedulerError::BadConfig { path: path.clone(), source })?;
+    from_config(value, &path, shift)
+}
+
+/// Builds the scheduler a parsed `scheduler_config.json` names (`path`: where it came from, for
+/// messages); `shift` as in [`from_pretrained`].
+pub fn from_config(
+    value: serde_json::Value,
+    path: &Path,
+    shift: Option<f64>,
+) -> std::result::Result<Box<dyn Scheduler>, SchedulerError> {
+    let path = path.to_path_buf();
     let class = value.get("_class_name").and_then(|c| c.as_str()).unwrap_or("UniPCMultistepScheduler").to_string();
     let parse_err = |source| SchedulerError::BadConfig { path: path.clone(), source };
     let unsupported = |msg: String| SchedulerError::Unsupported { path: path.clone(), msg };

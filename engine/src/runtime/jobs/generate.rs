@@ -34,7 +34,6 @@ use crate::pipeline::wan as wan_pipeline;
 use crate::pipeline::PipelineProgress;
 use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, WireTensor, WorkerEvent};
 use crate::scheduler;
-use crate::weights::Checkpoint;
 use resident::{Resident, ResidentKey};
 use timed::{CommStats, TimedComm};
 
@@ -50,7 +49,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     // bf16 on GPUs like the single-device pipeline would; f32 on the CPU (no bf16 conv there).
     let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
     let (plan, params, rank) = (spec.plan, &spec.params, ctx.rank());
-    let model = ModelSpec::from_path(&spec.model).map_err(invalid)?;
+    let model = ModelSpec::open(&spec.model, &spec.files).map_err(invalid)?;
     request::check(&model, params, &plan, spec.image.is_some()).map_err(invalid)?;
     let vae_cfg = &model.vae;
     let cfg_on = params.cfg();
@@ -82,10 +81,12 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 let stats = Arc::new(CommStats::default());
                 let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
                 let groups = PlanGroups::new(&plan, &world)?;
-                let experts =
-                    ShardedPredictor::load_experts(&spec.model, model.two_experts(), &groups, dtype, &device)?;
-                let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
-                let vae_bytes = if vae.is_some() { Checkpoint::open(&model.components.vae)?.stored_bytes() } else { 0 };
+                let experts = ShardedPredictor::load_experts(&model, &groups, dtype, &device)?;
+                let vae = parts
+                    .map(|p| vae::load_weights(&model.vae, &model.vae_weights(), p, DType::F32, &device))
+                    .transpose()
+                    .map_err(invalid)?;
+                let vae_bytes = if vae.is_some() { model.vae_weights().table()?.stored_bytes() } else { 0 };
                 (stats, world, groups, experts, vae, vae_bytes, false)
             }
         };
@@ -129,7 +130,9 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
 
     let latents = {
         let _denoise = ctx.phase("denoise");
-        let mut sched = scheduler::from_pretrained(&model.components.scheduler, params.shift).map_err(invalid)?;
+        let origin = model.components.scheduler.clone().unwrap_or_else(|| model.root.clone());
+        let mut sched =
+            scheduler::from_config(model.scheduler_config.clone(), &origin, params.shift).map_err(invalid)?;
         sched.set_timesteps(params.steps)?;
         let loop_spec = LoopSpec::new(&model, params, dtype);
         let (mut last, mut last_comm, mut cancelled) = (Instant::now(), stats.seconds(), false);

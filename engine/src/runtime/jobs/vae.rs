@@ -25,7 +25,7 @@ pub fn decode(ctx: &JobCtx, spec: &VaeDecodeSpec) -> Result<JobOutput, JobError>
         return idle(ctx);
     };
     let latents = tensor_io::read_tensor(&spec.latents, "latents", DType::F32, &Device::Cpu)?;
-    let model = load(ctx, &spec.model, VaeParts::Decoder)?;
+    let model = load(ctx, &spec.model, spec.config.as_deref(), VaeParts::Decoder)?;
     let video = {
         let _decode = ctx.phase("decode");
         let tiling = spec.tiling.map(tiling_of);
@@ -46,7 +46,7 @@ pub fn encode(ctx: &JobCtx, spec: &VaeEncodeSpec) -> Result<JobOutput, JobError>
         return idle(ctx);
     };
     let video = crate::pipeline::image::read_video_or_image(&spec.video).map_err(JobError::Invalid)?;
-    let model = load(ctx, &spec.model, VaeParts::Encoder)?;
+    let model = load(ctx, &spec.model, spec.config.as_deref(), VaeParts::Encoder)?;
     let moments = {
         let _encode = ctx.phase("encode");
         let tiling = spec.tiling.map(tiling_of);
@@ -96,11 +96,12 @@ fn idle(ctx: &JobCtx) -> Result<JobOutput, JobError> {
     Ok(JobOutput::None)
 }
 
-fn load(ctx: &JobCtx, model: &Path, parts: VaeParts) -> Result<AutoencoderKLWan, JobError> {
+fn load(ctx: &JobCtx, model: &Path, config: Option<&Path>, parts: VaeParts) -> Result<AutoencoderKLWan, JobError> {
     let _load = ctx.phase("load");
-    let dir = crate::weights::component_dir(model, "vae")?;
-    ctx.add_weights_bytes(crate::weights::Checkpoint::open(&dir)?.stored_bytes());
-    vae::load(model, parts, DType::F32, ctx.device()).map_err(|e| JobError::Invalid(e.to_string()))
+    let invalid = |e: String| JobError::Invalid(e);
+    let (cfg, weights) = crate::model_spec::vae_component(model, config).map_err(|e| invalid(e.to_string()))?;
+    ctx.add_weights_bytes(weights.table()?.stored_bytes());
+    vae::load_weights(&cfg, &weights, parts, DType::F32, ctx.device()).map_err(|e| invalid(e.to_string()))
 }
 
 fn tiling_of([h, w, sh, sw]: [usize; 4]) -> Tiling {
