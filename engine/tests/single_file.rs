@@ -235,7 +235,7 @@ fn published_settings_are_assumed_and_said() -> Result<()> {
     };
     // The VAE file has no published z dim (8): its config is needed too.
     let err = ModelSpec::open(Path::new(""), &files).unwrap_err().to_string();
-    assert!(err.contains("--config"), "{err}");
+    assert!(err.contains("«config»"), "{err}");
     // A folder of single files with the configs beside: the VAE's config from the folder.
     let dir = tempfile::tempdir()?;
     std::fs::copy(case("comfy_transformer.safetensors"), dir.path().join("wan2.2_ti2v_5B_fp16.safetensors"))?;
@@ -287,7 +287,7 @@ fn unreadable_files_are_refused_in_one_line() -> Result<()> {
         ..ModelFiles::default()
     };
     let err = one_line(ModelSpec::open(Path::new(""), &files).unwrap_err().to_string());
-    assert!(err.contains("--config") && err.contains("128"), "{err}");
+    assert!(err.contains("«config»") && err.contains("128"), "{err}");
     // A Wan2.2 VAE in native names.
     let vae22 = dir.path().join("wan2.2_vae.safetensors");
     write_raw(

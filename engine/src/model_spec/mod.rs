@@ -137,7 +137,7 @@ pub enum ModelSpecError {
     Unsupported { path: PathBuf, msg: String },
     #[error(transparent)]
     Lora(#[from] LoraError),
-    #[error("--lora {lora}: {msg}")]
+    #[error("«lora» {lora}: {msg}")]
     LoraTarget { lora: String, msg: String },
 }
 
@@ -297,12 +297,12 @@ impl ModelSpec {
         let root = if given { path.to_path_buf() } else { files.transformer.clone().unwrap_or_default() };
         let Some(transformer) = transformer else {
             return Err(ModelSpecError::NotPipeline {
-                detail: "no transformer: pass --transformer FILE".into(),
+                detail: "no transformer: pass «transformer» FILE".into(),
                 path: root,
             });
         };
         let Some(vae) = vae else {
-            return Err(ModelSpecError::NotPipeline { detail: "no VAE: pass --vae FILE".into(), path: root });
+            return Err(ModelSpecError::NotPipeline { detail: "no VAE: pass «vae» FILE".into(), path: root });
         };
         // Configs: --config first, then the folder's, then the shapes.
         let configs = match &files.config {

@@ -81,7 +81,7 @@ pub fn vae_file(path: &Path) -> Result<Component, ModelSpecError> {
         }),
         FileKind::Vae(VaeKeys::Wan22Native) => Err(ModelSpecError::Unsupported {
             path: path.to_path_buf(),
-            msg: "a Wan2.2 VAE in Wan-native names (wan2.2_vae.safetensors) is not read yet (diffusers has no converter for it to check against): use the vae/ folder of Wan-AI/Wan2.2-TI2V-5B-Diffusers, as --vae DIR/diffusion_pytorch_model.safetensors".into(),
+            msg: "a Wan2.2 VAE in Wan-native names (wan2.2_vae.safetensors) is not read yet (diffusers has no converter for it to check against): use the vae/ folder of Wan-AI/Wan2.2-TI2V-5B-Diffusers, as «vae» DIR/diffusion_pytorch_model.safetensors".into(),
         }),
         other => Err(ModelSpecError::WrongFile { path: path.to_path_buf(), want: "a Wan VAE", got: describe(&other) }),
     }
@@ -119,7 +119,7 @@ pub fn folder_of_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>), Mo
         transformers.sort_by_key(|p| !name(p).contains("high"));
         if !name(&transformers[0]).contains("high") || !name(&transformers[1]).contains("low") {
             return Err(ModelSpecError::NotPipeline {
-                detail: "two transformer files, but their names do not say which is the high-noise expert (…high_noise… / …low_noise…): pass them as --transformer and --transformer-2".into(),
+                detail: "two transformer files, but their names do not say which is the high-noise expert (…high_noise… / …low_noise…): pass them as «transformer» and «transformer-2»".into(),
                 path: dir.to_path_buf(),
             });
         }
@@ -191,7 +191,7 @@ pub fn infer_transformer(table: &Shapes, path: &Path) -> Result<DitConfig, Model
             component: "transformer",
             path: path.to_path_buf(),
             msg: format!(
-                "its width {inner} is not a multiple of {PUBLISHED_HEAD_DIM}, the head dim of every published Wan model, so the attention heads cannot be told from the shapes: pass --config with its config.json"
+                "its width {inner} is not a multiple of {PUBLISHED_HEAD_DIM}, the head dim of every published Wan model, so the attention heads cannot be told from the shapes: pass «config» with its config.json"
             ),
         });
     }
@@ -225,7 +225,7 @@ pub fn infer_vae(table: &TensorTable, path: &Path) -> Result<VaeConfig, ModelSpe
         _ => Err(ModelSpecError::Invalid {
             component: "vae",
             path: path.to_path_buf(),
-            msg: format!("latent channels {z} are neither the Wan2.1 VAE's 16 nor the Wan2.2 VAE's 48, so its latent statistics are unknown: pass --config with its config.json"),
+            msg: format!("latent channels {z} are neither the Wan2.1 VAE's 16 nor the Wan2.2 VAE's 48, so its latent statistics are unknown: pass «config» with its config.json"),
         }),
     }
 }
@@ -254,7 +254,7 @@ fn check_tree(
                     component,
                     path: path.to_path_buf(),
                     msg: format!(
-                        "{name} is {:?} in the file but the config needs {shape:?}: the config does not describe this file (pass --config with the right config.json)",
+                        "{name} is {:?} in the file but the config needs {shape:?}: the config does not describe this file (pass «config» with the right config.json)",
                         t.shape
                     ),
                 })
