@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
-    DeviceKind, GenerateParams, GenerationRequest, LoraSpec, ModelFiles, Output, ParallelPlan, Prompt,
+    DeviceKind, GenerateParams, GenerationRequest, LoraSpec, ModelFiles, Output, ParallelPlan, Prompt, Residency,
     TextEncoderPlacement, TilingSpec, VaeMode,
 };
 
@@ -39,6 +39,10 @@ pub struct PlanFlags {
     /// Where the UMT5 text encoder runs: cpu (the host) or sharded (split by layer over the ranks).
     #[arg(long, value_enum)]
     pub text_encoder: Option<TextEncoderPlacement>,
+    /// Two-expert models (A14B): pipeline (both experts loaded for the whole run) or phased (only the
+    /// running expert; each rank swaps in its part of the low-noise expert at the boundary step).
+    #[arg(long, value_enum)]
+    pub residency: Option<Residency>,
 }
 
 /// What happens to the transformer's weights after the denoise (`--weights`).
@@ -153,6 +157,7 @@ impl GenerationArgs {
             vae_mode: self.plan.vae_mode,
             vae_tiling: self.plan.tiling,
             text_encoder: self.plan.text_encoder,
+            residency: self.plan.residency,
             height: self.height,
             width: self.width,
             frames: self.frames,
@@ -182,6 +187,7 @@ impl GenerationArgs {
             vae_mode: f.vae_mode.unwrap_or(if f.tiling.is_some() { VaeMode::Tiles } else { VaeMode::Halo }),
             vae_tiling: f.tiling,
             text_encoder: f.text_encoder.unwrap_or_default(),
+            residency: f.residency.unwrap_or_default(),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tessera_engine::api::{JobEvent, Session, SessionOptions};
+use tessera_engine::api::{CommBackend, JobEvent, Session, SessionOptions};
 
 use super::args::GenerationArgs;
 
@@ -13,13 +13,21 @@ use super::args::GenerationArgs;
 pub struct GenerateArgs {
     #[command(flatten)]
     pub generation: GenerationArgs,
+    /// Data plane between ranks: auto (sockets on CPU, NCCL on CUDA), socket, nccl.
+    #[arg(long, value_enum, default_value_t = CommBackend::Auto)]
+    pub comm: CommBackend,
+    /// GPU of each rank, e.g. `0,0` for two ranks sharing GPU 0 (with `--comm socket`): rank r runs on
+    /// the (r mod N)-th listed GPU. Default: rank r on GPU r.
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Vec<usize>,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    let options = SessionOptions { comm: a.comm, gpus: a.gpus, ..SessionOptions::default() };
     let a = a.generation;
     a.out.as_ref().context("--out is required (x.mp4, x.safetensors or dir/)")?;
     let request = a.request()?;
-    let mut session = Session::new(SessionOptions::default());
+    let mut session = Session::new(options);
     let pb = crate::progress::bar(request.params.steps as u64, "denoise");
     let result = session.generate(&request, &mut |e| match e {
         JobEvent::Stage { message } => pb.set_message(message.clone()),

@@ -45,11 +45,13 @@ pub mod video;
 pub use crate::fields::{render, Audience, Field};
 pub use crate::media::{Frames, OutputKind};
 pub use crate::model_spec::{Family, Layout, LoraSpec, LoraTarget, ModelFiles, ModelSpec, ModelSpecError, Variant};
-pub use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
+pub use crate::parallel::plan::{
+    ParallelPlan, PlanError, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode,
+};
 pub use crate::parallel::Rank;
 pub use crate::pipeline::request::{GenerateParams, RequestError};
 pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
-pub use crate::runtime::{JobEvent, PhaseReport, RankReport, RunReport};
+pub use crate::runtime::{CommBackend, JobEvent, PhaseReport, RankReport, RunReport};
 pub use crate::tensor_io::{write_atomic as write_tensors, write_file_atomic, TensorIoError};
 pub use error::{explain, SessionError};
 pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};

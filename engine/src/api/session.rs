@@ -22,7 +22,7 @@ use crate::parallel::plan::TextEncoderPlacement;
 use crate::pipeline::request::RequestError;
 use crate::pipeline::wan::latent_shape;
 use crate::runtime::protocol::{DeviceKind, GenerateSpec, Job, JobData, WireTensor};
-use crate::runtime::{CancelHandle, JobEvent, Supervisor, WorldSpec};
+use crate::runtime::{CancelHandle, CommBackend, JobEvent, Supervisor, WorldSpec};
 use crate::tensor_io;
 
 /// How a session starts its workers and caches prompts.
@@ -36,6 +36,10 @@ pub struct SessionOptions {
     pub env: Vec<(String, String)>,
     /// Prompt embeddings cached on disk per (prompt, model); `None`: no disk cache.
     pub prompt_cache_dir: Option<PathBuf>,
+    /// The data plane (auto: sockets on CPU, NCCL on CUDA).
+    pub comm: CommBackend,
+    /// GPU of each rank (rank `r` on `gpus[r % len]`; empty: GPU `r`); see [`crate::runtime::device_ordinals`].
+    pub gpus: Vec<usize>,
 }
 
 impl Default for SessionOptions {
@@ -45,6 +49,8 @@ impl Default for SessionOptions {
             threads_per_rank: None,
             env: Vec::new(),
             prompt_cache_dir: crate::text::PromptCache::default_dir(),
+            comm: CommBackend::Auto,
+            gpus: Vec::new(),
         }
     }
 }
@@ -294,6 +300,8 @@ impl Session {
             worker_exe: self.options.worker_exe.clone(),
             threads_per_rank: self.options.threads_per_rank,
             env: self.options.env.clone(),
+            comm: self.options.comm,
+            gpus: self.options.gpus.clone(),
             ..WorldSpec::default()
         };
         let supervisor = Supervisor::spawn(spec)?;

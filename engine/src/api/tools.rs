@@ -19,28 +19,11 @@ pub mod vae {
     pub use crate::models::wan::vae::{
         load, AutoencoderKLWan, Config, Moments, TilePlan, Tiling, VaeLoadError, VaeParts, VaeProgress,
     };
+}
 
-    /// Loads a VAE given as a pipeline folder, its `vae/` folder or a single file (see
-    /// `model_spec::vae_component`), `config` for a file that is not a published VAE.
-    pub fn load_component(
-        path: &std::path::Path,
-        config: Option<&std::path::Path>,
-        parts: VaeParts,
-        dtype: candle_core::DType,
-        device: &candle_core::Device,
-    ) -> Result<AutoencoderKLWan, ComponentError> {
-        let (cfg, weights) = crate::model_spec::vae_component(path, config)?;
-        Ok(crate::models::wan::vae::load_weights(&cfg, &weights, parts, dtype, device)?)
-    }
-
-    /// Why [`load_component`] failed: the path is not a VAE, or its weights do not load.
-    #[derive(Debug, thiserror::Error)]
-    pub enum ComponentError {
-        #[error(transparent)]
-        Spec(#[from] crate::model_spec::ModelSpecError),
-        #[error(transparent)]
-        Load(#[from] VaeLoadError),
-    }
+/// A VAE of either family (Wan, HunyuanVideo 1.5), picked from its `config.json` (`tessera vae`).
+pub mod any_vae {
+    pub use crate::models::vae::{load, load_with_config, Vae};
 }
 
 /// The Wan transformer in this process (`bench dit`).

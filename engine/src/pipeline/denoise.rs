@@ -114,6 +114,13 @@ impl LoopSpec {
     }
 }
 
+impl LoopSpec {
+    /// The expert that predicts at timestep `t`: 1 (the low-noise one) below the boundary, else 0.
+    pub fn expert_at(&self, t: f32) -> usize {
+        usize::from(self.has_expert_2 && self.boundary.is_some_and(|b| (t as f64) < b))
+    }
+}
+
 /// Runs every step of `sched` on `latents` (f32, `(1, z, T, h, w)`) and returns the final latents
 /// (with the first frame blended back for TI2V I2V). `progress` may stop the loop with an error
 /// (e.g. a cancel).
@@ -129,8 +136,8 @@ pub fn run_loop(
     let (_, _, nt, nh, nw) = latents.dims5()?;
     let device: Device = latents.device().clone();
     for (i, &t) in timesteps.iter().enumerate() {
-        let low_noise = spec.has_expert_2 && spec.boundary.is_some_and(|b| (t as f64) < b);
-        let expert = usize::from(low_noise);
+        let expert = spec.expert_at(t);
+        let low_noise = expert == 1;
         let input = model_input(spec, t, &latents, condition, (nt, nh, nw), &device)?;
         let guidance = spec.guidance.map(|(g1, g2)| if low_noise { g2 } else { g1 });
         let noise = predictor.predict(expert, &input.0.to_dtype(spec.dtype)?, &input.1, guidance)?;

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::search::GpuSpec;
-use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
+use crate::parallel::plan::{ParallelPlan, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode};
 
 /// Optional request defaults of a preset.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -176,6 +176,7 @@ pub struct Explicit {
     pub vae_mode: Option<VaeMode>,
     pub vae_tiling: Option<TilingSpec>,
     pub text_encoder: Option<TextEncoderPlacement>,
+    pub residency: Option<Residency>,
     pub height: Option<usize>,
     pub width: Option<usize>,
     pub frames: Option<usize>,
@@ -225,6 +226,7 @@ impl Preset {
             vae_mode: e.vae_mode.unwrap_or(p.vae_mode),
             vae_tiling: e.vae_tiling.or(p.vae_tiling),
             text_encoder: e.text_encoder.unwrap_or(p.text_encoder),
+            residency: e.residency.unwrap_or(p.residency),
         };
         let d = &self.defaults;
         Applied {

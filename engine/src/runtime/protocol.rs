@@ -291,6 +291,10 @@ pub struct GenerateStats {
     pub comm_seconds: f64,
     pub comm_calls: u64,
     pub comm_bytes: u64,
+    /// The expert of each step (1: the only or high-noise one, 2: the low-noise one).
+    pub step_experts: Vec<u8>,
+    /// Bytes of expert weights this rank read at the boundary step (phased residency), else 0.
+    pub switched_bytes: u64,
 }
 
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).
