@@ -32,6 +32,11 @@ pub enum Field {
     VaeMode,
     Tiling,
     TextEncoder,
+    Transformer,
+    Transformer2,
+    Vae,
+    Config,
+    Lora,
 }
 
 /// Who reads a message.
@@ -44,7 +49,7 @@ pub enum Audience {
 }
 
 impl Field {
-    pub const ALL: [Field; 26] = [
+    pub const ALL: [Field; 31] = [
         Field::Model,
         Field::Prompt,
         Field::NegativePrompt,
@@ -71,6 +76,11 @@ impl Field {
         Field::VaeMode,
         Field::Tiling,
         Field::TextEncoder,
+        Field::Transformer,
+        Field::Transformer2,
+        Field::Vae,
+        Field::Config,
+        Field::Lora,
     ];
 
     /// The key used in templates (`«key»`), which is also the CLI flag without its dashes.
@@ -102,6 +112,11 @@ impl Field {
             Field::VaeMode => "vae-mode",
             Field::Tiling => "tiling",
             Field::TextEncoder => "text-encoder",
+            Field::Transformer => "transformer",
+            Field::Transformer2 => "transformer-2",
+            Field::Vae => "vae",
+            Field::Config => "config",
+            Field::Lora => "lora",
         }
     }
 
@@ -134,6 +149,11 @@ impl Field {
             Field::VaeMode => "VAE mode",
             Field::Tiling => "Tiling",
             Field::TextEncoder => "Text encoder",
+            Field::Transformer => "Transformer file",
+            Field::Transformer2 => "Transformer 2 file",
+            Field::Vae => "VAE file",
+            Field::Config => "Config",
+            Field::Lora => "LoRAs",
         }
     }
 

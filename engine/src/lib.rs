@@ -3,7 +3,8 @@
 //! - [`api`]: the front door the CLI and the studio use (model spec, request, session).
 //! - [`model_spec`]: the one reader of a model on disk (family, variant, components, configs).
 //! - [`fields`]: request field names for messages (CLI flags / studio labels).
-//! - [`weights`]: diffusers folder discovery, mmap'd safetensors → `VarBuilder`, manifest checks.
+//! - [`weights`]: diffusers folder discovery, mmap'd safetensors → `VarBuilder` (key renames, fp8,
+//!   LoRA deltas merged at load), manifest checks.
 //! - [`models`]: the networks (Wan VAE, Wan transformer, UMT5), candle-transformers style.
 //! - [`scheduler`]: UniPC (flow) and FlowMatchEuler samplers from `scheduler_config.json`.
 //! - [`text`]: prompt cleaning, tokenizer, UMT5 prompt embeddings and their on-disk cache.

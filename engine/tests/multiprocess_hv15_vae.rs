@@ -63,6 +63,7 @@ fn hv15_vae_patch_parallel_on_worker_processes() {
         let tl = (mode == VaeMode::Tiles).then_some([64, 64, 48, 48]);
         let job = VaeDecodeSpec {
             model: case(),
+            config: None,
             latents: inputs.clone(),
             out: out.clone(),
             mode,
@@ -110,6 +111,7 @@ fn hv15_vae_patch_parallel_on_worker_processes() {
         let tl = (mode == VaeMode::Tiles).then_some([64, 64, 48, 48]);
         let job = VaeEncodeSpec {
             model: case(),
+            config: None,
             video: inputs.clone(),
             out: out.clone(),
             mode,

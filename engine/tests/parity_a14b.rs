@@ -115,8 +115,7 @@ fn denoise(c: &Case, params: &GenerateParams) -> (Vec<(Tensor, Tensor)>, Vec<(us
         cond
     });
     let mut predictor = ShardedPredictor::load(
-        &c.dir,
-        true,
+        &spec,
         &PlanGroups::default(),
         &c.inputs["prompt_embeds"],
         Some(&c.inputs["negative_prompt_embeds"]),

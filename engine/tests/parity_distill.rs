@@ -4,7 +4,7 @@
 //! folder with shift 3 must give diffusers' timesteps and sigmas, and each scheduler update must
 //! turn the golden latents of step i−1 and the golden model output of step i into the golden
 //! latents of step i — for the Euler run and for the `unipc_*` run (`--shift 5 --steps 4`). The
-//! schedulers are built the way a request builds them ([`GenerateParams::scheduler`]), so the
+//! schedulers are built the way a request builds them ([`GenerateParams::scheduler_in`]), so the
 //! flags' path is what is tested.
 
 use std::collections::HashMap;
@@ -91,14 +91,14 @@ fn euler_on_the_distill_sigmas_matches_diffusers() {
     // The recipe's flags on the lora pipeline's UniPC (shift 3) folder: Euler, shift 5, the sigmas.
     let p = params(Some(SchedulerKind::Euler), Some(vec![1.0, 0.75, 0.5, 0.25]));
     p.validate(16).expect("the recipe is a valid request");
-    let mut sched = p.scheduler(Path::new(SHIFT3_SCHEDULER)).expect("scheduler");
+    let mut sched = p.scheduler_in(Path::new(SHIFT3_SCHEDULER)).expect("scheduler");
     check_run("euler", sched.as_mut(), "", &out["timesteps"], Some(&out["sigmas"]));
     assert_eq!(case["recipe"]["num_inference_steps"], 4);
     let (max_abs, _) = errors(&out["final_latents"], &out["latents_step3"]);
     assert_eq!(max_abs, 0.0, "final_latents are the last step's");
 
     // A folder whose flow_shift is already 5 needs no --shift.
-    let mut from_shift5 = GenerateParams { shift: None, ..p }.scheduler(Path::new(PIPELINE_SCHEDULER)).unwrap();
+    let mut from_shift5 = GenerateParams { shift: None, ..p }.scheduler_in(Path::new(PIPELINE_SCHEDULER)).unwrap();
     check_run("euler from a shift-5 UniPC config", from_shift5.as_mut(), "", &out["timesteps"], Some(&out["sigmas"]));
 }
 
@@ -107,7 +107,7 @@ fn unipc_on_the_distill_case_matches_diffusers() {
     let out = read("outputs.safetensors");
     // The folder's own UniPC with --shift 5, 4 steps: the config `case.json` "unipc_run" records.
     let p = params(None, None);
-    let mut sched = p.scheduler(Path::new(SHIFT3_SCHEDULER)).expect("scheduler");
+    let mut sched = p.scheduler_in(Path::new(SHIFT3_SCHEDULER)).expect("scheduler");
     check_run("unipc", sched.as_mut(), "unipc_", &out["unipc_timesteps"], None);
 }
 

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
-    DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, Residency, SchedulerKind,
-    TextEncoderPlacement, TilingSpec, VaeMode,
+    DeviceKind, GenerateParams, GenerationRequest, LoraSpec, ModelFiles, Output, ParallelPlan, Prompt, Residency,
+    SchedulerKind, TextEncoderPlacement, TilingSpec, VaeMode,
 };
 
 /// How the generation is spread over the workers.
@@ -55,9 +55,29 @@ pub enum Weights {
 /// Every flag of a generation (all optional here: `generate` says which it needs).
 #[derive(Args, Debug, Clone)]
 pub struct GenerationArgs {
-    /// Diffusers pipeline folder (model_index.json, transformer/, vae/, scheduler/, text_encoder/, tokenizer/).
+    /// Diffusers pipeline folder (model_index.json, transformer/, vae/, scheduler/, text_encoder/,
+    /// tokenizer/), a folder of single files (ComfyUI's), or a transformer file. Optional with
+    /// --transformer.
+    #[arg(long, required_unless_present = "transformer")]
+    pub model: Option<PathBuf>,
+    /// Transformer file (ComfyUI / Kijai / Wan-native or diffusers names; f32, bf16, f16, fp8 e4m3fn,
+    /// fp8 scaled): replaces the folder's transformer/ (whose config.json then describes it).
     #[arg(long)]
-    pub model: PathBuf,
+    pub transformer: Option<PathBuf>,
+    /// A14B's low-noise expert file (replaces transformer_2/).
+    #[arg(long)]
+    pub transformer_2: Option<PathBuf>,
+    /// VAE file (ComfyUI's wan_2.1_vae.safetensors, or a diffusers-named file): replaces vae/.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// config.json, a component folder or a pipeline folder with the configs of files whose
+    /// dimensions their shapes cannot settle (finetunes, tiny test models).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// LoRA merged at load: FILE[:STRENGTH][@high|@low] (repeatable; @high = transformer, @low =
+    /// transformer_2, none = every expert). lightx2v/Kijai, diffusers/PEFT and Kohya/musubi files.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH][@high|@low]")]
+    pub loras: Vec<LoraSpec>,
     /// Prompt text (needs text_encoder/ and tokenizer/ in the model folder).
     #[arg(long, conflicts_with = "prompt_embeds")]
     pub prompt: Option<String>,
@@ -224,8 +244,25 @@ impl GenerationArgs {
                 fps: self.fps,
                 latents: self.save_latents.clone(),
             }),
+            files: self.files(),
             preview_every: self.preview_dir.as_ref().map(|_| self.preview_every.unwrap_or(1)),
-            ..GenerationRequest::new(self.model.clone(), prompt, params)
+            ..GenerationRequest::new(self.model(), prompt, params)
         })
+    }
+
+    /// `--model`, empty when the model is given as files only.
+    pub fn model(&self) -> PathBuf {
+        self.model.clone().unwrap_or_default()
+    }
+
+    /// The component files, config and LoRAs of the flags.
+    pub fn files(&self) -> ModelFiles {
+        ModelFiles {
+            transformer: self.transformer.clone(),
+            transformer_2: self.transformer_2.clone(),
+            vae: self.vae.clone(),
+            config: self.config.clone(),
+            loras: self.loras.clone(),
+        }
     }
 }

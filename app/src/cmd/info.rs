@@ -33,6 +33,9 @@ pub fn summary(s: &Settings) -> String {
     for f in &s.files {
         out += &format!("  {:<13} {} ({} bytes, hash {})\n", f.component, f.path.display(), f.bytes, f.hash);
     }
+    for l in &s.model_files.loras {
+        out += &format!("lora       {l}\n");
+    }
     out += &format!("prompt     {}\n", describe(&s.prompt));
     if let Some(n) = &s.negative_prompt {
         out += &format!("negative   {}\n", describe(n));
@@ -100,8 +103,21 @@ fn quote(s: &str) -> String {
 /// The `tessera generate` flags of the settings (without `--out`).
 pub fn command_line(s: &Settings) -> String {
     let p = &s.params;
-    let mut args: Vec<String> =
-        vec!["tessera generate".into(), format!("--model {}", quote(&s.model.to_string_lossy()))];
+    let mut args: Vec<String> = vec!["tessera generate".into()];
+    if !s.model.as_os_str().is_empty() {
+        args.push(format!("--model {}", quote(&s.model.to_string_lossy())));
+    }
+    let f = &s.model_files;
+    let files =
+        [("transformer", &f.transformer), ("transformer-2", &f.transformer_2), ("vae", &f.vae), ("config", &f.config)];
+    for (flag, path) in files {
+        if let Some(path) = path {
+            args.push(format!("--{flag} {}", quote(&path.to_string_lossy())));
+        }
+    }
+    for l in &f.loras {
+        args.push(format!("--lora {}", quote(&l.to_string())));
+    }
     let prompt = |flag: &str, embeds_flag: &str, prompt: &Prompt| match prompt {
         Prompt::Text(t) | Prompt::StandIn(t) => format!("--{flag} {}", quote(t)),
         Prompt::Embeds(path) => format!("--{embeds_flag} {}", quote(&path.to_string_lossy())),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tessera_engine::api::planning::{
     self, GpuSpec, Options, PhasePrediction, Prediction, RankPrediction, Request, Target,
 };
-use tessera_engine::api::{DeviceKind, ModelSpec, ParallelPlan};
+use tessera_engine::api::{render, Audience, DeviceKind, ModelSpec, ParallelPlan};
 
 use super::args::GenerationArgs;
 
@@ -68,7 +68,11 @@ pub fn run(a: PlanArgs) -> Result<()> {
         (DeviceKind::Cuda, _) => Target::Cuda,
         (DeviceKind::Cpu, None) => Target::Cpu,
     };
-    let spec = ModelSpec::from_path(&g.model)?;
+    let spec =
+        ModelSpec::open(&g.model(), &g.files()).map_err(|e| anyhow::anyhow!(render(&e.to_string(), Audience::Cli)))?;
+    for line in &spec.assumed {
+        eprintln!("assumed: {line}");
+    }
     let mut opts = Options::new(target);
     let plan = applied.plan;
     opts.threads = a.threads.unwrap_or(opts.threads / plan.ranks.max(1)).max(1);
@@ -85,7 +89,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
     };
     if a.json {
         let out = Output {
-            model: g.model.display().to_string(),
+            model: g.model().display().to_string(),
             request: req,
             plan,
             device: target,

@@ -24,9 +24,13 @@ pub enum VaeCommand {
 
 #[derive(Args, Debug)]
 pub struct DecodeArgs {
-    /// Pipeline folder (uses its `vae/`) or the VAE folder itself.
+    /// Pipeline folder (uses its `vae/`), the VAE folder itself, or a VAE file (diffusers names, or
+    /// Wan-native such as ComfyUI's wan_2.1_vae.safetensors).
     #[arg(long)]
     pub model: PathBuf,
+    /// config.json (or a folder with one) for a VAE file that is not the published Wan2.1/Wan2.2 VAE.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Safetensors file holding tensor `latents`.
     #[arg(long)]
     pub latents: PathBuf,
@@ -79,9 +83,13 @@ impl ParallelArgs {
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
-    /// Pipeline folder (uses its `vae/`) or the VAE folder itself.
+    /// Pipeline folder (uses its `vae/`), the VAE folder itself, or a VAE file (diffusers names, or
+    /// Wan-native such as ComfyUI's wan_2.1_vae.safetensors).
     #[arg(long)]
     pub model: PathBuf,
+    /// config.json (or a folder with one) for a VAE file that is not the published Wan2.1/Wan2.2 VAE.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Safetensors file holding tensor `video`, or a PNG/JPEG image (a 1-frame video).
     #[arg(long)]
     pub video: PathBuf,
@@ -102,9 +110,9 @@ pub fn run(cmd: VaeCommand) -> Result<()> {
     }
 }
 
-fn load(model: &Path, parts: VaeParts) -> Result<Vae> {
+fn load(model: &Path, config: Option<&Path>, parts: VaeParts) -> Result<Vae> {
     let started = std::time::Instant::now();
-    let vae = any_vae::load(model, parts, DType::F32, &Device::Cpu)
+    let vae = any_vae::load_with_config(model, config, parts, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading the VAE from {}", model.display()))?;
     tracing::info!("loaded VAE in {:.2}s", started.elapsed().as_secs_f64());
     Ok(vae)
@@ -123,6 +131,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
     if a.parallel.on_workers() {
         let spec = VaeDecodeSpec {
             model: a.model.clone(),
+            config: a.config.clone(),
             latents: a.latents.clone(),
             out: a.out.clone(),
             mode,
@@ -132,7 +141,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
         return run_on_workers(Job::VaeDecode(spec), &a.parallel, "decode", &a.latents);
     }
     let latents = read_tensor(&a.latents, "latents", DType::F32, &Device::Cpu)?;
-    let vae = load(&a.model, VaeParts::Decoder)?;
+    let vae = load(&a.model, a.config.as_deref(), VaeParts::Decoder)?;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(1, "decode");
     let video = vae
@@ -193,6 +202,7 @@ fn encode(a: EncodeArgs) -> Result<()> {
     if a.parallel.on_workers() {
         let spec = VaeEncodeSpec {
             model: a.model.clone(),
+            config: a.config.clone(),
             video: a.video.clone(),
             out: a.out.clone(),
             mode,
@@ -202,7 +212,7 @@ fn encode(a: EncodeArgs) -> Result<()> {
         return run_on_workers(Job::VaeEncode(spec), &a.parallel, "encode", &a.video);
     }
     let video = read_video_or_image(&a.video).map_err(anyhow::Error::msg)?;
-    let vae = load(&a.model, VaeParts::Encoder)?;
+    let vae = load(&a.model, a.config.as_deref(), VaeParts::Encoder)?;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(1, "encode");
     let moments = vae

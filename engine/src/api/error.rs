@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::fields::{render, Audience};
 use crate::model_spec::ModelSpecError;
 use crate::pipeline::request::RequestError;
 use crate::runtime::RuntimeError;
@@ -11,7 +12,7 @@ use crate::runtime::RuntimeError;
 /// names CLI flags where a request field is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("Model: {0}")]
+    #[error("Model: {}", render(&.0.to_string(), Audience::Gui))]
     Model(#[from] ModelSpecError),
     #[error("{0}")]
     Request(#[from] RequestError),
@@ -30,6 +31,7 @@ impl SessionError {
     pub fn cli(&self) -> String {
         match self {
             Self::Request(e) => e.cli(),
+            Self::Model(e) => render(&e.to_string(), Audience::Cli),
             other => other.to_string(),
         }
     }

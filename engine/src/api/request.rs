@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fields::Field;
 use crate::media::OutputKind;
-use crate::model_spec::ModelSpec;
+use crate::model_spec::{ModelFiles, ModelSpec};
 use crate::parallel::plan::ParallelPlan;
 use crate::pipeline::request::{self, GenerateParams, RequestError};
 use crate::runtime::DeviceKind;
@@ -41,8 +41,11 @@ pub struct Output {
 /// One generation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationRequest {
-    /// A diffusers Wan pipeline folder.
+    /// A diffusers Wan pipeline folder, a folder of single files, a transformer file, or empty
+    /// when `files.transformer` names it.
     pub model: PathBuf,
+    /// Component files replacing (or making up) the model's, `--config`, and LoRAs.
+    pub files: ModelFiles,
     pub prompt: Prompt,
     /// The negative prompt under CFG; `None`: empty text (the pipelines' default) for `Text` and
     /// `StandIn` prompts. Unused when guidance is off.
@@ -72,6 +75,7 @@ impl GenerationRequest {
     pub fn new(model: impl Into<PathBuf>, prompt: Prompt, params: GenerateParams) -> Self {
         Self {
             model: model.into(),
+            files: ModelFiles::default(),
             prompt,
             negative: None,
             image: None,

@@ -168,7 +168,10 @@ impl Session {
         on_event: &mut dyn FnMut(&JobEvent),
     ) -> Result<Generation, SessionError> {
         let started = Instant::now();
-        let model = ModelSpec::from_path(&req.model)?;
+        let model = ModelSpec::open(&req.model, &req.files)?;
+        for line in &model.assumed {
+            tracing::info!("assumed: {line}");
+        }
         req.validate(&model)?;
         let latents = req.latents.as_ref().map(|p| initial_latents(p, &model, req)).transpose()?;
         let reused = self.prepare_world(req.plan.ranks, req.device, on_event)?;
@@ -180,6 +183,7 @@ impl Session {
         let setup_seconds = started.elapsed().as_secs_f64();
         let spec = GenerateSpec {
             model: req.model.clone(),
+            files: req.files.clone(),
             params: req.params.clone(),
             plan: req.plan,
             prompt: resolved.prompt,

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::request::{GenerationRequest, Prompt};
 use crate::media::{self, MediaError};
-use crate::model_spec::ModelSpec;
+use crate::model_spec::{ModelFiles, ModelSpec};
 use crate::parallel::plan::ParallelPlan;
 use crate::pipeline::request::GenerateParams;
 
@@ -22,9 +22,13 @@ use crate::pipeline::request::GenerateParams;
 pub struct Settings {
     /// The Tessera version that wrote the file (`tessera 0.1.0`).
     pub tessera: String,
-    /// The model as given (a pipeline folder).
+    /// The model as given (a pipeline folder, a folder of single files, a transformer file, or
+    /// empty when `model_files` names the transformer).
     pub model: PathBuf,
-    /// Every weight file of the model with its size and short hash.
+    /// Component files, `--config` and LoRAs with their strengths, as given.
+    #[serde(default)]
+    pub model_files: ModelFiles,
+    /// Every weight file of the model and every LoRA file, with its size and short hash.
     pub files: Vec<ModelFile>,
     pub prompt: Prompt,
     /// The negative prompt when one was used (CFG on), else `None`.
@@ -43,7 +47,7 @@ pub struct Settings {
 /// One weight file of the model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelFile {
-    /// `transformer`, `transformer_2`, `vae` or `text_encoder`.
+    /// `transformer`, `transformer_2`, `vae`, `text_encoder` or `lora`.
     pub component: String,
     pub path: PathBuf,
     pub bytes: u64,
@@ -70,25 +74,27 @@ impl Settings {
     /// The settings of `req` on `model` (its files hashed now), with the video's frame rate.
     pub fn of_request(req: &GenerationRequest, model: &ModelSpec, fps: Option<f64>) -> Result<Self, SettingsError> {
         let c = &model.components;
-        let components = [
-            ("transformer", Some(&c.transformer)),
-            ("transformer_2", c.transformer_2.as_ref()),
-            ("vae", Some(&c.vae)),
-            ("text_encoder", c.text_encoder.as_ref()),
-        ];
+        let mut named: Vec<(&str, PathBuf)> = Vec::new();
+        let parts =
+            [("transformer", Some(&c.transformer)), ("transformer_2", c.transformer_2.as_ref()), ("vae", Some(&c.vae))];
+        for (component, part) in parts {
+            named.extend(part.into_iter().flat_map(|p| p.files.iter().map(move |f| (component, f.clone()))));
+        }
+        if let Some(dir) = &c.text_encoder {
+            named.extend(weight_files(dir)?.into_iter().map(|f| ("text_encoder", f)));
+        }
+        named.extend(req.files.loras.iter().map(|l| ("lora", l.path.clone())));
         let mut files = Vec::new();
-        for (component, path) in components {
-            let Some(path) = path else { continue };
-            for file in weight_files(path)? {
-                let io = |source| SettingsError::Io { path: file.clone(), source };
-                let bytes = std::fs::metadata(&file).map_err(io)?.len();
-                let hash = short_hash(&file).map_err(io)?;
-                files.push(ModelFile { component: component.into(), path: file, bytes, hash });
-            }
+        for (component, file) in named {
+            let io = |source| SettingsError::Io { path: file.clone(), source };
+            let bytes = std::fs::metadata(&file).map_err(io)?.len();
+            let hash = short_hash(&file).map_err(io)?;
+            files.push(ModelFile { component: component.into(), path: file, bytes, hash });
         }
         Ok(Self {
             tessera: format!("tessera {}", env!("CARGO_PKG_VERSION")),
             model: req.model.clone(),
+            model_files: req.files.clone(),
             files,
             prompt: req.prompt.clone(),
             negative_prompt: req.negative_prompt(model),
@@ -125,11 +131,8 @@ impl Settings {
     }
 }
 
-/// The `.safetensors` files of a component (a folder, or one file).
+/// The `.safetensors` files of the text encoder's folder.
 fn weight_files(path: &Path) -> Result<Vec<PathBuf>, SettingsError> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
     let io = |source| SettingsError::Io { path: path.to_path_buf(), source };
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(io)?

@@ -23,7 +23,7 @@ pub mod vae {
 
 /// A VAE of either family (Wan, HunyuanVideo 1.5), picked from its `config.json` (`tessera vae`).
 pub mod any_vae {
-    pub use crate::models::vae::{load, Vae};
+    pub use crate::models::vae::{load, load_with_config, Vae};
 }
 
 /// The Wan transformer in this process (`bench dit`).

@@ -4,20 +4,34 @@
 //! The CLI, the studio, the planner and the workers all take their facts from it.
 //!
 //! - [`index`]: `model_index.json`, the fields the pipelines read.
+//! - [`files`]: component files, `--config` and LoRAs a user gives besides (or instead of) a folder.
+//! - [`single_file`]: what a single file holds, its key dialect, the config its shapes imply and
+//!   the published pipeline settings shapes cannot tell.
 //! - [`weights_info`]: stored bytes and dtype of a component, from safetensors headers only.
 //!
-//! Only configs and safetensors headers are read, so inspecting a 60 GB checkpoint is instant, and
-//! a folder with configs but no weights (a model not downloaded yet) can still be planned for.
-//! New layouts (single-file checkpoints) and families (HunyuanVideo 1.5) add a [`Layout`] /
-//! [`Family`] variant and a detection branch here; nothing downstream reads folders itself.
+//! A model is a diffusers pipeline folder, a folder of single files (ComfyUI's), or component files
+//! alone ([`ModelSpec::open`]); with a folder, each file flag replaces that component and the
+//! folder's config describes it. Only configs and safetensors headers are read, so inspecting a
+//! 60 GB checkpoint is instant, and a folder with configs but no weights (a model not downloaded
+//! yet) can still be planned for. The loaders take their weights from here
+//! ([`ModelSpec::transformer_weights`] with the LoRAs merged, [`ModelSpec::vae_weights`]); nothing
+//! downstream reads folders itself. New families (HunyuanVideo 1.5) add a [`Family`] variant and a
+//! detection branch here.
 
+pub mod files;
 pub mod index;
+pub mod single_file;
 pub mod weights_info;
 
 use std::path::{Path, PathBuf};
 
+pub use files::{LoraSpec, LoraTarget, ModelFiles};
 pub use index::ModelIndex;
 pub use weights_info::WeightsInfo;
+
+use crate::models::wan::checkpoint_keys::{self, KeyDialect, VaeKeys};
+use crate::models::wan::lora::{LoraError, LoraPlan};
+use crate::weights::{Checkpoint, ComponentWeights, Deltas, WeightsError};
 
 use crate::models::umt5::config::Config as Umt5Config;
 use crate::models::wan::transformer::config::Config as DitConfig;
@@ -108,16 +122,42 @@ impl Variant {
 pub enum Layout {
     /// A diffusers pipeline folder (`model_index.json`, one folder per component).
     DiffusersFolder,
+    /// Some component is a single file (ComfyUI / Wan-native / one diffusers file), with or
+    /// without a folder around it.
+    Files,
 }
 
-/// Where each component lives. Configs are read from `<dir>/config.json`.
+/// One weight component: the folder or file it was given as, its safetensors files and their key
+/// dialect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Component {
+    pub path: PathBuf,
+    /// Empty for a folder with its config only (not downloaded yet).
+    pub files: Vec<PathBuf>,
+    pub keys: KeyDialect,
+}
+
+impl Component {
+    /// A diffusers component folder.
+    fn folder(dir: PathBuf) -> Result<Self, ModelSpecError> {
+        let files = match Checkpoint::open(&dir) {
+            Ok(c) => c.files,
+            Err(WeightsError::NoWeights(_)) | Err(WeightsError::Io { .. }) => Vec::new(),
+            Err(e) => return Err(ModelSpecError::Read { path: dir, msg: e.to_string() }),
+        };
+        Ok(Self { path: dir, files, keys: KeyDialect::Diffusers })
+    }
+}
+
+/// Where each component lives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Components {
-    pub transformer: PathBuf,
+    pub transformer: Component,
     /// The low-noise expert of A14B.
-    pub transformer_2: Option<PathBuf>,
-    pub vae: PathBuf,
-    pub scheduler: PathBuf,
+    pub transformer_2: Option<Component>,
+    pub vae: Component,
+    /// The `scheduler/` folder; `None` for file layouts (the published config applies).
+    pub scheduler: Option<PathBuf>,
     /// UMT5 encoder and its tokenizer: both are needed to encode prompt text.
     pub text_encoder: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
@@ -136,6 +176,14 @@ pub enum ModelSpecError {
     Read { path: PathBuf, msg: String },
     #[error("invalid {component} config in {}: {msg}", .path.display())]
     Invalid { component: &'static str, path: PathBuf, msg: String },
+    #[error("{} is not {want}: it holds {got}", .path.display())]
+    WrongFile { path: PathBuf, want: &'static str, got: &'static str },
+    #[error("{}: {msg}", .path.display())]
+    Unsupported { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error("«lora» {lora}: {msg}")]
+    LoraTarget { lora: String, msg: String },
     #[error("{} is a {} pipeline folder; so far only its VAE runs (tessera vae decode|encode --model …): generation needs its transformer, which is not ported yet", .path.display(), .family.describe())]
     VaeOnly { family: Family, path: PathBuf },
 }
@@ -159,6 +207,69 @@ pub struct ModelSpec {
     /// Stored weights of the denoise and decode components (transformers + VAE); `None` when the
     /// folder holds configs only.
     pub weights: Option<WeightsInfo>,
+    /// The files, config and LoRAs the model was opened with (the workers open it the same way).
+    pub files: ModelFiles,
+    /// `scheduler_config.json`: the folder's, else the published one of the variant.
+    pub scheduler_config: serde_json::Value,
+    /// What was taken from published configs because the files cannot tell, one line each (shown
+    /// to the user).
+    pub assumed: Vec<String>,
+}
+
+/// Configs a folder (the `--model` diffusers folder, or `--config`) provides.
+#[derive(Default)]
+struct Configs {
+    index: Option<ModelIndex>,
+    transformer: Option<DitConfig>,
+    transformer_2: Option<DitConfig>,
+    vae: Option<VaeConfig>,
+    scheduler: Option<serde_json::Value>,
+}
+
+impl Configs {
+    /// A `config.json` (its `_class_name` says of what), a component folder holding one, or a
+    /// folder of component folders (a pipeline, with or without `model_index.json`).
+    fn read(path: &Path) -> Result<Self, ModelSpecError> {
+        if !path.exists() {
+            return Err(ModelSpecError::Missing(path.to_path_buf()));
+        }
+        let single = if path.is_file() {
+            Some(path.to_path_buf())
+        } else {
+            Some(path.join("config.json")).filter(|p| p.is_file())
+        };
+        if let Some(file) = single {
+            let value: serde_json::Value = read_json(&file, "config")?;
+            let mut out = Self::default();
+            match value.get("_class_name").and_then(|c| c.as_str()) {
+                Some("AutoencoderKLWan") => out.vae = Some(read_json(&file, "vae")?),
+                _ => out.transformer = Some(read_json(&file, "transformer")?),
+            }
+            return Ok(out);
+        }
+        let sub = |name: &str, file: &str| Some(path.join(name).join(file)).filter(|p| p.is_file());
+        Ok(Self {
+            index: Some(path.join("model_index.json"))
+                .filter(|p| p.is_file())
+                .map(|p| read_json(&p, "model_index.json"))
+                .transpose()?,
+            transformer: sub("transformer", "config.json").map(|p| read_json(&p, "transformer")).transpose()?,
+            transformer_2: sub("transformer_2", "config.json").map(|p| read_json(&p, "transformer_2")).transpose()?,
+            vae: sub("vae", "config.json").map(|p| read_json(&p, "vae")).transpose()?,
+            scheduler: sub("scheduler", "scheduler_config.json").map(|p| read_json(&p, "scheduler")).transpose()?,
+        })
+    }
+
+    /// `self`'s configs where it has them, else `other`'s.
+    fn or(self, other: Self) -> Self {
+        Self {
+            index: self.index.or(other.index),
+            transformer: self.transformer.or(other.transformer),
+            transformer_2: self.transformer_2.or(other.transformer_2),
+            vae: self.vae.or(other.vae),
+            scheduler: self.scheduler.or(other.scheduler),
+        }
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, component: &'static str) -> Result<T, ModelSpecError> {
@@ -176,60 +287,246 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, component: &'static st
 impl ModelSpec {
     /// Inspects the model at `path` (configs and safetensors headers only).
     pub fn from_path(path: &Path) -> Result<Self, ModelSpecError> {
-        if path.as_os_str().is_empty() {
+        Self::open(path, &ModelFiles::default())
+    }
+
+    /// Inspects a model given as `path` (a diffusers pipeline folder, a folder of single files, a
+    /// transformer file, or empty) with `files` replacing or adding components, configs and LoRAs
+    /// (see the module docs). Reads configs and safetensors headers only, LoRAs' included.
+    pub fn open(path: &Path, files: &ModelFiles) -> Result<Self, ModelSpecError> {
+        let given = !path.as_os_str().is_empty();
+        if !given && files.transformer.is_none() {
             return Err(ModelSpecError::Empty);
         }
-        if !path.exists() {
+        if given && !path.exists() {
             return Err(ModelSpecError::Missing(path.to_path_buf()));
         }
-        if !path.join("model_index.json").is_file() {
-            return Err(ModelSpecError::NotPipeline { detail: "no model_index.json".into(), path: path.to_path_buf() });
+        let pipeline = given && path.join("model_index.json").is_file();
+        // The folder's own components (diffusers folders) or its files (a folder of single files).
+        let (mut transformer, mut transformer_2, mut vae) = (None, None, None);
+        let mut folder_configs = Configs::default();
+        let mut text = (None, None);
+        if pipeline {
+            let family = Family::detect(path)?;
+            if family != Family::Wan {
+                return Err(ModelSpecError::VaeOnly { family, path: path.to_path_buf() });
+            }
+            folder_configs = Configs::read(path)?;
+            let index = folder_configs.index.clone().unwrap_or_default();
+            transformer = Some(Component::folder(path.join("transformer"))?);
+            transformer_2 =
+                index.has_transformer_2().then(|| Component::folder(path.join("transformer_2"))).transpose()?;
+            vae = Some(Component::folder(path.join("vae"))?);
+            text = (
+                Some(path.join("text_encoder")).filter(|d| d.join("config.json").is_file()),
+                Some(path.join("tokenizer")).filter(|d| d.is_dir()),
+            );
+        } else if given && path.is_file() {
+            transformer = Some(single_file::transformer_file(path)?);
+        } else if given {
+            let (ts, v) = single_file::folder_of_files(path)?;
+            if ts.is_empty() && files.transformer.is_none() {
+                return Err(ModelSpecError::NotPipeline {
+                    detail: "no model_index.json and no Wan transformer .safetensors file".into(),
+                    path: path.to_path_buf(),
+                });
+            }
+            let mut ts = ts.into_iter();
+            transformer = ts.next().map(|t| single_file::transformer_file(&t)).transpose()?;
+            transformer_2 = ts.next().map(|t| single_file::transformer_file(&t)).transpose()?;
+            vae = v.map(|v| single_file::vae_file(&v)).transpose()?;
         }
-        let index: ModelIndex = read_json(&path.join("model_index.json"), "model_index.json")?;
-        let family = Family::detect(path)?;
-        if family != Family::Wan {
-            return Err(ModelSpecError::VaeOnly { family, path: path.to_path_buf() });
+        if let Some(f) = &files.transformer {
+            transformer = Some(single_file::transformer_file(f)?);
         }
-        let components = Components {
-            transformer: path.join("transformer"),
-            transformer_2: index.has_transformer_2().then(|| path.join("transformer_2")),
-            vae: path.join("vae"),
-            scheduler: path.join("scheduler"),
-            text_encoder: Some(path.join("text_encoder")).filter(|d| d.join("config.json").is_file()),
-            tokenizer: Some(path.join("tokenizer")).filter(|d| d.is_dir()),
+        if let Some(f) = &files.transformer_2 {
+            transformer_2 = Some(single_file::transformer_file(f)?);
+        }
+        if let Some(f) = &files.vae {
+            vae = Some(single_file::vae_file(f)?);
+        }
+        let root = if given { path.to_path_buf() } else { files.transformer.clone().unwrap_or_default() };
+        let Some(transformer) = transformer else {
+            return Err(ModelSpecError::NotPipeline {
+                detail: "no transformer: pass «transformer» FILE".into(),
+                path: root,
+            });
         };
-        let transformer: DitConfig = read_json(&components.transformer.join("config.json"), "transformer")?;
-        let transformer_2 = match &components.transformer_2 {
-            Some(dir) => Some(read_json::<DitConfig>(&dir.join("config.json"), "transformer_2")?),
+        let Some(vae) = vae else {
+            return Err(ModelSpecError::NotPipeline { detail: "no VAE: pass «vae» FILE".into(), path: root });
+        };
+        // Configs: --config first, then the folder's, then the shapes.
+        let configs = match &files.config {
+            Some(c) => Configs::read(c)?.or(folder_configs),
+            None => folder_configs,
+        };
+        let is_file = |c: &Component| c.path.is_file();
+        let layout = if [Some(&transformer), transformer_2.as_ref(), Some(&vae)].into_iter().flatten().any(is_file) {
+            Layout::Files
+        } else {
+            Layout::DiffusersFolder
+        };
+        let dit_config = |c: &Component, given: Option<DitConfig>| -> Result<DitConfig, ModelSpecError> {
+            if !is_file(c) {
+                return given.ok_or_else(|| ModelSpecError::NotPipeline {
+                    detail: "no transformer/config.json".into(),
+                    path: c.path.clone(),
+                });
+            }
+            let table = single_file::transformer_table(c)?;
+            let cfg = match given {
+                Some(cfg) => cfg,
+                None => single_file::infer_transformer(&single_file::shapes(&table), &c.path)?,
+            };
+            single_file::check_transformer(&cfg, &table, &c.path)?;
+            Ok(cfg)
+        };
+        let transformer_cfg = dit_config(&transformer, configs.transformer.clone())?;
+        let transformer_2_cfg = match &transformer_2 {
+            Some(c) => Some(dit_config(c, configs.transformer_2.clone().or_else(|| configs.transformer.clone()))?),
             None => None,
         };
-        let vae: VaeConfig = read_json(&components.vae.join("config.json"), "vae")?;
-        let text_encoder = match &components.text_encoder {
+        let vae_cfg = if is_file(&vae) {
+            let probe = single_file::vae_table(&vae, VaeConfig::wan21().num_res_blocks)?;
+            let cfg = match configs.vae.clone() {
+                Some(cfg) => cfg,
+                None => single_file::infer_vae(&probe, &vae.path)?,
+            };
+            single_file::check_vae(&cfg, &single_file::vae_table(&vae, cfg.num_res_blocks)?, &vae.path)?;
+            cfg
+        } else {
+            configs.vae.clone().ok_or_else(|| ModelSpecError::NotPipeline {
+                detail: "no vae/config.json".into(),
+                path: vae.path.clone(),
+            })?
+        };
+        let text_encoder = match &text.0 {
             Some(dir) => Some(read_json::<Umt5Config>(&dir.join("config.json"), "text_encoder")?),
             None => None,
         };
-        let variant = detect_variant(&index, &transformer, transformer_2.is_some(), &vae);
-        let weights = WeightsInfo::read(
-            std::iter::once(components.transformer.as_path())
-                .chain(components.transformer_2.as_deref())
-                .chain(std::iter::once(components.vae.as_path())),
-        )
-        .map_err(|msg| ModelSpecError::Read { path: path.to_path_buf(), msg })?;
+        let mut assumed = Vec::new();
+        let (index, scheduler_config) = match configs.index.clone() {
+            Some(index) => {
+                let variant = detect_variant(&index, &transformer_cfg, transformer_2.is_some(), &vae_cfg);
+                let sched = match configs.scheduler.clone() {
+                    Some(s) => s,
+                    None => {
+                        let (_, s, a) = single_file::published(variant);
+                        assumed.extend(a.into_iter().take(1));
+                        s
+                    }
+                };
+                (index, sched)
+            }
+            None => {
+                let variant = variant_from_shapes(&transformer_cfg, transformer_2.is_some(), &vae_cfg);
+                let (index, sched, a) = single_file::published(variant);
+                assumed.extend(a);
+                (index, configs.scheduler.clone().unwrap_or(sched))
+            }
+        };
+        let variant = detect_variant(&index, &transformer_cfg, transformer_2.is_some(), &vae_cfg);
+        let comps: Vec<&Component> =
+            [Some(&transformer), transformer_2.as_ref(), Some(&vae)].into_iter().flatten().collect();
+        let weights = WeightsInfo::read(&comps).map_err(|msg| ModelSpecError::Read { path: root.clone(), msg })?;
         let spec = Self {
-            root: path.to_path_buf(),
-            family,
+            root,
+            family: Family::Wan,
             variant,
-            layout: Layout::DiffusersFolder,
-            components,
+            layout,
+            components: Components {
+                transformer,
+                transformer_2,
+                vae,
+                scheduler: pipeline.then(|| path.join("scheduler")),
+                text_encoder: text.0,
+                tokenizer: text.1,
+            },
             index,
-            transformer,
-            transformer_2,
-            vae,
+            transformer: transformer_cfg,
+            transformer_2: transformer_2_cfg,
+            vae: vae_cfg,
             text_encoder,
             weights,
+            files: files.clone(),
+            scheduler_config,
+            assumed,
         };
         spec.validate()?;
+        spec.check_loras()?;
         Ok(spec)
+    }
+
+    /// Each LoRA checked against the expert(s) it goes to (headers only).
+    fn check_loras(&self) -> Result<(), ModelSpecError> {
+        for lora in &self.files.loras {
+            if lora.target == LoraTarget::Low && self.components.transformer_2.is_none() {
+                return Err(ModelSpecError::LoraTarget {
+                    lora: lora.to_string(),
+                    msg: "@low targets transformer_2, the low-noise expert of A14B, and this model has one transformer: drop the @low".into(),
+                });
+            }
+            if !lora.path.is_file() {
+                return Err(ModelSpecError::LoraTarget { lora: lora.to_string(), msg: "file not found".into() });
+            }
+        }
+        for expert in 0..self.experts() {
+            let (component, cfg) = self.expert(expert);
+            let table = single_file::transformer_table(component)?;
+            for lora in self.files.loras.iter().filter(|l| l.target.applies_to(expert)) {
+                LoraPlan::check(&lora.path, &table, cfg.num_layers)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of transformers (2 for A14B).
+    pub fn experts(&self) -> usize {
+        1 + usize::from(self.components.transformer_2.is_some())
+    }
+
+    fn expert(&self, index: usize) -> (&Component, &DitConfig) {
+        match (index, &self.components.transformer_2, &self.transformer_2) {
+            (1, Some(c), Some(cfg)) => (c, cfg),
+            _ => (&self.components.transformer, &self.transformer),
+        }
+    }
+
+    /// The weights of transformer `index` (0 = `transformer`, 1 = `transformer_2`) as the loaders
+    /// read them: renamed from the file's dialect, fp8 dequantised, with the LoRAs for this expert
+    /// read and merged at load.
+    pub fn transformer_weights(&self, index: usize) -> Result<ComponentWeights, ModelSpecError> {
+        let (component, cfg) = self.expert(index);
+        let weights =
+            ComponentWeights::renamed(component.files.clone(), checkpoint_keys::transformer_rename(&component.keys));
+        let loras: Vec<&LoraSpec> = self.files.loras.iter().filter(|l| l.target.applies_to(index)).collect();
+        if loras.is_empty() {
+            return Ok(weights);
+        }
+        let table =
+            weights.table().map_err(|e| ModelSpecError::Read { path: component.path.clone(), msg: e.to_string() })?;
+        let mut deltas = Deltas::default();
+        for lora in loras {
+            let plan = LoraPlan::check(&lora.path, &table, cfg.num_layers)?;
+            plan.add_to(lora.strength, &mut deltas)?;
+            tracing::info!(
+                "LoRA {} at {} merges into {} tensors of expert {index}",
+                lora.path.display(),
+                lora.strength,
+                plan.tensors()
+            );
+        }
+        Ok(weights.with_deltas(deltas))
+    }
+
+    /// The VAE's weights as the loaders read them.
+    pub fn vae_weights(&self) -> ComponentWeights {
+        let c = &self.components.vae;
+        let keys = match c.keys {
+            KeyDialect::Diffusers => VaeKeys::Diffusers,
+            KeyDialect::WanNative { .. } => VaeKeys::Wan21Native,
+        };
+        ComponentWeights::renamed(c.files.clone(), checkpoint_keys::vae_rename(keys, self.vae.num_res_blocks))
     }
 
     fn validate(&self) -> Result<(), ModelSpecError> {
@@ -261,7 +558,9 @@ impl ModelSpec {
             }
         }
         // A runnable model needs its scheduler; a configs-only folder (for planning) does not.
-        if self.weights.is_some() && !self.components.scheduler.join("scheduler_config.json").is_file() {
+        if self.weights.is_some()
+            && self.components.scheduler.as_ref().is_some_and(|d| !d.join("scheduler_config.json").is_file())
+        {
             return Err(ModelSpecError::NotPipeline {
                 detail: "no scheduler/scheduler_config.json".into(),
                 path: self.root.clone(),
@@ -336,6 +635,52 @@ impl ModelSpec {
             self.transformer.num_layers,
             self.transformer.num_attention_heads
         )
+    }
+}
+
+/// A VAE on its own (`tessera vae decode|encode --model`): a pipeline folder, its `vae/` folder, or
+/// a VAE file (config: `config` if given, else the folder's, else the published one for its
+/// latent channels).
+pub fn vae_component(path: &Path, config: Option<&Path>) -> Result<(VaeConfig, ComponentWeights), ModelSpecError> {
+    if !path.exists() {
+        return Err(ModelSpecError::Missing(path.to_path_buf()));
+    }
+    let given = config.map(Configs::read).transpose()?.and_then(|c| c.vae);
+    if path.is_file() {
+        let c = single_file::vae_file(path)?;
+        let probe = single_file::vae_table(&c, VaeConfig::wan21().num_res_blocks)?;
+        let cfg = match given {
+            Some(cfg) => cfg,
+            None => single_file::infer_vae(&probe, path)?,
+        };
+        single_file::check_vae(&cfg, &single_file::vae_table(&c, cfg.num_res_blocks)?, path)?;
+        let keys = if c.keys == KeyDialect::Diffusers { VaeKeys::Diffusers } else { VaeKeys::Wan21Native };
+        return Ok((
+            cfg.clone(),
+            ComponentWeights::renamed(c.files, checkpoint_keys::vae_rename(keys, cfg.num_res_blocks)),
+        ));
+    }
+    let dir = crate::weights::component_dir(path, "vae")
+        .map_err(|e| ModelSpecError::Read { path: path.to_path_buf(), msg: e.to_string() })?;
+    let cfg = match given {
+        Some(cfg) => cfg,
+        None => read_json(&dir.join("config.json"), "vae")?,
+    };
+    let files =
+        Checkpoint::open(&dir).map_err(|e| ModelSpecError::Read { path: dir.clone(), msg: e.to_string() })?.files;
+    Ok((cfg, ComponentWeights::diffusers(files)))
+}
+
+/// The variant of a model without `model_index.json`: two experts are A14B, a transformer that
+/// takes the Wan2.2 VAE's 48 channels is TI2V-5B, anything else Wan2.1.
+fn variant_from_shapes(dit: &DitConfig, two_experts: bool, vae: &VaeConfig) -> Variant {
+    let channel_concat = dit.in_channels != vae.z_dim;
+    match (two_experts, channel_concat, vae.z_dim == 48 || vae.is_residual) {
+        (true, true, _) => Variant::Wan22I2vA14b,
+        (true, false, _) => Variant::Wan22T2vA14b,
+        (false, _, true) => Variant::Wan22Ti2v5b,
+        (false, true, false) => Variant::Wan21I2v,
+        (false, false, false) => Variant::Wan21T2v,
     }
 }
 

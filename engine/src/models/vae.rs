@@ -31,6 +31,24 @@ pub fn load(model: &Path, parts: VaeParts, dtype: DType, device: &Device) -> std
     })
 }
 
+/// As [`load`], and also a Wan VAE given as a single file (diffusers or Wan-native names), or any
+/// Wan VAE with `config` (a `config.json` or a folder with one) in place of its own
+/// (`model_spec::vae_component`).
+pub fn load_with_config(
+    model: &Path,
+    config: Option<&Path>,
+    parts: VaeParts,
+    dtype: DType,
+    device: &Device,
+) -> std::result::Result<Vae, VaeLoadError> {
+    if !model.is_file() && config.is_none() {
+        return load(model, parts, dtype, device);
+    }
+    let (cfg, weights) = crate::model_spec::vae_component(model, config)
+        .map_err(|e| VaeLoadError::Config { path: model.display().to_string(), msg: e.to_string() })?;
+    Ok(Vae::Wan(super::wan::vae::load_weights(&cfg, &weights, parts, dtype, device)?))
+}
+
 impl Vae {
     pub fn family(&self) -> Family {
         match self {

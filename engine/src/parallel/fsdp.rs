@@ -2,9 +2,10 @@
 //! every sharded tensor (the tensor flattened, split in `F` equal parts, the last zero-padded) and
 //! the group gathers a unit's full weights just before use; the caller drops them after.
 //!
-//! - [`CheckpointIndex`]: the tensor table of a safetensors checkpoint (headers only) and ranged
-//!   reads of one tensor's elements, so a rank reads only its slice from disk (`pread` of those
-//!   bytes; nothing else of the file is touched).
+//! - [`CheckpointIndex`]: the tensor table of a checkpoint (headers only, `weights::TensorTable`:
+//!   any key dialect, fp8 scaled) and ranged reads of one tensor's elements, so a rank reads only
+//!   its slice from disk (`pread` of those bytes; nothing else of the file is touched), with its
+//!   LoRA deltas merged into just that slice.
 //! - [`ShardedStore`]: the slices of every tensor whose name matches, keyed by checkpoint name;
 //!   [`ShardedStore::materialize`] all-gathers every tensor under a prefix (e.g. `blocks.7`) and
 //!   returns a `VarBuilder` over the full checkpoint names, so model code builds the unit exactly as
@@ -17,128 +18,58 @@
 //! unsharded load.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::comm::Collective;
+use crate::weights::{ComponentWeights, Deltas, StoredTensor, TensorTable};
 
 /// Tensors up to this many elements keep their on-disk dtype (see the module docs).
 const SMALL_TENSOR: usize = 1 << 16;
 
-/// Where one tensor lives in a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorEntry {
-    /// Index into [`CheckpointIndex::files`].
-    pub file: usize,
-    pub dtype: DType,
-    pub shape: Vec<usize>,
-    /// Absolute byte offset of the first element in the file.
-    pub offset: u64,
-}
-
-impl TensorEntry {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-/// The tensor table of one checkpoint (one or several safetensors files), read from the headers.
+/// The tensor table of one checkpoint (one or several safetensors files, any key dialect and
+/// storage dtype the [`TensorTable`] reads) and the deltas merged into it; ranged reads of one
+/// tensor's elements, so a rank reads only its slice from disk.
 #[derive(Debug, Clone)]
 pub struct CheckpointIndex {
-    files: Vec<PathBuf>,
-    entries: BTreeMap<String, TensorEntry>,
-}
-
-fn dtype_of(name: &str) -> Option<DType> {
-    Some(match name {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        "U8" => DType::U8,
-        "U32" => DType::U32,
-        "I64" => DType::I64,
-        _ => return None,
-    })
+    table: TensorTable,
+    deltas: Arc<Deltas>,
 }
 
 impl CheckpointIndex {
-    /// Reads the headers of `files` (e.g. `weights::Checkpoint::open(dir)?.files`).
+    /// Reads the headers of diffusers-named `files` (e.g. `weights::Checkpoint::open(dir)?.files`).
     pub fn open(files: &[PathBuf]) -> Result<Self> {
-        let mut entries = BTreeMap::new();
-        for (i, path) in files.iter().enumerate() {
-            for (name, entry) in read_header(path, i)? {
-                entries.insert(name, entry);
-            }
-        }
-        Ok(Self { files: files.to_vec(), entries })
+        Self::from_weights(&ComponentWeights::diffusers(files.to_vec()))
+    }
+
+    /// The table of `weights` (renamed keys, fp8 scales) with its deltas.
+    pub fn from_weights(weights: &ComponentWeights) -> Result<Self> {
+        Ok(Self { table: weights.table().map_err(candle_core::Error::wrap)?, deltas: weights.deltas.clone() })
     }
 
     pub fn files(&self) -> &[PathBuf] {
-        &self.files
+        self.table.files()
     }
 
-    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
-        self.entries.get(name)
+    pub fn entry(&self, name: &str) -> Option<&StoredTensor> {
+        self.table.get(name)
     }
 
     /// Every tensor, in name order.
-    pub fn entries(&self) -> impl Iterator<Item = (&String, &TensorEntry)> {
-        self.entries.iter()
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &StoredTensor)> {
+        self.table.iter()
     }
 
-    /// Reads elements `range` of tensor `name` flattened, as a 1-D CPU tensor in its stored dtype.
-    /// Only those bytes are read from the file.
+    /// Elements `range` of tensor `name` flattened, as a 1-D CPU tensor (its table dtype, f32 when
+    /// deltas were merged into it). Only those bytes are read from the file, and only those
+    /// elements of the deltas are computed.
     pub fn read_range(&self, name: &str, range: std::ops::Range<usize>) -> Result<Tensor> {
-        let Some(e) = self.entries.get(name) else { candle_core::bail!("cannot find tensor {name} in the checkpoint") };
-        if range.end > e.numel() || range.start > range.end {
-            candle_core::bail!("elements {range:?} out of range for tensor {name} of {} elements", e.numel());
-        }
-        let size = e.dtype.size_in_bytes() as u64;
-        let mut bytes = vec![0u8; range.len() * size as usize];
-        let path = &self.files[e.file];
-        let file = std::fs::File::open(path).map_err(|err| io_error(path, err))?;
-        file.read_exact_at(&mut bytes, e.offset + range.start as u64 * size).map_err(|err| io_error(path, err))?;
-        Tensor::from_raw_buffer(&bytes, e.dtype, &[range.len()], &Device::Cpu)
+        let slice = self.table.read_range(name, range.clone())?;
+        self.deltas.apply_range(name, range, slice)
     }
-}
-
-fn io_error(path: &Path, err: std::io::Error) -> candle_core::Error {
-    candle_core::Error::msg(format!("reading {}: {err} (truncated download?)", path.display()))
-}
-
-/// Parses a safetensors header: `[u64 LE n][n bytes of JSON]`, then the data.
-fn read_header(path: &Path, file: usize) -> Result<Vec<(String, TensorEntry)>> {
-    let f = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact_at(&mut len, 0).map_err(|e| io_error(path, e))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100 << 20 {
-        candle_core::bail!("{}: safetensors header of {n} bytes is not plausible", path.display());
-    }
-    let mut json = vec![0u8; n as usize];
-    f.read_exact_at(&mut json, 8).map_err(|e| io_error(path, e))?;
-    let value: serde_json::Value = serde_json::from_slice(&json)
-        .map_err(|e| candle_core::Error::msg(format!("{}: bad safetensors header: {e}", path.display())))?;
-    let Some(map) = value.as_object() else {
-        candle_core::bail!("{}: safetensors header is not a map", path.display())
-    };
-    let bad = |name: &str, what: &str| candle_core::Error::msg(format!("{}: tensor {name}: {what}", path.display()));
-    let mut out = Vec::with_capacity(map.len());
-    for (name, info) in map.iter().filter(|(k, _)| *k != "__metadata__") {
-        let dtype = info["dtype"].as_str().and_then(dtype_of).ok_or_else(|| bad(name, "unsupported dtype"))?;
-        let shape: Vec<usize> = info["shape"]
-            .as_array()
-            .and_then(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect())
-            .ok_or_else(|| bad(name, "bad shape"))?;
-        let start = info["data_offsets"][0].as_u64().ok_or_else(|| bad(name, "bad data_offsets"))?;
-        out.push((name.clone(), TensorEntry { file, dtype, shape, offset: 8 + n + start }));
-    }
-    Ok(out)
 }
 
 /// This rank's slice of one tensor.
@@ -180,7 +111,9 @@ impl ShardedStore {
             let n = e.numel();
             let s = shard_len(n, f);
             let (a, b) = ((r * s).min(n), ((r + 1) * s).min(n));
-            let store = if e.shape.len() <= 1 || n <= SMALL_TENSOR || !e.dtype.is_float() { e.dtype } else { dtype };
+            // A tensor with deltas reads as f32 (the merge is in f32), as the unsharded loader gives it.
+            let read = if index.deltas.contains(name) { DType::F32 } else { e.dtype };
+            let store = if e.shape.len() <= 1 || n <= SMALL_TENSOR || !read.is_float() { read } else { dtype };
             let mut local = index.read_range(name, a..b)?.to_dtype(store)?;
             if b - a < s {
                 let pad = Tensor::zeros(s - (b - a), store, &Device::Cpu)?;
@@ -246,6 +179,7 @@ impl ShardedStore {
 mod tests {
     use super::*;
     use crate::parallel::comm::ThreadComm;
+    use std::path::Path;
     use std::time::Duration;
 
     /// A checkpoint with tensors of awkward sizes (not divisible by the group, smaller than it).

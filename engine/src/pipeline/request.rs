@@ -96,13 +96,25 @@ impl GenerateParams {
         Ok(())
     }
 
-    /// The scheduler of this request (`scheduler`, else the one `dir`'s config names) with its
-    /// tables set for `steps` (or `sigmas`): the one place both pipelines build it.
-    pub fn scheduler(&self, dir: &std::path::Path) -> Result<Box<dyn Scheduler>, SchedulerError> {
-        let mut sched = scheduler::from_pretrained(dir, self.scheduler, self.shift)?;
+    /// The scheduler of this request (`scheduler`, else the one the parsed `scheduler_config.json`
+    /// names; `origin`: where it came from, for messages) with its tables set for `steps` (or
+    /// `sigmas`): the one place every pipeline builds it.
+    pub fn scheduler(
+        &self,
+        config: serde_json::Value,
+        origin: &std::path::Path,
+    ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        let mut sched = scheduler::from_config(config, origin, self.scheduler, self.shift)?;
         scheduler::set_schedule(sched.as_mut(), self.steps, self.sigmas.as_deref())
-            .map_err(|e| SchedulerError::Unsupported { path: dir.to_path_buf(), msg: e.to_string() })?;
+            .map_err(|e| SchedulerError::Unsupported { path: origin.to_path_buf(), msg: e.to_string() })?;
         Ok(sched)
+    }
+
+    /// [`GenerateParams::scheduler`] from a folder holding `scheduler_config.json` (or its
+    /// `scheduler/` subfolder).
+    pub fn scheduler_in(&self, dir: &std::path::Path) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        let (config, path) = scheduler::read_config(dir)?;
+        self.scheduler(config, &path)
     }
 
     /// Whether classifier-free guidance runs (two branches per step): guidance above 1.

@@ -7,13 +7,13 @@
 //! latents after each step. Without CFG parallel every rank runs both branches in turn. Ulysses and
 //! FSDP live inside [`ShardedTransformer`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::denoise::NoisePredictor;
 use super::sampling;
+use crate::model_spec::ModelSpec;
 use crate::models::wan::transformer::{ShardOptions, ShardedTransformer};
 use crate::parallel::comm::{color_of, Collective};
 use crate::parallel::plan::ParallelPlan;
@@ -71,54 +71,49 @@ pub struct ShardedPredictor {
     cfg_branch: usize,
 }
 
-/// The folder of expert `index` (0: `transformer/`, the only or high-noise one; 1: `transformer_2/`).
-pub fn expert_dir(root: &Path, index: usize) -> std::path::PathBuf {
-    root.join(if index == 0 { "transformer" } else { "transformer_2" })
-}
-
 impl ShardedPredictor {
-    /// Loads expert `index` under `root` as `groups` say (this rank's FSDP slices and the stem).
+    /// Loads expert `index` of `model` (0: `transformer`, the only or high-noise one; 1:
+    /// `transformer_2`) as `groups` say (this rank's FSDP slices and the stem), LoRAs merged.
     pub fn load_expert(
-        root: &Path,
+        model: &ModelSpec,
         index: usize,
         groups: &PlanGroups,
         dtype: DType,
         device: &Device,
     ) -> Result<ShardedTransformer> {
-        ShardedTransformer::load(&expert_dir(root, index), dtype, device, groups.shard_options())
+        let cfg =
+            if index == 0 { &model.transformer } else { model.transformer_2.as_ref().unwrap_or(&model.transformer) };
+        let weights = model.transformer_weights(index).map_err(candle_core::Error::wrap)?;
+        ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options())
     }
 
-    /// Loads the experts of `only` (every one of the model when `None`): `transformer/` and, when
-    /// `two_experts`, `transformer_2/`; the others' slots stay empty.
+    /// Loads the experts of `only` (every one of the model when `None`); the others' slots stay
+    /// empty.
     pub fn load_experts(
-        root: &Path,
-        two_experts: bool,
+        model: &ModelSpec,
         only: Option<usize>,
         groups: &PlanGroups,
         dtype: DType,
         device: &Device,
     ) -> Result<Vec<Option<ShardedTransformer>>> {
-        let count = if two_experts { 2 } else { 1 };
-        (0..count)
+        (0..model.experts())
             .map(|i| match only {
                 Some(o) if o != i => Ok(None),
-                _ => Self::load_expert(root, i, groups, dtype, device).map(Some),
+                _ => Self::load_expert(model, i, groups, dtype, device).map(Some),
             })
             .collect()
     }
 
-    /// Loads `transformer/` (and `transformer_2/` when `two_experts`) under `root` as `groups`
-    /// say; embeddings are converted to `dtype`.
+    /// Loads the model's transformer(s) as `groups` say; embeddings are converted to `dtype`.
     pub fn load(
-        root: &Path,
-        two_experts: bool,
+        model: &ModelSpec,
         groups: &PlanGroups,
         prompt: &Tensor,
         negative: Option<&Tensor>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let experts = Self::load_experts(root, two_experts, None, groups, dtype, device)?;
+        let experts = Self::load_experts(model, None, groups, dtype, device)?;
         Self::from_experts(experts, groups, prompt, negative, dtype, device)
     }
 
@@ -206,10 +201,10 @@ impl NoisePredictor for ShardedPredictor {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::time::Duration;
 
     use super::*;
-    use crate::model_spec::ModelSpec;
     use crate::parallel::comm::ThreadComm;
     use crate::pipeline::denoise::{run_loop, LoopSpec};
     use crate::pipeline::wan::{PromptEmbeds, WanPipeline};
@@ -249,7 +244,8 @@ mod tests {
         let pipe = WanPipeline::load(root, DType::F32, &dev).unwrap();
         let embeds = PromptEmbeds { prompt: prompt.clone(), negative: Some(negative.clone()) };
         let want = pipe.generate(&params, &embeds, None, Some(&noise), &mut |_| {}).unwrap().latents;
-        let index = ModelSpec::from_path(root).unwrap().index;
+        let model = ModelSpec::from_path(root).unwrap();
+        let index = model.index.clone();
         for (u, c, f) in [(1, 2, 1), (2, 1, 1), (2, 2, 4), (1, 2, 2)] {
             let plan = ParallelPlan { ranks: u * c, ulysses: u, cfg_parallel: c, fsdp: f, ..Default::default() };
             let comms = ThreadComm::world(plan.ranks, Duration::from_secs(30));
@@ -257,13 +253,12 @@ mod tests {
                 let hs: Vec<_> = comms
                     .into_iter()
                     .map(|comm| {
-                        let (prompt, negative, noise, index) = (&prompt, &negative, &noise, &index);
+                        let (prompt, negative, noise, index, model) = (&prompt, &negative, &noise, &index, &model);
                         s.spawn(move || {
                             let world: Arc<dyn Collective> = Arc::new(comm);
                             let groups = PlanGroups::new(&plan, &world).unwrap();
                             let mut predictor = ShardedPredictor::load(
-                                root,
-                                false,
+                                model,
                                 &groups,
                                 prompt,
                                 Some(negative),

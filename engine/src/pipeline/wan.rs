@@ -142,7 +142,7 @@ impl WanPipeline {
             None => None,
         };
 
-        let mut sched = params.scheduler(&self.root.join("scheduler")).map_err(|e| PipelineError::Load {
+        let mut sched = params.scheduler_in(&self.root.join("scheduler")).map_err(|e| PipelineError::Load {
             component: "scheduler",
             path: self.root.join("scheduler"),
             msg: e.to_string(),

@@ -262,8 +262,11 @@ pub enum Job {
 /// one in an `EncodePrompt` job just before, or a file the host read and checked).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateSpec {
-    /// Diffusers pipeline folder (model_index.json, transformer/, transformer_2/?, vae/, scheduler/).
+    /// Diffusers pipeline folder (model_index.json, transformer/, transformer_2/?, vae/, scheduler/),
+    /// a folder of single files, or empty with `files.transformer`.
     pub model: std::path::PathBuf,
+    /// Component files, config and LoRAs (`ModelSpec::open`).
+    pub files: crate::model_spec::ModelFiles,
     pub params: crate::pipeline::GenerateParams,
     /// Validated again on the workers against the model.
     pub plan: crate::parallel::plan::ParallelPlan,
@@ -310,8 +313,10 @@ pub struct GenerateStats {
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VaeDecodeSpec {
-    /// Pipeline folder or its `vae/` folder.
+    /// Pipeline folder, its `vae/` folder, or a VAE file.
     pub model: std::path::PathBuf,
+    /// `config.json` for a VAE file whose latent statistics are not the published ones.
+    pub config: Option<std::path::PathBuf>,
     /// Safetensors file holding tensor `latents` [B, C, T, H, W].
     pub latents: std::path::PathBuf,
     pub out: std::path::PathBuf,
@@ -327,6 +332,8 @@ pub struct VaeDecodeSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VaeEncodeSpec {
     pub model: std::path::PathBuf,
+    /// `config.json` for a VAE file whose latent statistics are not the published ones.
+    pub config: Option<std::path::PathBuf>,
     /// Safetensors file with tensor `video` [B, 3, F, H, W] in [-1, 1], or a PNG/JPEG image.
     pub video: std::path::PathBuf,
     pub out: std::path::PathBuf,

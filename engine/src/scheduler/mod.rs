@@ -113,11 +113,29 @@ pub fn from_pretrained(
     kind: Option<SchedulerKind>,
     shift: Option<f64>,
 ) -> std::result::Result<Box<dyn Scheduler>, SchedulerError> {
+    let (value, path) = read_config(dir)?;
+    from_config(value, &path, kind, shift)
+}
+
+/// `dir/scheduler_config.json` (or `dir/scheduler/scheduler_config.json`) parsed, with its path.
+pub fn read_config(dir: &Path) -> std::result::Result<(serde_json::Value, PathBuf), SchedulerError> {
     let dir = if dir.join("scheduler_config.json").is_file() { dir.to_path_buf() } else { dir.join("scheduler") };
     let path = dir.join("scheduler_config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| SchedulerError::Io { path: path.clone(), source })?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|source| SchedulerError::BadConfig { path: path.clone(), source })?;
+    Ok((value, path))
+}
+
+/// Builds the scheduler a parsed `scheduler_config.json` names (`path`: where it came from, for
+/// messages); `kind` and `shift` as in [`from_pretrained`].
+pub fn from_config(
+    value: serde_json::Value,
+    path: &Path,
+    kind: Option<SchedulerKind>,
+    shift: Option<f64>,
+) -> std::result::Result<Box<dyn Scheduler>, SchedulerError> {
+    let path = path.to_path_buf();
     let class = value.get("_class_name").and_then(|c| c.as_str()).unwrap_or("UniPCMultistepScheduler").to_string();
     let parse_err = |source| SchedulerError::BadConfig { path: path.clone(), source };
     let unsupported = |msg: String| SchedulerError::Unsupported { path: path.clone(), msg };

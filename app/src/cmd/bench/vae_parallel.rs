@@ -89,6 +89,7 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
                 let out = a.models_dir.join(format!("out-{arch}-{mode}-{n}.safetensors"));
                 let spec = VaeDecodeSpec {
                     model: model.clone(),
+                    config: None,
                     latents: latents.clone(),
                     out: out.clone(),
                     mode,

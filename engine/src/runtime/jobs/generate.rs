@@ -38,7 +38,6 @@ use crate::pipeline::PipelineProgress;
 use crate::runtime::protocol::{
     DenoisePreview, GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, Rgb8Preview, WireTensor, WorkerEvent,
 };
-use crate::weights::Checkpoint;
 use experts::ExpertPhases;
 use resident::{Resident, ResidentKey};
 use timed::{CommStats, TimedComm};
@@ -55,7 +54,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     // bf16 on GPUs like the single-device pipeline would; f32 on the CPU (no bf16 conv there).
     let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
     let (plan, params, rank) = (spec.plan, &spec.params, ctx.rank());
-    let model = ModelSpec::from_path(&spec.model).map_err(invalid)?;
+    let model = ModelSpec::open(&spec.model, &spec.files).map_err(invalid)?;
     request::check(&model, params, &plan, spec.image.is_some()).map_err(invalid)?;
     let vae_cfg = &model.vae;
     let cfg_on = params.cfg();
@@ -77,7 +76,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     };
     let key = ResidentKey::new(&model, plan, dtype, parts);
     // The timesteps say which expert runs first (phased residency loads only that one).
-    let mut sched = params.scheduler(&model.components.scheduler).map_err(invalid)?;
+    let origin = model.components.scheduler.clone().unwrap_or_else(|| model.root.clone());
+    let mut sched = params.scheduler(model.scheduler_config.clone(), &origin).map_err(invalid)?;
     let mut loop_spec = LoopSpec::new(&model, params, dtype);
     // Only rank 0 reports pictures: every rank holds the same latents.
     loop_spec.preview_every = spec.preview_every.filter(|_| rank.0 == 0);
@@ -95,10 +95,12 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 let stats = Arc::new(CommStats::default());
                 let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
                 let groups = PlanGroups::new(&plan, &world)?;
-                let experts =
-                    ShardedPredictor::load_experts(&spec.model, model.two_experts(), only, &groups, dtype, &device)?;
-                let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
-                let vae_bytes = if vae.is_some() { Checkpoint::open(&model.components.vae)?.stored_bytes() } else { 0 };
+                let experts = ShardedPredictor::load_experts(&model, only, &groups, dtype, &device)?;
+                let vae = parts
+                    .map(|p| vae::load_weights(&model.vae, &model.vae_weights(), p, DType::F32, &device))
+                    .transpose()
+                    .map_err(invalid)?;
+                let vae_bytes = if vae.is_some() { model.vae_weights().table()?.stored_bytes() } else { 0 };
                 (stats, world, groups, experts, vae, vae_bytes, false)
             }
         };
@@ -106,7 +108,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         if let Some(first) = only {
             if slots.get(first).is_some_and(Option::is_none) {
                 slots.iter_mut().for_each(|s| *s = None);
-                slots[first] = Some(ShardedPredictor::load_expert(&spec.model, first, &groups, dtype, &device)?);
+                slots[first] = Some(ShardedPredictor::load_expert(&model, first, &groups, dtype, &device)?);
                 reused = false;
             }
         }
@@ -150,7 +152,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         None => None,
     };
 
-    let mut phased = ExpertPhases::new(ctx, predictor, &spec.model, model.two_experts(), &groups, dtype);
+    let mut phased = ExpertPhases::new(ctx, predictor, &model, &groups, dtype);
     let latents = {
         let to_rgb = LatentRgb::for_latent_channels(vae_cfg.z_dim);
         let (mut last, mut last_comm, mut cancelled) = (Instant::now(), stats.seconds(), false);

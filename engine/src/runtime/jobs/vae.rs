@@ -27,7 +27,7 @@ pub fn decode(ctx: &JobCtx, spec: &VaeDecodeSpec) -> Result<JobOutput, JobError>
         return idle(ctx);
     };
     let latents = tensor_io::read_tensor(&spec.latents, "latents", DType::F32, &Device::Cpu)?;
-    let model = load(ctx, &spec.model, VaeParts::Decoder)?;
+    let model = load(ctx, &spec.model, spec.config.as_deref(), VaeParts::Decoder)?;
     let video = {
         let _decode = ctx.phase("decode");
         let tiling = spec.tiling.map(tiling_of);
@@ -48,7 +48,7 @@ pub fn encode(ctx: &JobCtx, spec: &VaeEncodeSpec) -> Result<JobOutput, JobError>
         return idle(ctx);
     };
     let video = crate::pipeline::image::read_video_or_image(&spec.video).map_err(JobError::Invalid)?;
-    let model = load(ctx, &spec.model, VaeParts::Encoder)?;
+    let model = load(ctx, &spec.model, spec.config.as_deref(), VaeParts::Encoder)?;
     let moments = {
         let _encode = ctx.phase("encode");
         let tiling = spec.tiling.map(tiling_of);
@@ -101,11 +101,16 @@ fn idle(ctx: &JobCtx) -> Result<JobOutput, JobError> {
     Ok(JobOutput::None)
 }
 
-fn load(ctx: &JobCtx, model: &Path, parts: VaeParts) -> Result<Vae, JobError> {
+fn load(ctx: &JobCtx, model: &Path, config: Option<&Path>, parts: VaeParts) -> Result<Vae, JobError> {
     let _load = ctx.phase("load");
-    let dir = crate::weights::component_dir(model, "vae")?;
-    ctx.add_weights_bytes(crate::weights::Checkpoint::open(&dir)?.stored_bytes());
-    vae::load(model, parts, DType::F32, ctx.device()).map_err(|e| JobError::Invalid(e.to_string()))
+    let bytes = if model.is_file() {
+        std::fs::metadata(model).map(|m| m.len()).unwrap_or(0)
+    } else {
+        let dir = crate::weights::component_dir(model, "vae")?;
+        crate::weights::Checkpoint::open(&dir)?.stored_bytes()
+    };
+    ctx.add_weights_bytes(bytes);
+    vae::load_with_config(model, config, parts, DType::F32, ctx.device()).map_err(|e| JobError::Invalid(e.to_string()))
 }
 
 fn tiling_of([h, w, sh, sw]: [usize; 4]) -> Tiling {

@@ -22,7 +22,7 @@ use super::model::{WanStem, WanTransformer3DModel};
 use super::ulysses::{SeqShard, UlyssesAttention};
 use crate::parallel::comm::Collective;
 use crate::parallel::fsdp::{CheckpointIndex, ShardedStore};
-use crate::weights::{load_config, Checkpoint};
+use crate::weights::{load_config, Checkpoint, ComponentWeights};
 
 /// Where a rank's transformer blocks come from.
 pub trait BlockSource: Send + Sync {
@@ -131,13 +131,26 @@ pub struct ShardedTransformer {
 }
 
 impl ShardedTransformer {
-    /// Loads a diffusers `transformer/` folder as `opts` says: the stem from the mmap'd checkpoint,
-    /// the blocks whole or (FSDP) only this rank's slice of each tensor, read by byte range.
-    pub fn load(dir: &Path, dtype: DType, device: &Device, opts: ShardOptions) -> Result<Self> {
+    /// Loads a diffusers `transformer/` folder as `opts` says (see [`Self::load`]).
+    pub fn load_dir(dir: &Path, dtype: DType, device: &Device, opts: ShardOptions) -> Result<Self> {
         let cfg: Config = load_config(dir).map_err(candle_core::Error::wrap)?;
         let ckpt = Checkpoint::open(dir).map_err(candle_core::Error::wrap)?;
-        let index = CheckpointIndex::open(&ckpt.files)?;
-        let vb = ckpt.var_builder(dtype, device).map_err(candle_core::Error::wrap)?;
+        Self::load(&cfg, &ComponentWeights::diffusers(ckpt.files), dtype, device, opts)
+    }
+
+    /// Loads a transformer of config `cfg` from `weights` (any key dialect and storage dtype, LoRA
+    /// deltas merged) as `opts` says: the stem from the mmap'd checkpoint, the blocks whole or
+    /// (FSDP) only this rank's slice of each tensor, read by byte range and merged by slice.
+    pub fn load(
+        cfg: &Config,
+        weights: &ComponentWeights,
+        dtype: DType,
+        device: &Device,
+        opts: ShardOptions,
+    ) -> Result<Self> {
+        let cfg = cfg.clone();
+        let index = CheckpointIndex::from_weights(weights)?;
+        let vb = weights.var_builder(dtype, device).map_err(candle_core::Error::wrap)?;
         let stem = WanStem::new(&cfg, vb.clone())?;
         let is_block = |n: &str| n.starts_with("blocks.");
         let run_bytes = |select: &dyn Fn(&str) -> bool| -> u64 {
@@ -308,7 +321,7 @@ mod tests {
                                 world.sub_group(&ranks).unwrap()
                             };
                             let opts = ShardOptions { fsdp: Some(group(f)), ulysses: Some(group(u)) };
-                            let model = ShardedTransformer::load(dir, DType::F32, &Device::Cpu, opts).unwrap();
+                            let model = ShardedTransformer::load_dir(dir, DType::F32, &Device::Cpu, opts).unwrap();
                             (model.forward(xs, t, text).unwrap(), model.resident_bytes())
                         })
                     })

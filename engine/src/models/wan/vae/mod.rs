@@ -56,6 +56,20 @@ pub fn load(model: &Path, parts: VaeParts, dtype: DType, device: &Device) -> Res
     let path = dir.display().to_string();
     cfg.validate().map_err(|msg| VaeLoadError::Config { path: path.clone(), msg })?;
     let ckpt = Checkpoint::open(&dir)?;
-    let vb = ckpt.var_builder(dtype, device)?;
-    AutoencoderKLWan::new(&cfg, parts, vb).map_err(|e| VaeLoadError::Mismatch { path, msg: e.to_string() })
+    load_weights(&cfg, &weights::ComponentWeights::diffusers(ckpt.files), parts, dtype, device)
+}
+
+/// Loads a VAE of config `cfg` from `weights` (any file layout the model spec resolved: a diffusers
+/// folder, a single diffusers-named file, a Wan-native Wan2.1 VAE file).
+pub fn load_weights(
+    cfg: &Config,
+    weights: &weights::ComponentWeights,
+    parts: VaeParts,
+    dtype: DType,
+    device: &Device,
+) -> Result<AutoencoderKLWan, VaeLoadError> {
+    let path = weights.files.first().map(|f| f.display().to_string()).unwrap_or_default();
+    cfg.validate().map_err(|msg| VaeLoadError::Config { path: path.clone(), msg })?;
+    let vb = weights.var_builder(dtype, device)?;
+    AutoencoderKLWan::new(cfg, parts, vb).map_err(|e| VaeLoadError::Mismatch { path, msg: e.to_string() })
 }

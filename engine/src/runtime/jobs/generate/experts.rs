@@ -7,7 +7,7 @@
 //! and its FSDP slices) of the low-noise one from the memory-mapped checkpoint. Every rank switches
 //! at the same step (the timesteps are the same everywhere), so the collectives stay in step.
 
-use std::path::{Path, PathBuf};
+use crate::model_spec::ModelSpec;
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -36,7 +36,8 @@ pub fn to_load(residency: Residency, two_experts: bool, first_expert: usize) -> 
 pub struct ExpertPhases<'a> {
     ctx: &'a JobCtx,
     inner: ShardedPredictor,
-    root: PathBuf,
+    /// The model the experts are loaded from (its files and LoRAs included).
+    model: ModelSpec,
     two_experts: bool,
     groups: PlanGroups,
     dtype: DType,
@@ -48,19 +49,12 @@ pub struct ExpertPhases<'a> {
 }
 
 impl<'a> ExpertPhases<'a> {
-    pub fn new(
-        ctx: &'a JobCtx,
-        inner: ShardedPredictor,
-        root: &Path,
-        two_experts: bool,
-        groups: &PlanGroups,
-        dtype: DType,
-    ) -> Self {
+    pub fn new(ctx: &'a JobCtx, inner: ShardedPredictor, model: &ModelSpec, groups: &PlanGroups, dtype: DType) -> Self {
         Self {
             ctx,
             inner,
-            root: root.to_path_buf(),
-            two_experts,
+            model: model.clone(),
+            two_experts: model.two_experts(),
             groups: groups.clone(),
             dtype,
             device: ctx.device().clone(),
@@ -81,7 +75,7 @@ impl<'a> ExpertPhases<'a> {
         if !self.inner.is_loaded(expert) {
             let _switch = self.ctx.phase("switch");
             self.inner.release_all_but(expert);
-            let model = ShardedPredictor::load_expert(&self.root, expert, &self.groups, self.dtype, &self.device)?;
+            let model = ShardedPredictor::load_expert(&self.model, expert, &self.groups, self.dtype, &self.device)?;
             self.switched_bytes += model.resident_bytes();
             tracing::info!("expert {} swapped in ({} B on this rank)", expert + 1, model.resident_bytes());
             self.inner.install(expert, model)?;

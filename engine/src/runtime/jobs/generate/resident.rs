@@ -2,8 +2,9 @@
 //! model and plan (another prompt, seed or size) does not read and convert the checkpoint again:
 //! the transformer expert(s) (all of them, or under phased residency the one that ran last) with the communicators they were sharded over, and the VAE parts.
 //!
-//! Reused only when everything that shaped them is the same: the model folder and its weight
-//! files (size and modification time), the plan, the run dtype and the VAE parts. A job that asks
+//! Reused only when everything that shaped them is the same: the model folder, the component files,
+//! config and LoRAs (strengths and targets included) it was opened with, every weight and LoRA file
+//! (size and modification time), the plan, the run dtype and the VAE parts. A job that asks
 //! for anything else (or `keep_weights: false`) drops them first, so two models are never resident
 //! at once.
 
@@ -14,20 +15,21 @@ use std::time::SystemTime;
 use candle_core::DType;
 
 use super::timed::CommStats;
-use crate::model_spec::ModelSpec;
+use crate::model_spec::{ModelFiles, ModelSpec};
 use crate::models::wan::transformer::ShardedTransformer;
 use crate::models::wan::vae::{AutoencoderKLWan, VaeParts};
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::ParallelPlan;
 use crate::pipeline::sharded::PlanGroups;
-use crate::weights::Checkpoint;
 
 /// What the resident weights were loaded for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResidentKey {
     model: PathBuf,
-    /// (path, length, modified) of every weight file of the transformer(s) and the VAE.
-    files: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    /// Component files, config and LoRAs (with strengths and targets) the model was opened with.
+    files: ModelFiles,
+    /// (path, length, modified) of every weight file of the transformer(s), the VAE and the LoRAs.
+    weight_files: Vec<(PathBuf, u64, Option<SystemTime>)>,
     plan: ParallelPlan,
     dtype: DType,
     vae_parts: Option<VaeParts>,
@@ -35,19 +37,20 @@ pub struct ResidentKey {
 
 impl ResidentKey {
     pub fn new(model: &ModelSpec, plan: ParallelPlan, dtype: DType, vae_parts: Option<VaeParts>) -> Self {
-        let dirs = std::iter::once(&model.components.transformer)
+        let components = std::iter::once(&model.components.transformer)
             .chain(model.components.transformer_2.as_ref())
             .chain(std::iter::once(&model.components.vae));
-        let files = dirs
-            .filter_map(|d| Checkpoint::open(d).ok())
-            .flat_map(|c| c.files)
+        let loras = model.files.loras.iter().map(|l| l.path.clone());
+        let weight_files = components
+            .flat_map(|c| c.files.iter().cloned())
+            .chain(loras)
             .map(|f| {
                 let meta = std::fs::metadata(&f).ok();
                 let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
                 (f, len, meta.and_then(|m| m.modified().ok()))
             })
             .collect();
-        Self { model: model.root.clone(), files, plan, dtype, vae_parts }
+        Self { model: model.root.clone(), files: model.files.clone(), weight_files, plan, dtype, vae_parts }
     }
 }
 

@@ -1,10 +1,14 @@
-//! Checkpoint discovery and loading: the only place that turns a diffusers folder on disk into a
+//! Checkpoint discovery and loading: the only place that turns weight files on disk into a
 //! `VarBuilder` (candle C7). Model code never sees a path.
 //!
 //! A diffusers component folder (`vae/`, `transformer/`, `text_encoder/`) holds a `config.json` and
-//! either one `*.safetensors` file or several shards listed by `*.safetensors.index.json`. Files are
+//! either one `*.safetensors` file or several shards listed by `*.safetensors.index.json`; a single
+//! file (ComfyUI / Wan-native) is a [`ComponentWeights`] with a rename from its key dialect. Files are
 //! memory-mapped; each tensor is converted to the run dtype only when the model asks for it, so an
 //! fp32 checkpoint never sits in memory whole next to its converted copy.
+//!
+//! - [`table`]: the tensor table (names after renaming, stored dtypes incl. fp8 and its scales).
+//! - [`delta`]: weight deltas (LoRA) merged into tensors as they are read, whole or by slice.
 
 // Memory-mapping a file (`Mmap::map`) and dropping its pages (`unchecked_advise_range`) are `unsafe`
 // in memmap2: both are only sound under assumptions about the file and the mapping that the compiler
@@ -19,6 +23,12 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
+
+pub mod delta;
+pub mod table;
+
+pub use delta::{Delta, Deltas};
+pub use table::{Rename, Stored, StoredTensor, TensorTable};
 
 /// Errors from finding, validating and opening a checkpoint folder.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +45,8 @@ pub enum WeightsError {
     BadIndex { path: PathBuf, msg: String },
     #[error("weights file {path} is unreadable or corrupt (truncated download?): {msg}")]
     Corrupt { path: PathBuf, msg: String },
+    #[error("tensor {tensor} in {} is stored as {dtype}, which Tessera does not read (it reads F32, BF16, F16 and F8_E4M3 with or without scale_weight): use the fp8_e4m3fn, bf16 or fp16 release of the file", .path.display())]
+    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("io error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -97,8 +109,7 @@ impl Checkpoint {
     /// (`MADV_DONTNEED` on a read-only file map), so loading peaks at the converted weights plus one
     /// tensor — never at the whole file mapped *and* copied.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, WeightsError> {
-        let backend = MmapBackend::open(&self.files)?;
-        Ok(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
+        ComponentWeights::diffusers(self.files.clone()).var_builder(dtype, device)
     }
 
     /// Total bytes of the weight files (as stored).
@@ -131,80 +142,95 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>, WeightsError> {
     Ok(files)
 }
 
-/// Where one tensor lives: file index, stored dtype, shape and absolute byte range.
-#[derive(Debug, Clone)]
-struct TensorLoc {
-    file: usize,
-    dtype: DType,
-    shape: Vec<usize>,
-    start: usize,
-    end: usize,
+/// One component's weights as the loaders read them: its files, how their keys map to the names
+/// the model asks for, and the deltas (LoRAs) to merge in.
+#[derive(Clone)]
+pub struct ComponentWeights {
+    pub files: Vec<PathBuf>,
+    rename: Arc<Rename>,
+    pub deltas: Arc<Deltas>,
 }
 
-/// Memory-mapped safetensors files serving tensors by name (see [`Checkpoint::var_builder`]).
+impl std::fmt::Debug for ComponentWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentWeights").field("files", &self.files).field("deltas", &self.deltas.len()).finish()
+    }
+}
+
+impl ComponentWeights {
+    /// Files whose keys already are the model's names (diffusers).
+    pub fn diffusers(files: Vec<PathBuf>) -> Self {
+        Self::renamed(files, Arc::new(|k: &str| Some(k.to_string())))
+    }
+
+    /// Files in another key dialect, translated by `rename`.
+    pub fn renamed(files: Vec<PathBuf>, rename: Arc<Rename>) -> Self {
+        Self { files, rename, deltas: Arc::new(Deltas::default()) }
+    }
+
+    pub fn with_deltas(mut self, deltas: Deltas) -> Self {
+        self.deltas = Arc::new(deltas);
+        self
+    }
+
+    /// The tensor table (headers only).
+    pub fn table(&self) -> Result<TensorTable, WeightsError> {
+        for f in &self.files {
+            validate_safetensors(f)?;
+        }
+        TensorTable::open(&self.files, self.rename.as_ref())
+    }
+
+    /// A memory-mapped `VarBuilder` that converts every tensor to `dtype` on `device` when asked
+    /// (see [`Checkpoint::var_builder`]), with the deltas merged in.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, WeightsError> {
+        let backend = MmapBackend::open(self.table()?, self.deltas.clone())?;
+        Ok(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
+    }
+}
+
+/// Memory-mapped safetensors files serving tensors by model name (see [`Checkpoint::var_builder`]).
 struct MmapBackend {
-    maps: Vec<(PathBuf, memmap2::Mmap)>,
-    index: std::collections::HashMap<String, TensorLoc>,
-}
-
-fn candle_dtype(d: safetensors::Dtype) -> Option<DType> {
-    use safetensors::Dtype as S;
-    Some(match d {
-        S::F32 => DType::F32,
-        S::F16 => DType::F16,
-        S::BF16 => DType::BF16,
-        S::F64 => DType::F64,
-        S::U8 => DType::U8,
-        S::U32 => DType::U32,
-        S::I64 => DType::I64,
-        _ => return None,
-    })
+    table: TensorTable,
+    maps: Vec<memmap2::Mmap>,
+    deltas: Arc<Deltas>,
 }
 
 impl MmapBackend {
-    fn open(files: &[PathBuf]) -> Result<Self, WeightsError> {
-        let mut maps = Vec::with_capacity(files.len());
-        let mut index = std::collections::HashMap::new();
-        for (i, path) in files.iter().enumerate() {
-            let corrupt = |msg: String| WeightsError::Corrupt { path: path.clone(), msg };
+    fn open(table: TensorTable, deltas: Arc<Deltas>) -> Result<Self, WeightsError> {
+        let mut maps = Vec::with_capacity(table.files().len());
+        for path in table.files() {
             let file = std::fs::File::open(path).map_err(|source| WeightsError::Io { path: path.clone(), source })?;
             // SAFETY: mapped read-only and never written through. Like every mmap user (candle's
             // `from_mmaped_safetensors` included) we rely on the file not being truncated or modified
-            // while the process runs: a checkpoint folder is read-only input, and every tensor's range
-            // is bounds-checked against the map before it is read (`load`).
+            // while the process runs: a checkpoint is read-only input, and every tensor's range is
+            // bounds-checked against the map before it is read (`load`).
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|source| WeightsError::Io { path: path.clone(), source })?;
-            let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| corrupt(e.to_string()))?;
-            for (name, info) in meta.tensors() {
-                let dtype = candle_dtype(info.dtype)
-                    .ok_or_else(|| corrupt(format!("tensor {name} has unsupported dtype {:?}", info.dtype)))?;
-                let (a, b) = info.data_offsets;
-                index.insert(
-                    name,
-                    TensorLoc { file: i, dtype, shape: info.shape.clone(), start: 8 + header + a, end: 8 + header + b },
-                );
-            }
-            maps.push((path.clone(), map));
+            maps.push(map);
         }
-        Ok(Self { maps, index })
+        Ok(Self { table, maps, deltas })
     }
 
     fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let Some(loc) = self.index.get(name) else { candle_core::bail!("cannot find tensor {name} in the checkpoint") };
-        let (path, map) = &self.maps[loc.file];
-        let bytes = map.get(loc.start..loc.end).ok_or_else(|| {
-            candle_core::Error::msg(format!("tensor {name} lies beyond the end of {}", path.display()))
+        let Some(loc) = self.table.get(name) else { candle_core::bail!("cannot find tensor {name} in the checkpoint") };
+        let map = &self.maps[loc.file];
+        let (start, len) = (loc.offset as usize, loc.stored_bytes() as usize);
+        let bytes = map.get(start..start + len).ok_or_else(|| {
+            candle_core::Error::msg(format!(
+                "tensor {name} lies beyond the end of {}",
+                self.table.files()[loc.file].display()
+            ))
         })?;
-        let tensor = Tensor::from_raw_buffer(bytes, loc.dtype, &loc.shape, &Device::Cpu)?;
+        let tensor = loc.decode(bytes)?.reshape(loc.shape.as_slice())?;
         // SAFETY: the range is inside the map (`map.get` above succeeded on it) and `bytes`, this
-        // call's borrow of it, is dead (`from_raw_buffer` copied it). `Mmap::map` is a read-only
-        // shared file mapping, so `MADV_DONTNEED` only drops clean page-cache pages: later reads
-        // (other tensors on the same pages included) fault the same bytes in again from the file,
-        // under the unchanged-file assumption of `open`. The advice is best-effort (it only returns
-        // memory early), so its error is ignored.
-        let _ =
-            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, loc.start, loc.end - loc.start) };
-        tensor.to_dtype(dtype)?.to_device(dev)
+        // call's borrow of it, is dead (`decode` copied it). `Mmap::map` is a read-only shared file
+        // mapping, so `MADV_DONTNEED` only drops clean page-cache pages: later reads (other tensors
+        // on the same pages included) fault the same bytes in again from the file, under the
+        // unchanged-file assumption of `open`. The advice is best-effort (it only returns memory
+        // early), so its error is ignored.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+        self.deltas.apply(name, tensor)?.to_dtype(dtype)?.to_device(dev)
     }
 }
 
@@ -227,7 +253,7 @@ impl SimpleBackend for MmapBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.table.get(name).is_some()
     }
 }
 
