@@ -243,6 +243,8 @@ mod tests {
             guidance_2: None,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
         };
         let pipe = WanPipeline::load(root, DType::F32, &dev).unwrap();
         let embeds = PromptEmbeds { prompt: prompt.clone(), negative: Some(negative.clone()) };
@@ -269,7 +271,7 @@ mod tests {
                                 &Device::Cpu,
                             )
                             .unwrap();
-                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None).unwrap();
+                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None, None).unwrap();
                             sched.set_timesteps(4).unwrap();
                             let spec = LoopSpec {
                                 expand_timesteps: index.expand_timesteps,
@@ -278,6 +280,7 @@ mod tests {
                                 patch: [1, 2, 2],
                                 guidance: Some((5.0, 5.0)),
                                 dtype: DType::F32,
+                                preview_every: None,
                             };
                             run_loop(&spec, sched.as_mut(), noise.clone(), None, &mut predictor, &mut |_| Ok(()))
                                 .unwrap()
