@@ -96,8 +96,12 @@ fn case(name: &'static str) -> Case {
     Case { name, dir, json, params, inputs, outputs }
 }
 
-/// The denoise of `c` with `params`: (per-step records, experts and guidance asked, final latents).
-fn denoise(c: &Case, params: &GenerateParams) -> (Vec<(Tensor, Tensor)>, Vec<(usize, Option<f64>)>, Tensor) {
+/// Per-step (model output, latents after the step), (expert, guidance) of every prediction asked
+/// for, and the final latents.
+type Denoised = (Vec<(Tensor, Tensor)>, Vec<(usize, Option<f64>)>, Tensor);
+
+/// The denoise of `c` with `params`.
+fn denoise(c: &Case, params: &GenerateParams) -> Denoised {
     let dev = Device::Cpu;
     let spec = ModelSpec::from_path(&c.dir).unwrap();
     assert!(spec.two_experts(), "{}: the case has two experts", c.name);
