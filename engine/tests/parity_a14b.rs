@@ -87,17 +87,21 @@ fn case(name: &'static str) -> Case {
         guidance: json["guidance_scale"].as_f64().unwrap(),
         guidance_2: json["guidance_scale_2"].as_f64(),
         shift: None,
-        seed: 0,
         scheduler: None,
         sigmas: None,
+        seed: 0,
     };
     let inputs = tensor_io::read_all(&dir.join("inputs.safetensors"), &Device::Cpu).unwrap();
     let outputs = tensor_io::read_all(&dir.join("outputs.safetensors"), &Device::Cpu).unwrap();
     Case { name, dir, json, params, inputs, outputs }
 }
 
-/// The denoise of `c` with `params`: (per-step records, experts and guidance asked, final latents).
-fn denoise(c: &Case, params: &GenerateParams) -> (Vec<(Tensor, Tensor)>, Vec<(usize, Option<f64>)>, Tensor) {
+/// Per-step (model output, latents after the step), (expert, guidance) of every prediction asked
+/// for, and the final latents.
+type Denoised = (Vec<(Tensor, Tensor)>, Vec<(usize, Option<f64>)>, Tensor);
+
+/// The denoise of `c` with `params`.
+fn denoise(c: &Case, params: &GenerateParams) -> Denoised {
     let dev = Device::Cpu;
     let spec = ModelSpec::from_path(&c.dir).unwrap();
     assert!(spec.two_experts(), "{}: the case has two experts", c.name);
