@@ -54,3 +54,24 @@ pub fn errors(got: &Tensor, want: &Tensor) -> (f64, f64) {
     }
     (max, (num / den.max(1e-30)).sqrt())
 }
+
+/// The golden `lora/pipeline_ti2v` transformer written to `out` as ComfyUI writes a single file:
+/// every tensor under its Wan-native name with the `model.diffusion_model.` prefix (the names of
+/// the golden `single_file/comfy_transformer.safetensors`, which has the same architecture).
+pub fn comfy_ti2v_transformer(out: &Path) {
+    use tessera_engine::models::wan::checkpoint_keys::{split_native_prefix, transformer_native_to_diffusers};
+    let device = candle_core::Device::Cpu;
+    let names = candle_core::safetensors::load(golden("single_file/comfy_transformer.safetensors"), &device).unwrap();
+    let folder = candle_core::safetensors::load(
+        golden("lora/pipeline_ti2v/transformer/diffusion_pytorch_model.safetensors"),
+        &device,
+    )
+    .unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    for native in names.keys() {
+        let (_, rest) = split_native_prefix(native);
+        tensors.insert(native.clone(), folder[&transformer_native_to_diffusers(rest)].clone());
+    }
+    assert_eq!(tensors.len(), folder.len(), "every folder tensor has a native name");
+    candle_core::safetensors::save(&tensors, out).unwrap();
+}

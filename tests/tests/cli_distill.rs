@@ -1,11 +1,14 @@
 //! The distilled recipe, live previews and settings metadata through the real binaries:
 //! `tessera generate --scheduler euler --sigmas 1,0.75,0.5,0.25 --steps 4 --guidance 1` on two
 //! worker processes (Ulysses 2) with `--preview-dir`, the MP4 read back by ffprobe and by
-//! `tessera info`, PNG frames carrying the same settings, and CFG parallel refused at guidance 1.
+//! `tessera info`, PNG frames carrying the same settings, and CFG parallel refused at guidance 1;
+//! and the whole creator path: a ComfyUI single-file TI2V transformer + VAE file with the
+//! lightx2v LoRA, 4 Euler steps at guidance 1 on 2 workers with FSDP 2, previews during the
+//! denoise, the MP4's settings (files, LoRA, schedule) read back by `tessera info`.
 
 use std::path::{Path, PathBuf};
 
-use tessera_e2e::{error_line, golden, run, tessera};
+use tessera_e2e::{comfy_ti2v_transformer, error_line, golden, run, tessera};
 
 /// `tessera generate` on the golden TI2V-style pipeline with the 4-step distilled recipe on the
 /// `plan` flags' workers, plus `extra` flags.
@@ -122,4 +125,45 @@ fn cfg_parallel_at_guidance_1_is_refused_with_a_plan() {
     let line = error_line(&o);
     assert!(line.contains("--cfg-parallel 2 needs classifier-free guidance"), "{line}");
     assert!(line.contains("use --ulysses 2 --cfg-parallel 1 instead"), "{line}");
+}
+
+#[test]
+fn single_file_ti2v_with_a_lora_in_four_steps_on_two_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let transformer = tmp.path().join("wan2.2_ti2v_5B_fp16.safetensors");
+    comfy_ti2v_transformer(&transformer);
+    let (lora, vae) = (
+        golden("lora/lora_lightx2v.safetensors"),
+        golden("lora/pipeline_ti2v/vae/diffusion_pytorch_model.safetensors"),
+    );
+    let inputs = golden("lora/inputs.safetensors");
+    let (mp4, previews) = (tmp.path().join("fox.mp4"), tmp.path().join("previews"));
+    let mut cmd = tessera();
+    cmd.arg("generate").arg("--transformer").arg(&transformer).arg("--vae").arg(&vae);
+    cmd.arg("--config").arg(golden("lora/pipeline_ti2v")).arg("--lora").arg(format!("{}:0.8", lora.display()));
+    cmd.arg("--prompt-embeds").arg(&inputs).arg("--latents").arg(&inputs);
+    cmd.args(["--height", "64", "--width", "96", "--frames", "9", "--steps", "4", "--guidance", "1"]);
+    cmd.args(["--scheduler", "euler", "--sigmas", "1,0.75,0.5,0.25", "--ranks", "2", "--ulysses", "2", "--fsdp", "2"]);
+    cmd.arg("--preview-dir").arg(&previews).arg("--out").arg(&mp4);
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", error_line(&o));
+    let count = std::fs::read_dir(&previews).unwrap().count();
+    assert_eq!(count, 4, "a preview after every step");
+    let s = info_json(&mp4);
+    assert_eq!(s["model_files"]["transformer"].as_str().map(PathBuf::from), Some(transformer.clone()));
+    let loras = s["model_files"]["loras"].as_array().unwrap();
+    assert_eq!(loras.len(), 1);
+    assert_eq!((loras[0]["strength"].as_f64(), loras[0]["target"].as_str()), (Some(0.8), Some("All")));
+    let components: Vec<&str> =
+        s["files"].as_array().unwrap().iter().map(|f| f["component"].as_str().unwrap()).collect();
+    assert_eq!(components, ["transformer", "vae", "lora"]);
+    assert_eq!(
+        (s["scheduler"].as_str(), s["steps"].as_u64(), s["plan"]["fsdp"].as_u64()),
+        (Some("euler"), Some(4), Some(2))
+    );
+    let o = run(tessera().arg("info").arg(&mp4));
+    let text = String::from_utf8_lossy(&o.stdout);
+    println!("{text}");
+    assert!(text.contains(&format!("--transformer {}", transformer.display())), "{text}");
+    assert!(text.contains(&format!("--lora {}:0.8", lora.display())), "{text}");
 }

@@ -8,12 +8,10 @@
 //! - `vae decode --model` with ComfyUI's Wan-native VAE file, equal to its diffusers folder;
 //! - a LoRA that fits nothing fails before any worker starts, in one line.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use tessera_e2e::{error_line, errors, golden, run, tessera};
-use tessera_engine::models::wan::checkpoint_keys::{split_native_prefix, transformer_native_to_diffusers};
+use tessera_e2e::{comfy_ti2v_transformer, error_line, errors, golden, run, tessera};
 use tessera_engine::tensor_io;
 
 /// A 4-step (TI2V) / 5-step (A14B) pipeline in f32 against diffusers' f32 pipeline with the
@@ -33,27 +31,6 @@ fn video(path: &Path, name: &str) -> Tensor {
     tensor_io::read_tensor(path, name, DType::F32, &Device::Cpu).unwrap()
 }
 
-/// pipeline_ti2v's transformer written as ComfyUI writes a single file: every tensor under its
-/// Wan-native name with the `model.diffusion_model.` prefix (the names of the golden
-/// `single_file/comfy_transformer.safetensors`, which has the same architecture).
-fn comfy_file_of_pipeline_ti2v(out: &Path) {
-    let names =
-        candle_core::safetensors::load(golden("single_file/comfy_transformer.safetensors"), &Device::Cpu).unwrap();
-    let folder = candle_core::safetensors::load(
-        lora("pipeline_ti2v/transformer/diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for native in names.keys() {
-        let (_, rest) = split_native_prefix(native);
-        let diffusers = transformer_native_to_diffusers(rest);
-        tensors.insert(native.clone(), folder[&diffusers].clone());
-    }
-    assert_eq!(tensors.len(), folder.len(), "every folder tensor has a native name");
-    candle_core::safetensors::save(&tensors, out).unwrap();
-}
-
 fn generate(args: &[String]) -> std::process::Output {
     let mut cmd = tessera();
     cmd.arg("generate").args(args);
@@ -64,7 +41,7 @@ fn generate(args: &[String]) -> std::process::Output {
 fn single_file_ti2v_with_a_lora_on_two_workers_with_fsdp_2() {
     let tmp = tempfile::tempdir().unwrap();
     let transformer = tmp.path().join("wan2.2_ti2v_5B_fp16.safetensors");
-    comfy_file_of_pipeline_ti2v(&transformer);
+    comfy_ti2v_transformer(&transformer);
     let inputs = s(&lora("inputs.safetensors"));
     let out = tmp.path().join("video.safetensors");
     let o = generate(&[
