@@ -11,7 +11,8 @@
 //! context, the 36-channel input, the real Wan2.1 VAE — and narrows the head dim 128 → 32 and the
 //! FFN 13824 → 3456: the planner's terms are the same formulas of the config (parameter counts,
 //! the block replay), so what is checked here is what scales to 40 layers and 720p.
-//! `scripts/rehearse_i2v_a14b.sh` runs the same comparison at real width on a machine that holds it.
+//! At real width, `scripts/calibrate_planner.sh` compares the same phases (phased and pipeline
+//! residency) on 2 workers with one block per expert (README, "I2V-A14B 720p on 8 × 4090").
 
 use std::path::Path;
 
