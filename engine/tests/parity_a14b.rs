@@ -36,6 +36,9 @@ impl Scheduler for Recording {
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         self.inner.set_timesteps(n)
     }
+    fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+        self.inner.set_sigmas(sigmas)
+    }
     fn timesteps(&self) -> &[f32] {
         self.inner.timesteps()
     }
@@ -84,6 +87,8 @@ fn case(name: &'static str) -> Case {
         guidance: json["guidance_scale"].as_f64().unwrap(),
         guidance_2: json["guidance_scale_2"].as_f64(),
         shift: None,
+        scheduler: None,
+        sigmas: None,
         seed: 0,
     };
     let inputs = tensor_io::read_all(&dir.join("inputs.safetensors"), &Device::Cpu).unwrap();
@@ -128,7 +133,7 @@ fn denoise(c: &Case, params: &GenerateParams) -> Denoised {
         &dev,
     )
     .unwrap();
-    let mut sched = Recording { inner: scheduler::from_pretrained(&c.dir, None).unwrap(), steps: vec![] };
+    let mut sched = Recording { inner: scheduler::from_pretrained(&c.dir, None, None).unwrap(), steps: vec![] };
     sched.set_timesteps(params.steps).unwrap();
     let mut asked = Asked { inner: &mut predictor, calls: vec![] };
     let spec = LoopSpec::new(&spec, params, DType::F32);
@@ -191,7 +196,7 @@ fn check(name: &'static str) {
     assert_close(&format!("{name} video"), &out.video, &c.outputs["video"], 1e-4);
 
     // guidance_scale_2 matters: the same run with the first scale on both experts is far off.
-    let one_scale = GenerateParams { guidance_2: None, ..c.params };
+    let one_scale = GenerateParams { guidance_2: None, ..c.params.clone() };
     let Denoised { calls, last, .. } = denoise(&c, &one_scale);
     assert!(calls.iter().all(|(_, g)| *g == Some(g1)));
     let (max, rel) = errors(&last, &c.outputs["final_latents"]);

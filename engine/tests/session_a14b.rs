@@ -48,6 +48,8 @@ fn request(dir: &std::path::Path, plan: ParallelPlan) -> (GenerationRequest, ser
         guidance: case["guidance_scale"].as_f64().unwrap(),
         guidance_2: case["guidance_scale_2"].as_f64(),
         shift: None,
+        scheduler: None,
+        sigmas: None,
         seed: 0,
     };
     let inputs = dir.join("inputs.safetensors");

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::denoise::NoisePredictor;
 use super::sampling;
 use crate::models::wan::transformer::{ShardOptions, ShardedTransformer};
-use crate::parallel::comm::Collective;
+use crate::parallel::comm::{color_of, Collective};
 use crate::parallel::plan::ParallelPlan;
 use crate::parallel::Rank;
 
@@ -39,12 +39,11 @@ impl PlanGroups {
             candle_core::bail!("the plan has {} ranks but the world has {}", plan.ranks, world.world_size());
         }
         let me = world.rank();
+        // A collective split per group kind, on every rank in the same order (NCCL: one device
+        // communicator per group, made here once per plan; sockets: a sub-group of the mesh).
         let group = |ranks: Vec<Rank>| -> Result<Option<Arc<dyn Collective>>> {
-            if ranks.len() > 1 && ranks.contains(&me) {
-                world.sub_group(&ranks).map(Some)
-            } else {
-                Ok(None)
-            }
+            let (color, key) = color_of(&ranks, me);
+            world.split(color, key)
         };
         let u = plan.ulysses.max(1);
         let cfg = if plan.cfg_parallel == 2 { group(vec![Rank(me.0 % u), Rank(me.0 % u + u)])? } else { None };
@@ -244,6 +243,8 @@ mod tests {
             guidance_2: None,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
         };
         let pipe = WanPipeline::load(root, DType::F32, &dev).unwrap();
         let embeds = PromptEmbeds { prompt: prompt.clone(), negative: Some(negative.clone()) };
@@ -270,7 +271,7 @@ mod tests {
                                 &Device::Cpu,
                             )
                             .unwrap();
-                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None).unwrap();
+                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None, None).unwrap();
                             sched.set_timesteps(4).unwrap();
                             let spec = LoopSpec {
                                 expand_timesteps: index.expand_timesteps,
@@ -279,6 +280,7 @@ mod tests {
                                 patch: [1, 2, 2],
                                 guidance: Some((5.0, 5.0)),
                                 dtype: DType::F32,
+                                preview_every: None,
                             };
                             run_loop(&spec, sched.as_mut(), noise.clone(), None, &mut predictor, &mut |_| Ok(()))
                                 .unwrap()

@@ -13,7 +13,6 @@ use super::sampling::{self, LatentStats};
 use crate::model_spec::ModelSpec;
 use crate::models::wan::transformer::WanTransformer3DModel;
 use crate::models::wan::vae::{self, AutoencoderKLWan, VaeParts};
-use crate::scheduler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -143,10 +142,11 @@ impl WanPipeline {
             None => None,
         };
 
-        let mut sched = scheduler::from_pretrained(&self.root.join("scheduler"), params.shift).map_err(|e| {
-            PipelineError::Load { component: "scheduler", path: self.root.join("scheduler"), msg: e.to_string() }
+        let mut sched = params.scheduler(&self.root.join("scheduler")).map_err(|e| PipelineError::Load {
+            component: "scheduler",
+            path: self.root.join("scheduler"),
+            msg: e.to_string(),
         })?;
-        sched.set_timesteps(params.steps)?;
         let spec = LoopSpec::new(&self.spec, params, self.dtype);
         let experts: Vec<&WanTransformer3DModel> =
             std::iter::once(&self.transformer).chain(self.transformer_2.as_ref()).collect();

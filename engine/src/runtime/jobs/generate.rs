@@ -29,13 +29,15 @@ use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgr
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::VaeMode;
 use crate::pipeline::denoise::{run_loop, LoopSpec};
+use crate::pipeline::preview::{LatentRgb, PREVIEW_MAX_SIDE};
 use crate::pipeline::request;
 use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use crate::pipeline::wan as wan_pipeline;
 use crate::pipeline::PipelineProgress;
-use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, WireTensor, WorkerEvent};
-use crate::scheduler;
+use crate::runtime::protocol::{
+    DenoisePreview, GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, Rgb8Preview, WireTensor, WorkerEvent,
+};
 use crate::weights::Checkpoint;
 use experts::ExpertPhases;
 use resident::{Resident, ResidentKey};
@@ -75,9 +77,10 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     };
     let key = ResidentKey::new(&model, plan, dtype, parts);
     // The timesteps say which expert runs first (phased residency loads only that one).
-    let mut sched = scheduler::from_pretrained(&model.components.scheduler, params.shift).map_err(invalid)?;
-    sched.set_timesteps(params.steps)?;
-    let loop_spec = LoopSpec::new(&model, params, dtype);
+    let mut sched = params.scheduler(&model.components.scheduler).map_err(invalid)?;
+    let mut loop_spec = LoopSpec::new(&model, params, dtype);
+    // Only rank 0 reports pictures: every rank holds the same latents.
+    loop_spec.preview_every = spec.preview_every.filter(|_| rank.0 == 0);
     let first_expert = sched.timesteps().first().map_or(0, |&t| loop_spec.expert_at(t));
     let only = experts::to_load(plan.residency, model.two_experts(), first_expert);
     let load_started = Instant::now();
@@ -149,8 +152,14 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
 
     let mut phased = ExpertPhases::new(ctx, predictor, &spec.model, model.two_experts(), &groups, dtype);
     let latents = {
+        let to_rgb = LatentRgb::for_latent_channels(vae_cfg.z_dim);
         let (mut last, mut last_comm, mut cancelled) = (Instant::now(), stats.seconds(), false);
         let result = run_loop(&loop_spec, sched.as_mut(), latents, condition.as_ref(), &mut phased, &mut |p| {
+            if let PipelineProgress::Preview { index, total, x0 } = &p {
+                let img = to_rgb.project(x0, PREVIEW_MAX_SIDE)?;
+                let preview = Rgb8Preview { width: img.width as u32, height: img.height as u32, rgb: img.rgb };
+                ctx.emit(WorkerEvent::DenoisePreview(DenoisePreview { step: index + 1, total: *total, preview }));
+            }
             if let PipelineProgress::Step { index, total, expert, .. } = p {
                 let comm = stats.seconds();
                 out_stats.step_seconds.push(last.elapsed().as_secs_f64());
