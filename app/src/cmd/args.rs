@@ -9,8 +9,7 @@ use clap::Args;
 use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
     DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, Residency, SchedulerKind,
-    TextEncoderPlacement,
-    TilingSpec, VaeMode,
+    TextEncoderPlacement, TilingSpec, VaeMode,
 };
 
 /// How the generation is spread over the workers.
