@@ -96,9 +96,14 @@ fn case(name: &'static str) -> Case {
     Case { name, dir, json, params, inputs, outputs }
 }
 
-/// Per-step (model output, latents after the step), (expert, guidance) of every prediction asked
-/// for, and the final latents.
-type Denoised = (Vec<(Tensor, Tensor)>, Vec<(usize, Option<f64>)>, Tensor);
+/// What one denoise recorded.
+struct Denoised {
+    /// Per step: (guided prediction, latents after the step).
+    steps: Vec<(Tensor, Tensor)>,
+    /// Per step: (expert, guidance) the loop asked for.
+    calls: Vec<(usize, Option<f64>)>,
+    last: Tensor,
+}
 
 /// The denoise of `c` with `params`.
 fn denoise(c: &Case, params: &GenerateParams) -> Denoised {
@@ -135,12 +140,12 @@ fn denoise(c: &Case, params: &GenerateParams) -> Denoised {
         run_loop(&spec, &mut sched, c.inputs["latents"].clone(), condition.as_ref(), &mut asked, &mut |_| Ok(()))
             .unwrap();
     let calls = asked.calls;
-    (sched.steps, calls, last)
+    Denoised { steps: sched.steps, calls, last }
 }
 
 fn check(name: &'static str) {
     let c = case(name);
-    let (steps, calls, last) = denoise(&c, &c.params);
+    let Denoised { steps, calls, last } = denoise(&c, &c.params);
     // The expert of each step, as diffusers chose it (`t >= boundary_ratio · 1000`: high noise).
     let want_experts: Vec<usize> = c.json["expert_per_step"]
         .as_array()
@@ -191,7 +196,7 @@ fn check(name: &'static str) {
 
     // guidance_scale_2 matters: the same run with the first scale on both experts is far off.
     let one_scale = GenerateParams { guidance_2: None, ..c.params.clone() };
-    let (_, calls, last) = denoise(&c, &one_scale);
+    let Denoised { calls, last, .. } = denoise(&c, &one_scale);
     assert!(calls.iter().all(|(_, g)| *g == Some(g1)));
     let (max, rel) = errors(&last, &c.outputs["final_latents"]);
     println!("{name}: without guidance_scale_2 the final latents are off by max_abs {max:.2e} rel {rel:.2e}");
