@@ -85,6 +85,10 @@ impl Family {
     /// The family of the VAE of `model` (a pipeline root holding `vae/`, or the VAE folder itself).
     pub fn of_vae(model: &Path) -> Result<Self, ModelSpecError> {
         let vae = model.join("vae");
+        if !vae.join("config.json").is_file() && !model.join("config.json").is_file() {
+            // No config to tell: the Wan loader names what is missing (`no vae/ folder …`).
+            return Ok(Family::Wan);
+        }
         Self::detect(if vae.join("config.json").is_file() { &vae } else { model })
     }
 }
