@@ -3,8 +3,8 @@
 # toolkit from PyPI's NVIDIA wheels into a cache directory, assembles a CUDA_HOME from them (plus a
 # link-only libcuda stub: the driver's real libcuda.so.1 is used at run time), and runs cargo.
 #
-#   scripts/cuda-build.sh [--cuda 13|12] [--features cuda,flash-attn] [--clippy] [--no-build]
-#                         [--dist DIR] [--cutlass-from GIT_DIR]
+#   scripts/cuda-build.sh [--cuda 13|12] [--features cuda,flash-attn] [--clippy | --check-only]
+#                         [--no-build] [--example NAME] [--dist DIR] [--cutlass-from GIT_DIR]
 #
 #   --cuda 13   CUDA 13.0 (default): nvcc 13.0, cuBLAS 13, NCCL 2.28 (cu13). Needs driver >= 580.
 #   --cuda 12   CUDA 12.4: nvcc 12.4, cuBLAS 12.4, NCCL 2.28 (cu12). Needs driver >= 550.54 (most RTX 4090
@@ -14,6 +14,14 @@
 #               whose 53 kernel files take hours of nvcc on 2 cores; `cudnn` needs cuDNN installed).
 #   --clippy    also runs `cargo clippy --release -p tessera_engine --features <features> --all-targets
 #               -- -D warnings` (release profile: it shares the kernels' build-script outputs with the build).
+#   --check-only
+#               only `cargo clippy -p tessera_engine --features <features> --all-targets -- -D warnings`, in
+#               target-cuda/check, through an nvcc wrapper that writes empty objects for the kernels that
+#               are compiled to machine code (candle's quantized-MoE library, flash-attn's kernels): a check
+#               build links nothing, and those take hours on 2 cores. PTX modules are compiled for real
+#               (or copied from an earlier full build's identical output). Never use its artifacts to run.
+#   --example NAME
+#               also builds engine/examples/NAME.rs (scripts/gpu-check.sh builds `gpu_check`).
 #   --dist DIR  copies the stripped worker to DIR/tessera-worker and the CUDA/NCCL runtime libraries it
 #               needs to DIR/lib (the worker's rpath is $ORIGIN/lib, so DIR is relocatable).
 #   --cutlass-from GIT_DIR
@@ -33,16 +41,20 @@ set -euo pipefail
 CUDA_MAJOR=13
 FEATURES=cuda
 CLIPPY=0
+CHECK_ONLY=0
 BUILD=1
 DIST=""
 CUTLASS_FROM=""
+EXAMPLE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA_MAJOR="$2"; shift 2 ;;
     --features) FEATURES="$2"; shift 2 ;;
     --clippy) CLIPPY=1; shift ;;
+    --check-only) CHECK_ONLY=1; BUILD=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --dist) DIST="$2"; shift 2 ;;
+    --example) EXAMPLE="$2"; shift 2 ;;
     --cutlass-from) CUTLASS_FROM="$2"; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "cuda-build: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -136,11 +148,42 @@ echo "cuda-build: nvcc $("$NVCC" --version | grep -o 'release [0-9.]*'), compute
   "features '$FEATURES', driver >= $DRIVER_FLOOR, target $CARGO_TARGET_DIR"
 
 cd "$ROOT_DIR"
+if [ "$CHECK_ONLY" = 1 ]; then
+  # The wrapper lives in the toolkit's bin/ so that tools deriving CUDA_HOME from $NVCC still work.
+  W="$H/bin/nvcc-check-only"
+  cat > "$W" <<'WRAP'
+#!/usr/bin/env bash
+# nvcc for check-only builds (scripts/cuda-build.sh --check-only): `-c` objects are empty (never
+# linked by `cargo check`/`clippy`); PTX is real, or copied from an identical earlier full build.
+here="$(cd "$(dirname "$0")" && pwd)"
+mode=""; out=""; outdir=""; src=""; prev=""
+for a in "$@"; do
+  case "$prev" in -o) out="$a" ;; --output-directory) outdir="$a" ;; esac
+  case "$a" in -c) mode=obj ;; --ptx) mode=ptx ;; *.cu) src="$a" ;; esac
+  prev="$a"
+done
+if [ "$mode" = obj ] && [ -n "$out" ]; then exec gcc -c -x c /dev/null -o "$out"; fi
+if [ "$mode" = ptx ] && [ -n "$outdir" ] && [ -n "$src" ]; then
+  name="$(basename "${src%.cu}").ptx"
+  for d in ${TESSERA_PTX_CACHE:-}; do
+    if [ -f "$d/$name" ]; then cp "$d/$name" "$outdir/$name"; exit 0; fi
+  done
+fi
+exec "$here/nvcc" "$@"
+WRAP
+  chmod +x "$W"
+  export NVCC="$W" TESSERA_PTX_CACHE
+  TESSERA_PTX_CACHE="$(ls -d "$ROOT_DIR"/target-cuda/release/build/candle-kernels-*/out 2>/dev/null | tr '\n' ' ')"
+  CARGO_TARGET_DIR="$ROOT_DIR/target-cuda/check" cargo clippy -j "$JOBS" -p tessera_engine --features "$FEATURES" \
+    --all-targets -- -D warnings
+  echo "cuda-build: clippy --features $FEATURES clean (check-only kernels)"
+fi
 if [ "$CLIPPY" = 1 ]; then
   cargo clippy --release -j "$JOBS" -p tessera_engine --features "$FEATURES" --all-targets -- -D warnings
 fi
 if [ "$BUILD" = 1 ]; then
-  cargo build --release -j "$JOBS" -p tessera_engine --features "$FEATURES" --bin tessera-worker
+  cargo build --release -j "$JOBS" -p tessera_engine --features "$FEATURES" --bin tessera-worker \
+    ${EXAMPLE:+--example "$EXAMPLE"}
   BIN="$CARGO_TARGET_DIR/release/tessera-worker"
   echo "cuda-build: built $BIN"
   echo "cuda-build: NEEDED: $(readelf -d "$BIN" | grep -o 'NEEDED.*\[.*\]' | grep -o '\[.*\]' | tr -d '[]' | tr '\n' ' ')"
