@@ -20,6 +20,7 @@
 #               are compiled to machine code (candle's quantized-MoE library, flash-attn's kernels): a check
 #               build links nothing, and those take hours on 2 cores. PTX modules are compiled for real
 #               (or copied from an earlier full build's identical output). Never use its artifacts to run.
+#               CHECK_TARGET_DIR=target shares the CPU build's target dir (much less to check).
 #   --example NAME
 #               also builds engine/examples/NAME.rs (scripts/gpu-check.sh builds `gpu_check`).
 #   --dist DIR  copies the stripped worker to DIR/tessera-worker and the CUDA/NCCL runtime libraries it
@@ -174,8 +175,10 @@ WRAP
   chmod +x "$W"
   export NVCC="$W" TESSERA_PTX_CACHE
   TESSERA_PTX_CACHE="$(ls -d "$ROOT_DIR"/target-cuda/release/build/candle-kernels-*/out 2>/dev/null | tr '\n' ' ')"
-  CARGO_TARGET_DIR="$ROOT_DIR/target-cuda/check" cargo clippy -j "$JOBS" -p tessera_engine --features "$FEATURES" \
-    --all-targets -- -D warnings
+  # No RUSTFLAGS (nothing is linked): with CHECK_TARGET_DIR=target the CPU build's checked
+  # dependencies are reused and only the crates whose features change are checked again.
+  RUSTFLAGS="" CARGO_TARGET_DIR="${CHECK_TARGET_DIR:-$ROOT_DIR/target-cuda/check}" \
+    cargo clippy -j "$JOBS" -p tessera_engine --features "$FEATURES" --all-targets -- -D warnings
   echo "cuda-build: clippy --features $FEATURES clean (check-only kernels)"
 fi
 if [ "$CLIPPY" = 1 ]; then

@@ -70,7 +70,7 @@ fn errors(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
 fn check(stage: &str, key: &str, out: &Tensor, reference: &Tensor, tol: f64) -> Result<()> {
     let (max_abs, rel) = errors(out, reference)?;
     summary(stage, key, format!("max_abs={max_abs:.3e} rel={rel:.3e} tol={tol:.0e}"));
-    if !(rel <= tol) {
+    if rel.is_nan() || rel > tol {
         bail!("{key}: relative error {rel:.3e} above {tol:.0e}");
     }
     Ok(())
