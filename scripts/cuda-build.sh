@@ -10,6 +10,11 @@
 #   --cuda 12   CUDA 12.4: nvcc 12.4, cuBLAS 12.4, NCCL 2.28 (cu12). Needs driver >= 550.54 (most RTX 4090
 #               installs run 550-570 drivers). candle's kernels are PTX that the driver JIT-compiles, and a
 #               driver cannot load PTX from a newer toolkit than itself: the toolkit picks the driver floor.
+#               PyPI's CUDA 12 `nvidia-cuda-nvcc-cu12` wheels hold only ptxas (no nvcc): pass the compiler
+#               with --toolkit (runtime libraries and NCCL still come from PyPI).
+#   --toolkit DIR
+#               an installed CUDA toolkit (DIR/bin/nvcc, e.g. /usr/local/cuda-12.4 from NVIDIA's apt
+#               repository `cuda-toolkit-12-4`) used as CUDA_HOME instead of the assembled one.
 #   --features  engine features for the worker (default `cuda`; `cuda,flash-attn` adds FlashAttention-2,
 #               whose 53 kernel files take hours of nvcc on 2 cores; `cudnn` needs cuDNN installed).
 #   --clippy    also runs `cargo clippy --release -p tessera_engine --features <features> --all-targets
@@ -47,6 +52,7 @@ BUILD=1
 DIST=""
 CUTLASS_FROM=""
 EXAMPLE=""
+TOOLKIT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA_MAJOR="$2"; shift 2 ;;
@@ -56,6 +62,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --dist) DIST="$2"; shift 2 ;;
     --example) EXAMPLE="$2"; shift 2 ;;
+    --toolkit) TOOLKIT="$2"; shift 2 ;;
     --cutlass-from) CUTLASS_FROM="$2"; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "cuda-build: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -136,11 +143,22 @@ if [ -n "$CUTLASS_FROM" ]; then
   echo "cuda-build: CUTLASS $PIN at $DEST"
 fi
 
+EXTRA_LINK=""
+if [ -n "$TOOLKIT" ]; then
+  # The toolkit's own lib64/stubs/libcuda.so serves the link; cuBLAS & co. come from it too, NCCL from PyPI.
+  EXTRA_LINK="-L native=$H/lib64"
+  H="$TOOLKIT"
+fi
+if [ ! -x "$H/bin/nvcc" ]; then
+  echo "cuda-build: no nvcc in $H/bin (PyPI's CUDA $CUDA_MAJOR nvcc wheel ships only ptxas);" \
+    "install a CUDA $CUDA_MAJOR toolkit and pass --toolkit DIR (e.g. /usr/local/cuda-12.4)" >&2
+  exit 1
+fi
 export CUDA_HOME="$H" CUDA_PATH="$H" NVCC="$H/bin/nvcc" PATH="$H/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-89}" CUDARC_CUDA_VERSION="$CUDA_VERSION"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT_DIR/target-cuda}"
 # $ORIGIN/lib: a --dist folder is self-contained; otherwise LD_LIBRARY_PATH (printed below) is needed.
-export RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN/lib'
+export RUSTFLAGS="-C link-arg=-Wl,-rpath,\$ORIGIN/lib${EXTRA_LINK:+ $EXTRA_LINK}"
 # Kernel builds keep their objects across runs (candle-flash-attn's 53 files especially).
 export CANDLE_FLASH_ATTN_BUILD_DIR="${CANDLE_FLASH_ATTN_BUILD_DIR:-$CARGO_TARGET_DIR/flash-attn-kernels}"
 mkdir -p "$CANDLE_FLASH_ATTN_BUILD_DIR"
