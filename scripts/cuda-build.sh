@@ -167,6 +167,23 @@ echo "cuda-build: nvcc $("$NVCC" --version | grep -o 'release [0-9.]*'), compute
   "features '$FEATURES', driver >= $DRIVER_FLOOR, target $CARGO_TARGET_DIR"
 
 cd "$ROOT_DIR"
+# Kernels compiled to machine code (candle's libmoe.a, FlashAttention) get SASS for CUDA_COMPUTE_CAP
+# only; this wrapper also embeds that capability's PTX in them, so a compute_89 build's fused attention
+# JIT-compiles on H100/H200 as candle's PTX modules do.
+E="$H/bin/nvcc-embed-ptx"
+if [ -w "$H/bin" ] || [ -w "$E" ]; then
+  cat > "$E" <<'WRAP'
+#!/usr/bin/env bash
+here="$(cd "$(dirname "$0")" && pwd)"
+cap="${CUDA_COMPUTE_CAP%%[af]*}"
+for a in "$@"; do
+  if [ "$a" = -c ]; then exec "$here/nvcc" "$@" "-gencode=arch=compute_${cap},code=compute_${cap}"; fi
+done
+exec "$here/nvcc" "$@"
+WRAP
+  chmod +x "$E"
+  export NVCC="$E"
+fi
 if [ "$CHECK_ONLY" = 1 ]; then
   # The wrapper lives in the toolkit's bin/ so that tools deriving CUDA_HOME from $NVCC still work.
   W="$H/bin/nvcc-check-only"
