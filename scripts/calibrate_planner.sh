@@ -6,7 +6,8 @@
 #
 # Cases: TI2V-5B widths (make-model, 2 blocks) on 1 rank, Ulysses 2 + halo VAE 2, CFG 2, Ulysses 2
 # + FSDP 2 + halo VAE 2, CFG 2 + FSDP 2, image-to-video; I2V-A14B widths (1 block per expert, the
-# Wan2.1 VAE, the image encoded with its zero frames) under CFG 2 + halo VAE 2; and the golden tiny
+# Wan2.1 VAE, the image encoded with its zero frames) under CFG 2 + halo VAE 2, and under CFG 2 +
+# FSDP 2 + halo VAE 2 with phased and with pipeline expert residency; and the golden tiny
 # pipeline with the golden tiny UMT5 sharded over 2 ranks on a 512-token prompt (`text_encode`).
 #
 # Usage: scripts/calibrate_planner.sh [WORKDIR]   (default target/calib; needs ~10 GB of disk and
@@ -100,6 +101,10 @@ case_ "TI2V ×2 blocks 128×128×5, Ulysses 2 + FSDP 2 + halo VAE 2" ti2v FILES 
 case_ "TI2V ×2 blocks 128×128×5, CFG 2 + FSDP 2" ti2v FILES "${S128[@]}" --ranks 2 --ulysses 1 --cfg-parallel 2 --fsdp 2 --vae-parallel 1
 case_ "TI2V ×2 blocks 256×256×1 image-to-video, Ulysses 2 + halo VAE 2" ti2v FILES --height 256 --width 256 --frames 1 --guidance 5 --image "$IMAGE" --ranks 2 --ulysses 2 --vae-parallel 2 --vae-mode halo
 case_ "I2V-A14B ×1 block ×2 experts 128×128×9, CFG 2 + halo VAE 2" i2v-a14b FILES --height 128 --width 128 --frames 9 --guidance 5 --image "$IMAGE" --ranks 2 --ulysses 1 --cfg-parallel 2 --vae-parallel 2 --vae-mode halo
+# Expert residency at real width: phased holds one expert's shard, pipeline both (same video).
+A14B64=(--height 64 --width 64 --frames 5 --guidance 3.5 --image "$GOLDEN/a14b_i2v/image.png" --ranks 2 --ulysses 1 --cfg-parallel 2 --fsdp 2 --vae-parallel 2 --vae-mode halo)
+case_ "I2V-A14B ×1 block ×2 experts 64×64×5, CFG 2 + FSDP 2 + halo VAE 2, phased" i2v-a14b FILES "${A14B64[@]}" --residency phased
+case_ "I2V-A14B ×1 block ×2 experts 64×64×5, CFG 2 + FSDP 2 + halo VAE 2, pipeline" i2v-a14b FILES "${A14B64[@]}" --residency pipeline
 case_ "golden tiny + tiny UMT5 sharded, 512-token prompt" tiny TEXT --height 96 --width 128 --frames 9 --guidance 5 --ranks 2 --ulysses 2 --vae-parallel 1 --text-encoder sharded
 
 python3 - "$rows" <<'EOF'

@@ -101,12 +101,19 @@ pub fn run(a: PlanArgs) -> Result<()> {
     }
     print_table(&spec, &req, &plan, target, gpus, &prediction);
     match (gpus, fits) {
-        (Some(g), Some(true)) => println!("fits {g} (≤ {} usable per GPU)", gib(g.usable())),
+        (Some(g), Some(true)) => {
+            print_terms(&prediction.ranks);
+            println!("fits {g} (≤ {} usable per GPU)", gib(g.usable()));
+        }
         (Some(g), Some(false)) => match suggestion {
             Some(s) => {
                 let peak = s.ranks.iter().map(|r| r.peak_bytes).max().unwrap_or(0);
                 println!("does NOT fit {g}; cheapest plan that fits (peak {} per rank):", gib(peak));
                 println!("  {}", s.flags.join(" "));
+                println!();
+                let p = Prediction { ranks: s.ranks, host_text_encoder_bytes: prediction.host_text_encoder_bytes };
+                print_table(&spec, &req, &s.plan, target, gpus, &p);
+                print_terms(&p.ranks);
             }
             None => println!(
                 "does NOT fit {g}, and no plan on up to {} GPUs does: use smaller sizes or fewer frames, or more/larger GPUs",
@@ -142,8 +149,15 @@ fn print_table(
     );
     let tiling = plan.vae_tiling.map(|t| format!(" {:?}", t.as_array())).unwrap_or_default();
     println!(
-        "plan: ranks {} · ulysses {} · cfg-parallel {} · fsdp {} · vae {}×{}{tiling} · text encoder {}",
-        plan.ranks, plan.ulysses, plan.cfg_parallel, plan.fsdp, plan.vae_parallel, plan.vae_mode, plan.text_encoder
+        "plan: ranks {} · ulysses {} · cfg-parallel {} · fsdp {} · vae {}×{}{tiling} · text encoder {} · residency {}",
+        plan.ranks,
+        plan.ulysses,
+        plan.cfg_parallel,
+        plan.fsdp,
+        plan.vae_parallel,
+        plan.vae_mode,
+        plan.text_encoder,
+        plan.residency
     );
     // Columns by phase name: some phases are only some ranks' (`encode_image` is rank 0's).
     let mut names: Vec<&str> = Vec::new();
@@ -174,6 +188,17 @@ fn print_table(
     }
     if p.host_text_encoder_bytes > 0 {
         println!("host RAM for the CPU text encoder: {}", gib(p.host_text_encoder_bytes));
+    }
+}
+
+/// The terms of every phase of the rank with the highest peak (the others differ in the VAE and
+/// text-encoder terms only, which the table shows).
+fn print_terms(ranks: &[RankPrediction]) {
+    let Some(r) = ranks.iter().max_by_key(|r| r.peak_bytes) else { return };
+    println!("terms of rank {} (the highest peak):", r.rank);
+    for ph in &r.phases {
+        let terms: Vec<String> = ph.terms.iter().map(|t| format!("{} {}", t.name, gib(t.bytes))).collect();
+        println!("  {:<13} {:>10} = {}", ph.name, gib(ph.peak_bytes), terms.join(" + "));
     }
 }
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
-use tessera_engine::api::tools::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
+use tessera_engine::api::tools::any_vae::{self, Vae};
+use tessera_engine::api::tools::vae::{Tiling, VaeParts, VaeProgress};
 use tessera_engine::api::tools::{
     read_tensor, read_video_or_image, Job, Supervisor, VaeDecodeSpec, VaeEncodeSpec, WorldSpec,
 };
@@ -14,7 +15,8 @@ use tessera_engine::api::{write_tensors, JobEvent, VaeMode};
 
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
-    /// Decode tensor `latents` [B,C,T,H,W] to tensor `video` [B,3,F,H,W] (f32, [-1,1]).
+    /// Decode tensor `latents` [B,C,T,H,W] to tensor `video` [B,3,F,H,W] (f32; Wan clamps to [-1,1],
+    /// HunyuanVideo 1.5 does not, as in diffusers). Wan and HunyuanVideo 1.5 VAEs.
     Decode(DecodeArgs),
     /// Encode tensor `video` [B,3,F,H,W] in [-1,1] (or a PNG/JPEG image) to tensors `mean` and `logvar`.
     Encode(EncodeArgs),
@@ -100,9 +102,9 @@ pub fn run(cmd: VaeCommand) -> Result<()> {
     }
 }
 
-fn load(model: &Path, parts: VaeParts) -> Result<AutoencoderKLWan> {
+fn load(model: &Path, parts: VaeParts) -> Result<Vae> {
     let started = std::time::Instant::now();
-    let vae = vae::load(model, parts, DType::F32, &Device::Cpu)
+    let vae = any_vae::load(model, parts, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading the VAE from {}", model.display()))?;
     tracing::info!("loaded VAE in {:.2}s", started.elapsed().as_secs_f64());
     Ok(vae)

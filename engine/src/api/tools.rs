@@ -22,6 +22,11 @@ pub mod vae {
     };
 }
 
+/// A VAE of either family (Wan, HunyuanVideo 1.5), picked from its `config.json` (`tessera vae`).
+pub mod any_vae {
+    pub use crate::models::vae::{load, Vae};
+}
+
 /// The Wan transformer in this process (`bench dit`).
 pub mod transformer {
     pub use crate::models::wan::transformer::{transformer_config_for_arch, Config, WanTransformer3DModel};

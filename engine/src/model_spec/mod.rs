@@ -28,6 +28,51 @@ use crate::models::wan::vae::config::Config as VaeConfig;
 pub enum Family {
     /// Wan2.1 / Wan2.2 (`WanPipeline`, `WanImageToVideoPipeline`).
     Wan,
+    /// HunyuanVideo 1.5 (`HunyuanVideo15Pipeline`, `HunyuanVideo15ImageToVideoPipeline`). So far
+    /// only its VAE runs (`tessera vae decode|encode`); [`ModelSpec::from_path`] says so.
+    HunyuanVideo15,
+}
+
+impl Family {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Family::Wan => "Wan",
+            Family::HunyuanVideo15 => "HunyuanVideo 1.5",
+        }
+    }
+
+    /// The family of a pipeline folder (`model_index.json`'s `_class_name`) or of a component
+    /// folder (its `config.json`'s `_class_name`: a VAE or transformer given alone).
+    pub fn detect(path: &Path) -> Result<Self, ModelSpecError> {
+        let (file, component) = if path.join("model_index.json").is_file() {
+            (path.join("model_index.json"), "model_index.json")
+        } else {
+            (path.join("config.json"), "config.json")
+        };
+        #[derive(serde::Deserialize)]
+        struct ClassName {
+            #[serde(rename = "_class_name", default)]
+            class_name: String,
+        }
+        let ClassName { class_name } = read_json(&file, component)?;
+        match class_name.as_str() {
+            c if c.starts_with("HunyuanVideo15") || c == "AutoencoderKLHunyuanVideo15" => Ok(Family::HunyuanVideo15),
+            c if c.starts_with("Wan") || c == "AutoencoderKLWan" || c.is_empty() => Ok(Family::Wan),
+            other => Err(ModelSpecError::Invalid {
+                component,
+                path: file,
+                msg: format!(
+                    "unknown model class `{other}`: Tessera runs Wan (WanPipeline, AutoencoderKLWan) and HunyuanVideo 1.5 (HunyuanVideo15Pipeline, AutoencoderKLHunyuanVideo15)"
+                ),
+            }),
+        }
+    }
+
+    /// The family of the VAE of `model` (a pipeline root holding `vae/`, or the VAE folder itself).
+    pub fn of_vae(model: &Path) -> Result<Self, ModelSpecError> {
+        let vae = model.join("vae");
+        Self::detect(if vae.join("config.json").is_file() { &vae } else { model })
+    }
 }
 
 /// The published model a folder has the layout of (sizes may be smaller: tests and the demo use
@@ -91,6 +136,8 @@ pub enum ModelSpecError {
     Read { path: PathBuf, msg: String },
     #[error("invalid {component} config in {}: {msg}", .path.display())]
     Invalid { component: &'static str, path: PathBuf, msg: String },
+    #[error("{} is a {} pipeline folder; so far only its VAE runs (tessera vae decode|encode --model …): generation needs its transformer, which is not ported yet", .path.display(), .family.describe())]
+    VaeOnly { family: Family, path: PathBuf },
 }
 
 /// Everything Tessera knows about a model before loading it.
@@ -139,6 +186,10 @@ impl ModelSpec {
             return Err(ModelSpecError::NotPipeline { detail: "no model_index.json".into(), path: path.to_path_buf() });
         }
         let index: ModelIndex = read_json(&path.join("model_index.json"), "model_index.json")?;
+        let family = Family::detect(path)?;
+        if family != Family::Wan {
+            return Err(ModelSpecError::VaeOnly { family, path: path.to_path_buf() });
+        }
         let components = Components {
             transformer: path.join("transformer"),
             transformer_2: index.has_transformer_2().then(|| path.join("transformer_2")),
@@ -166,7 +217,7 @@ impl ModelSpec {
         .map_err(|msg| ModelSpecError::Read { path: path.to_path_buf(), msg })?;
         let spec = Self {
             root: path.to_path_buf(),
-            family: Family::Wan,
+            family,
             variant,
             layout: Layout::DiffusersFolder,
             components,
@@ -340,6 +391,23 @@ mod tests {
         assert!(!spec.can_encode_text());
         let prompt = ModelSpec::from_path(&fixture("golden/prompt"));
         assert!(prompt.is_err(), "the prompt case has no transformer");
+    }
+
+    #[test]
+    fn hv15_folders_are_recognised() {
+        let vae = fixture("hv15/vae/vae");
+        assert_eq!(Family::detect(&vae), Ok(Family::HunyuanVideo15));
+        assert_eq!(Family::of_vae(&fixture("hv15/vae")), Ok(Family::HunyuanVideo15));
+        assert_eq!(Family::of_vae(&fixture("golden/vae22")), Ok(Family::Wan));
+        assert_eq!(Family::detect(&fixture("golden/pipeline")), Ok(Family::Wan));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "HunyuanVideo15Pipeline"}"#).unwrap();
+        let err = ModelSpec::from_path(dir.path()).unwrap_err();
+        assert_eq!(err, ModelSpecError::VaeOnly { family: Family::HunyuanVideo15, path: dir.path().to_path_buf() });
+        assert!(err.to_string().contains("only its VAE runs"), "{err}");
+        std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "FluxPipeline"}"#).unwrap();
+        let err = Family::detect(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unknown model class `FluxPipeline`"), "{err}");
     }
 
     #[test]

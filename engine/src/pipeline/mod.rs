@@ -5,11 +5,13 @@
 //! - [`image`]: input image preprocessing for image-to-video.
 //! - [`denoise`]: the denoising loop (shared by one device and the sharded job) and its
 //!   [`denoise::NoisePredictor`] seam.
+//! - [`preview`]: the latent→RGB map of the live denoise previews (ComfyUI's factors per VAE family).
 //! - [`sharded`]: the predictor of one rank of a parallel plan (CFG parallel, Ulysses, FSDP).
 //! - [`wan`]: the single-device pipeline: loading, image conditioning, decode.
 
 pub mod denoise;
 pub mod image;
+pub mod preview;
 pub mod request;
 pub mod sampling;
 pub mod sharded;

@@ -25,7 +25,7 @@ use super::params;
 use super::vae::{self, DecodeShape, KernelPath, VaeRun};
 use crate::models::wan::transformer::attention::ChunkedAttention;
 use crate::models::wan::vae::TilePlan;
-use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, VaeMode};
+use crate::parallel::plan::{ParallelPlan, PlanModel, Residency, TextEncoderPlacement, VaeMode};
 
 /// Where the ranks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -260,6 +260,8 @@ fn check(spec: &ModelSpec, req: &Request, plan: &ParallelPlan) -> Result<(), Pre
         guidance_2: None,
         shift: None,
         seed: 0,
+        scheduler: None,
+        sigmas: None,
     };
     params.validate(spec.size_multiple())?;
     plan.validate(PlanModel { num_heads: spec.transformer.num_attention_heads, cfg: req.guidance > 1.0 })?;
@@ -317,9 +319,19 @@ pub fn predict(
     let cuda = opts.target == Target::Cuda;
     let context = if cuda { CUDA_CONTEXT_BYTES } else { 0 };
 
-    // Every expert is loaded at `load` and kept until the decode (the job drops them together).
-    let dit_weights: u64 =
-        std::iter::once(dcfg).chain(spec.transformer_2.as_ref()).map(|c| dit::weights_bytes(c, e, plan.fsdp)).sum();
+    // Pipeline residency: every expert is loaded at `load` and kept until the decode. Phased (two
+    // experts only): the high-noise expert from `load`, the low-noise one from the `switch` on.
+    let expert_weights: Vec<u64> =
+        std::iter::once(dcfg).chain(spec.transformer_2.as_ref()).map(|c| dit::weights_bytes(c, e, plan.fsdp)).collect();
+    let two_experts = expert_weights.len() == 2;
+    let phased = two_experts && plan.residency == Residency::Phased;
+    let dit_weights_with = |expert: usize| -> u64 {
+        if phased {
+            expert_weights[expert]
+        } else {
+            expert_weights.iter().sum()
+        }
+    };
     // The VAE runs in f32 on every device; the CPU decoder adds its sub-pixel upsample weights.
     let vae_dec_w =
         params::vae_decoder(&spec.vae) * 4 + if cuda { 0 } else { params::vae_decoder_upsample_phases(&spec.vae) * 4 };
@@ -403,17 +415,44 @@ pub fn predict(
         replay.max(finish)
     };
 
-    // The image encode on rank 0: TI2V encodes the image alone, A14B the image and its zero frames.
+    // The image encode on the VAE group (rank 0 alone when it is one rank), in the plan's VAE mode:
+    // halo slabs over the group, or tiles (one tile's working set, the tiles spread over the group).
+    // TI2V encodes the image alone, A14B the image and its zero frames. Each encoding rank builds
+    // the whole conditioning video and its frames-major copy; only its slab or tiles go through
+    // the encoder.
+    let encode_frames = if spec.channel_concat_i2v() { req.frames } else { 1 };
     let encode_work = || -> u64 {
-        let frames = if spec.channel_concat_i2v() { req.frames } else { 1 };
         let image = (3 * req.height * req.width) as u64 * 4;
-        image + vae::encode_peak(&spec.vae, opts.vae_run(false), frames, req.height, req.width, 1, 0)
+        let v = plan.vae_parallel.max(1);
+        let tiles = match (plan.vae_mode, plan.vae_tiling) {
+            (VaeMode::Tiles, t) => {
+                let tiling = crate::models::wan::vae::Tiling::from(t.unwrap_or_default());
+                TilePlan::encode_needs_tiling(&tiling, req.height, req.width).then_some(tiling)
+            }
+            (VaeMode::Halo, _) => None,
+        };
+        let run = opts.vae_run(plan.vae_mode == VaeMode::Halo && v > 1);
+        let work = match tiles {
+            // One tile through the encoder (its own video copies replaced by the whole video's),
+            // and the latents of every tile assembled on rank 0.
+            Some(t) => {
+                let (th, tw) = (t.tile_sample_min_height.min(req.height), t.tile_sample_min_width.min(req.width));
+                let tile_video = 2 * (3 * encode_frames * th * tw) as u64 * 4;
+                let full_video = 2 * (3 * encode_frames * req.height * req.width) as u64 * 4;
+                let latents = (2 * spec.vae.z_dim * lt * lh * lw) as u64 * 4 * 2;
+                vae::encode_peak(&spec.vae, run, encode_frames, th, tw, 1, 0) - tile_video + full_video + latents
+            }
+            None => {
+                vae::encode_peak(&spec.vae, run, encode_frames, req.height, req.width, if run.halo { v } else { 1 }, 0)
+            }
+        };
+        image + work
     };
 
     let mut ranks = Vec::with_capacity(plan.ranks);
     for rank in 0..plan.ranks {
         let decodes = rank < plan.vae_parallel.max(1);
-        let encodes = rank == 0 && req.image;
+        let encodes = req.image && decodes;
         let vae_w = if decodes { vae_dec_w } else { 0 } + if encodes { vae_enc_w } else { 0 };
         let mut phases = Vec::new();
         if text_terms {
@@ -421,33 +460,54 @@ pub fn predict(
             t.push(term("cuda context", context));
             phases.push(PhasePrediction::new("text_encode", t));
         }
-        let loaded = vec![
-            term("cuda context", context),
-            term("prompt embeddings", host_embeds + device_embeds),
-            term("transformer weights", dit_weights),
-            term("vae weights", vae_w),
-        ];
-        let mut t = loaded.clone();
+        let loaded = |expert: usize| {
+            vec![
+                term("cuda context", context),
+                term("prompt embeddings", host_embeds + device_embeds),
+                term("transformer weights", dit_weights_with(expert)),
+                term("vae weights", vae_w),
+            ]
+        };
+        let mut t = loaded(0);
         t.push(term("initial latents", latents));
         // The transformer loads before the VAE: its read buffer shows only where the VAE is smaller.
         t.push(term("fsdp slice read buffer", fsdp_read.saturating_sub(vae_w)));
         phases.push(PhasePrediction::new("load", t));
         if encodes {
-            let mut t = loaded.clone();
+            let mut t = loaded(0);
             t.push(term("initial latents", latents));
             t.push(term("matmul slabs", slabs));
             t.push(term("vae encode working set", encode_work()));
             phases.push(PhasePrediction::new("encode_image", t));
         }
-        let mut t = loaded;
-        t.push(term("image condition", condition));
-        t.push(term("matmul slabs", slabs));
-        t.extend(denoise_work.iter().cloned());
-        phases.push(PhasePrediction::new("denoise", t));
+        for expert in 0..expert_weights.len() {
+            if phased && expert == 1 {
+                // Between two steps: the high-noise expert is freed, the low-noise one read slice
+                // by slice; the loop's latent state and the condition stay.
+                let mut t = loaded(1);
+                t.push(term("image condition", condition));
+                t.push(term("matmul slabs", slabs));
+                t.push(term("latents, predictions and scheduler state", denoise_work[0].bytes));
+                t.push(term("text context", denoise_work[1].bytes));
+                t.push(term("fsdp slice read buffer", fsdp_read));
+                phases.push(PhasePrediction::new("switch", t));
+            }
+            let mut t = loaded(expert);
+            t.push(term("image condition", condition));
+            t.push(term("matmul slabs", slabs));
+            t.extend(denoise_work.iter().cloned());
+            let name = match (two_experts, expert) {
+                (false, _) => "denoise",
+                (true, 0) => "denoise_high",
+                (true, _) => "denoise_low",
+            };
+            phases.push(PhasePrediction::new(name, t));
+        }
+        let last_expert = expert_weights.len() - 1;
         let t = vec![
             term("cuda context", context),
             term("prompt embeddings", host_embeds),
-            term("transformer weights", if opts.keep_weights { dit_weights } else { 0 }),
+            term("transformer weights", if opts.keep_weights { dit_weights_with(last_expert) } else { 0 }),
             term("vae weights", vae_w),
             term("latents", latents),
             term("image condition", condition),
@@ -513,7 +573,7 @@ mod tests {
         p.terms.iter().find(|t| t.name == name).map_or(0, |t| t.bytes)
     }
 
-    /// The job's phases in its order; only the VAE group decodes, only rank 0 encodes the image.
+    /// The job's phases in its order; only the VAE group decodes and encodes the image.
     #[test]
     fn every_rank_gets_the_jobs_phases_and_the_vae_group_decodes() {
         let s = spec("wan2.2-ti2v-5b");
@@ -531,7 +591,7 @@ mod tests {
         assert_eq!(p.ranks.len(), 4);
         for r in &p.ranks {
             let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
-            if r.rank == 0 {
+            if r.rank < 2 {
                 assert_eq!(names, ["text_encode", "load", "encode_image", "denoise", "decode"]);
             } else {
                 assert_eq!(names, ["text_encode", "load", "denoise", "decode"]);
@@ -540,10 +600,14 @@ mod tests {
         }
         let decodes = |r: usize| term_bytes(phase(&p.ranks[r], "decode"), "vae decode working set") > 0;
         assert!(decodes(0) && decodes(1) && !decodes(2) && !decodes(3));
-        // The encoder is loaded on rank 0 only, the decoder on the VAE group only.
+        // Encoder and decoder are loaded on the VAE group only.
         let vae = |r: usize| term_bytes(phase(&p.ranks[r], "load"), "vae weights");
         let (dec, enc) = (params::vae_decoder(&s.vae) * 4, params::vae_encoder(&s.vae) * 4);
-        assert_eq!((vae(0), vae(1), vae(2)), (dec + enc, dec, 0));
+        assert_eq!((vae(0), vae(1), vae(2)), (dec + enc, dec + enc, 0));
+        // Halo slabs over the two ranks: each encodes about half of what one rank alone would.
+        let alone = predict(&s, &i2v, &ParallelPlan { vae_parallel: 1, ..plan }, &Options::new(Target::Cuda)).unwrap();
+        let work = |p: &Prediction| term_bytes(phase(&p.ranks[0], "encode_image"), "vae encode working set");
+        assert!(work(&p) < work(&alone), "{} vs {}", work(&p), work(&alone));
     }
 
     /// Without `keep_weights` the job drops the transformer before the decode; it keeps the VAE
@@ -558,12 +622,43 @@ mod tests {
         opts.keep_weights = false;
         let p = predict(&s, &req(720, 1280, 81), &ParallelPlan::single(), &opts).unwrap();
         let r = &p.ranks[0];
-        for name in ["load", "denoise"] {
+        for name in ["load", "denoise_high", "denoise_low"] {
             assert_eq!(term_bytes(phase(r, name), "transformer weights"), experts, "{name}: both experts");
             assert!(term_bytes(phase(r, name), "vae weights") > 0, "{name}: the decoder is loaded");
         }
         assert_eq!(term_bytes(phase(r, "decode"), "transformer weights"), 0);
         assert_eq!(r.weights_bytes, experts + params::vae_decoder(&s.vae) * 4);
+    }
+
+    /// Phased residency: one expert per phase, a `switch` between the experts' denoise phases, and
+    /// every phase's peak lower by about one expert shard than under pipeline residency.
+    #[test]
+    fn phased_residency_holds_one_expert() {
+        let s = spec("wan2.2-i2v-a14b");
+        let opts = Options::new(Target::Cuda);
+        let base =
+            ParallelPlan { ranks: 8, ulysses: 4, cfg_parallel: 2, fsdp: 8, vae_parallel: 8, ..Default::default() };
+        let r = Request { image: true, ..req(720, 1280, 81) };
+        let pipeline = predict(&s, &r, &base, &opts).unwrap();
+        let phased = predict(&s, &r, &ParallelPlan { residency: Residency::Phased, ..base }, &opts).unwrap();
+        let shard = dit::weights_bytes(&s.transformer, 2, 8);
+        for (a, b) in pipeline.ranks.iter().zip(&phased.ranks) {
+            let names: Vec<&str> = b.phases.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names, ["load", "encode_image", "denoise_high", "switch", "denoise_low", "decode"]);
+            for name in ["load", "denoise_high", "denoise_low", "decode"] {
+                assert_eq!(phase(a, name).peak_bytes - phase(b, name).peak_bytes, shard, "rank {} {name}", a.rank);
+            }
+            assert_eq!(term_bytes(phase(b, "switch"), "transformer weights"), shard);
+            assert!(phase(b, "switch").peak_bytes < phase(b, "denoise_low").peak_bytes);
+        }
+        // Without CFG (guidance 1, the distilled 4-step recipe) there is one branch: no CFG parallel.
+        let one = Request { guidance: 1.0, ..r };
+        assert!(predict(&s, &one, &base, &opts).is_err(), "CFG parallel needs two branches");
+        let u8 = ParallelPlan { ulysses: 8, cfg_parallel: 1, residency: Residency::Phased, ..base };
+        let p = predict(&s, &one, &u8, &opts).unwrap();
+        let gpus = super::super::search::GpuSpec::parse("8x24GB").unwrap();
+        assert!(super::super::search::fits(&p, &gpus) && super::super::search::fits(&phased, &gpus));
+        assert!(phase(&p.ranks[0], "denoise_low").peak_bytes <= phase(&phased.ranks[0], "denoise_low").peak_bytes);
     }
 
     #[test]

@@ -675,6 +675,7 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
         },
         WorkerEvent::Log { level, message } => JobEvent::Log { rank, level, message },
         WorkerEvent::VaePiece(piece) => JobEvent::VaePiece { rank, piece },
+        WorkerEvent::DenoisePreview(preview) => JobEvent::DenoisePreview { rank, preview },
         // Collected by `run_job` before translation; never an event.
         WorkerEvent::Data(_) => JobEvent::Log { rank, level: LogLevel::Warn, message: "unrouted job data".into() },
     }

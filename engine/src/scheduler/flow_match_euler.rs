@@ -91,6 +91,15 @@ impl FlowMatchEulerScheduler {
     pub fn config(&self) -> &FlowMatchEulerConfig {
         &self.cfg
     }
+
+    /// Stores the shifted float32 sigmas with the terminal 0, and the timesteps `σ·1000` computed
+    /// on them in float32, as torch does.
+    fn set_shifted(&mut self, sigmas: Vec<f32>) {
+        let n_train = self.cfg.num_train_timesteps as f32;
+        self.timesteps = sigmas.iter().map(|&s| s * n_train).collect();
+        self.sigmas = sigmas;
+        self.sigmas.push(0.0);
+    }
 }
 
 impl Scheduler for FlowMatchEulerScheduler {
@@ -104,11 +113,30 @@ impl Scheduler for FlowMatchEulerScheduler {
         if let Some(terminal) = self.cfg.shift_terminal.filter(|t| *t != 0.0) {
             stretch_to_terminal(&mut sigmas, terminal);
         }
-        let sigmas_f32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
-        // Timesteps are σ·1000 computed on the float32 sigmas.
-        self.timesteps = sigmas_f32.iter().map(|&s| s * n_train as f32).collect();
-        self.sigmas = sigmas_f32;
-        self.sigmas.push(0.0);
+        self.set_shifted(sigmas.iter().map(|&s| s as f32).collect());
+        Ok(())
+    }
+
+    /// diffusers casts the given list to a float32 array and shifts it in float32 (NumPy 2 keeps
+    /// the array's dtype against a Python float), so the shift runs in f32 here too.
+    fn set_sigmas(&mut self, given: &[f64]) -> Result<()> {
+        if given.is_empty() {
+            bail!("a custom schedule needs at least one sigma")
+        }
+        let shift = self.cfg.shift as f32;
+        let mut sigmas: Vec<f32> = given
+            .iter()
+            .map(|&s| {
+                let s = s as f32;
+                shift * s / (1.0 + (shift - 1.0) * s)
+            })
+            .collect();
+        if let Some(terminal) = self.cfg.shift_terminal.filter(|t| *t != 0.0) {
+            let mut wide: Vec<f64> = sigmas.iter().map(|&s| s as f64).collect();
+            stretch_to_terminal(&mut wide, terminal);
+            sigmas = wide.iter().map(|&s| s as f32).collect();
+        }
+        self.set_shifted(sigmas);
         Ok(())
     }
 

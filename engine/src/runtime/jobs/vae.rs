@@ -1,5 +1,6 @@
 //! The VAE jobs: patch-parallel decode and encode on ranks `0..vae_parallel` of the world, in
-//! `tiles` or `halo` mode (see `models::wan::vae::parallel`). Ranks outside the VAE group idle.
+//! `tiles` or `halo` mode (see `models::wan::vae::parallel` and `models::hv15::vae::parallel`), for
+//! either family's VAE (`models::vae`). Ranks outside the VAE group idle.
 //! Every finished tile or chunk slab becomes a `VaePiece` event with a small preview; rank 0 writes
 //! the output.
 
@@ -9,8 +10,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 use super::{JobCtx, JobError};
+use crate::models::vae::{self, Vae};
 use crate::models::wan::vae::parallel::DecodedPiece;
-use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
+use crate::models::wan::vae::{Tiling, VaeParts, VaeProgress};
 use crate::parallel::comm::{color_of, Collective, SingleRank};
 use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
@@ -99,7 +101,7 @@ fn idle(ctx: &JobCtx) -> Result<JobOutput, JobError> {
     Ok(JobOutput::None)
 }
 
-fn load(ctx: &JobCtx, model: &Path, parts: VaeParts) -> Result<AutoencoderKLWan, JobError> {
+fn load(ctx: &JobCtx, model: &Path, parts: VaeParts) -> Result<Vae, JobError> {
     let _load = ctx.phase("load");
     let dir = crate::weights::component_dir(model, "vae")?;
     ctx.add_weights_bytes(crate::weights::Checkpoint::open(&dir)?.stored_bytes());

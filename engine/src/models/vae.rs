@@ -1,0 +1,94 @@
+//! A VAE of either family, chosen by `vae/config.json`'s `_class_name` ([`Family::of_vae`]): what the
+//! VAE jobs and the `tessera vae` tool load. Each arm keeps its own model type; this only forwards
+//! the calls both share (decode/encode, tiled or not, and their patch-parallel forms).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::hv15::vae::AutoencoderKLHunyuanVideo15;
+use super::wan::vae::parallel::DecodedPiece;
+use super::wan::vae::{AutoencoderKLWan, Moments, Tiling, VaeLoadError, VaeParts, VaeProgress};
+use crate::model_spec::Family;
+use crate::parallel::comm::Collective;
+use crate::parallel::plan::VaeMode;
+
+#[derive(Debug, Clone)]
+pub enum Vae {
+    Wan(AutoencoderKLWan),
+    Hv15(AutoencoderKLHunyuanVideo15),
+}
+
+/// Loads the VAE of `model` (a pipeline root holding `vae/`, or the VAE folder itself), whichever
+/// family it is.
+pub fn load(model: &Path, parts: VaeParts, dtype: DType, device: &Device) -> std::result::Result<Vae, VaeLoadError> {
+    let family = Family::of_vae(model)
+        .map_err(|e| VaeLoadError::Config { path: model.display().to_string(), msg: e.to_string() })?;
+    Ok(match family {
+        Family::Wan => Vae::Wan(super::wan::vae::load(model, parts, dtype, device)?),
+        Family::HunyuanVideo15 => Vae::Hv15(super::hv15::vae::load(model, parts, dtype, device)?),
+    })
+}
+
+impl Vae {
+    pub fn family(&self) -> Family {
+        match self {
+            Vae::Wan(_) => Family::Wan,
+            Vae::Hv15(_) => Family::HunyuanVideo15,
+        }
+    }
+
+    /// `vae.decode(z).sample` → `[B, 3, F, H, W]` f32 on the host (Wan clamps to [-1, 1], HV1.5 does
+    /// not, as in diffusers).
+    pub fn decode(&self, z: &Tensor, tiling: Option<&Tiling>, progress: &mut dyn FnMut(VaeProgress)) -> Result<Tensor> {
+        match self {
+            Vae::Wan(m) => m.decode(z, tiling, progress),
+            Vae::Hv15(m) => m.decode(z, tiling, progress),
+        }
+    }
+
+    /// `vae.encode(video).latent_dist` (mean, logvar).
+    pub fn encode(
+        &self,
+        video: &Tensor,
+        tiling: Option<&Tiling>,
+        progress: &mut dyn FnMut(VaeProgress),
+    ) -> Result<Moments> {
+        match self {
+            Vae::Wan(m) => m.encode(video, tiling, progress),
+            Vae::Hv15(m) => m.encode(video, tiling, progress),
+        }
+    }
+
+    /// Patch-parallel decode over `comm`; the video on rank 0.
+    pub fn decode_parallel(
+        &self,
+        z: &Tensor,
+        comm: &Arc<dyn Collective>,
+        mode: VaeMode,
+        tiling: Option<&Tiling>,
+        progress: &mut dyn FnMut(VaeProgress),
+        on_piece: &mut dyn FnMut(DecodedPiece<'_>),
+    ) -> Result<Option<Tensor>> {
+        match self {
+            Vae::Wan(m) => m.decode_parallel(z, comm, mode, tiling, progress, on_piece),
+            Vae::Hv15(m) => m.decode_parallel(z, comm, mode, tiling, progress, on_piece),
+        }
+    }
+
+    /// Patch-parallel encode over `comm`; the moments on every rank.
+    pub fn encode_parallel(
+        &self,
+        video: &Tensor,
+        comm: &Arc<dyn Collective>,
+        mode: VaeMode,
+        tiling: Option<&Tiling>,
+        progress: &mut dyn FnMut(VaeProgress),
+    ) -> Result<Moments> {
+        match self {
+            Vae::Wan(m) => m.encode_parallel(video, comm, mode, tiling, progress),
+            Vae::Hv15(m) => m.encode_parallel(video, comm, mode, tiling, progress),
+        }
+    }
+}
