@@ -3,17 +3,31 @@
 # toolkit from PyPI's NVIDIA wheels into a cache directory, assembles a CUDA_HOME from them (plus a
 # link-only libcuda stub: the driver's real libcuda.so.1 is used at run time), and runs cargo.
 #
-#   scripts/cuda-build.sh [--cuda 13|12] [--features cuda,flash-attn] [--clippy] [--no-build]
-#                         [--dist DIR] [--cutlass-from GIT_DIR]
+#   scripts/cuda-build.sh [--cuda 13|12] [--features cuda,flash-attn] [--clippy | --check-only]
+#                         [--no-build] [--example NAME] [--dist DIR] [--cutlass-from GIT_DIR]
 #
 #   --cuda 13   CUDA 13.0 (default): nvcc 13.0, cuBLAS 13, NCCL 2.28 (cu13). Needs driver >= 580.
 #   --cuda 12   CUDA 12.4: nvcc 12.4, cuBLAS 12.4, NCCL 2.28 (cu12). Needs driver >= 550.54 (most RTX 4090
 #               installs run 550-570 drivers). candle's kernels are PTX that the driver JIT-compiles, and a
 #               driver cannot load PTX from a newer toolkit than itself: the toolkit picks the driver floor.
+#               PyPI's CUDA 12 `nvidia-cuda-nvcc-cu12` wheels hold only ptxas (no nvcc): pass the compiler
+#               with --toolkit (runtime libraries and NCCL still come from PyPI).
+#   --toolkit DIR
+#               an installed CUDA toolkit (DIR/bin/nvcc, e.g. /usr/local/cuda-12.4 from NVIDIA's apt
+#               repository `cuda-toolkit-12-4`) used as CUDA_HOME instead of the assembled one.
 #   --features  engine features for the worker (default `cuda`; `cuda,flash-attn` adds FlashAttention-2,
 #               whose 53 kernel files take hours of nvcc on 2 cores; `cudnn` needs cuDNN installed).
 #   --clippy    also runs `cargo clippy --release -p tessera_engine --features <features> --all-targets
 #               -- -D warnings` (release profile: it shares the kernels' build-script outputs with the build).
+#   --check-only
+#               only `cargo clippy -p tessera_engine --features <features> --all-targets -- -D warnings`, in
+#               target-cuda/check, through an nvcc wrapper that writes empty objects for the kernels that
+#               are compiled to machine code (candle's quantized-MoE library, flash-attn's kernels): a check
+#               build links nothing, and those take hours on 2 cores. PTX modules are compiled for real
+#               (or copied from an earlier full build's identical output). Never use its artifacts to run.
+#               CHECK_TARGET_DIR=target shares the CPU build's target dir (much less to check).
+#   --example NAME
+#               also builds engine/examples/NAME.rs (scripts/gpu-check.sh builds `gpu_check`).
 #   --dist DIR  copies the stripped worker to DIR/tessera-worker and the CUDA/NCCL runtime libraries it
 #               needs to DIR/lib (the worker's rpath is $ORIGIN/lib, so DIR is relocatable).
 #   --cutlass-from GIT_DIR
@@ -33,16 +47,22 @@ set -euo pipefail
 CUDA_MAJOR=13
 FEATURES=cuda
 CLIPPY=0
+CHECK_ONLY=0
 BUILD=1
 DIST=""
 CUTLASS_FROM=""
+EXAMPLE=""
+TOOLKIT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA_MAJOR="$2"; shift 2 ;;
     --features) FEATURES="$2"; shift 2 ;;
     --clippy) CLIPPY=1; shift ;;
+    --check-only) CHECK_ONLY=1; BUILD=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --dist) DIST="$2"; shift 2 ;;
+    --example) EXAMPLE="$2"; shift 2 ;;
+    --toolkit) TOOLKIT="$2"; shift 2 ;;
     --cutlass-from) CUTLASS_FROM="$2"; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "cuda-build: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -123,11 +143,22 @@ if [ -n "$CUTLASS_FROM" ]; then
   echo "cuda-build: CUTLASS $PIN at $DEST"
 fi
 
+EXTRA_LINK=""
+if [ -n "$TOOLKIT" ]; then
+  # The toolkit's own lib64/stubs/libcuda.so serves the link; cuBLAS & co. come from it too, NCCL from PyPI.
+  EXTRA_LINK="-L native=$H/lib64"
+  H="$TOOLKIT"
+fi
+if [ ! -x "$H/bin/nvcc" ]; then
+  echo "cuda-build: no nvcc in $H/bin (PyPI's CUDA $CUDA_MAJOR nvcc wheel ships only ptxas);" \
+    "install a CUDA $CUDA_MAJOR toolkit and pass --toolkit DIR (e.g. /usr/local/cuda-12.4)" >&2
+  exit 1
+fi
 export CUDA_HOME="$H" CUDA_PATH="$H" NVCC="$H/bin/nvcc" PATH="$H/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-89}" CUDARC_CUDA_VERSION="$CUDA_VERSION"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT_DIR/target-cuda}"
 # $ORIGIN/lib: a --dist folder is self-contained; otherwise LD_LIBRARY_PATH (printed below) is needed.
-export RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN/lib'
+export RUSTFLAGS="-C link-arg=-Wl,-rpath,\$ORIGIN/lib${EXTRA_LINK:+ $EXTRA_LINK}"
 # Kernel builds keep their objects across runs (candle-flash-attn's 53 files especially).
 export CANDLE_FLASH_ATTN_BUILD_DIR="${CANDLE_FLASH_ATTN_BUILD_DIR:-$CARGO_TARGET_DIR/flash-attn-kernels}"
 mkdir -p "$CANDLE_FLASH_ATTN_BUILD_DIR"
@@ -136,11 +167,61 @@ echo "cuda-build: nvcc $("$NVCC" --version | grep -o 'release [0-9.]*'), compute
   "features '$FEATURES', driver >= $DRIVER_FLOOR, target $CARGO_TARGET_DIR"
 
 cd "$ROOT_DIR"
+# Kernels compiled to machine code (candle's libmoe.a, FlashAttention) get SASS for CUDA_COMPUTE_CAP
+# only; this wrapper also embeds that capability's PTX in them, so a compute_89 build's fused attention
+# JIT-compiles on H100/H200 as candle's PTX modules do.
+E="$H/bin/nvcc-embed-ptx"
+if [ -w "$H/bin" ] || [ -w "$E" ]; then
+  cat > "$E" <<'WRAP'
+#!/usr/bin/env bash
+here="$(cd "$(dirname "$0")" && pwd)"
+cap="${CUDA_COMPUTE_CAP%%[af]*}"
+for a in "$@"; do
+  if [ "$a" = -c ]; then exec "$here/nvcc" "$@" "-gencode=arch=compute_${cap},code=compute_${cap}"; fi
+done
+exec "$here/nvcc" "$@"
+WRAP
+  chmod +x "$E"
+  export NVCC="$E"
+fi
+if [ "$CHECK_ONLY" = 1 ]; then
+  # The wrapper lives in the toolkit's bin/ so that tools deriving CUDA_HOME from $NVCC still work.
+  W="$H/bin/nvcc-check-only"
+  cat > "$W" <<'WRAP'
+#!/usr/bin/env bash
+# nvcc for check-only builds (scripts/cuda-build.sh --check-only): `-c` objects are empty (never
+# linked by `cargo check`/`clippy`); PTX is real, or copied from an identical earlier full build.
+here="$(cd "$(dirname "$0")" && pwd)"
+mode=""; out=""; outdir=""; src=""; prev=""
+for a in "$@"; do
+  case "$prev" in -o) out="$a" ;; --output-directory) outdir="$a" ;; esac
+  case "$a" in -c) mode=obj ;; --ptx) mode=ptx ;; *.cu) src="$a" ;; esac
+  prev="$a"
+done
+if [ "$mode" = obj ] && [ -n "$out" ]; then exec gcc -c -x c /dev/null -o "$out"; fi
+if [ "$mode" = ptx ] && [ -n "$outdir" ] && [ -n "$src" ]; then
+  name="$(basename "${src%.cu}").ptx"
+  for d in ${TESSERA_PTX_CACHE:-}; do
+    if [ -f "$d/$name" ]; then cp "$d/$name" "$outdir/$name"; exit 0; fi
+  done
+fi
+exec "$here/nvcc" "$@"
+WRAP
+  chmod +x "$W"
+  export NVCC="$W" TESSERA_PTX_CACHE
+  TESSERA_PTX_CACHE="$(ls -d "$ROOT_DIR"/target-cuda/release/build/candle-kernels-*/out 2>/dev/null | tr '\n' ' ')"
+  # No RUSTFLAGS (nothing is linked): with CHECK_TARGET_DIR=target the CPU build's checked
+  # dependencies are reused and only the crates whose features change are checked again.
+  RUSTFLAGS="" CARGO_TARGET_DIR="${CHECK_TARGET_DIR:-$ROOT_DIR/target-cuda/check}" \
+    cargo clippy -j "$JOBS" -p tessera_engine --features "$FEATURES" --all-targets -- -D warnings
+  echo "cuda-build: clippy --features $FEATURES clean (check-only kernels)"
+fi
 if [ "$CLIPPY" = 1 ]; then
   cargo clippy --release -j "$JOBS" -p tessera_engine --features "$FEATURES" --all-targets -- -D warnings
 fi
 if [ "$BUILD" = 1 ]; then
-  cargo build --release -j "$JOBS" -p tessera_engine --features "$FEATURES" --bin tessera-worker
+  cargo build --release -j "$JOBS" -p tessera_engine --features "$FEATURES" --bin tessera-worker \
+    ${EXAMPLE:+--example "$EXAMPLE"}
   BIN="$CARGO_TARGET_DIR/release/tessera-worker"
   echo "cuda-build: built $BIN"
   echo "cuda-build: NEEDED: $(readelf -d "$BIN" | grep -o 'NEEDED.*\[.*\]' | grep -o '\[.*\]' | tr -d '[]' | tr '\n' ' ')"

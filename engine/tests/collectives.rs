@@ -105,3 +105,42 @@ fn sub_groups_of_a_world_of_4() {
     );
     sup.shutdown();
 }
+
+/// `tessera doctor --selftest` on CPU workers: every op (world and a split group) bit-identical to
+/// the reference through the socket backend, and a bandwidth row per timed op.
+#[test]
+fn doctor_selftest_passes_on_a_socket_world_of_3() {
+    use tessera_engine::runtime::selftest::{run, SelftestSpec};
+    init_logging();
+    let report = run(&SelftestSpec {
+        ranks: 3,
+        worker_exe: Some(env!("CARGO_BIN_EXE_tessera-worker").into()),
+        bench_bytes: 1 << 16,
+        ..SelftestSpec::default()
+    });
+    println!("{}", report.render());
+    assert!(report.passed());
+    let socket = &report.backends[0];
+    assert_eq!((socket.backend.as_str(), socket.checks.len(), socket.bench.len()), ("socket", 21, 5));
+    assert!(socket.checks.iter().any(|c| c.group == Some(vec![2, 1, 0]) && c.bitwise));
+    assert!(socket.bench.iter().all(|r| r.algbw_gbps > 0.0));
+}
+
+/// A backend that cannot start is reported (named, with the reason) and fails the self-test.
+#[test]
+fn doctor_selftest_reports_a_backend_that_cannot_start() {
+    use tessera_engine::runtime::selftest::{run, SelftestSpec};
+    use tessera_engine::runtime::CommBackend;
+    let report = run(&SelftestSpec {
+        ranks: 2,
+        backends: vec![CommBackend::Nccl],
+        worker_exe: Some(env!("CARGO_BIN_EXE_tessera-worker").into()),
+        ..SelftestSpec::default()
+    });
+    assert!(!report.passed());
+    // A CPU worker refuses `--comm nccl` at startup; the failing rank is named.
+    let err = report.backends[0].error.clone().unwrap_or_default();
+    assert_eq!(report.backends[0].backend, "nccl");
+    assert!(err.contains("rank") && err.contains("exit"), "{err}");
+    assert!(report.render().contains("NCCL_P2P_DISABLE=1"));
+}

@@ -299,7 +299,7 @@ impl StudioApp {
                 p.total = total;
                 p.history.push((now, step));
             }
-            JobEvent::Memory { rank, elapsed_secs, used_bytes, peak_bytes, rss_bytes, device_total_bytes } => {
+            JobEvent::Memory { rank, elapsed_secs, used_bytes, peak_bytes, rss_bytes, device_total_bytes, .. } => {
                 let trace = live.rank_mut(rank);
                 trace.device_total_bytes = device_total_bytes;
                 trace.memory.push(MemoryPoint { elapsed_secs, used_bytes, peak_bytes, rss_bytes });

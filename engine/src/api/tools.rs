@@ -10,6 +10,7 @@ pub use crate::parallel::comm::wire::WireDType;
 pub use crate::parallel::comm::ReduceOp;
 pub use crate::pipeline::image::read_video_or_image;
 pub use crate::runtime::protocol::{BenchRow, BenchSpec, VaeDecodeSpec, VaeEncodeSpec};
+pub use crate::runtime::selftest::{run as run_selftest, SelftestReport, SelftestSpec};
 pub use crate::runtime::{CommBackend, Job, JobOutput, JobResult, Supervisor, WorldSpec};
 pub use crate::tensor_io::{read_all, read_tensor, take as take_tensor};
 pub use crate::weights::load_config;

@@ -31,6 +31,7 @@ pub mod jobs;
 pub mod launch;
 pub mod protocol;
 mod report;
+pub mod selftest;
 mod supervisor;
 pub mod telemetry;
 pub mod worker;

@@ -206,6 +206,8 @@ pub struct MemorySample {
     /// CUDA workers: device memory in use / total (whole device, `cuMemGetInfo`).
     pub device_used_bytes: Option<u64>,
     pub device_total_bytes: Option<u64>,
+    /// CUDA workers: the job's device peak so far, from the memory pool's high-water mark.
+    pub device_peak_bytes: Option<u64>,
 }
 
 /// A named, timed part of a job (e.g. "load", "decode").

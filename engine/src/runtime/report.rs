@@ -33,6 +33,9 @@ pub enum JobEvent {
         peak_bytes: u64,
         rss_bytes: u64,
         device_total_bytes: Option<u64>,
+        /// The host heap's peak in this job (on CPU the same as `peak_bytes`; on CUDA separate from
+        /// the device figures, never mixed into them).
+        host_heap_peak_bytes: u64,
     },
     PhaseSpan {
         rank: Rank,

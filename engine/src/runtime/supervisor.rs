@@ -649,8 +649,10 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
     match event {
         WorkerEvent::Progress { step, total, message } => JobEvent::Progress { rank, step, total, message },
         WorkerEvent::Memory(s) => {
+            // CUDA: device figures only (the pool's high-water mark for the peak); the host heap
+            // travels separately.
             let (used_bytes, peak_bytes) = match (device, s.device_used_bytes) {
-                (DeviceKind::Cuda, Some(used)) => (used, used.max(s.heap_peak_bytes)),
+                (DeviceKind::Cuda, Some(used)) => (used, s.device_peak_bytes.unwrap_or(used).max(used)),
                 _ => (s.heap_live_bytes, s.heap_peak_bytes),
             };
             JobEvent::Memory {
@@ -660,6 +662,7 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
                 peak_bytes,
                 rss_bytes: s.rss_bytes,
                 device_total_bytes: s.device_total_bytes,
+                host_heap_peak_bytes: s.heap_peak_bytes,
             }
         }
         WorkerEvent::PhaseSpan(p) => JobEvent::PhaseSpan {

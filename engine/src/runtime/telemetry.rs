@@ -1,7 +1,12 @@
 //! Worker-side telemetry: memory samples (~10 Hz while a job runs) and per-job / per-phase peaks.
 //!
 //! CPU: live and peak heap from the counting allocator ([`crate::alloc`]) plus RSS (sysinfo).
-//! CUDA (feature `cuda`): device used/total from `cuMemGetInfo` (whole device: one worker per GPU).
+//! CUDA (feature `cuda`): device used/total from `cuMemGetInfo` (whole device), and the peak from the
+//! stream-ordered memory pool candle allocates from (cudarc uses `cuMemAllocAsync` on devices with
+//! pools): its `RESERVED_MEM_HIGH` high-water mark is exact however short the peak, and is reset at
+//! each job and phase start. Device peak = memory outside the pool now (context, cuBLAS workspace,
+//! NCCL buffers, other processes) + the pool's reserved high-water. The host heap is reported
+//! separately and never mixed into device figures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -48,13 +53,101 @@ impl Sampler {
         sys.process(pid).map(|p| p.memory()).unwrap_or(0)
     }
 
-    /// `(used, total)` device memory, CUDA workers only.
-    pub fn device_memory(&self) -> Option<(u64, u64)> {
+    /// Device memory, CUDA workers only.
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
         #[cfg(feature = "cuda")]
         if let Some(ctx) = &self.cuda {
-            return ctx.mem_get_info().ok().map(|(free, total)| ((total - free) as u64, total as u64));
+            let (free, total) = ctx.mem_get_info().ok()?;
+            return Some(DeviceMemory {
+                used: (total - free) as u64,
+                total: total as u64,
+                pool: cuda_pool::read(ctx.cu_device()),
+            });
         }
         None
+    }
+
+    /// Restarts the pool's high-water marks from the current use (a new job or phase).
+    pub fn reset_device_peak(&self) {
+        #[cfg(feature = "cuda")]
+        if let Some(ctx) = &self.cuda {
+            cuda_pool::reset_high(ctx.cu_device());
+        }
+    }
+}
+
+/// One reading of a CUDA device's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Whole device, `cuMemGetInfo` (includes other processes).
+    pub used: u64,
+    pub total: u64,
+    /// This process's stream-ordered pool, when the device has one.
+    pub pool: Option<PoolMemory>,
+}
+
+/// Attributes of a CUDA memory pool (bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolMemory {
+    /// Held by the pool (live allocations + cached free blocks) / live allocations.
+    pub reserved: u64,
+    pub used: u64,
+    /// High-water marks since the last reset.
+    pub reserved_high: u64,
+    pub used_high: u64,
+}
+
+impl DeviceMemory {
+    /// The device's use at the pool's peak since the last reset: what is outside the pool now plus
+    /// the pool's reserved high-water (without a pool: the use now).
+    pub fn peak(&self) -> u64 {
+        match self.pool {
+            Some(p) => self.used.saturating_sub(p.reserved) + p.reserved_high.max(p.reserved),
+            None => self.used,
+        }
+    }
+}
+
+/// The device's current memory pool through the driver API.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod cuda_pool {
+    use cudarc::driver::sys::{self, CUmemPool_attribute as Attr};
+
+    use super::PoolMemory;
+
+    fn pool(dev: sys::CUdevice) -> Option<sys::CUmemoryPool> {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: `pool` is a valid out-pointer; `dev` came from a live context of this process.
+        let ok = unsafe { sys::cuDeviceGetMemPool(&mut pool, dev) } == sys::CUresult::CUDA_SUCCESS;
+        (ok && !pool.is_null()).then_some(pool)
+    }
+
+    fn get(pool: sys::CUmemoryPool, attr: Attr) -> Option<u64> {
+        let mut v: u64 = 0;
+        // SAFETY: these four attributes are `cuuint64_t` (u64) values per the driver API.
+        let r = unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) };
+        (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
+    }
+
+    pub fn read(dev: sys::CUdevice) -> Option<PoolMemory> {
+        let p = pool(dev)?;
+        Some(PoolMemory {
+            reserved: get(p, Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
+            used: get(p, Attr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+            reserved_high: get(p, Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+            used_high: get(p, Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+        })
+    }
+
+    pub fn reset_high(dev: sys::CUdevice) {
+        let Some(p) = pool(dev) else { return };
+        for attr in [Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH] {
+            let mut zero: u64 = 0;
+            // SAFETY: the high-water attributes take a `cuuint64_t`; 0 is the documented reset
+            // (the mark restarts from the current value).
+            let _ = unsafe { sys::cuMemPoolSetAttribute(p, attr, (&mut zero as *mut u64).cast()) };
+        }
     }
 }
 
@@ -108,16 +201,26 @@ impl Telemetry {
         }
     }
 
-    fn device_used(&self) -> Option<(u64, u64)> {
+    /// Reads the device and folds its peak since the last reset into the running peak.
+    fn device_used(&self) -> Option<DeviceMemory> {
         let mem = self.sampler.lock().ok()?.device_memory();
-        if let Some((used, _)) = mem {
-            self.device_peak.observe(used);
+        if let Some(m) = mem {
+            self.device_peak.observe(m.peak());
         }
         mem
     }
 
+    /// Folds the peak so far, restarts the pool's high-water marks, and returns the use now.
+    fn device_scope_start(&self) -> u64 {
+        let current = self.device_used().map(|m| m.used).unwrap_or(0);
+        if let Ok(sampler) = self.sampler.lock() {
+            sampler.reset_device_peak();
+        }
+        current
+    }
+
     pub fn start_job(&self, job_id: JobId) {
-        let current_device = self.device_used().map(|(u, _)| u).unwrap_or(0);
+        let current_device = self.device_scope_start();
         let job = ActiveJob {
             job_id,
             started: Instant::now(),
@@ -150,8 +253,10 @@ impl Telemetry {
                 heap_live_bytes: heap.live_bytes,
                 heap_peak_bytes: heap.peak_bytes,
                 rss_bytes: rss,
-                device_used_bytes: device.map(|(u, _)| u),
-                device_total_bytes: device.map(|(_, t)| t),
+                device_used_bytes: device.map(|m| m.used),
+                device_total_bytes: device.map(|m| m.total),
+                // The running peak (this job's, or the open phase's folded in).
+                device_peak_bytes: device.map(|_| self.device_peak.0.load(Ordering::Relaxed)),
             },
         ))
     }
@@ -177,7 +282,7 @@ impl Telemetry {
     }
 
     pub fn begin_phase(&self) -> PhaseToken {
-        let current_device = self.device_used().map(|(u, _)| u).unwrap_or(0);
+        let current_device = self.device_scope_start();
         let start_bytes = if current_device > 0 { current_device } else { alloc::stats().live_bytes };
         PhaseToken {
             started: Instant::now(),
@@ -202,6 +307,15 @@ impl Telemetry {
 mod tests {
     use super::*;
 
+    /// The device peak adds what lives outside the pool now to the pool's high-water mark.
+    #[test]
+    fn device_peak_from_the_pool_high_water() {
+        let pool = PoolMemory { reserved: 6, used: 4, reserved_high: 10, used_high: 9 };
+        let m = DeviceMemory { used: 8, total: 100, pool: Some(pool) };
+        assert_eq!(m.peak(), 2 + 10);
+        assert_eq!(DeviceMemory { pool: None, ..m }.peak(), 8);
+    }
+
     #[test]
     fn peak_cells_nest() {
         let cell = PeakCell::default();
@@ -217,6 +331,7 @@ mod tests {
         let mut sampler = Sampler::new(DeviceKind::Cpu, 0);
         assert!(sampler.rss_bytes() > 0);
         assert_eq!(sampler.device_memory(), None);
+        sampler.reset_device_peak();
         let t = Telemetry::new(sampler);
         assert!(t.sample().is_none());
         t.start_job(JobId(1));

@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use candle_core::backend::BackendStorage;
+use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::CudaDType;
+use candle_core::op::BackpropOp;
 use candle_core::{
     CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
@@ -247,10 +248,7 @@ impl std::fmt::Debug for NcclComm {
 }
 
 /// Device pointers for one op; the `SyncOnDrop` guards live until the op is enqueued.
-fn view<T: DeviceRepr>(s: &CudaStorage, l: &Layout) -> Result<cudarc::driver::CudaView<'_, T>>
-where
-    T: CudaDType,
-{
+fn view<'a, T: DeviceRepr + CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<cudarc::driver::CudaView<'a, T>> {
     let (start, end) =
         l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("NCCL op on a non-contiguous tensor".into()))?;
     Ok(s.as_cuda_slice::<T>()?.slice(start..end))
@@ -354,7 +352,8 @@ impl NcclComm {
             .iter()
             .map(|(p, shape, dtype)| {
                 let storage = with_nccl_type!(*dtype, "recv", T => self.output::<T>(shape))?;
-                Ok((*p, Tensor::from_storage(Storage::Cuda(storage), shape.as_slice(), false)?))
+                let t = Tensor::from_storage(Storage::Cuda(storage), shape.as_slice(), BackpropOp::none(), false);
+                Ok((*p, t))
             })
             .collect::<Result<Vec<_>>>()?;
         for (peer, _) in sends.iter().chain(outs.iter()) {

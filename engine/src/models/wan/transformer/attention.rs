@@ -5,7 +5,8 @@
 //! `(B, H, L, hd)`. [`ChunkedAttention`] is the single-device one: an online-softmax over query and
 //! key blocks in plain candle ops, so the `L×L` score matrix of a whole sequence (36 GB per layer at
 //! 720p TI2V) never exists. A sequence-parallel (Ulysses) backend wraps it with all-to-alls that
-//! trade the sequence shard for a head shard around the call.
+//! trade the sequence shard for a head shard around the call. With the `flash-attn` feature, CUDA
+//! bf16/f16 heads go to FlashAttention-2 instead ([`set_fused_attention`] switches it off).
 
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder};
@@ -133,9 +134,45 @@ impl ChunkedAttention {
     }
 }
 
+/// Whether [`ChunkedAttention`] hands CUDA bf16/f16 heads to the fused FlashAttention-2 kernel
+/// (feature `flash-attn`; on by default there). A process-wide switch so that a check can time and
+/// compare both paths on the same model.
+static FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_fused_attention(on: bool) {
+    FUSED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// FlashAttention-2 on `(B, H, L, hd)` heads when it applies (CUDA, bf16/f16, hd a multiple of 8 up
+/// to 256), `None` otherwise. The kernel wants `(B, L, H, hd)`: one transposed copy each way.
+#[cfg(feature = "flash-attn")]
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, hd: usize) -> Option<Result<Tensor>> {
+    let applies = FUSED.load(std::sync::atomic::Ordering::Relaxed)
+        && q.device().is_cuda()
+        && matches!(q.dtype(), DType::BF16 | DType::F16)
+        && k.dtype() == q.dtype()
+        && v.dtype() == q.dtype()
+        && hd.is_multiple_of(8)
+        && hd <= 256;
+    applies.then(|| {
+        let bl = |t: &Tensor| t.transpose(1, 2)?.contiguous();
+        let out = candle_flash_attn::flash_attn(&bl(q)?, &bl(k)?, &bl(v)?, 1.0 / (hd as f32).sqrt(), false)?;
+        out.transpose(1, 2)?.contiguous()
+    })
+}
+
+#[cfg(not(feature = "flash-attn"))]
+fn fused(_: &Tensor, _: &Tensor, _: &Tensor, _: usize) -> Option<Result<Tensor>> {
+    let _ = FUSED.load(std::sync::atomic::Ordering::Relaxed);
+    None
+}
+
 impl AttentionBackend for ChunkedAttention {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (_, _, lq, _, hd) = check_qkv(q, k, v)?;
+        if let Some(out) = fused(q, k, v, hd) {
+            return out;
+        }
         let dtype = q.dtype();
         let mm = if self.upcast { DType::F32 } else { dtype };
         // Pre-scaling q costs Lq·hd multiplies instead of Lq·Lk on the scores.
