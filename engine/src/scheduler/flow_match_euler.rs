@@ -91,6 +91,35 @@ impl FlowMatchEulerScheduler {
     pub fn config(&self) -> &FlowMatchEulerConfig {
         &self.cfg
     }
+
+    /// diffusers' `set_timesteps(sigmas=…)`: the given sigmas cast to f32, shifted once in f32
+    /// (`s·σ / (1 + (s − 1)·σ)`), timesteps `σ'·num_train_timesteps`, then σ = 0 appended. The
+    /// HunyuanVideo 1.5 pipelines always call it with [`linear_sigmas`] (a different schedule from
+    /// [`Scheduler::set_timesteps`], which shifts already-shifted training sigmas again).
+    pub fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+        if sigmas.is_empty() {
+            bail!("the number of inference steps must be at least 1")
+        }
+        let shift = self.cfg.shift as f32;
+        let n_train = self.cfg.num_train_timesteps as f32;
+        self.sigmas = sigmas
+            .iter()
+            .map(|&s| {
+                let s = s as f32;
+                shift * s / (1.0 + (shift - 1.0) * s)
+            })
+            .collect();
+        self.timesteps = self.sigmas.iter().map(|&s| s * n_train).collect();
+        self.sigmas.push(0.0);
+        Ok(())
+    }
+}
+
+/// `np.linspace(1.0, 0.0, n + 1)[:-1]`: the sigmas both HunyuanVideo 1.5 pipelines pass.
+pub fn linear_sigmas(n: usize) -> Vec<f64> {
+    let mut s = np_linspace(1.0, 0.0, n + 1);
+    s.pop();
+    s
 }
 
 impl Scheduler for FlowMatchEulerScheduler {
