@@ -7,8 +7,10 @@
 //!   [`denoise::NoisePredictor`] seam.
 //! - [`sharded`]: the predictor of one rank of a parallel plan (CFG parallel, Ulysses, FSDP).
 //! - [`wan`]: the single-device pipeline: loading, image conditioning, decode.
+//! - [`hv15`]: the HunyuanVideo 1.5 text-to-video pipeline on one device (prompt embeddings given).
 
 pub mod denoise;
+pub mod hv15;
 pub mod image;
 pub mod request;
 pub mod sampling;
