@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use common::assert_close;
 use tessera_engine::models::hv15::transformer::embeddings::rope_tables;
+use tessera_engine::models::hv15::transformer::ulysses::LocalJoint;
 use tessera_engine::models::hv15::transformer::{self, valid_rows, Context, HunyuanVideo15Transformer3DModel};
 use tessera_engine::models::wan::transformer::attention::ChunkedAttention;
 use tessera_engine::tensor_io;
@@ -73,7 +74,8 @@ fn hv15_transformer_matches_diffusers() {
     let pairs = |t: &Tensor| t.unsqueeze(2).unwrap().repeat((1, 1, 2)).unwrap().flatten_from(1).unwrap();
     assert_close("rope cos", &pairs(&rope.cos), &o["dbg_rope_cos"], TOL);
     assert_close("rope sin", &pairs(&rope.sin), &o["dbg_rope_sin"], TOL);
-    let attention = ChunkedAttention::default();
+    let core = ChunkedAttention::default();
+    let attention = LocalJoint(&core);
     let (bx, bc) = model.blocks()[0].forward(&xs, &ctx, &temb, &rope, &attention).unwrap();
     assert_close("block 0 video", &bx, &o["dbg_t2v_block0_hidden"].get(0).unwrap(), TOL);
     // Valid rows lead the context (T2V: 5 glyph then 9 text); the rest is padding.

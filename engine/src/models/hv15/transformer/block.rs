@@ -8,7 +8,7 @@ use candle_nn::{linear, rms_norm, Linear, Module, RmsNorm, VarBuilder};
 
 use super::config::Config;
 use super::embeddings::{heads, layer_norm_plain, merge_heads};
-use crate::models::wan::transformer::attention::AttentionBackend;
+use super::ulysses::JointAttention;
 use crate::models::wan::transformer::rope::RopeTables;
 
 /// One stream's projections inside the joint attention.
@@ -133,7 +133,7 @@ impl TransformerBlock {
         ctx: &Tensor,
         temb: &Tensor,
         rope: &RopeTables,
-        attention: &dyn AttentionBackend,
+        attention: &dyn JointAttention,
     ) -> Result<(Tensor, Tensor)> {
         let m = modulation(&self.norm1, temb)?;
         let c = modulation(&self.norm1_context, temb)?;
@@ -141,15 +141,9 @@ impl TransformerBlock {
         let nc = modulate(ctx, &c.shift_msa, &c.scale_msa)?;
         let (q, k, v) = self.video.forward(&nx, self.heads, Some(rope))?;
         let (cq, ck, cv) = self.context.forward(&nc, self.heads, None)?;
-        let l = xs.dim(0)?;
-        let out = attention.attend(
-            &Tensor::cat(&[&q, &cq], 2)?,
-            &Tensor::cat(&[&k, &ck], 2)?,
-            &Tensor::cat(&[&v, &cv], 2)?,
-        )?;
-        let out = merge_heads(&out)?;
-        let (ox, oc) =
-            (out.narrow(0, 0, l)?.apply(&self.to_out)?, out.narrow(0, l, out.dim(0)? - l)?.apply(&self.to_add_out)?);
+        let (ov, oc) = attention.attend([&q, &k, &v], [&cq, &ck, &cv])?;
+        let ox = merge_heads(&ov)?.apply(&self.to_out)?;
+        let oc = merge_heads(&oc)?.apply(&self.to_add_out)?;
         let xs = (xs + ox.broadcast_mul(&m.gate_msa)?)?;
         let ctx = (ctx + oc.broadcast_mul(&c.gate_msa)?)?;
         let fx = modulate(&xs, &m.shift_mlp, &m.scale_mlp)?.apply(&self.ff)?;

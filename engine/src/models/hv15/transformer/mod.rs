@@ -5,7 +5,9 @@
 //! - [`embeddings`]: timestep (+ meanflow) embedding, MLLM token refiner, glyph/image projections,
 //!   RoPE tables.
 //! - [`block`]: the dual-stream block with its joint attention.
-//! - [`model`]: the whole forward, with the context streams trimmed to their valid tokens.
+//! - [`ulysses`]: the joint attention seam, on one device or sequence-parallel (Ulysses).
+//! - [`model`]: the whole forward, with the context streams trimmed to their valid tokens, on one
+//!   device or with the video tokens sharded over a Ulysses group.
 //!
 //! Shared with the Wan DiT: the timestep sinusoid and `TimestepEmbedding`, the chunked attention
 //! core behind `AttentionBackend` (so the Ulysses backend can wrap it), and `RopeTables`.
@@ -14,6 +16,7 @@ pub mod block;
 pub mod config;
 pub mod embeddings;
 pub mod model;
+pub mod ulysses;
 
 pub use config::Config;
 pub use model::{valid_rows, Context, HunyuanVideo15Transformer3DModel};

@@ -16,7 +16,10 @@ use super::config::Config;
 use super::embeddings::{
     cond_type, layer_norm_plain, rope_tables, GlyphProjection, ImageProjection, TimeEmbedding, TokenRefiner,
 };
+use super::ulysses::{JointAttention, LocalJoint, UlyssesJoint};
 use crate::models::wan::transformer::attention::{AttentionBackend, ChunkedAttention};
+use crate::models::wan::transformer::ulysses::SeqShard;
+use crate::parallel::comm::Collective;
 
 /// One sample's conditioning, valid tokens only.
 #[derive(Debug, Clone, Copy)]
@@ -134,18 +137,33 @@ impl HunyuanVideo15Transformer3DModel {
     }
 
     /// The velocity `[B, out, T, H, W]` for latents `[B, in, T, H, W]` at timesteps `t` `[B]`
-    /// (`t_r` `[B]` for meanflow models), one [`Context`] per sample.
+    /// (`t_r` `[B]` for meanflow models), one [`Context`] per sample, on one device.
     pub fn forward(&self, x: &Tensor, t: &Tensor, t_r: Option<&Tensor>, contexts: &[Context<'_>]) -> Result<Tensor> {
-        self.forward_with(x, t, t_r, contexts, &ChunkedAttention::default())
+        self.forward_with(x, t, t_r, contexts, None, &ChunkedAttention::default())
     }
 
+    /// [`Self::forward`] with the video tokens split over the Ulysses group `comm` (every rank
+    /// passes the same inputs and gets the whole output).
+    pub fn forward_ulysses(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        t_r: Option<&Tensor>,
+        contexts: &[Context<'_>],
+        comm: &dyn Collective,
+    ) -> Result<Tensor> {
+        self.forward_with(x, t, t_r, contexts, Some(comm), &ChunkedAttention::default())
+    }
+
+    /// The forward with an explicit attention core, optionally sequence-parallel over `group`.
     pub fn forward_with(
         &self,
         x: &Tensor,
         t: &Tensor,
         t_r: Option<&Tensor>,
         contexts: &[Context<'_>],
-        attention: &dyn AttentionBackend,
+        group: Option<&dyn Collective>,
+        inner: &dyn AttentionBackend,
     ) -> Result<Tensor> {
         let (b, _c, nt, nh, nw) = x.dims5()?;
         if contexts.len() != b || t.dims1()? != b || t_r.map(|r| r.dims1()).transpose()?.is_some_and(|n| n != b) {
@@ -154,21 +172,39 @@ impl HunyuanVideo15Transformer3DModel {
                 contexts.len()
             );
         }
+        let len = nt * nh * nw;
+        let shard = group.map(|g| SeqShard::new(len, g.world_size(), g.rank().0)).transpose()?;
         let rope = rope_tables(&self.cfg, (nt, nh, nw), x.device())?;
+        let rope = match &shard {
+            Some(s) => s.rope(&rope)?,
+            None => rope,
+        };
+        let attention: Box<dyn JointAttention + '_> = match (group, shard) {
+            (Some(comm), Some(shard)) => Box::new(UlyssesJoint { comm, inner, shard }),
+            _ => Box::new(LocalJoint(inner)),
+        };
         let mut outs = Vec::with_capacity(b);
         for (i, ctx) in contexts.iter().enumerate() {
             let ti = t.narrow(0, i, 1)?;
             let tr = t_r.map(|r| r.narrow(0, i, 1)).transpose()?;
             let temb = self.time_embedding(&ti, tr.as_ref())?;
-            let mut xs = self.embed_video(&x.get(i)?)?;
+            let xs = self.embed_video(&x.get(i)?)?;
+            let mut xs = match &shard {
+                Some(s) => s.take(&xs, 0)?,
+                None => xs,
+            };
             let mut cs = self.context_tokens(ctx, &ti)?;
             for block in &self.blocks {
-                (xs, cs) = block.forward(&xs, &cs, &temb, &rope, attention)?;
+                (xs, cs) = block.forward(&xs, &cs, &temb, &rope, attention.as_ref())?;
             }
             // AdaLayerNormContinuous: (scale, shift) — scale first.
             let e = temb.silu()?.apply(&self.norm_out)?.chunk(2, 1)?;
             let xs = layer_norm_plain(&xs, 1e-6)?.broadcast_mul(&(&e[0] + 1.0)?)?.broadcast_add(&e[1])?;
-            let ys = xs.apply(&self.proj_out)?; // [L, out]
+            let ys = xs.apply(&self.proj_out)?; // [L or L/U, out]
+            let ys = match group {
+                Some(g) => g.all_gather(&ys.contiguous()?, 0)?.narrow(0, 0, len)?,
+                None => ys,
+            };
             outs.push(ys.t()?.reshape((self.cfg.out_channels, nt, nh, nw))?);
         }
         Tensor::stack(&outs, 0)
