@@ -31,6 +31,8 @@ enum Command {
     Doctor(cmd::doctor::DoctorArgs),
     /// Predict peak memory per rank and phase; whether it fits the GPUs, and the cheapest plan that does.
     Plan(Box<cmd::plan::PlanArgs>),
+    /// Print the generation settings stored in a Tessera MP4 or PNG, and the command that reruns them.
+    Info(cmd::info::InfoArgs),
     /// Benchmarks (time and peak memory tables).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Some(Command::Generate(a)) => cmd::generate::run(*a),
         Some(Command::EncodePrompt(a)) => cmd::encode_prompt::run(a),
         Some(Command::Plan(a)) => cmd::plan::run(*a),
+        Some(Command::Info(a)) => cmd::info::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,8 @@ pub enum Field {
     Guidance,
     Guidance2,
     Shift,
+    Scheduler,
+    Sigmas,
     Latents,
     Output,
     Device,
@@ -42,7 +44,7 @@ pub enum Audience {
 }
 
 impl Field {
-    pub const ALL: [Field; 24] = [
+    pub const ALL: [Field; 26] = [
         Field::Model,
         Field::Prompt,
         Field::NegativePrompt,
@@ -56,6 +58,8 @@ impl Field {
         Field::Guidance,
         Field::Guidance2,
         Field::Shift,
+        Field::Scheduler,
+        Field::Sigmas,
         Field::Latents,
         Field::Output,
         Field::Device,
@@ -85,6 +89,8 @@ impl Field {
             Field::Guidance => "guidance",
             Field::Guidance2 => "guidance-2",
             Field::Shift => "shift",
+            Field::Scheduler => "scheduler",
+            Field::Sigmas => "sigmas",
             Field::Latents => "latents",
             Field::Output => "out",
             Field::Device => "device",
@@ -115,6 +121,8 @@ impl Field {
             Field::Guidance => "Guidance",
             Field::Guidance2 => "Guidance 2",
             Field::Shift => "Shift",
+            Field::Scheduler => "Scheduler",
+            Field::Sigmas => "Sigmas",
             Field::Latents => "Latents",
             Field::Output => "Output",
             Field::Device => "Device",

@@ -1,6 +1,11 @@
 //! Saving generated video: H.264 MP4 (OpenH264, bundled and compiled from source, muxed by
 //! `muxide`; no system libraries), PNG frame folders, or the raw safetensors tensor. Every file is
 //! written to a temporary name and renamed, so a failed save never leaves a partial file.
+//!
+//! Generation settings travel inside the files as text ([`read_metadata`] reads them back): in a
+//! PNG as a `tEXt` chunk with keyword [`PNG_KEYWORD`], in an MP4 as the iTunes-style comment item
+//! (`moov/udta/meta/ilst/©cmt`, what ffmpeg writes for `-metadata comment=…` and ffprobe shows as
+//! the `comment` tag).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +21,8 @@ pub enum MediaError {
     OddSize(usize, usize),
     #[error("encoding MP4 {path}: {msg}")]
     Encode { path: PathBuf, msg: String },
+    #[error("reading {path}: {msg}")]
+    Read { path: PathBuf, msg: String },
     #[error(transparent)]
     Io(#[from] TensorIoError),
 }
@@ -52,8 +59,11 @@ impl Frames {
     }
 }
 
-/// Writes an H.264 MP4 at `fps`.
-pub fn write_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<(), MediaError> {
+/// The `tEXt` keyword of the settings in a PNG.
+pub const PNG_KEYWORD: &str = "tessera";
+
+/// Writes an H.264 MP4 at `fps`, with `comment` (the generation settings) in its metadata.
+pub fn write_mp4(path: &Path, frames: &Frames, fps: f64, comment: Option<&str>) -> Result<(), MediaError> {
     let (w, h) = (frames.width, frames.height);
     if w % 2 != 0 || h % 2 != 0 {
         return Err(MediaError::OddSize(w, h));
@@ -82,17 +92,118 @@ pub fn write_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<(), MediaErro
     }
     let nals = encoded.ok_or_else(|| err(last))?;
     Ok(write_file_atomic(path, |tmp| {
-        let file = std::fs::File::create(tmp).map_err(|e| e.to_string())?;
-        let mut muxer = muxide::api::MuxerBuilder::new(std::io::BufWriter::new(file))
+        let mut bytes = Vec::new();
+        let mut builder = muxide::api::MuxerBuilder::new(&mut bytes)
             .video(muxide::api::VideoCodec::H264, w as u32, h as u32, fps)
-            .with_fast_start(true)
-            .build()
-            .map_err(|e| e.to_string())?;
+            .with_fast_start(true);
+        if let Some(text) = comment {
+            builder = builder.with_metadata(muxide::api::Metadata::new().with_title(text));
+        }
+        let mut muxer = builder.build().map_err(|e| e.to_string())?;
         for (i, (nal, key)) in nals.iter().enumerate() {
             muxer.write_video(i as f64 / fps, nal, *key).map_err(|e| e.to_string())?;
         }
-        muxer.finish().map_err(|e| e.to_string())
+        muxer.finish().map_err(|e| e.to_string())?;
+        if let Some(text) = comment {
+            title_to_comment(&mut bytes, text)?;
+        }
+        std::fs::write(tmp, &bytes).map_err(|e| e.to_string())
     })?)
+}
+
+/// muxide writes one metadata string, the title (`©nam`), in the iTunes item list. The settings
+/// are a comment, not a title players should show, and `©cmt` has the same layout
+/// (`[size]©nam[size]data[type 1 = UTF-8][locale 0][text]`): rename the item(s) holding exactly
+/// `text`, found by their whole size and content so nothing else can match.
+fn title_to_comment(bytes: &mut [u8], text: &str) -> Result<(), String> {
+    let item_len = 8 + 16 + text.len();
+    let mut renamed = 0;
+    let mut i = 4;
+    while i + 4 <= bytes.len() {
+        let is_item = &bytes[i..i + 4] == b"\xa9nam"
+            && be_u32(&bytes[i - 4..i]) as usize == item_len
+            && bytes.get(i + 8..i + 12) == Some(b"data".as_slice())
+            && bytes.get(i + 20..i + 20 + text.len()) == Some(text.as_bytes());
+        if is_item {
+            bytes[i..i + 4].copy_from_slice(b"\xa9cmt");
+            renamed += 1;
+            i += item_len;
+        } else {
+            i += 1;
+        }
+    }
+    if renamed == 0 {
+        return Err("the muxer wrote no metadata item for the settings".into());
+    }
+    Ok(())
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Writes one RGB8 PNG atomically, with `text` in a `tEXt` chunk keyed [`PNG_KEYWORD`] when given
+/// (`tEXt` is Latin-1: pass ASCII, e.g. JSON with non-ASCII escaped).
+pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8], text: Option<&str>) -> Result<(), MediaError> {
+    write_file_atomic(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|e| e.to_string())?;
+        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        if let Some(text) = text {
+            encoder.add_text_chunk(PNG_KEYWORD.into(), text.into()).map_err(|e| e.to_string())?;
+        }
+        let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(rgb).map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())
+    })?;
+    Ok(())
+}
+
+/// The settings text a Tessera PNG or MP4 carries (`None`: a file of that kind without them).
+pub fn read_metadata(path: &Path) -> Result<Option<String>, MediaError> {
+    let err = |msg: String| MediaError::Read { path: path.to_path_buf(), msg };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    if bytes.starts_with(b"\x89PNG") {
+        let decoder = png::Decoder::new(std::io::Cursor::new(&bytes));
+        let reader = decoder.read_info().map_err(|e| err(e.to_string()))?;
+        let info = reader.info();
+        let text = info.uncompressed_latin1_text.iter().find(|t| t.keyword == PNG_KEYWORD).map(|t| t.text.clone());
+        return Ok(text);
+    }
+    if bytes.get(4..8) == Some(b"ftyp".as_slice()) {
+        let path_of = [b"moov", b"udta", b"meta", b"ilst", b"\xa9cmt", b"data"];
+        return Ok(find_box(&bytes, &path_of).map(|data| {
+            // `data`: type (4) and locale (4), then the text.
+            String::from_utf8_lossy(data.get(8..).unwrap_or_default()).into_owned()
+        }));
+    }
+    Err(err("not a PNG or an MP4 file".into()))
+}
+
+/// The payload of the first box at `path` (ISO BMFF: `[u32 size][type]`; `meta` is a full box
+/// with 4 bytes of version and flags before its children).
+fn find_box<'a>(mut data: &'a [u8], path: &[&[u8; 4]]) -> Option<&'a [u8]> {
+    for (depth, want) in path.iter().enumerate() {
+        let mut found = None;
+        let mut rest = data;
+        while rest.len() >= 8 {
+            let size = be_u32(&rest[..4]) as usize;
+            if size < 8 || size > rest.len() {
+                break;
+            }
+            if &rest[4..8] == *want {
+                found = Some(&rest[8..size]);
+                break;
+            }
+            rest = &rest[size..];
+        }
+        data = found?;
+        if **want == *b"meta" && depth + 1 < path.len() {
+            data = data.get(4..)?;
+        }
+    }
+    Some(data)
 }
 
 /// The frames as H.264 NAL units (and whether each is a key frame), quantisers limited to
@@ -125,22 +236,12 @@ fn encode_h264(frames: &Frames, fps: f64, min_qp: u8) -> Result<Vec<(Vec<u8>, bo
     Ok(nals)
 }
 
-/// Writes `frame_00000.png`, … into `dir` (created). Each file is written atomically.
-pub fn write_png_frames(dir: &Path, frames: &Frames) -> Result<(), MediaError> {
+/// Writes `frame_00000.png`, … into `dir` (created), each with `text` (the settings) in a `tEXt`
+/// chunk. Each file is written atomically.
+pub fn write_png_frames(dir: &Path, frames: &Frames, text: Option<&str>) -> Result<(), MediaError> {
     std::fs::create_dir_all(dir).map_err(|e| TensorIoError::Write { path: dir.to_path_buf(), msg: e.to_string() })?;
     for (i, rgb) in frames.rgb.iter().enumerate() {
-        let path = dir.join(format!("frame_{i:05}.png"));
-        write_file_atomic(&path, |tmp| {
-            image::save_buffer_with_format(
-                tmp,
-                rgb,
-                frames.width as u32,
-                frames.height as u32,
-                image::ColorType::Rgb8,
-                image::ImageFormat::Png,
-            )
-            .map_err(|e| e.to_string())
-        })?;
+        write_png(&dir.join(format!("frame_{i:05}.png")), frames.width, frames.height, rgb, text)?;
     }
     Ok(())
 }
@@ -181,14 +282,30 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let video = Tensor::rand(0f32, 1.0, (5, 3, 32, 48), &Device::Cpu).unwrap();
         let frames = Frames::from_tensor(&video).unwrap();
-        write_mp4(&dir.join("v.mp4"), &frames, 16.0).unwrap();
+        write_mp4(&dir.join("v.mp4"), &frames, 16.0, None).unwrap();
         let bytes = std::fs::read(dir.join("v.mp4")).unwrap();
         assert!(bytes.len() > 100 && bytes.windows(4).any(|w| w == b"ftyp"));
-        write_png_frames(&dir.join("frames"), &frames).unwrap();
+        write_png_frames(&dir.join("frames"), &frames, None).unwrap();
         assert_eq!(std::fs::read_dir(dir.join("frames")).unwrap().count(), 5);
         assert_eq!(OutputKind::of(Path::new("a/b.MP4")).unwrap(), OutputKind::Mp4);
         assert!(OutputKind::of(Path::new("a/b.gif")).is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn settings_text_round_trips_through_png_and_mp4() {
+        let dir = tempfile::tempdir().unwrap();
+        let video = Tensor::rand(0f32, 1.0, (3, 3, 32, 48), &Device::Cpu).unwrap();
+        let frames = Frames::from_tensor(&video).unwrap();
+        let text = r#"{"prompt":"a fox \u00e9","seed":7}"#;
+        write_mp4(&dir.path().join("v.mp4"), &frames, 16.0, Some(text)).unwrap();
+        assert_eq!(read_metadata(&dir.path().join("v.mp4")).unwrap().as_deref(), Some(text));
+        write_png_frames(&dir.path().join("f"), &frames, Some(text)).unwrap();
+        assert_eq!(read_metadata(&dir.path().join("f/frame_00002.png")).unwrap().as_deref(), Some(text));
+        write_mp4(&dir.path().join("plain.mp4"), &frames, 16.0, None).unwrap();
+        assert_eq!(read_metadata(&dir.path().join("plain.mp4")).unwrap(), None);
+        std::fs::write(dir.path().join("x.txt"), "hello").unwrap();
+        assert!(read_metadata(&dir.path().join("x.txt")).unwrap_err().to_string().contains("not a PNG or an MP4"));
     }
 
     /// Pure noise at 256×192 overflows OpenH264's frame buffer at low quantisers (the encoder then
@@ -202,7 +319,7 @@ mod tests {
             encode_h264(&frames, 24.0, 0).is_err(),
             "the full quantiser range fails on noise (else drop the fallback)"
         );
-        write_mp4(&dir.path().join("noise.mp4"), &frames, 24.0).unwrap();
+        write_mp4(&dir.path().join("noise.mp4"), &frames, 24.0, None).unwrap();
         let bytes = std::fs::read(dir.path().join("noise.mp4")).unwrap();
         assert!(bytes.windows(4).any(|w| w == b"ftyp"));
     }

@@ -32,6 +32,17 @@ fn endless_bench() -> Job {
     })
 }
 
+/// The rank→GPU map reaches each worker process (it opens and reports that ordinal); 3 ranks on a
+/// map of 2 wrap around, as several ranks sharing one GPU through sockets do.
+#[test]
+fn rank_to_device_map_reaches_every_worker() {
+    init_logging();
+    let sup = Supervisor::spawn(tessera_engine::runtime::WorldSpec { gpus: vec![1, 0], ..spec(3) }).unwrap();
+    let ordinals: Vec<usize> = sup.workers().iter().map(|w| w.device.ordinal).collect();
+    assert_eq!(ordinals, vec![1, 0, 1]);
+    sup.shutdown();
+}
+
 #[test]
 fn ping_reaches_every_rank_and_shutdown_cleans_up() {
     init_logging();

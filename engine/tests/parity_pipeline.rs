@@ -27,6 +27,8 @@ fn run(dir: std::path::PathBuf, name: &str, i2v: bool) {
         guidance_2: None,
         shift: None,
         seed: 0,
+        scheduler: None,
+        sigmas: None,
     };
     let inputs = tensor_io::read_all(&dir.join("inputs.safetensors"), &dev).unwrap();
     let outputs = tensor_io::read_all(&dir.join("outputs.safetensors"), &dev).unwrap();

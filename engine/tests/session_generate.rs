@@ -38,6 +38,8 @@ fn request(steps: usize, plan: ParallelPlan) -> GenerationRequest {
         guidance_2: None,
         shift: None,
         seed: 0,
+        scheduler: None,
+        sigmas: None,
     };
     GenerationRequest {
         negative: Some(Prompt::Embeds(inputs.clone())),

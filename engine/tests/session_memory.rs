@@ -26,6 +26,8 @@ fn request(seed: u64) -> GenerationRequest {
         guidance_2: None,
         shift: None,
         seed,
+        scheduler: None,
+        sigmas: None,
     };
     GenerationRequest {
         negative: Some(Prompt::Embeds(inputs.clone())),

@@ -31,7 +31,18 @@ fn options() -> SessionOptions {
 /// The golden model on 2 ranks (Ulysses 2, halo VAE over both), seeded noise.
 fn request(height: usize, width: usize, frames: usize, steps: usize, seed: u64) -> GenerationRequest {
     let inputs = golden().join("inputs.safetensors");
-    let params = GenerateParams { height, width, frames, steps, guidance: 5.0, guidance_2: None, shift: None, seed };
+    let params = GenerateParams {
+        height,
+        width,
+        frames,
+        steps,
+        guidance: 5.0,
+        guidance_2: None,
+        shift: None,
+        seed,
+        scheduler: None,
+        sigmas: None,
+    };
     GenerationRequest {
         negative: Some(Prompt::Embeds(inputs.clone())),
         plan: ParallelPlan { ranks: 2, ulysses: 2, vae_parallel: 2, ..ParallelPlan::default() },

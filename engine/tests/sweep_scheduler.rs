@@ -26,7 +26,7 @@ fn every_scheduler_config_matches_diffusers() {
     for case in &cases {
         let steps = case.desc["steps"].as_u64().expect("steps") as usize;
         expected += 2 + steps;
-        let mut sched = match scheduler::from_pretrained(&case.dir.join("scheduler"), None) {
+        let mut sched = match scheduler::from_pretrained(&case.dir.join("scheduler"), None, None) {
             Ok(s) => s,
             Err(e) => {
                 report.error(&case.name, e);

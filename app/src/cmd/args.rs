@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
-    DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, TextEncoderPlacement, TilingSpec,
-    VaeMode,
+    DeviceKind, GenerateParams, GenerationRequest, Output, ParallelPlan, Prompt, Residency, SchedulerKind,
+    TextEncoderPlacement, TilingSpec, VaeMode,
 };
 
 /// How the generation is spread over the workers.
@@ -39,6 +39,10 @@ pub struct PlanFlags {
     /// Where the UMT5 text encoder runs: cpu (the host) or sharded (split by layer over the ranks).
     #[arg(long, value_enum)]
     pub text_encoder: Option<TextEncoderPlacement>,
+    /// Two-expert models (A14B): pipeline (both experts loaded for the whole run) or phased (only the
+    /// running expert; each rank swaps in its part of the low-noise expert at the boundary step).
+    #[arg(long, value_enum)]
+    pub residency: Option<Residency>,
 }
 
 /// What happens to the transformer's weights after the denoise (`--weights`).
@@ -87,6 +91,12 @@ pub struct GenerationArgs {
     /// Flow shift override (default: the scheduler config's).
     #[arg(long)]
     pub shift: Option<f64>,
+    /// Sampler: unipc or euler (default: the model's scheduler_config.json).
+    #[arg(long, value_enum)]
+    pub scheduler: Option<SchedulerKind>,
+    /// Custom schedule, one sigma per step before --shift applies (4-step distill: 1,0.75,0.5,0.25).
+    #[arg(long, value_name = "S1,S2,…", value_delimiter = ',', num_args = 1..)]
+    pub sigmas: Option<Vec<f64>>,
     /// Seed of the initial noise (StdRng/ChaCha12 normal draws; see README).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -102,6 +112,12 @@ pub struct GenerationArgs {
     /// JSON report: per rank its phases with their peaks, weights, step times, comm share.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write live denoise previews here (created): `step_NNN.png`, the x0 estimate in RGB, ≤ 256 px.
+    #[arg(long)]
+    pub preview_dir: Option<PathBuf>,
+    /// A preview every K denoise steps (default 1; needs --preview-dir).
+    #[arg(long, value_name = "K", requires = "preview_dir")]
+    pub preview_every: Option<usize>,
     /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
     #[arg(long)]
     pub fps: Option<f64>,
@@ -133,12 +149,15 @@ impl GenerationArgs {
             vae_mode: self.plan.vae_mode,
             vae_tiling: self.plan.tiling,
             text_encoder: self.plan.text_encoder,
+            residency: self.plan.residency,
             height: self.height,
             width: self.width,
             frames: self.frames,
             steps: self.steps,
             guidance: self.guidance,
             keep_weights: self.weights.map(|w| w == Weights::Keep),
+            scheduler: self.scheduler,
+            sigmas: self.sigmas.clone(),
         };
         let preset = match &self.preset {
             Some(path) => load_preset(path).with_context(|| format!("loading the preset {}", path.display()))?,
@@ -162,6 +181,7 @@ impl GenerationArgs {
             vae_mode: f.vae_mode.unwrap_or(if f.tiling.is_some() { VaeMode::Tiles } else { VaeMode::Halo }),
             vae_tiling: f.tiling,
             text_encoder: f.text_encoder.unwrap_or_default(),
+            residency: f.residency.unwrap_or_default(),
         }
     }
 
@@ -179,6 +199,8 @@ impl GenerationArgs {
             guidance_2: self.guidance_2,
             shift: self.shift,
             seed: self.seed,
+            scheduler: applied.scheduler,
+            sigmas: applied.sigmas.clone(),
         };
         let prompt = match (&self.prompt, &self.prompt_embeds) {
             (Some(t), _) => Prompt::Text(t.clone()),
@@ -202,6 +224,7 @@ impl GenerationArgs {
                 fps: self.fps,
                 latents: self.save_latents.clone(),
             }),
+            preview_every: self.preview_dir.as_ref().map(|_| self.preview_every.unwrap_or(1)),
             ..GenerationRequest::new(self.model.clone(), prompt, params)
         })
     }

@@ -36,6 +36,8 @@ pub struct Textures {
     pub pieces: Vec<Option<TextureHandle>>,
     /// Index = frame.
     pub frames: Vec<Option<TextureHandle>>,
+    /// The latest denoise preview, with the `LiveRun::denoise_previews` count it was made from.
+    pub denoise: Option<(usize, TextureHandle)>,
 }
 
 pub struct StudioApp {
@@ -190,6 +192,7 @@ impl StudioApp {
         }
         self.live = LiveRun { status: RunStatus::Preparing("starting".into()), ..LiveRun::default() };
         self.textures.pieces.clear();
+        self.textures.denoise = None;
         self.view.inspected_piece = None;
         self.view.mosaic_chunk = None;
         self.current = Some(request.clone());
@@ -310,6 +313,10 @@ impl StudioApp {
                 let arrival = live.pieces.len() + 1;
                 live.pieces.push(PieceView { rank, arrival, piece, rank_memory });
             }
+            JobEvent::DenoisePreview { preview, .. } => {
+                live.denoise_preview = Some(preview);
+                live.denoise_previews += 1;
+            }
             JobEvent::Stage { message } => live.status = RunStatus::Preparing(message),
             // The engine's own Finished/Failed/Cancelled events carry the outcome.
             JobEvent::Finished { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled => {}
@@ -376,6 +383,16 @@ impl StudioApp {
     }
 
     fn make_textures(&mut self, ctx: &egui::Context) {
+        let count = self.live.denoise_previews;
+        if let Some(p) = &self.live.denoise_preview {
+            let (w, h) = (p.preview.width as usize, p.preview.height as usize);
+            let stale = self.textures.denoise.as_ref().is_none_or(|(n, _)| *n != count);
+            if stale && w > 0 && h > 0 && p.preview.rgb.len() == w * h * 3 {
+                let image = ColorImage::from_rgb([w, h], &p.preview.rgb);
+                self.textures.denoise =
+                    Some((count, ctx.load_texture("denoise-preview", image, TextureOptions::LINEAR)));
+            }
+        }
         let pieces = &self.live.pieces;
         self.textures.pieces.resize(pieces.len(), None);
         for (view, slot) in pieces.iter().zip(&mut self.textures.pieces) {

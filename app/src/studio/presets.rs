@@ -77,10 +77,20 @@ pub fn valid_name(name: &str) -> Result<&str, String> {
 
 /// The TOML text of a preset for `s` (the format `planner::preset` reads).
 pub fn to_toml(s: &Settings, description: &str) -> String {
-    let ParallelPlan { ranks, ulysses, cfg_parallel, fsdp, vae_parallel, vae_mode, vae_tiling, text_encoder } = s.plan;
+    let ParallelPlan {
+        ranks,
+        ulysses,
+        cfg_parallel,
+        fsdp,
+        vae_parallel,
+        vae_mode,
+        vae_tiling,
+        text_encoder,
+        residency,
+    } = s.plan;
     let mut text = format!("# {}\n", description.replace('\n', " "));
     text += &format!(
-        "\n[plan]\nranks = {ranks}\nulysses = {ulysses}\ncfg_parallel = {cfg_parallel}\nfsdp = {fsdp}\nvae_parallel = {vae_parallel}\nvae_mode = \"{vae_mode}\"\ntext_encoder = \"{text_encoder}\"\n"
+        "\n[plan]\nranks = {ranks}\nulysses = {ulysses}\ncfg_parallel = {cfg_parallel}\nfsdp = {fsdp}\nvae_parallel = {vae_parallel}\nvae_mode = \"{vae_mode}\"\ntext_encoder = \"{text_encoder}\"\nresidency = \"{residency}\"\n"
     );
     if let Some(TilingSpec { tile_height, tile_width, stride_height, stride_width }) = vae_tiling {
         text += &format!(

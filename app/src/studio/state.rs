@@ -3,7 +3,7 @@
 //! only `app.rs` applies engine events to them.
 
 use serde::{Deserialize, Serialize};
-use tessera_engine::api::{GenerateParams, ParallelPlan, Rank, VaePiece};
+use tessera_engine::api::{DenoisePreview, GenerateParams, ParallelPlan, Rank, VaePiece};
 
 /// Everything on the Setup and Parallel panels; restored at the next start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,8 @@ impl Settings {
             guidance_2: Some(self.guidance_2),
             shift: self.shift,
             seed: self.seed,
+            scheduler: None,
+            sigmas: None,
         }
     }
 }
@@ -167,6 +169,9 @@ pub struct LiveRun {
     pub ranks: Vec<RankTrace>,
     pub progress: Progress,
     pub pieces: Vec<PieceView>,
+    /// The latest denoise preview (the picture being made), and how many arrived.
+    pub denoise_preview: Option<DenoisePreview>,
+    pub denoise_previews: usize,
     /// Output size of the run in pixels (height, width), for the mosaic canvas.
     pub output_hw: (usize, usize),
     pub log: Vec<String>,

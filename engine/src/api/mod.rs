@@ -9,6 +9,8 @@
 //!   resolves the prompts ([`prompts`]), runs the generation on the workers (a world of one is the
 //!   same path), emits [`JobEvent`]s and returns a [`Generation`]: the [`Video`] ([`video`]) and the
 //!   [`GenerationReport`] ([`report`]), one shape for every plan.
+//! - [`Settings`] ([`settings`]): the request as JSON inside every MP4/PNG written, read back by
+//!   `tessera info` and the studio.
 //!
 //! Beside the generation path, small groups of named re-exports (never a glob of an internal
 //! module), each with its own doc:
@@ -23,7 +25,7 @@
 //! ```no_run
 //! use tessera_engine::api::{GenerateParams, GenerationRequest, Prompt, Session, SessionOptions};
 //! let params = GenerateParams { height: 704, width: 1280, frames: 121, steps: 50, guidance: 5.0,
-//!     guidance_2: None, shift: None, seed: 0 };
+//!     guidance_2: None, shift: None, seed: 0, scheduler: None, sigmas: None };
 //! let req = GenerationRequest::new("Wan2.2-TI2V-5B-Diffusers", Prompt::Text("a fox".into()), params);
 //! let mut session = Session::new(SessionOptions::default());
 //! let generation = session.generate(&req, &mut |event| println!("{event:?}")).unwrap();
@@ -38,21 +40,26 @@ pub mod random_models;
 pub mod report;
 pub mod request;
 pub mod session;
+pub mod settings;
 pub mod text;
 pub mod tools;
 pub mod video;
 
 pub use crate::fields::{render, Audience, Field};
-pub use crate::media::{Frames, OutputKind};
+pub use crate::media::{write_png, Frames, OutputKind};
 pub use crate::model_spec::{Family, Layout, ModelSpec, ModelSpecError, Variant};
-pub use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
+pub use crate::parallel::plan::{
+    ParallelPlan, PlanError, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode,
+};
 pub use crate::parallel::Rank;
 pub use crate::pipeline::request::{GenerateParams, RequestError};
-pub use crate::runtime::protocol::{DeviceKind, LogLevel, Rgb8Preview, VaePiece};
-pub use crate::runtime::{JobEvent, PhaseReport, RankReport, RunReport};
+pub use crate::runtime::protocol::{DenoisePreview, DeviceKind, LogLevel, Rgb8Preview, VaePiece};
+pub use crate::runtime::{CommBackend, JobEvent, PhaseReport, RankReport, RunReport};
+pub use crate::scheduler::SchedulerKind;
 pub use crate::tensor_io::{write_atomic as write_tensors, write_file_atomic, TensorIoError};
 pub use error::{explain, SessionError};
 pub use report::{DenoiseReport, GenerationReport, RankGenerationReport};
 pub use request::{GenerationRequest, Output, Prompt};
 pub use session::{Encoded, Generation, Session, SessionCancel, SessionOptions};
+pub use settings::{ModelFile, Settings, SettingsError};
 pub use video::Video;

@@ -10,8 +10,10 @@ use crate::parallel::plan::ParallelPlan;
 use crate::pipeline::request::{self, GenerateParams, RequestError};
 use crate::runtime::DeviceKind;
 
-/// Where a prompt's embeddings come from.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Where a prompt's embeddings come from (in settings JSON: `{"text": "…"}`, `{"embeds": "…"}`,
+/// `{"stand_in": "…"}`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Prompt {
     /// Text, encoded by the model's UMT5 (on the host or sharded over the workers, per the plan).
     Text(String),
@@ -60,6 +62,9 @@ pub struct GenerationRequest {
     /// decode instead — a lower decode peak when memory is tight.
     pub keep_weights: bool,
     pub output: Option<Output>,
+    /// Live previews: rank 0 sends a `JobEvent::DenoisePreview` every this many denoise steps
+    /// (`None`: none).
+    pub preview_every: Option<usize>,
 }
 
 impl GenerationRequest {
@@ -77,6 +82,7 @@ impl GenerationRequest {
             decode: true,
             keep_weights: true,
             output: None,
+            preview_every: None,
         }
     }
 
@@ -182,6 +188,8 @@ mod tests {
             guidance_2: None,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
         }
     }
 

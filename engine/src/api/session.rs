@@ -15,6 +15,7 @@ use super::error::{explain, SessionError};
 use super::prompts::PromptMemory;
 use super::report::GenerationReport;
 use super::request::GenerationRequest;
+use super::settings::Settings;
 use super::video::Video;
 use crate::fields::Field;
 use crate::model_spec::ModelSpec;
@@ -22,7 +23,7 @@ use crate::parallel::plan::TextEncoderPlacement;
 use crate::pipeline::request::RequestError;
 use crate::pipeline::wan::latent_shape;
 use crate::runtime::protocol::{DeviceKind, GenerateSpec, Job, JobData, WireTensor};
-use crate::runtime::{CancelHandle, JobEvent, Supervisor, WorldSpec};
+use crate::runtime::{CancelHandle, CommBackend, JobEvent, Supervisor, WorldSpec};
 use crate::tensor_io;
 
 /// How a session starts its workers and caches prompts.
@@ -36,6 +37,10 @@ pub struct SessionOptions {
     pub env: Vec<(String, String)>,
     /// Prompt embeddings cached on disk per (prompt, model); `None`: no disk cache.
     pub prompt_cache_dir: Option<PathBuf>,
+    /// The data plane (auto: sockets on CPU, NCCL on CUDA).
+    pub comm: CommBackend,
+    /// GPU of each rank (rank `r` on `gpus[r % len]`; empty: GPU `r`); see [`crate::runtime::device_ordinals`].
+    pub gpus: Vec<usize>,
 }
 
 impl Default for SessionOptions {
@@ -45,6 +50,8 @@ impl Default for SessionOptions {
             threads_per_rank: None,
             env: Vec::new(),
             prompt_cache_dir: crate::text::PromptCache::default_dir(),
+            comm: CommBackend::Auto,
+            gpus: Vec::new(),
         }
     }
 }
@@ -181,6 +188,7 @@ impl Session {
             latents,
             decode: req.decode,
             keep_weights: req.keep_weights,
+            preview_every: req.preview_every,
         };
         let world = self.world.as_mut().ok_or_else(|| SessionError::Input("the workers are not running".into()))?;
         let handle = world.supervisor.cancel_handle();
@@ -204,9 +212,14 @@ impl Session {
         let timing = (started.elapsed().as_secs_f64(), setup_seconds, reused);
         let report = GenerationReport::new(req.model.clone(), req.plan, &result, resolved.text_job.as_ref(), timing);
         let mut video = video;
+        if let Some(v) = video.as_mut() {
+            v.fps = req.output.as_ref().and_then(|o| o.fps).unwrap_or(v.fps);
+            let settings = Settings::of_request(req, &model, Some(v.fps))
+                .map_err(|e| SessionError::Input(format!("recording the settings: {e}")))?;
+            v.settings = Some(settings);
+        }
         if let Some(out) = &req.output {
             if let Some(v) = video.as_mut() {
-                v.fps = out.fps.unwrap_or(v.fps);
                 v.save(&out.path).map_err(|e| SessionError::Output { path: out.path.clone(), msg: e.to_string() })?;
             }
             if let Some(path) = &out.latents {
@@ -290,6 +303,8 @@ impl Session {
             worker_exe: self.options.worker_exe.clone(),
             threads_per_rank: self.options.threads_per_rank,
             env: self.options.env.clone(),
+            comm: self.options.comm,
+            gpus: self.options.gpus.clone(),
             ..WorldSpec::default()
         };
         let supervisor = Supervisor::spawn(spec)?;
@@ -353,5 +368,5 @@ fn assemble(
     }
     let parts: Vec<&Tensor> = chunks.iter().map(|(_, t)| t).collect();
     let frames = Tensor::cat(&parts, 0)?.unsqueeze(0)?;
-    Ok((latents, Some(Video { frames, fps })))
+    Ok((latents, Some(Video { frames, fps, settings: None })))
 }

@@ -5,14 +5,18 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
+use super::settings::Settings;
 use crate::media::{self, Frames, MediaError, OutputKind};
 use crate::tensor_io;
 
-/// `(1, F, 3, H, W)` f32 in [0, 1] (diffusers' `output_type="pt"`) and its frame rate.
+/// `(1, F, 3, H, W)` f32 in [0, 1] (diffusers' `output_type="pt"`), its frame rate and the
+/// settings that made it.
 #[derive(Clone, Debug)]
 pub struct Video {
     pub frames: Tensor,
     pub fps: f64,
+    /// Written into every MP4 and PNG saved from it ([`Settings::to_json`]).
+    pub settings: Option<Settings>,
 }
 
 impl Video {
@@ -28,13 +32,15 @@ impl Video {
     }
 
     /// Writes the video to `path`; the kind follows the name: `.mp4` (H.264), `.safetensors`
-    /// (tensor `video`, f32, exact) or a folder `dir/` (PNG frames).
+    /// (tensor `video`, f32, exact) or a folder `dir/` (PNG frames). MP4 and PNG carry the
+    /// settings in their metadata.
     pub fn save(&self, path: &Path) -> Result<(), MediaError> {
         let kind = OutputKind::of(path).map_err(|msg| MediaError::Encode { path: path.to_path_buf(), msg })?;
+        let json = self.settings.as_ref().map(|s| Settings { fps: Some(self.fps), ..s.clone() }.to_json());
         match kind {
             OutputKind::Safetensors => tensor_io::write_atomic(path, &[("video", self.frames.clone())])?,
-            OutputKind::Mp4 => media::write_mp4(path, &self.rgb8()?, self.fps)?,
-            OutputKind::PngFrames => media::write_png_frames(path, &self.rgb8()?)?,
+            OutputKind::Mp4 => media::write_mp4(path, &self.rgb8()?, self.fps, json.as_deref())?,
+            OutputKind::PngFrames => media::write_png_frames(path, &self.rgb8()?, json.as_deref())?,
         }
         Ok(())
     }

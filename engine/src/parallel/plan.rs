@@ -54,6 +54,27 @@ impl std::fmt::Display for TextEncoderPlacement {
     }
 }
 
+/// Which transformer experts a rank keeps loaded during the denoise (two-expert models, A14B).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Residency {
+    /// Both experts loaded at `load` and kept for the whole run (no reload at the boundary).
+    #[default]
+    Pipeline,
+    /// Only the running expert: at the boundary step each rank frees the high-noise expert and
+    /// reads its part of the low-noise one from the checkpoint (one expert's shard less at the peak).
+    Phased,
+}
+
+impl std::fmt::Display for Residency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pipeline => "pipeline",
+            Self::Phased => "phased",
+        })
+    }
+}
+
 /// Tile settings in sample pixels, as diffusers' `enable_tiling(h, w, stride_h, stride_w)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +143,8 @@ pub struct ParallelPlan {
     /// Tiled VAE (tiles mode needs it; halo mode forbids it).
     pub vae_tiling: Option<TilingSpec>,
     pub text_encoder: TextEncoderPlacement,
+    /// Experts resident during the denoise (only two-expert models have a choice).
+    pub residency: Residency,
 }
 
 impl Default for ParallelPlan {
@@ -135,6 +158,7 @@ impl Default for ParallelPlan {
             vae_mode: VaeMode::Halo,
             vae_tiling: None,
             text_encoder: TextEncoderPlacement::Cpu,
+            residency: Residency::Pipeline,
         }
     }
 }

@@ -9,13 +9,13 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::request::GenerateParams;
-use super::sampling;
+use super::{preview, sampling};
 use crate::model_spec::ModelSpec;
 use crate::scheduler::Scheduler;
 
 /// Progress of one generation: the loop here reports the steps, the pipelines around it the
 /// image encode before and the decode after.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum PipelineProgress {
     EncodingImage,
     /// Denoising step `index` of `total` finished (`expert` 1 or 2).
@@ -24,6 +24,13 @@ pub enum PipelineProgress {
         total: usize,
         timestep: f32,
         expert: u8,
+    },
+    /// The x0 estimate `(1, z, T, h, w)` f32 of step `index` (`x − σ·v`, the first frame blended
+    /// back for TI2V image-to-video), every [`LoopSpec::preview_every`]-th step, before `Step`.
+    Preview {
+        index: usize,
+        total: usize,
+        x0: Tensor,
     },
     Decoding,
 }
@@ -98,6 +105,8 @@ pub struct LoopSpec {
     pub guidance: Option<(f64, f64)>,
     /// Run dtype of the transformer input.
     pub dtype: DType,
+    /// Report the x0 estimate every k-th step ([`PipelineProgress::Preview`]); `None`: never.
+    pub preview_every: Option<usize>,
 }
 
 impl LoopSpec {
@@ -110,7 +119,15 @@ impl LoopSpec {
             patch: model.transformer.patch_size,
             guidance: params.cfg().then(|| (params.guidance, params.guidance_2.unwrap_or(params.guidance))),
             dtype,
+            preview_every: None,
         }
+    }
+}
+
+impl LoopSpec {
+    /// The expert that predicts at timestep `t`: 1 (the low-noise one) below the boundary, else 0.
+    pub fn expert_at(&self, t: f32) -> usize {
+        usize::from(self.has_expert_2 && self.boundary.is_some_and(|b| (t as f64) < b))
     }
 }
 
@@ -129,12 +146,20 @@ pub fn run_loop(
     let (_, _, nt, nh, nw) = latents.dims5()?;
     let device: Device = latents.device().clone();
     for (i, &t) in timesteps.iter().enumerate() {
-        let low_noise = spec.has_expert_2 && spec.boundary.is_some_and(|b| (t as f64) < b);
-        let expert = usize::from(low_noise);
+        let expert = spec.expert_at(t);
+        let low_noise = expert == 1;
         let input = model_input(spec, t, &latents, condition, (nt, nh, nw), &device)?;
         let guidance = spec.guidance.map(|(g1, g2)| if low_noise { g2 } else { g1 });
-        let noise = predictor.predict(expert, &input.0.to_dtype(spec.dtype)?, &input.1, guidance)?;
-        latents = sched.step(&noise.to_dtype(DType::F32)?, i, &latents)?;
+        let noise =
+            predictor.predict(expert, &input.0.to_dtype(spec.dtype)?, &input.1, guidance)?.to_dtype(DType::F32)?;
+        if spec.preview_every.is_some_and(|k| k > 0 && (i + 1) % k == 0) {
+            let mut x0 = preview::x0_estimate(&latents, &noise, sched.sigmas()[i])?;
+            if let Some(Condition::FirstFrame { latent, mask }) = condition {
+                x0 = blend_first_frame(latent, mask, &x0)?;
+            }
+            progress(PipelineProgress::Preview { index: i, total: timesteps.len(), x0 })?;
+        }
+        latents = sched.step(&noise, i, &latents)?;
         progress(PipelineProgress::Step { index: i, total: timesteps.len(), timestep: t, expert: expert as u8 + 1 })?;
     }
     if let Some(Condition::FirstFrame { latent, mask }) = condition {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::fields::{render, Audience, Field};
 use crate::model_spec::ModelSpec;
 use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, VaeMode};
+use crate::scheduler::{self, Scheduler, SchedulerError, SchedulerKind};
 
 /// Size, schedule and guidance of one generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,13 @@ pub struct GenerateParams {
     pub shift: Option<f64>,
     /// Seed of the initial noise (see [`super::sampling::initial_noise`]).
     pub seed: u64,
+    /// The sampler; `None`: the one the model's `scheduler_config.json` names.
+    #[serde(default)]
+    pub scheduler: Option<SchedulerKind>,
+    /// A custom schedule, one sigma per step before the shift (`shift` applies); `None`: the
+    /// scheduler's own spacing.
+    #[serde(default)]
+    pub sigmas: Option<Vec<f64>>,
 }
 
 /// A request the model cannot take, with the nearest valid values. Messages are
@@ -36,6 +44,10 @@ pub enum ParamsError {
     Steps,
     #[error("«guidance» {0} must be a finite number ≥ 0")]
     Guidance(f64),
+    #[error("«sigmas» gives {got} values but «steps» is {steps}: give one sigma per step")]
+    SigmasCount { got: usize, steps: usize },
+    #[error("«sigmas» {0} (e.g. 1,0.75,0.5,0.25)")]
+    Sigmas(String),
 }
 
 impl ParamsError {
@@ -47,6 +59,7 @@ impl ParamsError {
             Self::Size { .. } => Field::Height,
             Self::Steps => Field::Steps,
             Self::Guidance(_) => Field::Guidance,
+            Self::SigmasCount { .. } | Self::Sigmas(_) => Field::Sigmas,
         }
     }
 }
@@ -74,7 +87,22 @@ impl GenerateParams {
                 return Err(ParamsError::Guidance(g));
             }
         }
+        if let Some(sigmas) = &self.sigmas {
+            scheduler::check_sigmas(sigmas).map_err(ParamsError::Sigmas)?;
+            if sigmas.len() != self.steps {
+                return Err(ParamsError::SigmasCount { got: sigmas.len(), steps: self.steps });
+            }
+        }
         Ok(())
+    }
+
+    /// The scheduler of this request (`scheduler`, else the one `dir`'s config names) with its
+    /// tables set for `steps` (or `sigmas`): the one place both pipelines build it.
+    pub fn scheduler(&self, dir: &std::path::Path) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        let mut sched = scheduler::from_pretrained(dir, self.scheduler, self.shift)?;
+        scheduler::set_schedule(sched.as_mut(), self.steps, self.sigmas.as_deref())
+            .map_err(|e| SchedulerError::Unsupported { path: dir.to_path_buf(), msg: e.to_string() })?;
+        Ok(sched)
     }
 
     /// Whether classifier-free guidance runs (two branches per step): guidance above 1.
@@ -169,7 +197,18 @@ mod tests {
     use super::*;
 
     fn params(height: usize, width: usize, frames: usize) -> GenerateParams {
-        GenerateParams { height, width, frames, steps: 4, guidance: 5.0, guidance_2: None, shift: None, seed: 0 }
+        GenerateParams {
+            height,
+            width,
+            frames,
+            steps: 4,
+            guidance: 5.0,
+            guidance_2: None,
+            shift: None,
+            seed: 0,
+            scheduler: None,
+            sigmas: None,
+        }
     }
 
     #[test]

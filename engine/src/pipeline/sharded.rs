@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::denoise::NoisePredictor;
 use super::sampling;
 use crate::models::wan::transformer::{ShardOptions, ShardedTransformer};
-use crate::parallel::comm::Collective;
+use crate::parallel::comm::{color_of, Collective};
 use crate::parallel::plan::ParallelPlan;
 use crate::parallel::Rank;
 
@@ -39,12 +39,11 @@ impl PlanGroups {
             candle_core::bail!("the plan has {} ranks but the world has {}", plan.ranks, world.world_size());
         }
         let me = world.rank();
+        // A collective split per group kind, on every rank in the same order (NCCL: one device
+        // communicator per group, made here once per plan; sockets: a sub-group of the mesh).
         let group = |ranks: Vec<Rank>| -> Result<Option<Arc<dyn Collective>>> {
-            if ranks.len() > 1 && ranks.contains(&me) {
-                world.sub_group(&ranks).map(Some)
-            } else {
-                Ok(None)
-            }
+            let (color, key) = color_of(&ranks, me);
+            world.split(color, key)
         };
         let u = plan.ulysses.max(1);
         let cfg = if plan.cfg_parallel == 2 { group(vec![Rank(me.0 % u), Rank(me.0 % u + u)])? } else { None };
@@ -62,26 +61,50 @@ impl PlanGroups {
     }
 }
 
-/// The noise prediction of one rank of a parallel plan.
+/// The noise prediction of one rank of a parallel plan. Expert slots may be empty: under phased
+/// residency only the running expert is loaded (the job swaps them at the boundary step).
 pub struct ShardedPredictor {
-    experts: Vec<ShardedTransformer>,
+    experts: Vec<Option<ShardedTransformer>>,
     prompt: Tensor,
     negative: Option<Tensor>,
     cfg: Option<Arc<dyn Collective>>,
     cfg_branch: usize,
 }
 
+/// The folder of expert `index` (0: `transformer/`, the only or high-noise one; 1: `transformer_2/`).
+pub fn expert_dir(root: &Path, index: usize) -> std::path::PathBuf {
+    root.join(if index == 0 { "transformer" } else { "transformer_2" })
+}
+
 impl ShardedPredictor {
-    /// Loads `transformer/` (and `transformer_2/` when `two_experts`) under `root` as `groups` say.
-    pub fn load_experts(
+    /// Loads expert `index` under `root` as `groups` say (this rank's FSDP slices and the stem).
+    pub fn load_expert(
         root: &Path,
-        two_experts: bool,
+        index: usize,
         groups: &PlanGroups,
         dtype: DType,
         device: &Device,
-    ) -> Result<Vec<ShardedTransformer>> {
-        let names: &[&str] = if two_experts { &["transformer", "transformer_2"] } else { &["transformer"] };
-        names.iter().map(|n| ShardedTransformer::load(&root.join(n), dtype, device, groups.shard_options())).collect()
+    ) -> Result<ShardedTransformer> {
+        ShardedTransformer::load(&expert_dir(root, index), dtype, device, groups.shard_options())
+    }
+
+    /// Loads the experts of `only` (every one of the model when `None`): `transformer/` and, when
+    /// `two_experts`, `transformer_2/`; the others' slots stay empty.
+    pub fn load_experts(
+        root: &Path,
+        two_experts: bool,
+        only: Option<usize>,
+        groups: &PlanGroups,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Vec<Option<ShardedTransformer>>> {
+        let count = if two_experts { 2 } else { 1 };
+        (0..count)
+            .map(|i| match only {
+                Some(o) if o != i => Ok(None),
+                _ => Self::load_expert(root, i, groups, dtype, device).map(Some),
+            })
+            .collect()
     }
 
     /// Loads `transformer/` (and `transformer_2/` when `two_experts`) under `root` as `groups`
@@ -95,13 +118,13 @@ impl ShardedPredictor {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let experts = Self::load_experts(root, two_experts, groups, dtype, device)?;
+        let experts = Self::load_experts(root, two_experts, None, groups, dtype, device)?;
         Self::from_experts(experts, groups, prompt, negative, dtype, device)
     }
 
     /// A predictor over experts loaded earlier (kept resident between runs), with new prompts.
     pub fn from_experts(
-        experts: Vec<ShardedTransformer>,
+        experts: Vec<Option<ShardedTransformer>>,
         groups: &PlanGroups,
         prompt: &Tensor,
         negative: Option<&Tensor>,
@@ -117,25 +140,51 @@ impl ShardedPredictor {
         })
     }
 
-    /// The experts, for keeping them resident after the run (the prompts are dropped).
-    pub fn into_experts(self) -> Vec<ShardedTransformer> {
+    /// The expert slots, for keeping them resident after the run (the prompts are dropped).
+    pub fn into_experts(self) -> Vec<Option<ShardedTransformer>> {
         self.experts
     }
 
-    pub fn experts(&self) -> &[ShardedTransformer] {
-        &self.experts
+    /// The loaded experts.
+    pub fn loaded(&self) -> impl Iterator<Item = &ShardedTransformer> {
+        self.experts.iter().flatten()
     }
 
-    /// Resident weight bytes of every expert on this rank.
+    /// Whether expert `index` is loaded.
+    pub fn is_loaded(&self, index: usize) -> bool {
+        self.experts.get(index).is_some_and(Option::is_some)
+    }
+
+    /// Frees every expert but `keep` (its weights are dropped now, before anything new is read).
+    pub fn release_all_but(&mut self, keep: usize) {
+        for (i, slot) in self.experts.iter_mut().enumerate() {
+            if i != keep {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Puts a loaded expert into its slot.
+    pub fn install(&mut self, index: usize, model: ShardedTransformer) -> Result<()> {
+        match self.experts.get_mut(index) {
+            Some(slot) => {
+                *slot = Some(model);
+                Ok(())
+            }
+            None => candle_core::bail!("expert {index} does not exist ({} experts)", self.experts.len()),
+        }
+    }
+
+    /// Resident weight bytes of every loaded expert on this rank.
     pub fn resident_bytes(&self) -> u64 {
-        self.experts.iter().map(ShardedTransformer::resident_bytes).sum()
+        self.loaded().map(ShardedTransformer::resident_bytes).sum()
     }
 }
 
 impl NoisePredictor for ShardedPredictor {
     fn predict(&mut self, expert: usize, input: &Tensor, timestep: &Tensor, guidance: Option<f64>) -> Result<Tensor> {
-        let Some(model) = self.experts.get(expert) else {
-            candle_core::bail!("expert {expert} is not loaded ({} experts)", self.experts.len())
+        let Some(Some(model)) = self.experts.get(expert) else {
+            candle_core::bail!("expert {expert} is not loaded ({} expert slots)", self.experts.len())
         };
         match (guidance, &self.negative, &self.cfg) {
             (Some(g), Some(neg), Some(pair)) => {
@@ -194,6 +243,8 @@ mod tests {
             guidance_2: None,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
         };
         let pipe = WanPipeline::load(root, DType::F32, &dev).unwrap();
         let embeds = PromptEmbeds { prompt: prompt.clone(), negative: Some(negative.clone()) };
@@ -220,7 +271,7 @@ mod tests {
                                 &Device::Cpu,
                             )
                             .unwrap();
-                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None).unwrap();
+                            let mut sched = scheduler::from_pretrained(&root.join("scheduler"), None, None).unwrap();
                             sched.set_timesteps(4).unwrap();
                             let spec = LoopSpec {
                                 expand_timesteps: index.expand_timesteps,
@@ -229,6 +280,7 @@ mod tests {
                                 patch: [1, 2, 2],
                                 guidance: Some((5.0, 5.0)),
                                 dtype: DType::F32,
+                                preview_every: None,
                             };
                             run_loop(&spec, sched.as_mut(), noise.clone(), None, &mut predictor, &mut |_| Ok(()))
                                 .unwrap()

@@ -13,7 +13,6 @@ use super::sampling::{self, LatentStats};
 use crate::model_spec::ModelSpec;
 use crate::models::wan::transformer::WanTransformer3DModel;
 use crate::models::wan::vae::{self, AutoencoderKLWan, VaeParts};
-use crate::scheduler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -143,10 +142,11 @@ impl WanPipeline {
             None => None,
         };
 
-        let mut sched = scheduler::from_pretrained(&self.root.join("scheduler"), params.shift).map_err(|e| {
-            PipelineError::Load { component: "scheduler", path: self.root.join("scheduler"), msg: e.to_string() }
+        let mut sched = params.scheduler(&self.root.join("scheduler")).map_err(|e| PipelineError::Load {
+            component: "scheduler",
+            path: self.root.join("scheduler"),
+            msg: e.to_string(),
         })?;
-        sched.set_timesteps(params.steps)?;
         let spec = LoopSpec::new(&self.spec, params, self.dtype);
         let experts: Vec<&WanTransformer3DModel> =
             std::iter::once(&self.transformer).chain(self.transformer_2.as_ref()).collect();
@@ -214,6 +214,14 @@ pub fn image_condition(
     image: &Tensor,
     params: &GenerateParams,
 ) -> Result<Condition> {
+    let video = condition_video(expand_timesteps, image, params)?;
+    let mean = vae.encode(&video, None, &mut |_| {})?.mean;
+    condition_from_mean(stats, expand_timesteps, &mean, params)
+}
+
+/// The video the VAE encodes for image conditioning `(1, 3, F', H, W)`: the image alone (TI2V,
+/// `expand_timesteps`) or the image followed by F−1 zero frames (A14B).
+pub fn condition_video(expand_timesteps: bool, image: &Tensor, params: &GenerateParams) -> Result<Tensor> {
     let (_, c, h, w) = image.dims4()?;
     if c != 3 || h != params.height || w != params.width {
         return Err(PipelineError::Input(format!(
@@ -224,13 +232,21 @@ pub fn image_condition(
         )));
     }
     let image = image.unsqueeze(2)?.to_dtype(DType::F32)?; // (1, 3, 1, H, W)
-    let video = if expand_timesteps {
+    Ok(if expand_timesteps {
         image
     } else {
         let zeros = Tensor::zeros((1, 3, params.frames - 1, params.height, params.width), DType::F32, image.device())?;
         Tensor::cat(&[&image, &zeros], 2)?
-    };
-    let mean = vae.encode(&video, None, &mut |_| {})?.mean;
+    })
+}
+
+/// The condition from the encoder's mean of [`condition_video`] (normalised with `stats`).
+pub fn condition_from_mean(
+    stats: &LatentStats,
+    expand_timesteps: bool,
+    mean: &Tensor,
+    params: &GenerateParams,
+) -> Result<Condition> {
     let latent = stats.normalize(&mean.to_device(stats.device())?)?;
     Ok(if expand_timesteps {
         Condition::first_frame(latent, params.latent_frames())?

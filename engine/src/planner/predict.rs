@@ -260,6 +260,8 @@ fn check(spec: &ModelSpec, req: &Request, plan: &ParallelPlan) -> Result<(), Pre
         guidance_2: None,
         shift: None,
         seed: 0,
+        scheduler: None,
+        sigmas: None,
     };
     params.validate(spec.size_multiple())?;
     plan.validate(PlanModel { num_heads: spec.transformer.num_attention_heads, cfg: req.guidance > 1.0 })?;

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::search::GpuSpec;
-use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
+use crate::parallel::plan::{ParallelPlan, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode};
+use crate::scheduler::SchedulerKind;
 
 /// Optional request defaults of a preset.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -39,6 +40,9 @@ pub struct Defaults {
     pub guidance: Option<f64>,
     /// GPUs the preset is meant for, `COUNTxSIZE` (`8x24GB`).
     pub gpus: Option<String>,
+    /// Sampler and schedule of a distilled recipe (`scheduler = "euler"`, `sigmas = [1.0, 0.75, 0.5, 0.25]`).
+    pub scheduler: Option<SchedulerKind>,
+    pub sigmas: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,12 +180,15 @@ pub struct Explicit {
     pub vae_mode: Option<VaeMode>,
     pub vae_tiling: Option<TilingSpec>,
     pub text_encoder: Option<TextEncoderPlacement>,
+    pub residency: Option<Residency>,
     pub height: Option<usize>,
     pub width: Option<usize>,
     pub frames: Option<usize>,
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
     pub keep_weights: Option<bool>,
+    pub scheduler: Option<SchedulerKind>,
+    pub sigmas: Option<Vec<f64>>,
 }
 
 /// A preset with the command line's explicit values on top.
@@ -195,6 +202,8 @@ pub struct Applied {
     pub guidance: Option<f64>,
     pub gpus: Option<GpuSpec>,
     pub keep_weights: bool,
+    pub scheduler: Option<SchedulerKind>,
+    pub sigmas: Option<Vec<f64>>,
 }
 
 impl Preset {
@@ -225,6 +234,7 @@ impl Preset {
             vae_mode: e.vae_mode.unwrap_or(p.vae_mode),
             vae_tiling: e.vae_tiling.or(p.vae_tiling),
             text_encoder: e.text_encoder.unwrap_or(p.text_encoder),
+            residency: e.residency.unwrap_or(p.residency),
         };
         let d = &self.defaults;
         Applied {
@@ -236,6 +246,8 @@ impl Preset {
             guidance: e.guidance.or(d.guidance),
             gpus: self.gpus,
             keep_weights: e.keep_weights.unwrap_or(self.keep_weights),
+            scheduler: e.scheduler.or(d.scheduler),
+            sigmas: e.sigmas.clone().or_else(|| d.sigmas.clone()),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::ModelSpec;
 use super::predict::{predict, Options, PredictError, Prediction, Request};
-use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, TilingSpec, VaeMode};
+use crate::parallel::plan::{ParallelPlan, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode};
 
 /// `N` GPUs of `bytes` each (`--gpus 8x24GB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,10 @@ pub fn change_cost(base: &ParallelPlan, cand: &ParallelPlan) -> u32 {
     if cand.vae_parallel != base.vae_parallel {
         c += 1;
     }
+    // Phased residency reads the low-noise expert again every run (the session cannot keep both).
+    if cand.residency != base.residency {
+        c += 1;
+    }
     if cand.vae_mode != base.vae_mode {
         c += 1;
     }
@@ -93,6 +97,9 @@ pub fn candidates(spec: &ModelSpec, req: &Request, ranks: usize) -> Vec<Parallel
     let mut out = Vec::new();
     let divisors: Vec<usize> = (1..=ranks).filter(|d| ranks.is_multiple_of(*d)).collect();
     let vae_groups: Vec<usize> = if ranks > 1 { vec![1, ranks] } else { vec![1] };
+    // Only two-expert models have a residency to choose.
+    let residencies: &[Residency] =
+        if spec.transformer_2.is_some() { &[Residency::Pipeline, Residency::Phased] } else { &[Residency::Pipeline] };
     for cfg_parallel in [1, 2] {
         if !ranks.is_multiple_of(cfg_parallel) {
             continue;
@@ -101,18 +108,21 @@ pub fn candidates(spec: &ModelSpec, req: &Request, ranks: usize) -> Vec<Parallel
             for &vae_parallel in &vae_groups {
                 for (vae_mode, vae_tiling) in [(VaeMode::Halo, None), (VaeMode::Tiles, Some(TilingSpec::default()))] {
                     for text_encoder in [TextEncoderPlacement::Cpu, TextEncoderPlacement::Sharded] {
-                        let p = ParallelPlan {
-                            ranks,
-                            ulysses: ranks / cfg_parallel,
-                            cfg_parallel,
-                            fsdp,
-                            vae_parallel,
-                            vae_mode,
-                            vae_tiling,
-                            text_encoder,
-                        };
-                        if p.validate(model).is_ok() {
-                            out.push(p);
+                        for &residency in residencies {
+                            let p = ParallelPlan {
+                                ranks,
+                                ulysses: ranks / cfg_parallel,
+                                cfg_parallel,
+                                fsdp,
+                                vae_parallel,
+                                vae_mode,
+                                vae_tiling,
+                                text_encoder,
+                                residency,
+                            };
+                            if p.validate(model).is_ok() {
+                                out.push(p);
+                            }
                         }
                     }
                 }
@@ -194,6 +204,9 @@ pub fn describe_changes(base: &ParallelPlan, plan: &ParallelPlan) -> Vec<String>
     }
     if plan.text_encoder != base.text_encoder {
         v.push(format!("--text-encoder {}", plan.text_encoder));
+    }
+    if plan.residency != base.residency {
+        v.push(format!("--residency {}", plan.residency));
     }
     v
 }

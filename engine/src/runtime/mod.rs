@@ -40,7 +40,7 @@ use std::path::PathBuf;
 pub use launch::{resolve_worker_exe, CommBackend, WorkerArgs, WORKER_EXE_ENV};
 pub use protocol::{DeviceInfo, DeviceKind, Job, JobId, JobOutput};
 pub use report::{JobEvent, PhaseReport, RankReport, RunReport};
-pub use supervisor::{CancelHandle, JobResult, Supervisor, WorkerInfo, WorldSpec};
+pub use supervisor::{device_ordinals, CancelHandle, JobResult, Supervisor, WorkerInfo, WorldSpec};
 
 use crate::parallel::Rank;
 
@@ -72,4 +72,6 @@ pub enum RuntimeError {
     CancelTimeout { ranks: Vec<Rank>, secs: f64 },
     #[error("the worker world is down ({reason}); spawn a new Supervisor")]
     WorldDown { reason: String },
+    #[error("rank-to-GPU map: {0}")]
+    DeviceMap(String),
 }

@@ -15,7 +15,7 @@ use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -127,6 +127,8 @@ pub enum WorkerEvent {
     },
     /// A finished VAE tile (tiles mode) or chunk slab (halo mode), for the live decode mosaic.
     VaePiece(VaePiece),
+    /// The x0 estimate of a denoise step as a small RGB picture (rank 0, every k-th step).
+    DenoisePreview(DenoisePreview),
     /// A job's result data (video frames, latents, embeddings), sent by the rank that holds it over
     /// the control channel instead of through a file. The supervisor collects it into the
     /// `JobResult`; it is not an event for the UI.
@@ -164,6 +166,15 @@ pub struct VaePiece {
     /// Bytes this piece caused its rank to send (halos, blend strips, the piece itself).
     pub bytes_sent: u64,
     /// Small preview of the piece's first frame (longest side ≤ 64 px).
+    pub preview: Rgb8Preview,
+}
+
+/// A live preview of the denoise: the x0 estimate after step `step` (1-based) of `total`,
+/// projected latent→RGB (`pipeline::preview`), at most 256 px on its long side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DenoisePreview {
+    pub step: usize,
+    pub total: usize,
     pub preview: Rgb8Preview,
 }
 
@@ -269,6 +280,8 @@ pub struct GenerateSpec {
     /// Keep the weights loaded after the job (the next job with the same model and plan reuses
     /// them); `false` frees the transformer before the decode.
     pub keep_weights: bool,
+    /// Rank 0 sends a [`DenoisePreview`] every this many steps; `None`: none.
+    pub preview_every: Option<usize>,
 }
 
 /// What a rank measured during a `Generate` job (`--report`).
@@ -288,6 +301,10 @@ pub struct GenerateStats {
     pub comm_seconds: f64,
     pub comm_calls: u64,
     pub comm_bytes: u64,
+    /// The expert of each step (1: the only or high-noise one, 2: the low-noise one).
+    pub step_experts: Vec<u8>,
+    /// Bytes of expert weights this rank read at the boundary step (phased residency), else 0.
+    pub switched_bytes: u64,
 }
 
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).

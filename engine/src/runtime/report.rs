@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{LogLevel, PhaseSpan, VaePiece};
+use super::protocol::{DenoisePreview, LogLevel, PhaseSpan, VaePiece};
 use crate::parallel::Rank;
 
 /// Plain-data events of one run, in arrival order: the one event type the engine emits (the
@@ -52,6 +52,11 @@ pub enum JobEvent {
     VaePiece {
         rank: Rank,
         piece: VaePiece,
+    },
+    /// The picture the denoise is making, after a step (see [`DenoisePreview`]).
+    DenoisePreview {
+        rank: Rank,
+        preview: DenoisePreview,
     },
     Finished {
         wall_seconds: f64,

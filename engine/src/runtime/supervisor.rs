@@ -47,6 +47,27 @@ pub struct WorldSpec {
     pub env: Vec<(String, String)>,
     /// Test knob: this rank sleeps this long before connecting (to test handshake timeouts).
     pub debug_connect_delay: Option<(Rank, Duration)>,
+    /// GPU of each rank: rank `r` runs on `gpus[r % gpus.len()]` (so `[0]` puts every rank on GPU 0);
+    /// empty: rank `r` on GPU `r`. See [`device_ordinals`].
+    pub gpus: Vec<usize>,
+}
+
+/// The device ordinal of every rank of `spec` (the rank→GPU map). Several ranks on one GPU need the
+/// socket backend: NCCL refuses two ranks of a communicator on one device.
+pub fn device_ordinals(spec: &WorldSpec) -> Result<Vec<usize>, RuntimeError> {
+    let ordinals: Vec<usize> =
+        (0..spec.ranks).map(|r| if spec.gpus.is_empty() { r } else { spec.gpus[r % spec.gpus.len()] }).collect();
+    if spec.device == DeviceKind::Cuda && spec.comm.resolve(spec.device) == CommBackend::Nccl {
+        for (r, ord) in ordinals.iter().enumerate() {
+            if let Some(first) = ordinals[..r].iter().position(|o| o == ord) {
+                return Err(RuntimeError::DeviceMap(format!(
+                    "ranks {first} and {r} both map to GPU {ord}, which NCCL does not allow; use the socket \
+                     backend (--comm socket) to share a GPU, or give each rank its own GPU (--gpus)"
+                )));
+            }
+        }
+    }
+    Ok(ordinals)
 }
 
 impl Default for WorldSpec {
@@ -63,6 +84,7 @@ impl Default for WorldSpec {
             threads_per_rank: None,
             env: Vec::new(),
             debug_connect_delay: None,
+            gpus: Vec::new(),
         }
     }
 }
@@ -206,6 +228,7 @@ impl Supervisor {
     /// Starts `spec.ranks` workers and waits until every one is connected and idle.
     pub fn spawn(spec: WorldSpec) -> Result<Self, RuntimeError> {
         let exe = resolve_worker_exe(spec.worker_exe.as_deref())?;
+        let ordinals = device_ordinals(&spec)?;
         let dir = rendezvous_dir()?;
         let control_path = dir.0.join("control.sock");
         let listener = UnixListener::bind(&control_path)
@@ -232,14 +255,14 @@ impl Supervisor {
             down: None,
             dir,
         };
-        for rank in 0..spec.ranks {
+        for (rank, &device_ordinal) in ordinals.iter().enumerate() {
             let args = WorkerArgs {
                 doctor: false,
                 rank,
                 world_size: spec.ranks,
                 rendezvous: Some(sup.dir.0.clone()),
                 device: spec.device,
-                device_ordinal: rank,
+                device_ordinal,
                 comm: spec.comm.resolve(spec.device),
                 parent_pid: Some(std::process::id()),
                 handshake_timeout_ms: spec.handshake_timeout.as_millis() as u64,
@@ -649,6 +672,7 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
         },
         WorkerEvent::Log { level, message } => JobEvent::Log { rank, level, message },
         WorkerEvent::VaePiece(piece) => JobEvent::VaePiece { rank, piece },
+        WorkerEvent::DenoisePreview(preview) => JobEvent::DenoisePreview { rank, preview },
         // Collected by `run_job` before translation; never an event.
         WorkerEvent::Data(_) => JobEvent::Log { rank, level: LogLevel::Warn, message: "unrouted job data".into() },
     }
@@ -658,6 +682,26 @@ fn translate(rank: Rank, event: WorkerEvent, device: DeviceKind) -> JobEvent {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn rank_to_gpu_map() {
+        let spec = |ranks, device, comm, gpus: &[usize]| WorldSpec {
+            ranks,
+            device,
+            comm,
+            gpus: gpus.to_vec(),
+            ..WorldSpec::default()
+        };
+        let cuda = DeviceKind::Cuda;
+        assert_eq!(device_ordinals(&spec(3, cuda, CommBackend::Auto, &[])).unwrap(), vec![0, 1, 2]);
+        assert_eq!(device_ordinals(&spec(4, cuda, CommBackend::Socket, &[0])).unwrap(), vec![0, 0, 0, 0]);
+        assert_eq!(device_ordinals(&spec(4, cuda, CommBackend::Socket, &[1, 0])).unwrap(), vec![1, 0, 1, 0]);
+        assert_eq!(device_ordinals(&spec(2, cuda, CommBackend::Nccl, &[3, 2])).unwrap(), vec![3, 2]);
+        let err = device_ordinals(&spec(3, cuda, CommBackend::Auto, &[0, 1])).unwrap_err().to_string();
+        assert!(err.contains("ranks 0 and 2 both map to GPU 0") && err.contains("--comm socket"), "{err}");
+        // CPU worlds ignore the map's duplicates (the ordinal is only reported).
+        assert_eq!(device_ordinals(&spec(2, DeviceKind::Cpu, CommBackend::Auto, &[0])).unwrap(), vec![0, 0]);
+    }
 
     #[test]
     fn exit_statuses_are_described() {

@@ -165,7 +165,9 @@ fn form_comm(
                 id_from_bytes(nccl_id.as_deref().ok_or("the supervisor sent no NCCL id")?).map_err(|e| e.to_string())?
             }
         };
-        let comm = NcclComm::new(device, args.rank, args.world_size, id, mesh).map_err(|e| e.to_string())?;
+        let timeout = Duration::from_millis(args.comm_timeout_ms);
+        let comm = NcclComm::new(device, args.rank, args.world_size, id, Arc::new(mesh), timeout)
+            .map_err(|e| e.to_string())?;
         return Ok(Arc::new(comm));
     }
     let _ = nccl_id;
@@ -285,6 +287,11 @@ fn serve(
             }
             ToWorker::Shutdown => {
                 tracing::debug!("shutdown requested");
+                if running.as_ref().is_some_and(|r| !r.replied.load(std::sync::atomic::Ordering::SeqCst)) {
+                    // The world is stopping under a running job (a peer failed): make its pending
+                    // collectives fail now instead of spinning until SIGKILL (NCCL: ncclCommAbort).
+                    comm.abort();
+                }
                 return Ok(());
             }
             ToWorker::Init { .. } => tracing::warn!("ignoring a second init"),

@@ -92,30 +92,19 @@ impl FlowMatchEulerScheduler {
         &self.cfg
     }
 
-    /// diffusers' `set_timesteps(sigmas=…)`: the given sigmas cast to f32, shifted once in f32
-    /// (`s·σ / (1 + (s − 1)·σ)`), timesteps `σ'·num_train_timesteps`, then σ = 0 appended. The
-    /// HunyuanVideo 1.5 pipelines always call it with [`linear_sigmas`] (a different schedule from
-    /// [`Scheduler::set_timesteps`], which shifts already-shifted training sigmas again).
-    pub fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
-        if sigmas.is_empty() {
-            bail!("the number of inference steps must be at least 1")
-        }
-        let shift = self.cfg.shift as f32;
+    /// Stores the shifted float32 sigmas with the terminal 0, and the timesteps `σ·1000` computed
+    /// on them in float32, as torch does.
+    fn set_shifted(&mut self, sigmas: Vec<f32>) {
         let n_train = self.cfg.num_train_timesteps as f32;
-        self.sigmas = sigmas
-            .iter()
-            .map(|&s| {
-                let s = s as f32;
-                shift * s / (1.0 + (shift - 1.0) * s)
-            })
-            .collect();
-        self.timesteps = self.sigmas.iter().map(|&s| s * n_train).collect();
+        self.timesteps = sigmas.iter().map(|&s| s * n_train).collect();
+        self.sigmas = sigmas;
         self.sigmas.push(0.0);
-        Ok(())
     }
 }
 
-/// `np.linspace(1.0, 0.0, n + 1)[:-1]`: the sigmas both HunyuanVideo 1.5 pipelines pass.
+/// `np.linspace(1.0, 0.0, n + 1)[:-1]`: the sigmas both HunyuanVideo 1.5 pipelines pass to
+/// [`Scheduler::set_sigmas`] (a different schedule from [`Scheduler::set_timesteps`], which shifts
+/// already-shifted training sigmas again).
 pub fn linear_sigmas(n: usize) -> Vec<f64> {
     let mut s = np_linspace(1.0, 0.0, n + 1);
     s.pop();
@@ -133,11 +122,30 @@ impl Scheduler for FlowMatchEulerScheduler {
         if let Some(terminal) = self.cfg.shift_terminal.filter(|t| *t != 0.0) {
             stretch_to_terminal(&mut sigmas, terminal);
         }
-        let sigmas_f32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
-        // Timesteps are σ·1000 computed on the float32 sigmas.
-        self.timesteps = sigmas_f32.iter().map(|&s| s * n_train as f32).collect();
-        self.sigmas = sigmas_f32;
-        self.sigmas.push(0.0);
+        self.set_shifted(sigmas.iter().map(|&s| s as f32).collect());
+        Ok(())
+    }
+
+    /// diffusers casts the given list to a float32 array and shifts it in float32 (NumPy 2 keeps
+    /// the array's dtype against a Python float), so the shift runs in f32 here too.
+    fn set_sigmas(&mut self, given: &[f64]) -> Result<()> {
+        if given.is_empty() {
+            bail!("a custom schedule needs at least one sigma")
+        }
+        let shift = self.cfg.shift as f32;
+        let mut sigmas: Vec<f32> = given
+            .iter()
+            .map(|&s| {
+                let s = s as f32;
+                shift * s / (1.0 + (shift - 1.0) * s)
+            })
+            .collect();
+        if let Some(terminal) = self.cfg.shift_terminal.filter(|t| *t != 0.0) {
+            let mut wide: Vec<f64> = sigmas.iter().map(|&s| s as f64).collect();
+            stretch_to_terminal(&mut wide, terminal);
+            sigmas = wide.iter().map(|&s| s as f32).collect();
+        }
+        self.set_shifted(sigmas);
         Ok(())
     }
 

@@ -238,6 +238,17 @@ impl Scheduler for FlowUniPcScheduler {
         let n_train = self.cfg.num_train_timesteps as f64;
         let mut sigmas: Vec<f64> = np_linspace(1.0, 1.0 / n_train, num_inference_steps + 1);
         sigmas.truncate(num_inference_steps);
+        self.set_sigmas(&sigmas)
+    }
+
+    /// The flow branch of diffusers' `set_timesteps` on given sigmas (as a float64 array: the
+    /// shift, the σ = 1 nudge and the integer timesteps as for its own linspace).
+    fn set_sigmas(&mut self, given: &[f64]) -> Result<()> {
+        if given.is_empty() {
+            bail!("a custom schedule needs at least one sigma")
+        }
+        let n_train = self.cfg.num_train_timesteps as f64;
+        let mut sigmas = given.to_vec();
         for s in sigmas.iter_mut() {
             *s = shift_sigma(self.cfg.flow_shift, *s);
         }

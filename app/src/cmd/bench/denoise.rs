@@ -97,6 +97,8 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
             guidance_2: None,
             shift: None,
             seed: 0,
+            scheduler: None,
+            sigmas: None,
         };
         let request = GenerationRequest {
             negative: Some(Prompt::Embeds(embeds.clone())),

@@ -13,8 +13,9 @@ pub(crate) struct Emitter {
 impl Emitter {
     pub(crate) fn emit(&self, event: EngineEvent) {
         // Telemetry is the only flood; when the UI is far behind, drop memory samples rather
-        // than stall the job (the chart has ten per second per rank).
-        let droppable = matches!(event, EngineEvent::Job(JobEvent::Memory { .. }));
+        // than stall the job (the chart has ten per second per rank). A denoise preview is
+        // replaced by the next one, so it may be dropped too.
+        let droppable = matches!(event, EngineEvent::Job(JobEvent::Memory { .. } | JobEvent::DenoisePreview { .. }));
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(ev)) if !droppable => {

@@ -71,6 +71,8 @@ impl RunRequest {
             image: self.image.clone().filter(|_| spec.accepts_image()),
             plan: self.plan,
             device: self.device,
+            // The Live view shows the picture after every step.
+            preview_every: Some(1),
             ..GenerationRequest::new(root, prompt(&self.prompt), params)
         }
     }

@@ -1,5 +1,6 @@
 //! Live view: run status and progress (phase, step i/N, it/s, ETA), one memory chart with a used
-//! and a peak line per device and the finished phases as bands, then the decode mosaic.
+//! and a peak line per device and the finished phases as bands, the denoise preview (updated
+//! after every step), then the decode mosaic.
 
 use eframe::egui;
 use egui_plot::{HLine, Legend, Line, LineStyle, Plot, PlotPoints, Span};
@@ -28,9 +29,27 @@ pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             }
         });
     }
+    denoise_preview_ui(ui, app);
     ui.separator();
     super::mosaic::mosaic_ui(ui, app);
 }
+
+/// The picture the denoise is making: the x0 estimate of the latest step, projected latent→RGB
+/// (no VAE), scaled up to a readable size.
+fn denoise_preview_ui(ui: &mut egui::Ui, app: &StudioApp) {
+    let (Some(p), Some((_, texture))) = (&app.live.denoise_preview, &app.textures.denoise) else { return };
+    ui.separator();
+    ui.label(format!(
+        "Denoise preview after step {}/{} (latent→RGB, {}×{})",
+        p.step, p.total, p.preview.width, p.preview.height
+    ));
+    let size = texture.size_vec2();
+    let scale = (PREVIEW_SHOWN_SIDE / size.x.max(size.y).max(1.0)).max(1.0);
+    ui.image((texture.id(), size * scale));
+}
+
+/// Long side of the denoise preview on screen, in points.
+const PREVIEW_SHOWN_SIDE: f32 = 320.0;
 
 /// Worker log lines shown under the chart.
 const LOG_LINES: usize = 40;

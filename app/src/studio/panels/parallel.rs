@@ -2,7 +2,7 @@
 //! and mode, tiling, text encoder), presets, a verdict per device; and the Generate / Cancel buttons.
 
 use eframe::egui;
-use tessera_engine::api::{DeviceKind, PlanModel, RequestError, TextEncoderPlacement, TilingSpec, VaeMode};
+use tessera_engine::api::{DeviceKind, PlanModel, RequestError, Residency, TextEncoderPlacement, TilingSpec, VaeMode};
 
 use crate::studio::app::StudioApp;
 use crate::studio::engine::Command;
@@ -87,6 +87,17 @@ fn plan_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             .show_ui(ui, |ui| {
                 ui.selectable_value(&mut plan.text_encoder, TextEncoderPlacement::Cpu, "cpu");
                 ui.selectable_value(&mut plan.text_encoder, TextEncoderPlacement::Sharded, "sharded");
+            })
+            .response
+            .labelled_by(label.id);
+        ui.end_row();
+        // Two-expert models only: both experts loaded (pipeline) or the running one (phased).
+        let label = ui.label("Expert residency");
+        egui::ComboBox::from_id_salt("residency")
+            .selected_text(plan.residency.to_string())
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut plan.residency, Residency::Pipeline, "pipeline");
+                ui.selectable_value(&mut plan.residency, Residency::Phased, "phased");
             })
             .response
             .labelled_by(label.id);

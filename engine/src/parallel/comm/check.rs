@@ -11,13 +11,13 @@ use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::wire::WireDType;
-use super::{Collective, ReduceOp};
+use super::{color_of, Collective, ReduceOp, SingleRank};
 use crate::parallel::Rank;
 
 /// One collective to check (or benchmark).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CollectiveOp {
-    /// Ring: rank `r` sends to `r + 1` and receives from `r - 1`.
+    /// Ring: rank `r` sends to `r + 1` and receives from `r - 1` (one `send_recv`).
     SendRecv,
     AllGather {
         dim: usize,
@@ -76,15 +76,27 @@ pub fn check_input(spec: &CheckSpec, rank: usize) -> Result<Tensor> {
     Tensor::from_vec(values, spec.shape.as_slice(), &Device::Cpu)?.to_dtype(spec.dtype.dtype())
 }
 
-/// Runs `spec` on this rank; `None` when this rank is not in `spec.group`.
+/// Runs `spec` on this rank; `None` when this rank is not in `spec.group`. A group is made the way
+/// a generation makes its groups: a [`Collective::split`] every rank of `world` takes part in (ranks
+/// running different specs at the same time must list disjoint groups, as a plan's groups are).
 pub fn run_check(world: &dyn Collective, spec: &CheckSpec) -> Result<Option<Tensor>> {
     let sub: Arc<dyn Collective>;
     let comm: &dyn Collective = match &spec.group {
         None => world,
-        Some(group) if !group.contains(&world.rank().0) => return Ok(None),
         Some(group) => {
-            sub = world.sub_group(&group.iter().copied().map(Rank).collect::<Vec<_>>())?;
-            sub.as_ref()
+            let (color, key) = color_of(&group.iter().copied().map(Rank).collect::<Vec<_>>(), world.rank());
+            match (world.split(color, key)?, group.as_slice()) {
+                (Some(made), _) => {
+                    sub = made;
+                    sub.as_ref()
+                }
+                // A group of one: the op runs on this rank alone.
+                (None, [only]) if *only == world.rank().0 => {
+                    sub = Arc::new(SingleRank);
+                    sub.as_ref()
+                }
+                (None, _) => return Ok(None),
+            }
         }
     };
     let xs = check_input(spec, comm.rank().0)?;
@@ -99,8 +111,9 @@ pub fn run_op(comm: &dyn Collective, op: CollectiveOp, xs: &Tensor) -> Result<Te
             if n == 1 {
                 return Ok(xs.clone());
             }
-            comm.send(xs, Rank((rank + 1) % n))?;
-            comm.recv(Rank((rank + n - 1) % n), xs.dims(), xs.dtype())
+            let sends = [(Rank((rank + 1) % n), xs.clone())];
+            let recvs = [(Rank((rank + n - 1) % n), xs.dims().to_vec(), xs.dtype())];
+            comm.send_recv(&sends, &recvs)?.pop().ok_or_else(|| candle_core::Error::Msg("send_recv: no tensor".into()))
         }
         CollectiveOp::AllGather { dim } => comm.all_gather(xs, dim),
         CollectiveOp::Broadcast { root } => comm.broadcast(xs, Rank(root)),

@@ -298,6 +298,10 @@ impl Collective for MeshComm {
         Ok(())
     }
 
+    fn abort(&self) {
+        self.transport.poison();
+    }
+
     fn sub_group(&self, ranks: &[Rank]) -> Result<Arc<dyn Collective>> {
         let me = check_sub_group(ranks, self.members.len(), Rank(self.me))?;
         let members: Vec<usize> = ranks.iter().map(|r| self.members[r.0]).collect();

@@ -22,7 +22,7 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::Rank;
@@ -66,8 +66,38 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
     fn barrier(&self) -> Result<()>;
     /// A communicator over a subset of this group (`ranks` are ranks *of this group*, and become
     /// ranks `0..ranks.len()` of the new one, in the order given). Only members call it; the caller
-    /// must be one. No collective setup happens, so groups can be made freely.
+    /// must be one. No collective setup happens, so groups can be made freely. On NCCL this group
+    /// travels through host memory: hot groups are made with [`Collective::split`].
     fn sub_group(&self, ranks: &[Rank]) -> Result<Arc<dyn Collective>>;
+
+    /// Splits this group as `ncclCommSplit` does: a collective call of *every* rank of this group;
+    /// ranks passing the same `color` form one new group, ordered by `key` (ties: by rank here);
+    /// `None` (no color) gets no group. NCCL makes a real device communicator; the other backends
+    /// exchange the colors and form a [`Collective::sub_group`], so both agree on every membership
+    /// ([`split_members`]).
+    fn split(&self, color: Option<usize>, key: usize) -> Result<Option<Arc<dyn Collective>>> {
+        match split_members(self, color, key)? {
+            Some(ranks) => self.sub_group(&ranks).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends every `(peer, tensor)` of `sends` and receives one tensor from every
+    /// `(peer, shape, dtype)` of `recvs`, returned in `recvs` order. Unlike a `send` followed by a
+    /// `recv`, this cannot deadlock on NCCL when two ranks send to each other (it is one NCCL group
+    /// there); the other backends send (queued) and then receive.
+    fn send_recv(&self, sends: &[(Rank, Tensor)], recvs: &[(Rank, Vec<usize>, DType)]) -> Result<Vec<Tensor>> {
+        for (peer, xs) in sends {
+            self.send(xs, *peer)?;
+        }
+        recvs.iter().map(|(peer, shape, dtype)| self.recv(*peer, shape, *dtype)).collect()
+    }
+
+    /// Makes this rank's pending and future ops (of this group, its sub-groups and splits, where
+    /// the backend shares state between them) fail at once: called when the job is being torn down
+    /// (a peer failed or the supervisor shuts the world down) so that nothing keeps waiting. NCCL:
+    /// `ncclCommAbort` on every communicator, which also stops kernels already spinning on a dead peer.
+    fn abort(&self) {}
 
     fn all_reduce_sum(&self, xs: &Tensor) -> Result<Tensor> {
         self.all_reduce(xs, ReduceOp::Sum)
@@ -127,9 +157,69 @@ pub(crate) fn check_sub_group(ranks: &[Rank], world_size: usize, me: Rank) -> Re
     }
 }
 
+/// The members of the caller's group in a [`Collective::split`]: every rank's `(color, key)` is
+/// all-gathered, and the ranks sharing the caller's color are returned ordered by key, then rank
+/// (`ncclCommSplit`'s order). `None` when the caller passed no color.
+pub fn split_members(comm: &(impl Collective + ?Sized), color: Option<usize>, key: usize) -> Result<Option<Vec<Rank>>> {
+    const NO_COLOR: u32 = u32::MAX;
+    let to_u32 = |v: usize, what: &str| {
+        u32::try_from(v)
+            .ok()
+            .filter(|v| *v != NO_COLOR)
+            .ok_or_else(|| candle_core::Error::Msg(format!("split: {what} {v} too large")))
+    };
+    let mine = [color.map(|c| to_u32(c, "color")).transpose()?.unwrap_or(NO_COLOR), to_u32(key, "key")?];
+    let all = comm.all_gather(&Tensor::new(&mine, &Device::Cpu)?.reshape((1, 2))?, 0)?.to_vec2::<u32>()?;
+    if all.len() != comm.world_size() {
+        candle_core::bail!("split: gathered {} colors from a group of {}", all.len(), comm.world_size());
+    }
+    let Some(color) = color else { return Ok(None) };
+    let mut members: Vec<(u32, usize)> =
+        all.iter().enumerate().filter(|(_, ck)| ck[0] as usize == color).map(|(r, ck)| (ck[1], r)).collect();
+    members.sort_unstable();
+    Ok(Some(members.into_iter().map(|(_, r)| Rank(r)).collect()))
+}
+
+/// `(color, key)` for [`Collective::split`] from the caller's group in a partition of ranks (as a
+/// [`crate::parallel::plan::ParallelPlan`] lists them): the group's lowest rank is its color, the
+/// caller's position in the list its key; a group of one (or a caller outside `group`) gets no color.
+pub fn color_of(group: &[Rank], me: Rank) -> (Option<usize>, usize) {
+    match group.iter().position(|r| *r == me) {
+        Some(key) if group.len() > 1 => (group.iter().map(|r| r.0).min(), key),
+        _ => (None, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `split` orders members by key (ties by rank), leaves uncoloured ranks out, and the groups
+    /// it makes work (gathering the world ranks back in the new rank order).
+    #[test]
+    fn split_orders_by_key_and_forms_working_groups() -> Result<()> {
+        let outs = ThreadComm::run(5, |world| {
+            let r = world.rank().0;
+            let (color, key) = [(Some(1), 5), (None, 0), (Some(1), 2), (Some(7), 0), (Some(1), 2)][r];
+            let Some(group) = world.split(color, key)? else { return Ok(None) };
+            let mine = Tensor::new(&[r as u32], &Device::Cpu)?;
+            Ok(Some((group.rank().0, group.all_gather(&mine, 0)?.to_vec1::<u32>()?)))
+        })?;
+        assert_eq!(outs[1], None);
+        // Color 1: keys 5, 2, 2 for ranks 0, 2, 4 → order 2, 4, 0.
+        assert_eq!(outs[2], Some((0, vec![2, 4, 0])));
+        assert_eq!(outs[4], Some((1, vec![2, 4, 0])));
+        assert_eq!(outs[0], Some((2, vec![2, 4, 0])));
+        assert_eq!(outs[3], Some((0, vec![3])));
+        Ok(())
+    }
+
+    #[test]
+    fn colors_of_plan_groups() {
+        assert_eq!(color_of(&[Rank(3), Rank(1)], Rank(1)), (Some(1), 1));
+        assert_eq!(color_of(&[Rank(3), Rank(1)], Rank(0)), (None, 0));
+        assert_eq!(color_of(&[Rank(2)], Rank(2)), (None, 0));
+    }
 
     #[test]
     fn sub_group_validation() {

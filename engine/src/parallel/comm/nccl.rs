@@ -1,60 +1,47 @@
-//! NCCL backend (feature `cuda`): one process per GPU, NCCL 2.28 through cudarc.
+//! NCCL backend (feature `cuda`): one process per GPU, NCCL 2.28 through cudarc's raw bindings.
 //!
-//! - `all_reduce`, `all_gather`, `broadcast`, `barrier`: native NCCL collectives, wrapped as candle
-//!   `CustomOp1`s (as in candle's `llama_multiprocess` example), written once generically over dtypes.
-//! - `all_to_all`: native grouped `ncclSend`/`ncclRecv` (one group, so no ordering deadlock).
-//! - `send`/`recv` and `sub_group`: through the host-memory socket mesh every world also forms.
-//!   Point-to-point NCCL on one stream deadlocks when two ranks send to each other first, which the
-//!   trait allows; and a real NCCL sub-communicator (`ncclCommSplit`) is a collective call of the
-//!   whole world, while the trait lets members create groups alone. Both are fine for the small
-//!   halo exchanges and CFG groups they serve; switch to `ncclCommSplit` if a group becomes hot.
+//! - Every op runs on the device, on the worker's compute stream (candle's stream of the device), with
+//!   no host staging: `all_reduce`, `all_gather`, `broadcast` are NCCL collectives; `all_to_all`,
+//!   `send`, `recv` and `send_recv` are `ncclSend`/`ncclRecv` inside one NCCL group each (so the
+//!   halo pattern, where both neighbours send first, cannot deadlock).
+//! - Groups: [`Collective::split`] is `ncclCommSplit` (a real device communicator per parallel group,
+//!   made once per plan by `PlanGroups::new`); only the rarely used [`Collective::sub_group`] still
+//!   goes through the host-memory socket mesh every world also forms.
+//! - Failure: [`Collective::abort`] (the worker calls it when the supervisor stops the world) and a
+//!   watchdog thread (an op not complete on the device within `--comm-timeout-ms`) call
+//!   `ncclCommAbort` on every communicator of the world, which also stops kernels spinning on a dead
+//!   peer; later ops fail at once with the reason.
 //!
-//! The unique id is made by rank 0 and relayed by the supervisor (`Hello` → `Init`). Device probing
-//! (`tessera-worker --doctor`) is not here but in `runtime::doctor`.
+//! The world's unique id is made by rank 0 and relayed by the supervisor (`Hello` → `Init`). Device
+//! probing (`tessera-worker --doctor`) is not here but in `runtime::doctor`.
 
-// cudarc's NCCL `Comm` is not `Send` (it holds raw handles); moving it into a `Mutex` that the
-// `Collective` trait (`Send + Sync`) can hold needs one `unsafe impl Send`, argued below.
+// NCCL communicators are raw handles used through cudarc's `result`/`sys` bindings (its safe `Comm`
+// can neither split nor abort from another thread); every `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
-use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{
     CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
-use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
-use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclReduceOp};
+use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::nccl::result as nccl;
+use cudarc::nccl::safe::{Id, NcclType};
+use cudarc::nccl::sys;
 
-use super::mesh::MeshComm;
-use super::{Collective, CommError, ReduceOp};
+use super::{split_members, Collective, CommError, ReduceOp};
 use crate::parallel::Rank;
 
 /// Bytes of an NCCL unique id.
 pub const NCCL_ID_BYTES: usize = 128;
 
-struct SendComm(Comm);
-
-// SAFETY: an NCCL communicator may be used from any thread as long as calls on it are not
-// concurrent (NCCL's thread-safety rule); `SendComm` is private to this module, which only ever
-// reaches the `Comm` through the `Mutex` in `NcclComm` (`NcclComm::lock`). Its stream is an
-// `Arc<CudaStream>`, itself `Send + Sync`.
-unsafe impl Send for SendComm {}
-
-pub struct NcclComm {
-    comm: Mutex<SendComm>,
-    device: CudaDevice,
-    rank: usize,
-    world_size: usize,
-    /// Host-memory mesh for point-to-point and sub-groups (see the module docs).
-    host: MeshComm,
-}
-
-impl std::fmt::Debug for NcclComm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NcclComm(rank {} of {}, {:?})", self.rank, self.world_size, self.device)
-    }
-}
+/// `NCCL_SPLIT_NOCOLOR` of nccl.h: the rank gets no communicator from `ncclCommSplit`.
+const NCCL_SPLIT_NOCOLOR: i32 = -1;
 
 pub fn id_to_bytes(id: &Id) -> Vec<u8> {
     id.internal().iter().map(|&c| c as u8).collect()
@@ -109,35 +96,235 @@ macro_rules! with_nccl_type {
     };
 }
 
-fn nccl_err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
-    candle_core::Error::Msg(format!("NCCL {what} failed: {e:?}"))
+fn nccl_err(what: &str, e: nccl::NcclError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("NCCL {what} failed: {:?}", e.0))
+}
+
+/// One NCCL communicator. The pointer is swapped to null exactly once, by [`Handle::abort`] or on
+/// drop, so `ncclCommAbort` runs once per communicator.
+struct Handle {
+    comm: AtomicPtr<sys::ncclComm>,
+    /// NCCL's rule: no concurrent calls on one communicator. Held for the enqueue of each op.
+    calls: Mutex<()>,
+}
+
+impl Handle {
+    fn new(comm: sys::ncclComm_t) -> Arc<Self> {
+        Arc::new(Self { comm: AtomicPtr::new(comm), calls: Mutex::new(()) })
+    }
+
+    fn abort(&self) {
+        let comm = self.comm.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !comm.is_null() {
+            // SAFETY: `comm` came from ncclCommInitRank/ncclCommSplit and the swap above hands it
+            // to exactly one caller. ncclCommAbort is NCCL's documented way to stop a communicator
+            // whose operations may still be in flight (it makes their kernels return); it is only
+            // called when the job is being torn down (a peer failed, a timeout, the world stops),
+            // after which ops see the null pointer and fail without calling NCCL.
+            if let Err(e) = unsafe { nccl::comm_abort(comm) } {
+                tracing::warn!("ncclCommAbort: {:?}", e.0);
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// One op that has been enqueued and not yet seen complete.
+struct InFlight {
+    done: CudaEvent,
+    since: Instant,
+    what: &'static str,
+    group: String,
+}
+
+/// What the communicators of one world share: every handle (for abort), the first failure, and the
+/// watchdog's queue of ops in flight.
+struct Shared {
+    handles: Mutex<Vec<Weak<Handle>>>,
+    failure: Mutex<Option<String>>,
+    in_flight: Mutex<VecDeque<InFlight>>,
+    timeout: Duration,
+}
+
+impl Shared {
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        // A poisoned lock only means a panic elsewhere; the data (lists, an Option) stays valid.
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, handle: &Arc<Handle>) {
+        let mut handles = Self::lock(&self.handles);
+        handles.retain(|h| h.strong_count() > 0);
+        handles.push(Arc::downgrade(handle));
+    }
+
+    fn check(&self) -> Result<()> {
+        match &*Self::lock(&self.failure) {
+            Some(reason) => Err(CommError::Setup(format!("NCCL communicators aborted: {reason}")).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Aborts every communicator of the world (idempotent; the first reason is kept).
+    fn abort(&self, reason: &str) {
+        {
+            let mut failure = Self::lock(&self.failure);
+            if failure.is_none() {
+                *failure = Some(reason.to_string());
+                tracing::error!("aborting NCCL communicators: {reason}");
+            }
+        }
+        let handles: Vec<Arc<Handle>> = Self::lock(&self.handles).iter().filter_map(Weak::upgrade).collect();
+        for h in handles {
+            h.abort();
+        }
+        Self::lock(&self.in_flight).clear();
+    }
+
+    /// One watchdog pass: drops completed ops; aborts when the oldest is older than the timeout.
+    fn watch_once(&self) {
+        let overdue = {
+            let mut q = Self::lock(&self.in_flight);
+            while q.front().is_some_and(|op| op.done.is_complete()) {
+                q.pop_front();
+            }
+            q.front().filter(|op| op.since.elapsed() > self.timeout).map(|op| {
+                format!(
+                    "{} in {} not complete on the device after {:.0} s (a peer rank is stuck or dead; \
+                     try NCCL_DEBUG=INFO, NCCL_P2P_DISABLE=1 or NCCL_SHM_DISABLE=1)",
+                    op.what,
+                    op.group,
+                    self.timeout.as_secs_f64()
+                )
+            })
+        };
+        if let Some(reason) = overdue {
+            self.abort(&reason);
+        }
+    }
+}
+
+/// Polls the world's in-flight ops every 100 ms until the world is dropped.
+fn spawn_watchdog(shared: &Arc<Shared>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(shared);
+    std::thread::Builder::new().name("nccl-watchdog".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(100));
+        match weak.upgrade() {
+            Some(shared) => shared.watch_once(),
+            None => break,
+        }
+    })?;
+    Ok(())
+}
+
+/// A communicator of the world or of one of its [`Collective::split`] groups.
+pub struct NcclComm {
+    handle: Arc<Handle>,
+    shared: Arc<Shared>,
+    device: CudaDevice,
+    stream: Arc<CudaStream>,
+    rank: usize,
+    world_size: usize,
+    /// World ranks of the members, for messages.
+    members: Vec<usize>,
+    /// Host-memory mesh of the same members, for [`Collective::sub_group`] only.
+    host: Arc<dyn Collective>,
+}
+
+impl std::fmt::Debug for NcclComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NcclComm(rank {} of {}, world ranks {:?}, {:?})",
+            self.rank, self.world_size, self.members, self.device
+        )
+    }
+}
+
+/// Device pointers for one op; the `SyncOnDrop` guards live until the op is enqueued.
+fn view<T: DeviceRepr>(s: &CudaStorage, l: &Layout) -> Result<cudarc::driver::CudaView<'_, T>>
+where
+    T: CudaDType,
+{
+    let (start, end) =
+        l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("NCCL op on a non-contiguous tensor".into()))?;
+    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
 }
 
 impl NcclComm {
-    /// `ncclCommInitRank` on `device`'s stream. Blocks until every rank has called it.
+    /// `ncclCommInitRank` for the world. Blocks until every rank has called it. `timeout`: how long
+    /// an op may stay incomplete on the device before the watchdog aborts the world's communicators.
     pub fn new(
         device: &Device,
         rank: usize,
         world_size: usize,
         id: Id,
-        host: MeshComm,
+        host: Arc<dyn Collective>,
+        timeout: Duration,
     ) -> std::result::Result<Self, CommError> {
         let Device::Cuda(cuda) = device else {
             return Err(CommError::Setup("the NCCL backend needs a CUDA device".into()));
         };
-        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world_size, id)
-            .map_err(|e| CommError::Setup(format!("ncclCommInitRank (rank {rank} of {world_size}): {e:?}")))?;
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        let uid = sys::ncclUniqueId { internal: *id.internal() };
+        // SAFETY: `comm` is a valid out-pointer; the id came from rank 0's ncclGetUniqueId.
+        unsafe { nccl::comm_init_rank(&mut comm, world_size as i32, uid, rank as i32) }
+            .map_err(|e| CommError::Setup(format!("ncclCommInitRank (rank {rank} of {world_size}): {:?}", e.0)))?;
+        let shared = Arc::new(Shared {
+            handles: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            in_flight: Mutex::new(VecDeque::new()),
+            timeout,
+        });
+        spawn_watchdog(&shared).map_err(|e| CommError::Setup(format!("NCCL watchdog thread: {e}")))?;
+        let handle = Handle::new(comm);
+        shared.register(&handle);
         Ok(Self {
-            comm: Mutex::new(SendComm(comm)),
+            handle,
+            shared,
             device: cuda.clone(),
+            stream: cuda.cuda_stream(),
             rank,
             world_size,
-            host: host.with_device(device.clone()),
+            members: (0..world_size).collect(),
+            host,
         })
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, SendComm>> {
-        self.comm.lock().map_err(|_| candle_core::Error::Msg("NCCL communicator lock poisoned".into()))
+    fn group_label(&self) -> String {
+        format!("NCCL group of world ranks {:?}", self.members)
+    }
+
+    /// Runs `enqueue` with the raw communicator and stream under the call lock, then hands the op
+    /// to the watchdog.
+    fn call(
+        &self,
+        what: &'static str,
+        enqueue: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> Result<()>,
+    ) -> Result<()> {
+        self.shared.check()?;
+        {
+            let _calls = Shared::lock(&self.handle.calls);
+            let comm = self.handle.comm.load(Ordering::Acquire);
+            if comm.is_null() {
+                self.shared.check()?;
+                candle_core::bail!("NCCL {what}: the communicator of {} was aborted", self.group_label());
+            }
+            enqueue(comm, self.stream.cu_stream() as sys::cudaStream_t)?;
+        }
+        let done = self.stream.record_event(None).map_err(|e| candle_core::Error::Msg(format!("NCCL {what}: {e}")))?;
+        Shared::lock(&self.shared.in_flight).push_back(InFlight {
+            done,
+            since: Instant::now(),
+            what,
+            group: self.group_label(),
+        });
+        Ok(())
     }
 
     fn on_device(&self, xs: &Tensor) -> Result<Tensor> {
@@ -146,66 +333,142 @@ impl NcclComm {
             _ => xs.to_device(&Device::Cuda(self.device.clone()))?.contiguous(),
         }
     }
+
+    /// An uninitialised device buffer shaped `dims` (NCCL writes every element before it is read).
+    fn output<T: DeviceRepr + CudaDType>(&self, dims: &[usize]) -> Result<CudaStorage> {
+        let n: usize = dims.iter().product();
+        // SAFETY: the buffer is only handed out after an NCCL op wrote all `n` elements of it.
+        let slice = unsafe { self.device.alloc::<T>(n) }?;
+        Ok(CudaStorage::wrap_cuda_slice(slice, self.device.clone()))
+    }
+
+    /// `sends` and `recvs` as one NCCL group; returns the received tensors in `recvs` order.
+    fn grouped_p2p(
+        &self,
+        what: &'static str,
+        sends: &[(usize, Tensor)],
+        recvs: &[(usize, Vec<usize>, DType)],
+    ) -> Result<Vec<Tensor>> {
+        let sends = sends.iter().map(|(p, t)| Ok((*p, self.on_device(t)?))).collect::<Result<Vec<_>>>()?;
+        let mut outs = recvs
+            .iter()
+            .map(|(p, shape, dtype)| {
+                let storage = with_nccl_type!(*dtype, "recv", T => self.output::<T>(shape))?;
+                Ok((*p, Tensor::from_storage(Storage::Cuda(storage), shape.as_slice(), false)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (peer, _) in sends.iter().chain(outs.iter()) {
+            if *peer >= self.world_size || *peer == self.rank {
+                candle_core::bail!("NCCL {what}: peer {peer} invalid for rank {} of {}", self.rank, self.world_size);
+            }
+        }
+        self.call(what, |comm, stream| {
+            nccl::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
+            let enqueued = (|| -> Result<()> {
+                for (peer, xs) in &sends {
+                    p2p(comm, &self.stream, stream, xs, *peer, true)?;
+                }
+                for (peer, xs) in &outs {
+                    p2p(comm, &self.stream, stream, xs, *peer, false)?;
+                }
+                Ok(())
+            })();
+            let ended = nccl::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
+            enqueued?;
+            ended.map(|_| ())
+        })?;
+        Ok(outs.drain(..).map(|(_, t)| t).collect())
+    }
+}
+
+/// `ncclSend` (`send`) or `ncclRecv` of a contiguous CUDA tensor, inside a group.
+fn p2p(
+    comm: sys::ncclComm_t,
+    cu: &CudaStream,
+    stream: sys::cudaStream_t,
+    xs: &Tensor,
+    peer: usize,
+    send: bool,
+) -> Result<()> {
+    fn go<T: NcclType + CudaDType + DeviceRepr>(
+        (comm, cu, stream): (sys::ncclComm_t, &CudaStream, sys::cudaStream_t),
+        s: &CudaStorage,
+        l: &Layout,
+        peer: usize,
+        send: bool,
+    ) -> Result<()> {
+        let v = view::<T>(s, l)?;
+        let (ptr, _sync) = v.device_ptr(cu);
+        // SAFETY: `ptr` addresses `v.len()` live elements of type T on this device (the tensor
+        // outlives the call: the caller holds it until the group ends and the stream orders later
+        // uses); `comm`/`stream` are live (checked by `NcclComm::call`). A receive writes into the
+        // storage of a tensor that was created for it and is not shared yet.
+        unsafe {
+            if send {
+                nccl::send(ptr as _, v.len(), T::as_nccl_type(), peer as i32, comm, stream)
+            } else {
+                nccl::recv(ptr as _, v.len(), T::as_nccl_type(), peer as i32, comm, stream)
+            }
+        }
+        .map(|_| ())
+        .map_err(|e| nccl_err(if send { "ncclSend" } else { "ncclRecv" }, e))
+    }
+    let (storage, layout) = xs.storage_and_layout();
+    let Storage::Cuda(s) = &*storage else { candle_core::bail!("NCCL send/recv needs a CUDA tensor") };
+    with_nccl_type!(s.dtype(), "send/recv", T => go::<T>((comm, cu, stream), s, layout, peer, send))
 }
 
 /// One NCCL collective as a candle op: reads the input's storage, returns freshly allocated output.
 enum NcclOp<'a> {
     AllReduce(&'a NcclComm, ReduceOp),
+    /// Gathers along a new leading axis.
     AllGather(&'a NcclComm),
     Broadcast(&'a NcclComm, usize),
-    /// Receives into a buffer shaped like the input (grouped all-to-all only).
-    Recv(&'a NcclComm, usize),
 }
 
 impl NcclOp<'_> {
     fn comm(&self) -> &NcclComm {
         match self {
-            Self::AllReduce(c, _) | Self::AllGather(c) | Self::Broadcast(c, _) | Self::Recv(c, _) => c,
+            Self::AllReduce(c, _) | Self::AllGather(c) | Self::Broadcast(c, _) => c,
         }
     }
 
-    fn run<T: NcclType + CudaDType + DeviceRepr + ValidAsZeroBits>(
-        &self,
-        s: &CudaStorage,
-        l: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (start, end) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("NCCL op on a non-contiguous tensor".into()))?;
-        let src = s.as_cuda_slice::<T>()?.slice(start..end);
-        let n = end - start;
-        let dev = s.device.clone();
-        let guard = self.comm().lock()?;
-        let comm = &guard.0;
-        let (dst, shape) = match self {
-            Self::AllReduce(_, op) => {
-                let mut dst = dev.alloc_zeros::<T>(n)?;
-                let op = match op {
-                    ReduceOp::Sum => NcclReduceOp::Sum,
-                    ReduceOp::Max => NcclReduceOp::Max,
-                };
-                comm.all_reduce(&src, &mut dst, &op).map_err(|e| nccl_err("all_reduce", e))?;
-                (dst, l.shape().clone())
+    fn run<T: NcclType + CudaDType + DeviceRepr>(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let c = self.comm();
+        let src = view::<T>(s, l)?;
+        let n = src.len();
+        let mut dims = l.dims().to_vec();
+        if let Self::AllGather(_) = self {
+            dims.insert(0, c.world_size);
+        }
+        let mut out = c.output::<T>(&dims)?;
+        let dst = out.as_cuda_slice_mut::<T>()?;
+        c.call("collective", |comm, stream| {
+            let (src_ptr, _s) = src.device_ptr(&c.stream);
+            let (dst_ptr, _d) = dst.device_ptr_mut(&c.stream);
+            let ty = T::as_nccl_type();
+            // SAFETY: `src_ptr` addresses `n` live elements and `dst_ptr` `n` (all-gather:
+            // `n * world_size`) freshly allocated ones of type T on this device; `comm`/`stream`
+            // are live (checked by `NcclComm::call`).
+            unsafe {
+                match self {
+                    Self::AllReduce(_, op) => {
+                        let op = match op {
+                            ReduceOp::Sum => sys::ncclRedOp_t::ncclSum,
+                            ReduceOp::Max => sys::ncclRedOp_t::ncclMax,
+                        };
+                        nccl::all_reduce(src_ptr as _, dst_ptr as _, n, ty, op, comm, stream)
+                    }
+                    Self::AllGather(_) => nccl::all_gather(src_ptr as _, dst_ptr as _, n, ty, comm, stream),
+                    Self::Broadcast(_, root) => {
+                        nccl::broadcast(src_ptr as _, dst_ptr as _, n, ty, *root as i32, comm, stream)
+                    }
+                }
             }
-            Self::AllGather(c) => {
-                let mut dst = dev.alloc_zeros::<T>(n * c.world_size)?;
-                comm.all_gather(&src, &mut dst).map_err(|e| nccl_err("all_gather", e))?;
-                let mut dims = vec![c.world_size];
-                dims.extend_from_slice(l.dims());
-                (dst, Shape::from(dims))
-            }
-            Self::Broadcast(_, root) => {
-                let mut dst = dev.alloc_zeros::<T>(n)?;
-                comm.broadcast(Some(&src), &mut dst, *root as i32).map_err(|e| nccl_err("broadcast", e))?;
-                (dst, l.shape().clone())
-            }
-            Self::Recv(_, peer) => {
-                let mut dst = dev.alloc_zeros::<T>(n)?;
-                comm.recv(&mut dst, *peer as i32).map_err(|e| nccl_err("recv", e))?;
-                (dst, l.shape().clone())
-            }
-        };
-        Ok((CudaStorage::wrap_cuda_slice(dst, dev), shape))
+            .map(|_| ())
+            .map_err(|e| nccl_err("collective", e))
+        })?;
+        Ok((out, Shape::from(dims)))
     }
 }
 
@@ -223,20 +486,6 @@ impl CustomOp1 for NcclOp<'_> {
     }
 }
 
-/// `ncclSend` of a contiguous CUDA tensor (inside a group).
-fn send_raw(comm: &Comm, xs: &Tensor, peer: usize) -> Result<()> {
-    fn go<T: NcclType + CudaDType>(comm: &Comm, s: &CudaStorage, l: &Layout, peer: usize) -> Result<()> {
-        let (start, end) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("NCCL send of a non-contiguous tensor".into()))?;
-        let src = s.as_cuda_slice::<T>()?.slice(start..end);
-        comm.send(&src, peer as i32).map_err(|e| nccl_err("send", e))
-    }
-    let (storage, layout) = xs.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else { candle_core::bail!("NCCL send needs a CUDA tensor") };
-    with_nccl_type!(s.dtype(), "send", T => go::<T>(comm, s, layout, peer))
-}
-
 impl Collective for NcclComm {
     fn rank(&self) -> Rank {
         Rank(self.rank)
@@ -247,11 +496,18 @@ impl Collective for NcclComm {
     }
 
     fn send(&self, xs: &Tensor, dst: Rank) -> Result<()> {
-        self.host.send(xs, dst)
+        self.grouped_p2p("send", &[(dst.0, xs.clone())], &[]).map(|_| ())
     }
 
     fn recv(&self, src: Rank, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        self.host.recv(src, shape, dtype)
+        let mut got = self.grouped_p2p("recv", &[], &[(src.0, shape.to_vec(), dtype)])?;
+        got.pop().ok_or_else(|| candle_core::Error::Msg("NCCL recv: nothing received".into()))
+    }
+
+    fn send_recv(&self, sends: &[(Rank, Tensor)], recvs: &[(Rank, Vec<usize>, DType)]) -> Result<Vec<Tensor>> {
+        let sends: Vec<(usize, Tensor)> = sends.iter().map(|(r, t)| (r.0, t.clone())).collect();
+        let recvs: Vec<(usize, Vec<usize>, DType)> = recvs.iter().map(|(r, s, d)| (r.0, s.clone(), *d)).collect();
+        self.grouped_p2p("send_recv", &sends, &recvs)
     }
 
     fn all_gather(&self, xs: &Tensor, dim: usize) -> Result<Tensor> {
@@ -259,8 +515,13 @@ impl Collective for NcclComm {
         if self.world_size == 1 {
             return Ok(xs.clone());
         }
-        // NCCL gathers along a new leading axis; move it into `dim`.
+        // NCCL gathers along a new leading axis; move it into `dim` (a device copy unless dim 0).
         let stacked = self.on_device(xs)?.apply_op1_no_bwd(&NcclOp::AllGather(self))?;
+        if dim == 0 {
+            let mut dims = xs.dims().to_vec();
+            dims[0] *= self.world_size;
+            return stacked.reshape(dims);
+        }
         let parts = (0..self.world_size).map(|r| stacked.get(r)).collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, dim)
     }
@@ -289,23 +550,20 @@ impl Collective for NcclComm {
         let xs = self.on_device(xs)?;
         let chunks =
             (0..n).map(|j| xs.narrow(split_dim, j * chunk, chunk)?.contiguous()).collect::<Result<Vec<_>>>()?;
-        let mut parts: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
-        cudarc::nccl::result::group_start().map_err(|e| nccl_err("group_start", e))?;
-        let enqueued = (|| -> Result<()> {
-            for (peer, part) in parts.iter_mut().enumerate() {
-                if peer == self.rank {
-                    *part = Some(chunks[peer].clone());
-                    continue;
+        let peers: Vec<usize> = (0..n).filter(|&p| p != self.rank).collect();
+        let sends: Vec<(usize, Tensor)> = peers.iter().map(|&p| (p, chunks[p].clone())).collect();
+        let recvs: Vec<(usize, Vec<usize>, DType)> =
+            peers.iter().map(|&p| (p, chunks[p].dims().to_vec(), xs.dtype())).collect();
+        let mut received = self.grouped_p2p("all_to_all", &sends, &recvs)?.into_iter();
+        let parts = (0..n)
+            .map(|p| {
+                if p == self.rank {
+                    Ok(chunks[p].clone())
+                } else {
+                    received.next().ok_or_else(|| candle_core::Error::Msg("all_to_all: missing part".into()))
                 }
-                send_raw(&self.lock()?.0, &chunks[peer], peer)?;
-                *part = Some(chunks[peer].zeros_like()?.apply_op1_no_bwd(&NcclOp::Recv(self, peer))?);
-            }
-            Ok(())
-        })();
-        let ended = cudarc::nccl::result::group_end().map_err(|e| nccl_err("group_end", e));
-        enqueued?;
-        ended?;
-        let parts = parts.into_iter().flatten().collect::<Vec<_>>();
+            })
+            .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, concat_dim)
     }
 
@@ -324,5 +582,51 @@ impl Collective for NcclComm {
 
     fn sub_group(&self, ranks: &[Rank]) -> Result<Arc<dyn Collective>> {
         self.host.sub_group(ranks)
+    }
+
+    fn split(&self, color: Option<usize>, key: usize) -> Result<Option<Arc<dyn Collective>>> {
+        // The members first (one small all-gather): the same rule the socket backend uses, and the
+        // size and host mesh of the new group.
+        let members = split_members(self, color, key)?;
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        let nccl_color = match color {
+            Some(c) => i32::try_from(c).map_err(|_| candle_core::Error::Msg(format!("split: color {c} too large")))?,
+            None => NCCL_SPLIT_NOCOLOR,
+        };
+        self.shared.check()?;
+        {
+            let _calls = Shared::lock(&self.handle.calls);
+            let parent = self.handle.comm.load(Ordering::Acquire);
+            if parent.is_null() {
+                candle_core::bail!("NCCL split: the communicator of {} was aborted", self.group_label());
+            }
+            // SAFETY: `parent` is live (non-null under the call lock); `comm` is a valid out-pointer;
+            // a null config makes the child inherit the parent's (blocking) configuration.
+            unsafe { sys::ncclCommSplit(parent, nccl_color, key as i32, &mut comm, std::ptr::null_mut()) }
+                .result()
+                .map_err(|e| nccl_err("ncclCommSplit", e))?;
+        }
+        let Some(members) = members else { return Ok(None) };
+        if comm.is_null() {
+            candle_core::bail!("ncclCommSplit returned no communicator for color {nccl_color}");
+        }
+        let handle = Handle::new(comm);
+        self.shared.register(&handle);
+        let rank = members.iter().position(|r| r.0 == self.rank).unwrap_or(0);
+        Ok(Some(Arc::new(NcclComm {
+            handle,
+            shared: self.shared.clone(),
+            device: self.device.clone(),
+            stream: self.stream.clone(),
+            rank,
+            world_size: members.len(),
+            members: members.iter().map(|r| self.members[r.0]).collect(),
+            host: self.host.sub_group(&members)?,
+        })))
+    }
+
+    fn abort(&self) {
+        self.shared.abort("the job is being torn down (a peer failed or the world is stopping)");
+        self.host.abort();
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Phases (each a `PhaseSpan` with its memory peak): `load` (every rank its transformer part: stem
 //! replicated, blocks whole or its FSDP slices; the VAE on the ranks that decode, the encoder on
-//! rank 0 for I2V), `denoise` (the shared loop with [`ShardedPredictor`]: CFG branches on the two
+//! the VAE group for I2V, which encodes the image patch-parallel; under phased residency only the first step's expert), `denoise` — for
+//! two-expert models `denoise_high`, [`switch`,] `denoise_low`, see [`experts`] — (the shared loop with [`ShardedPredictor`]: CFG branches on the two
 //! halves of the world, Ulysses inside each half, FSDP gathers per block), `decode` (the VAE group
 //! `0..vae_parallel` in tiles or halo mode, with `VaePiece` events; rank 0 alone when it is 1).
 //! Rank 0 sends one progress event per step, the final latents before the decode and the decoded
@@ -11,6 +12,7 @@
 //! Prompt embeddings arrive ready (`plan.text_encoder` says who made them: the host, or this world
 //! in a preceding `EncodePrompt` job). Every rank returns [`GenerateStats`] (weights, step times, time inside collectives).
 
+mod experts;
 mod inputs;
 mod resident;
 mod timed;
@@ -27,14 +29,17 @@ use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgr
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::VaeMode;
 use crate::pipeline::denoise::{run_loop, LoopSpec};
+use crate::pipeline::preview::{LatentRgb, PREVIEW_MAX_SIDE};
 use crate::pipeline::request;
 use crate::pipeline::sampling::{self, LatentStats};
 use crate::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use crate::pipeline::wan as wan_pipeline;
 use crate::pipeline::PipelineProgress;
-use crate::runtime::protocol::{GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, WireTensor, WorkerEvent};
-use crate::scheduler;
+use crate::runtime::protocol::{
+    DenoisePreview, GenerateSpec, GenerateStats, JobData, JobOutput, LogLevel, Rgb8Preview, WireTensor, WorkerEvent,
+};
 use crate::weights::Checkpoint;
+use experts::ExpertPhases;
 use resident::{Resident, ResidentKey};
 use timed::{CommStats, TimedComm};
 
@@ -62,7 +67,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
 
     // Decoding ranks: the VAE group `0..vae_parallel` (rank 0 alone when it is 1).
     let decodes = spec.decode && (plan.vae_group().contains(&rank) || rank.0 == 0);
-    let encodes = rank.0 == 0 && spec.image.is_some();
+    // The VAE group encodes the image patch-parallel (rank 0 alone when it is one rank).
+    let encodes = spec.image.is_some() && (plan.vae_group().contains(&rank) || rank.0 == 0);
     let parts = match (decodes, encodes) {
         (true, true) => Some(VaeParts::Both),
         (true, false) => Some(VaeParts::Decoder),
@@ -70,10 +76,17 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         (false, false) => None,
     };
     let key = ResidentKey::new(&model, plan, dtype, parts);
+    // The timesteps say which expert runs first (phased residency loads only that one).
+    let mut sched = params.scheduler(&model.components.scheduler).map_err(invalid)?;
+    let mut loop_spec = LoopSpec::new(&model, params, dtype);
+    // Only rank 0 reports pictures: every rank holds the same latents.
+    loop_spec.preview_every = spec.preview_every.filter(|_| rank.0 == 0);
+    let first_expert = sched.timesteps().first().map_or(0, |&t| loop_spec.expert_at(t));
+    let only = experts::to_load(plan.residency, model.two_experts(), first_expert);
     let load_started = Instant::now();
-    let (stats, world, groups, mut predictor, vae, vae_bytes, mut out_stats) = {
+    let (stats, world, groups, predictor, vae, vae_bytes, mut out_stats) = {
         let _load = ctx.phase("load");
-        let (stats, world, groups, experts, vae, vae_bytes, reused) = match resident::take(&key) {
+        let (stats, world, groups, mut slots, vae, vae_bytes, mut reused) = match resident::take(&key) {
             Some(r) => {
                 r.stats.reset();
                 (r.stats, r.world, r.groups, r.experts, r.vae, r.vae_bytes, true)
@@ -83,17 +96,25 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
                 let groups = PlanGroups::new(&plan, &world)?;
                 let experts =
-                    ShardedPredictor::load_experts(&spec.model, model.two_experts(), &groups, dtype, &device)?;
+                    ShardedPredictor::load_experts(&spec.model, model.two_experts(), only, &groups, dtype, &device)?;
                 let vae = parts.map(|p| vae::load(&spec.model, p, DType::F32, &device)).transpose().map_err(invalid)?;
                 let vae_bytes = if vae.is_some() { Checkpoint::open(&model.components.vae)?.stored_bytes() } else { 0 };
                 (stats, world, groups, experts, vae, vae_bytes, false)
             }
         };
+        // Phased residency kept the last run's low-noise expert: free it before reading the first.
+        if let Some(first) = only {
+            if slots.get(first).is_some_and(Option::is_none) {
+                slots.iter_mut().for_each(|s| *s = None);
+                slots[first] = Some(ShardedPredictor::load_expert(&spec.model, first, &groups, dtype, &device)?);
+                reused = false;
+            }
+        }
         let predictor =
-            ShardedPredictor::from_experts(experts, &groups, &embeds.prompt, embeds.negative.as_ref(), dtype, &device)?;
+            ShardedPredictor::from_experts(slots, &groups, &embeds.prompt, embeds.negative.as_ref(), dtype, &device)?;
         let transformer_bytes = predictor.resident_bytes();
         ctx.add_weights_bytes(transformer_bytes + vae_bytes);
-        let block_bytes = predictor.experts().first().map(|e| e.block_bytes()).unwrap_or(0);
+        let block_bytes = predictor.loaded().next().map(|e| e.block_bytes()).unwrap_or(0);
         let s = GenerateStats {
             weights_bytes: transformer_bytes + vae_bytes,
             transformer_bytes,
@@ -117,6 +138,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         Some(path) => Some(inputs::image_condition(
             ctx,
             &world,
+            groups.vae.as_ref(),
+            &plan,
             vae.as_ref(),
             &latent_stats,
             model.index.expand_timesteps,
@@ -127,17 +150,21 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         None => None,
     };
 
+    let mut phased = ExpertPhases::new(ctx, predictor, &spec.model, model.two_experts(), &groups, dtype);
     let latents = {
-        let _denoise = ctx.phase("denoise");
-        let mut sched = scheduler::from_pretrained(&model.components.scheduler, params.shift).map_err(invalid)?;
-        sched.set_timesteps(params.steps)?;
-        let loop_spec = LoopSpec::new(&model, params, dtype);
+        let to_rgb = LatentRgb::for_latent_channels(vae_cfg.z_dim);
         let (mut last, mut last_comm, mut cancelled) = (Instant::now(), stats.seconds(), false);
-        let result = run_loop(&loop_spec, sched.as_mut(), latents, condition.as_ref(), &mut predictor, &mut |p| {
-            if let PipelineProgress::Step { index, total, .. } = p {
+        let result = run_loop(&loop_spec, sched.as_mut(), latents, condition.as_ref(), &mut phased, &mut |p| {
+            if let PipelineProgress::Preview { index, total, x0 } = &p {
+                let img = to_rgb.project(x0, PREVIEW_MAX_SIDE)?;
+                let preview = Rgb8Preview { width: img.width as u32, height: img.height as u32, rgb: img.rgb };
+                ctx.emit(WorkerEvent::DenoisePreview(DenoisePreview { step: index + 1, total: *total, preview }));
+            }
+            if let PipelineProgress::Step { index, total, expert, .. } = p {
                 let comm = stats.seconds();
                 out_stats.step_seconds.push(last.elapsed().as_secs_f64());
                 out_stats.step_comm_seconds.push(comm - last_comm);
+                out_stats.step_experts.push(expert);
                 if rank.0 == 0 {
                     ctx.progress(index as u64 + 1, total as u64, "denoise");
                 }
@@ -154,7 +181,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             Err(_) if cancelled => {
                 // Every rank stopped at the same step: the world and the weights stay usable.
                 if spec.keep_weights {
-                    let experts = predictor.into_experts();
+                    let experts = phased.finish().into_experts();
                     resident::keep(Resident { key, stats, world, groups, experts, vae, vae_bytes });
                 }
                 return Err(JobError::Cancelled);
@@ -162,6 +189,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             r => r?,
         }
     };
+    out_stats.switched_bytes = phased.switched_bytes;
+    let predictor = phased.finish();
     // `keep_weights: false` frees the transformer before the decode (a lower decode peak; the next
     // run loads it again).
     let experts = spec.keep_weights.then(|| predictor.into_experts());

@@ -13,7 +13,7 @@ use super::{JobCtx, JobError};
 use crate::models::vae::{self, Vae};
 use crate::models::wan::vae::parallel::DecodedPiece;
 use crate::models::wan::vae::{Tiling, VaeParts, VaeProgress};
-use crate::parallel::comm::Collective;
+use crate::parallel::comm::{color_of, Collective, SingleRank};
 use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 use crate::runtime::protocol::{JobOutput, Rgb8Preview, VaeDecodeSpec, VaeEncodeSpec, VaePiece, WorkerEvent};
@@ -82,14 +82,17 @@ fn vae_group(
                 .into(),
         ));
     }
-    if ctx.rank().0 >= n {
-        return Ok(None);
-    }
     if n == world {
         return Ok(Some(ctx.comm().clone()));
     }
+    // Every rank takes part in the split (NCCL makes the group's communicator collectively).
     let members: Vec<Rank> = (0..n).map(Rank).collect();
-    Ok(Some(ctx.comm().sub_group(&members)?))
+    let (color, key) = color_of(&members, ctx.rank());
+    if n == 1 {
+        // A group of one needs no communicator; the others still wait at the closing barrier.
+        return Ok((ctx.rank().0 == 0).then(|| Arc::new(SingleRank) as Arc<dyn Collective>));
+    }
+    Ok(ctx.comm().split(color, key)?)
 }
 
 /// Ranks outside the VAE group wait for the others at the closing barrier.

@@ -119,21 +119,30 @@ impl RowExchange for CommRowExchange {
         let shape_from_above = to_below.as_ref().map(|t| t.dims().to_vec());
         let shape_from_below = to_above.as_ref().map(|t| t.dims().to_vec());
         let dtype = to_above.as_ref().or(to_below.as_ref()).map(|t| t.dtype());
+        let (Some(dtype), true) = (dtype, world > 1) else { return Ok((None, None)) };
+        // One grouped exchange: on NCCL both neighbours send first, which separate sends and
+        // receives on one stream would deadlock.
+        let mut sends = Vec::with_capacity(2);
         if let (Some(t), true) = (&to_above, rank > 0) {
-            self.comm.send(t, Rank(rank - 1))?;
+            sends.push((Rank(rank - 1), t.clone()));
         }
         if let (Some(t), true) = (&to_below, rank + 1 < world) {
-            self.comm.send(t, Rank(rank + 1))?;
+            sends.push((Rank(rank + 1), t.clone()));
         }
-        let (Some(dtype), true) = (dtype, world > 1) else { return Ok((None, None)) };
-        let from_above = match (shape_from_above, rank > 0) {
-            (Some(shape), true) => Some(self.comm.recv(Rank(rank - 1), &shape, dtype)?),
-            _ => None,
+        let mut recvs = Vec::with_capacity(2);
+        let above = match (shape_from_above, rank > 0) {
+            (Some(shape), true) => {
+                recvs.push((Rank(rank - 1), shape, dtype));
+                true
+            }
+            _ => false,
         };
-        let from_below = match (shape_from_below, rank + 1 < world) {
-            (Some(shape), true) => Some(self.comm.recv(Rank(rank + 1), &shape, dtype)?),
-            _ => None,
-        };
+        if let (Some(shape), true) = (shape_from_below, rank + 1 < world) {
+            recvs.push((Rank(rank + 1), shape, dtype));
+        }
+        let mut got = self.comm.send_recv(&sends, &recvs)?.into_iter();
+        let from_above = if above { got.next() } else { None };
+        let from_below = got.next();
         Ok((from_above, from_below))
     }
 

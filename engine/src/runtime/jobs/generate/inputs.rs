@@ -1,5 +1,6 @@
 //! The inputs of a `Generate` job on each rank: prompt embeddings from the spec, and the I2V image
-//! condition (encoded once on rank 0 and broadcast, so only rank 0 needs the VAE encoder).
+//! condition (encoded by the VAE group, patch-parallel, then broadcast: only the VAE group needs the
+//! VAE encoder).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,12 +9,14 @@ use candle_core::{DType, Device, Tensor};
 
 use super::super::{JobCtx, JobError};
 use crate::models::wan::vae::AutoencoderKLWan;
+use crate::models::wan::vae::Tiling;
 use crate::parallel::comm::Collective;
+use crate::parallel::plan::{ParallelPlan, VaeMode};
 use crate::parallel::Rank;
 use crate::pipeline::denoise::Condition;
 use crate::pipeline::image::load_image;
 use crate::pipeline::sampling::LatentStats;
-use crate::pipeline::wan::image_condition as encode_condition;
+use crate::pipeline::wan::{condition_from_mean, condition_video};
 use crate::pipeline::GenerateParams;
 use crate::runtime::protocol::{GenerateSpec, WireTensor};
 
@@ -41,12 +44,16 @@ pub fn prompt_embeds(spec: &GenerateSpec, cfg_on: bool) -> Result<Embeds, JobErr
     Ok(Embeds { prompt, negative })
 }
 
-/// The image condition on every rank: rank 0 loads and encodes `path`, the world broadcasts the
-/// latent part (the masks are rebuilt locally from the shape).
+/// The image condition on every rank: the VAE group (`0..vae_parallel`, which holds the encoder)
+/// encodes the image (A14B: with its zero frames) patch-parallel in the plan's VAE mode — halo
+/// slabs (equal to the untiled encode) or tiles — or rank 0 alone when the group is one rank; the
+/// world then broadcasts rank 0's condition (the TI2V masks are rebuilt locally from the shape).
 #[allow(clippy::too_many_arguments)]
 pub fn image_condition(
     ctx: &JobCtx,
     world: &Arc<dyn Collective>,
+    vae_group: Option<&Arc<dyn Collective>>,
+    plan: &ParallelPlan,
     vae: Option<&AutoencoderKLWan>,
     stats: &LatentStats,
     expand_timesteps: bool,
@@ -58,12 +65,24 @@ pub fn image_condition(
     let [_, z, t, h, w] = *latent_shape;
     // TI2V: the image latent alone; A14B: mask (4 channels) + latent of image and zero frames.
     let shape: Vec<usize> = if expand_timesteps { vec![1, z, 1, h, w] } else { vec![1, 4 + z, t, h, w] };
-    let mine = if ctx.rank() == Rank(0) {
+    let encodes = vae_group.is_some() || ctx.rank() == Rank(0);
+    let mine = if encodes {
         let _encode = ctx.phase("encode_image");
-        let vae = vae.ok_or_else(|| JobError::Invalid("rank 0 has no VAE encoder loaded".into()))?;
-        let image = load_image(path, params.height, params.width, device).map_err(JobError::Invalid)?;
-        let cond = encode_condition(vae, stats, expand_timesteps, &image, params)
-            .map_err(|e| JobError::Invalid(e.to_string()))?;
+        let vae = vae.ok_or_else(|| JobError::Invalid(format!("rank {} has no VAE encoder loaded", ctx.rank().0)))?;
+        let invalid = |e: String| JobError::Invalid(e);
+        let image = load_image(path, params.height, params.width, device).map_err(invalid)?;
+        let video = condition_video(expand_timesteps, &image, params).map_err(|e| invalid(e.to_string()))?;
+        let tiling = match plan.vae_mode {
+            VaeMode::Tiles => Some(Tiling::from(plan.vae_tiling.unwrap_or_default())),
+            VaeMode::Halo => None,
+        };
+        let moments = match vae_group {
+            Some(group) => vae.encode_parallel(&video, group, plan.vae_mode, tiling.as_ref(), &mut |_| {})?,
+            None => vae.encode(&video, tiling.as_ref(), &mut |_| {})?,
+        };
+        drop(video);
+        let cond =
+            condition_from_mean(stats, expand_timesteps, &moments.mean, params).map_err(|e| invalid(e.to_string()))?;
         cond.payload().clone()
     } else {
         Tensor::zeros(shape.as_slice(), DType::F32, device)?

@@ -1,6 +1,6 @@
 //! Weights a worker keeps loaded between `Generate` jobs, so a session's second run with the same
 //! model and plan (another prompt, seed or size) does not read and convert the checkpoint again:
-//! the transformer expert(s) with the communicators they were sharded over, and the VAE parts.
+//! the transformer expert(s) (all of them, or under phased residency the one that ran last) with the communicators they were sharded over, and the VAE parts.
 //!
 //! Reused only when everything that shaped them is the same: the model folder and its weight
 //! files (size and modification time), the plan, the run dtype and the VAE parts. A job that asks
@@ -57,7 +57,8 @@ pub struct Resident {
     pub stats: Arc<CommStats>,
     pub world: Arc<dyn Collective>,
     pub groups: PlanGroups,
-    pub experts: Vec<ShardedTransformer>,
+    /// Expert slots: under phased residency only the last run's running expert is loaded.
+    pub experts: Vec<Option<ShardedTransformer>>,
     pub vae: Option<AutoencoderKLWan>,
     /// Stored bytes of the resident VAE.
     pub vae_bytes: u64,

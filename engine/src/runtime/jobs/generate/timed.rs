@@ -106,6 +106,20 @@ impl Collective for TimedComm {
     fn sub_group(&self, ranks: &[Rank]) -> Result<Arc<dyn Collective>> {
         Ok(Arc::new(Self { inner: self.inner.sub_group(ranks)?, stats: self.stats.clone() }))
     }
+
+    fn split(&self, color: Option<usize>, key: usize) -> Result<Option<Arc<dyn Collective>>> {
+        let inner = self.stats.time(0, || self.inner.split(color, key))?;
+        Ok(inner.map(|inner| Arc::new(Self { inner, stats: self.stats.clone() }) as Arc<dyn Collective>))
+    }
+
+    fn send_recv(&self, sends: &[(Rank, Tensor)], recvs: &[(Rank, Vec<usize>, DType)]) -> Result<Vec<Tensor>> {
+        let bytes = sends.iter().map(|(_, xs)| size(xs)).sum();
+        self.stats.time(bytes, || self.inner.send_recv(sends, recvs))
+    }
+
+    fn abort(&self) {
+        self.inner.abort();
+    }
 }
 
 #[cfg(test)]
