@@ -12,6 +12,8 @@ tracked tree small:
     config.json as `glyph_hidden_dim` (a Tessera key; its default 2048 is diffusers' constant).
   * every weight is rounded to bfloat16 and stored bf16 (sharded at 200 KB, as real checkpoints are
     sharded); the f32 references are computed from exactly those values. Inputs are f32.
+  * transformer_meanflow/ holds only its extra tensors (timestep_embedder_r) in one file; its other
+    shards are relative symlinks to ../transformer/ (byte-identical), tied together by its own index.
 
 usage: scripts/gen_hv15_dit.py OUT_DIR [SEED]     (default seed 0; /work/venv has torch + diffusers)
 Reproducible: one seeded torch.Generator draws everything in a fixed order.
@@ -76,6 +78,28 @@ for n, p in mf.named_parameters():
     if n.startswith("time_embed.timestep_embedder_r."):
         p.add_(randn(*p.shape, scale=0.02))
 mf = bf16_roundtrip(mf, "transformer_meanflow")
+
+
+def share_base_shards():
+    """transformer_meanflow/ = the base shards (relative symlinks to ../transformer/) + one file with the
+    meanflow-only tensors, tied together by its own index: the same weights without a second copy."""
+    mdir, base = os.path.join(d, "transformer_meanflow"), os.path.join(d, "transformer")
+    idx = json.load(open(os.path.join(base, "diffusion_pytorch_model.safetensors.index.json")))
+    for f in os.listdir(mdir):
+        if f.endswith(".safetensors") or f.endswith(".index.json"):
+            os.remove(os.path.join(mdir, f))
+    extra_name = "diffusion_pytorch_model-meanflow.safetensors"
+    extra = {k: v.to(torch.bfloat16).contiguous() for k, v in mf.state_dict().items()
+             if k.startswith("time_embed.timestep_embedder_r.")}
+    save_file(extra, os.path.join(mdir, extra_name), metadata={"format": "pt"})
+    for shard in sorted(set(idx["weight_map"].values())):
+        os.symlink(os.path.join("..", "transformer", shard), os.path.join(mdir, shard))
+    weight_map = dict(idx["weight_map"], **{k: extra_name for k in extra})
+    json.dump({"metadata": {}, "weight_map": weight_map},
+              open(os.path.join(mdir, "diffusion_pytorch_model.safetensors.index.json"), "w"), indent=2, sort_keys=True)
+
+
+share_base_shards()
 
 lt, lh, lw = 3, 4, 6
 noisy = randn(1, LAT_C, lt, lh, lw)
