@@ -83,3 +83,45 @@ fn an_hv15_pipeline_folder_is_recognised_and_generation_refused_clearly() {
     assert!(line.contains("HunyuanVideo 1.5 pipeline folder; so far only its VAE runs"), "{line}");
     assert!(!out.exists());
 }
+
+#[test]
+fn bad_hv15_input_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 frames: the HV1.5 encoder needs 1 + 4k.
+    let video = dir.path().join("video.safetensors");
+    let t = Tensor::zeros((1, 3, 4, 64, 96), candle_core::DType::F32, &Device::Cpu).unwrap();
+    tensor_io::write_atomic(&video, &[("video", t)]).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o =
+        run(tessera().args(["vae", "encode", "--model"]).arg(case()).arg("--video").arg(&video).arg("--out").arg(&out));
+    assert!(!o.status.success() && !out.exists());
+    let line = error_line(&o);
+    assert!(line.starts_with("error: ") && line.contains("video frames must be 1 + 4·k, got 4"), "{line}");
+    // Latents of a Wan VAE (16 channels) given to the HV1.5 VAE (4 here).
+    let latents = dir.path().join("latents.safetensors");
+    let t = Tensor::zeros((1, 16, 2, 4, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+    tensor_io::write_atomic(&latents, &[("latents", t)]).unwrap();
+    let o = run(tessera()
+        .args(["vae", "decode", "--model"])
+        .arg(case())
+        .arg("--latents")
+        .arg(&latents)
+        .arg("--out")
+        .arg(&out));
+    assert!(!o.status.success() && !out.exists());
+    let line = error_line(&o);
+    assert!(line.contains("latents have 16 channels but this VAE expects latent_channels = 4"), "{line}");
+    // Halo mode with more ranks than latent rows names the limit.
+    let inputs = case().join("inputs.safetensors");
+    let o = run(tessera()
+        .args(["vae", "decode", "--model"])
+        .arg(case())
+        .arg("--latents")
+        .arg(&inputs)
+        .arg("--out")
+        .arg(&out)
+        .args(["--ranks", "5", "--mode", "halo"]));
+    assert!(!o.status.success() && !out.exists());
+    let line = error_line(&o);
+    assert!(line.contains("use at most 4 ranks"), "{line}");
+}

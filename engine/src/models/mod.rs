@@ -2,6 +2,7 @@
 //! [`vae`] picks a family's VAE from its config (the VAE jobs and tools run either).
 
 pub mod hv15;
+pub mod qwen25vl_text;
 pub mod umt5;
 pub mod vae;
 pub mod wan;

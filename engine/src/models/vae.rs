@@ -23,8 +23,10 @@ pub enum Vae {
 /// Loads the VAE of `model` (a pipeline root holding `vae/`, or the VAE folder itself), whichever
 /// family it is.
 pub fn load(model: &Path, parts: VaeParts, dtype: DType, device: &Device) -> std::result::Result<Vae, VaeLoadError> {
-    let family = Family::of_vae(model)
-        .map_err(|e| VaeLoadError::Config { path: model.display().to_string(), msg: e.to_string() })?;
+    // The component folder first: its absence gets the loaders' own "no `vae/` folder" message.
+    let dir = crate::weights::component_dir(model, "vae")?;
+    let family = Family::detect(&dir)
+        .map_err(|e| VaeLoadError::Config { path: dir.display().to_string(), msg: e.to_string() })?;
     Ok(match family {
         Family::Wan => Vae::Wan(super::wan::vae::load(model, parts, dtype, device)?),
         Family::HunyuanVideo15 => Vae::Hv15(super::hv15::vae::load(model, parts, dtype, device)?),

@@ -102,6 +102,15 @@ impl FlowMatchEulerScheduler {
     }
 }
 
+/// `np.linspace(1.0, 0.0, n + 1)[:-1]`: the sigmas both HunyuanVideo 1.5 pipelines pass to
+/// [`Scheduler::set_sigmas`] (a different schedule from [`Scheduler::set_timesteps`], which shifts
+/// already-shifted training sigmas again).
+pub fn linear_sigmas(n: usize) -> Vec<f64> {
+    let mut s = np_linspace(1.0, 0.0, n + 1);
+    s.pop();
+    s
+}
+
 impl Scheduler for FlowMatchEulerScheduler {
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
         if num_inference_steps == 0 {
