@@ -8,8 +8,8 @@ This is the project's copy of /work/shared/golden/gen.py that wrote tests/fixtur
 
 * every model's weights are rounded to bfloat16 after the perturbation and stored as bf16
   safetensors (`save_pretrained` after `.to(torch.bfloat16)`), which halves the fixture; every
-  reference output is still computed in float32, from those very rounded values (the model is cast
-  back to f32 before it runs), so a loader that upcasts bf16 storage to f32 meets the same f32
+  reference output is still computed in float32, from those very rounded values (the f32 model holds
+  exactly the bf16 values), so a loader that upcasts bf16 storage to f32 meets the same f32
   tolerances as on the f32-stored set;
 * the shapes are the "hidden" ones below (latents and tiles that do not divide evenly), with
   frame counts and pipeline sizes kept small so the set stays a few MiB.
@@ -20,7 +20,7 @@ outputs.safetensors and case.json describing what was run. Weight files that sev
 (the pipelines' vae/ and transformer/, the prompt case's text_encoder/) are replaced by relative
 symlinks to the one stored copy, as tests/fixtures does everywhere.
 """
-import json, os, sys
+import copy, json, os, sys
 import torch
 from safetensors.torch import save_file
 from diffusers import (AutoencoderKLWan, WanTransformer3DModel,
@@ -41,13 +41,16 @@ def perturb(model, scale=0.02):
     # that every weight influences the output.
     for p in model.parameters():
         p.add_(randn(*p.shape, scale=scale))
-    # Round to bf16 (the stored dtype), then compute every reference in f32 from the rounded values.
-    return model.to(torch.bfloat16).to(torch.float32).eval()
+        # Round to bf16 (the stored dtype); every reference is then computed in f32 from the rounded
+        # values. Parameters only: buffers such as the DiT's RoPE tables are recomputed in f32 on
+        # load, so `model.to(bfloat16)` (which rounds them too) would skew the references.
+        p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    return model.eval()
 
 def save_bf16(model, path):
-    # Store the (already bf16-exact) weights as bf16; the in-memory model stays f32.
-    model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
-    model.to(torch.float32)
+    # Store the (already bf16-exact) weights as bf16 from a copy, so the in-memory model (buffers
+    # included) stays exactly f32.
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
 
 def link(path, target):
     # Replace a weight file written by a pipeline's save_pretrained with a relative symlink to the
