@@ -91,7 +91,7 @@ fn parity_on(set: &str) {
                 plan.join(" ")
             );
             // The bars. Sharding changes no arithmetic except the order of a few
-            // reductions (gathered weights are bit-identical, the 24/36-token sequences are
+            // reductions (gathered weights are bit-identical, the 12/36-token sequences are
             // one attention block either way), so the single-device distance is ~0.
             assert!(grel <= 1e-3, "{set}/{case} {plan:?}: rel {grel:.2e} vs diffusers");
             assert!(srel <= 1e-4, "{set}/{case} {plan:?}: rel {srel:.2e} vs single device");
