@@ -103,15 +103,15 @@ fn every_panel_matches_its_snapshot() {
     );
     assert!(run.pieces.len() >= 4, "tiles over both ranks: {} pieces", run.pieces.len());
 
-    h.state_mut().live = cut(&run, Moment::Denoise);
+    show(h, cut(&run, Moment::Denoise));
     settle(h);
     shot(h, "studio-live-denoise", &options);
-    h.state_mut().live = cut(&run, Moment::Decode);
+    show(h, cut(&run, Moment::Decode));
     settle(h);
     shot(h, "studio-live-decode", &options);
 
     // The finished run; inspect its third tile.
-    h.state_mut().live = run.clone();
+    show(h, run.clone());
     settle(h);
     let third = &run.pieces[2];
     h.get_by_label(&format!("Piece 3 (rank {})", third.rank)).click();
@@ -132,7 +132,7 @@ fn every_panel_matches_its_snapshot() {
     step_until(h, "the halo run", Duration::from_secs(600), |app| app.runs.runs.len() == 2);
     pin_records(h.state_mut());
     let halo = pin(&h.state().live);
-    h.state_mut().live = halo;
+    show(h, halo);
     h.get_by_label("Compare").click();
     settle(h);
     for run in h.state().runs.runs.iter().map(|r| r.title()).collect::<Vec<_>>() {
@@ -191,6 +191,13 @@ fn every_panel_matches_its_snapshot() {
     results.unwrap();
 }
 
+/// Puts `live` on screen (the piece textures are rebuilt from it: their order may have changed).
+fn show(h: &mut Harness<'static, StudioApp>, live: LiveRun) {
+    let app = h.state_mut();
+    app.live = live;
+    app.textures.pieces.clear();
+}
+
 /// Steps until the engine has answered what the form asks (model, prediction) and the layout is
 /// stable, with the pointer gone (no hover highlight or tooltip in the picture).
 fn settle(h: &mut Harness<'static, StudioApp>) {
@@ -221,15 +228,15 @@ const NAMES: [&str; 9] = [
     "studio-error",
 ];
 
-/// Kittest writes RGBA with fast compression; the checked-in files are re-encoded as RGB with the
-/// best compression and adaptive filters (the same pixels, about 30% smaller: the tracked tree is
-/// capped at 50 MiB).
+/// Kittest writes its PNGs with fast compression; the checked-in files are re-encoded with the best
+/// compression and adaptive filters (the same RGBA pixels, smaller: the tracked tree is capped at
+/// 50 MiB). RGBA, not RGB: the frame has translucent pixels (window shadows), compared as such.
 fn recompress(name: &str) {
     use image::codecs::png::{CompressionType, FilterType, PngEncoder};
     let path = std::path::Path::new(OUTPUT).join(format!("{name}.png"));
-    let rgb = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    let rgba = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgba8();
     let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    rgb.write_with_encoder(PngEncoder::new_with_quality(file, CompressionType::Best, FilterType::Adaptive)).unwrap();
+    rgba.write_with_encoder(PngEncoder::new_with_quality(file, CompressionType::Best, FilterType::Adaptive)).unwrap();
 }
 
 /// A fixed machine: 16 cores and 64 GiB of RAM, and with `gpus` four 24 GiB GPUs in a CUDA build
@@ -323,6 +330,11 @@ fn pin(real: &LiveRun) -> LiveRun {
         total,
         history: (1..=total).map(|s| (denoise.0 + denoise.1 * s as f64 / total as f64, s)).collect(),
     };
+    // Pieces in a fixed order (which rank's piece lands first varies), numbered in that order.
+    live.pieces.sort_by_key(|p| (p.piece.latent_chunk, p.piece.pixel_rect[0], p.piece.pixel_rect[1], p.rank.0));
+    for (i, piece) in live.pieces.iter_mut().enumerate() {
+        piece.arrival = i + 1;
+    }
     let decode = span(&live, "decode");
     let n = live.pieces.len().max(1) as f64;
     for (i, piece) in live.pieces.iter_mut().enumerate() {
