@@ -167,6 +167,9 @@ fn every_panel_matches_its_snapshot() {
     h.get_by_label("Setup").click();
     settle(h);
     assert_eq!(h.state().settings.plan.ranks, 4);
+    // The side panel scrolled down to the last device's row and bars.
+    h.get_by_label("rank 3 — GPU 3: NVIDIA GeForce RTX 4090, 23.99 GiB").scroll_to_me();
+    settle(h);
     shot(h, "studio-parallel", &options);
 
     // A worker that cannot start (`false` exits at once): the error banner, and no empty chart.
