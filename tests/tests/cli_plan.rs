@@ -122,7 +122,7 @@ fn a_generate_command_line_plans_as_it_is() {
         "2",
         "--vae-mode",
         "halo",
-        "--text-encoder",
+        "--text-encoder-on",
         "sharded",
         "--fps",
         "24",
