@@ -150,9 +150,9 @@ pub struct GenerationArgs {
     /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
     #[arg(long)]
     pub fps: Option<f64>,
-    /// cpu or cuda: the device of every worker (one per GPU with cuda).
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
+    /// cpu (default) or cuda: the device of every worker (one per GPU with cuda).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
     /// After the denoise: keep (default, or the preset's) the transformer loaded through the VAE
     /// decode and for the session's next run, or free it before the decode (a lower decode peak;
     /// nothing is reused).
@@ -246,7 +246,7 @@ impl GenerationArgs {
             image: self.image.clone(),
             latents: self.latents.clone(),
             plan: applied.plan,
-            device: self.device,
+            device: self.device.unwrap_or(DeviceKind::Cpu),
             keep_weights: applied.keep_weights,
             output: self.out.as_ref().map(|path| Output {
                 path: path.clone(),
