@@ -188,6 +188,8 @@ impl Session {
             plan: req.plan,
             prompt: resolved.prompt,
             negative: resolved.negative,
+            prompt_2: resolved.prompt_2,
+            negative_2: resolved.negative_2,
             image: req.image.clone(),
             latents,
             decode: req.decode,

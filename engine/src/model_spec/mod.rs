@@ -20,6 +20,7 @@
 //! detection branch here.
 
 pub mod files;
+pub mod hv15;
 pub mod index;
 pub mod single_file;
 pub mod text;
@@ -28,6 +29,7 @@ pub mod weights_info;
 use std::path::{Path, PathBuf};
 
 pub use files::{LoraSpec, LoraTarget, ModelFiles};
+pub use hv15::Hv15Configs;
 pub use index::ModelIndex;
 pub use text::TextModel;
 pub use weights_info::WeightsInfo;
@@ -45,8 +47,8 @@ use crate::models::wan::vae::config::Config as VaeConfig;
 pub enum Family {
     /// Wan2.1 / Wan2.2 (`WanPipeline`, `WanImageToVideoPipeline`).
     Wan,
-    /// HunyuanVideo 1.5 (`HunyuanVideo15Pipeline`, `HunyuanVideo15ImageToVideoPipeline`). So far
-    /// only its VAE runs (`tessera vae decode|encode`); [`ModelSpec::from_path`] says so.
+    /// HunyuanVideo 1.5 (`HunyuanVideo15Pipeline`; `HunyuanVideo15ImageToVideoPipeline` is not
+    /// ported yet, [`ModelSpec::from_path`] says so).
     HunyuanVideo15,
 }
 
@@ -110,6 +112,8 @@ pub enum Variant {
     Wan22T2vA14b,
     /// Wan2.2 I2V-A14B: two experts, image latents concatenated as channels.
     Wan22I2vA14b,
+    /// HunyuanVideo 1.5 text-to-video (480p or 720p: the same architecture).
+    Hv15T2v,
 }
 
 impl Variant {
@@ -120,6 +124,7 @@ impl Variant {
             Variant::Wan22Ti2v5b => "Wan2.2 TI2V-5B",
             Variant::Wan22T2vA14b => "Wan2.2 T2V-A14B",
             Variant::Wan22I2vA14b => "Wan2.2 I2V-A14B",
+            Variant::Hv15T2v => "HunyuanVideo 1.5 T2V",
         }
     }
 }
@@ -192,8 +197,6 @@ pub enum ModelSpecError {
     Lora(#[from] LoraError),
     #[error("«lora» {lora}: {msg}")]
     LoraTarget { lora: String, msg: String },
-    #[error("{} is a {} pipeline folder; so far only its VAE runs (tessera vae decode|encode --model …): generation needs its transformer, which is not ported yet", .path.display(), .family.describe())]
-    VaeOnly { family: Family, path: PathBuf },
 }
 
 /// Everything Tessera knows about a model before loading it.
@@ -222,6 +225,9 @@ pub struct ModelSpec {
     /// What was taken from published configs because the files cannot tell, one line each (shown
     /// to the user).
     pub assumed: Vec<String>,
+    /// HunyuanVideo 1.5: the configs its model code loads with (`transformer`/`vae` above then hold
+    /// only the family-generic facts, see [`hv15`]); `None` for Wan.
+    pub hv15: Option<Hv15Configs>,
 }
 
 /// Configs a folder (the `--model` diffusers folder, or `--config`) provides.
@@ -315,9 +321,8 @@ impl ModelSpec {
         let mut folder_configs = Configs::default();
         let mut text = (None, None);
         if pipeline {
-            let family = Family::detect(path)?;
-            if family != Family::Wan {
-                return Err(ModelSpecError::VaeOnly { family, path: path.to_path_buf() });
+            if Family::detect(path)? == Family::HunyuanVideo15 {
+                return hv15::open(path, files);
             }
             folder_configs = Configs::read(path)?;
             let index = folder_configs.index.clone().unwrap_or_default();
@@ -479,6 +484,7 @@ impl ModelSpec {
             files: files.clone(),
             scheduler_config,
             assumed,
+            hv15: None,
         };
         spec.validate()?;
         spec.check_loras()?;
@@ -601,7 +607,7 @@ impl ModelSpec {
     /// A14B / Wan2.1 I2V: the image is VAE-encoded with `frames − 1` zero frames and concatenated
     /// as channels (TI2V encodes the single image).
     pub fn channel_concat_i2v(&self) -> bool {
-        self.transformer.in_channels != self.vae.z_dim
+        self.family == Family::Wan && self.transformer.in_channels != self.vae.z_dim
     }
 
     /// Whether an input image must be given (the transformer takes image channels).
@@ -641,7 +647,8 @@ impl ModelSpec {
 
     /// The pipelines' default frame rate: 24 fps for TI2V-5B, 16 for the Wan2.1-VAE models.
     pub fn default_fps(&self) -> f64 {
-        if self.index.expand_timesteps {
+        // HunyuanVideo 1.5 exports at 24 fps (diffusers' pipeline examples).
+        if self.index.expand_timesteps || self.family == Family::HunyuanVideo15 {
             24.0
         } else {
             16.0
@@ -780,9 +787,20 @@ mod tests {
         assert_eq!(Family::detect(&fixture("golden/pipeline")), Ok(Family::Wan));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "HunyuanVideo15Pipeline"}"#).unwrap();
-        let err = ModelSpec::from_path(dir.path()).unwrap_err();
-        assert_eq!(err, ModelSpecError::VaeOnly { family: Family::HunyuanVideo15, path: dir.path().to_path_buf() });
-        assert!(err.to_string().contains("only its VAE runs"), "{err}");
+        let err = ModelSpec::from_path(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no transformer/config.json"), "{err}");
+        std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "HunyuanVideo15ImageToVideoPipeline"}"#)
+            .unwrap();
+        let err = ModelSpec::from_path(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("HunyuanVideo15ImageToVideoPipeline is not ported yet"), "{err}");
+        let t2v = ModelSpec::from_path(&fixture("hv15/pipeline")).unwrap();
+        assert_eq!((t2v.family, t2v.variant), (Family::HunyuanVideo15, Variant::Hv15T2v));
+        let hv = t2v.hv15.as_ref().unwrap();
+        assert_eq!((hv.transformer.num_layers, hv.vae.latent_channels, hv.guidance_scale), (2, 4, Some(6.0)));
+        // The generic facts the request checks and the planner read.
+        assert_eq!((t2v.num_heads(), t2v.size_multiple(), t2v.vae.z_dim, t2v.default_fps()), (4, 16, 4, 24.0));
+        assert!(!t2v.accepts_image() && !t2v.requires_image() && !t2v.can_encode_text());
+        assert!(t2v.weights.is_some());
         std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "FluxPipeline"}"#).unwrap();
         let err = Family::detect(dir.path()).unwrap_err().to_string();
         assert!(err.contains("unknown model class `FluxPipeline`"), "{err}");

@@ -15,7 +15,7 @@ use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -276,6 +276,10 @@ pub struct GenerateSpec {
     pub prompt: WireTensor,
     /// Negative prompt embeddings; required when `params.guidance > 1`.
     pub negative: Option<WireTensor>,
+    /// HunyuanVideo 1.5: the ByT5 glyph embeddings `(1, M, glyph_dim)` of the prompt and of the
+    /// negative (valid rows only; `None`: no quoted text). Wan: `None`.
+    pub prompt_2: Option<WireTensor>,
+    pub negative_2: Option<WireTensor>,
     /// PNG/JPEG for image-to-video (rank 0 encodes it and broadcasts the latent condition).
     pub image: Option<std::path::PathBuf>,
     /// Initial noise `(1, z, T, h, w)` f32; else seeded noise from `params.seed`.

@@ -5,6 +5,7 @@
 //! - [`encoder`] — [`TextEncoder`] = tokenizer + UMT5; embeddings trimmed to the prompt's length
 //!   and zero-padded exactly as `_get_t5_prompt_embeds`.
 //! - [`sharded`] — `--text-encoder-on sharded`: UMT5 split by layer over the worker ranks.
+//! - [`hv15`] — HunyuanVideo 1.5's MLLM prompt: Qwen2.5-VL chat template, crop, `hidden_states[-3]`.
 //! - [`cache`] — embeddings on disk keyed by (prompt, model identity, length, dtype), so a re-run
 //!   with the same prompt never loads the 11 GB encoder.
 //!
@@ -15,6 +16,7 @@
 pub mod cache;
 pub mod clean;
 pub mod encoder;
+pub mod hv15;
 pub mod sharded;
 pub mod tokenizer;
 
