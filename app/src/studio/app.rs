@@ -443,7 +443,9 @@ impl StudioApp {
         if slot.is_none() {
             let (w, h) = (video.frames.width, video.frames.height);
             let image = ColorImage::from_rgb([w, h], rgb);
-            *slot = Some(ctx.load_texture(format!("frame-{i}"), image, TextureOptions::LINEAR));
+            // Scaled up, a frame shows its pixels as they are (not blurred); scaled down, smoothly.
+            let options = TextureOptions { magnification: egui::TextureFilter::Nearest, ..TextureOptions::LINEAR };
+            *slot = Some(ctx.load_texture(format!("frame-{i}"), image, options));
         }
         slot.clone()
     }
