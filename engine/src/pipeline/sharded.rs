@@ -64,9 +64,9 @@ impl PlanGroups {
 }
 
 /// One loaded transformer of either family, as this rank holds it.
+/// Boxed: the stems differ in size by hundreds of bytes, and an expert slot holds either.
 pub enum Expert {
-    Wan(ShardedTransformer),
-    /// Boxed: the two differ in size by a few hundred bytes of stem, and slots hold either.
+    Wan(Box<ShardedTransformer>),
     Hv15(Box<Hv15ShardedTransformer>),
 }
 
@@ -155,7 +155,7 @@ impl ShardedPredictor {
         }
         let cfg =
             if index == 0 { &model.transformer } else { model.transformer_2.as_ref().unwrap_or(&model.transformer) };
-        ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options()).map(Expert::Wan)
+        ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options()).map(|m| Expert::Wan(Box::new(m)))
     }
 
     /// Loads the experts of `only` (every one of the model when `None`); the others' slots stay
