@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use super::error::SessionError;
 use super::request::{GenerationRequest, Prompt};
 use crate::fields::Field;
-use crate::model_spec::ModelSpec;
+use crate::model_spec::{ModelSpec, TextModel};
 use crate::models::hv15::transformer::valid_rows;
 use crate::parallel::plan::TextEncoderPlacement;
 use crate::pipeline::request::RequestError;
@@ -38,9 +38,9 @@ pub(crate) struct Resolved {
     pub text_job: Option<JobResult>,
 }
 
-/// Encoded texts of this session, f32 on the host.
+/// Encoded texts of this session per (encoder, text, length), f32 on the host.
 pub(crate) struct PromptMemory {
-    encoded: HashMap<(PathBuf, String, usize), Tensor>,
+    encoded: HashMap<(TextModel, String, usize), Tensor>,
     /// The on-disk cache folder (`None`: encode every new text).
     disk_cache: Option<PathBuf>,
 }
@@ -71,12 +71,15 @@ impl PromptMemory {
             return self.resolve_hv15(req, model, negative.as_ref(), on_event);
         }
         let max_len = DEFAULT_MAX_SEQUENCE_LENGTH;
-        let text_job = self.encode_missing(&model.root, &texts, max_len, req.plan.text_encoder, world, on_event)?;
+        // `validate` refused prompt text for a model without an encoder; the stand-in text model
+        // below is never used then (every prompt is a file or a stand-in).
+        let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));
+        let text_job = self.encode_missing(&text_model, &texts, max_len, req.plan.text_encoder, world, on_event)?;
         let text_dim = model.transformer.text_dim;
         let source = |p: &Prompt, field: Field, name: &str| -> Result<WireTensor, SessionError> {
             let t = match p {
                 Prompt::Embeds(path) => embeds_file(path, field, name, text_dim)?,
-                Prompt::Text(t) => self.get(&model.root, t, max_len)?,
+                Prompt::Text(t) => self.get(&text_model, t, max_len)?,
                 Prompt::StandIn(t) => standin(t, text_dim)?,
             };
             Ok(WireTensor::from_tensor(&t)?)
@@ -126,7 +129,8 @@ impl PromptMemory {
             .into());
         }
         let max_len = text::hv15::MAX_LENGTH;
-        let key = |t: &str| (model.root.clone(), t.to_string(), max_len);
+        let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));
+        let key = |t: &str| (text_model.clone(), t.to_string(), max_len);
         let missing: Vec<&str> =
             texts.iter().map(|(t, _)| *t).filter(|t| !self.encoded.contains_key(&key(t))).collect();
         if !missing.is_empty() {
@@ -147,7 +151,7 @@ impl PromptMemory {
             let (text, glyph) = match p {
                 Prompt::Embeds(path) => hv15_embeds_file(path, field, prefix, text_dim, glyph_dim)?,
                 Prompt::StandIn(t) => (standin(t, text_dim)?, None),
-                Prompt::Text(t) => (self.get(&model.root, t, max_len)?, None),
+                Prompt::Text(t) => (self.get(&text_model, t, max_len)?, None),
             };
             Ok((WireTensor::from_tensor(&text)?, glyph.map(|g| WireTensor::from_tensor(&g)).transpose()?))
         };
@@ -157,33 +161,33 @@ impl PromptMemory {
         Ok(Resolved { prompt, negative, prompt_2, negative_2, text_job: None })
     }
 
-    /// Embeddings of `texts` with the text encoder under `root` (encoding only those not in
-    /// memory), `max_len` tokens each; `placement` says where the encoder runs. Also the world's
-    /// text job, when it ran.
+    /// Embeddings of `texts` with the text encoder `text` (encoding only those not in memory),
+    /// `max_len` tokens each; `placement` says where the encoder runs. Also the world's text job,
+    /// when it ran.
     pub fn encode(
         &mut self,
-        root: &Path,
+        text: &TextModel,
         texts: &[&str],
         max_len: usize,
         placement: TextEncoderPlacement,
         world: &mut Supervisor,
         on_event: &mut dyn FnMut(&JobEvent),
     ) -> Result<(Vec<Tensor>, Option<JobResult>), SessionError> {
-        let job = self.encode_missing(root, texts, max_len, placement, world, on_event)?;
-        let tensors = texts.iter().map(|t| self.get(root, t, max_len)).collect::<Result<_, _>>()?;
+        let job = self.encode_missing(text, texts, max_len, placement, world, on_event)?;
+        let tensors = texts.iter().map(|t| self.get(text, t, max_len)).collect::<Result<_, _>>()?;
         Ok((tensors, job))
     }
 
-    fn get(&self, root: &Path, text: &str, max_len: usize) -> Result<Tensor, SessionError> {
+    fn get(&self, model: &TextModel, text: &str, max_len: usize) -> Result<Tensor, SessionError> {
         self.encoded
-            .get(&(root.to_path_buf(), text.to_string(), max_len))
+            .get(&(model.clone(), text.to_string(), max_len))
             .cloned()
             .ok_or_else(|| SessionError::Input(format!("the prompt {text:?} was not encoded")))
     }
 
     fn encode_missing(
         &mut self,
-        root: &Path,
+        model: &TextModel,
         texts: &[&str],
         max_len: usize,
         placement: TextEncoderPlacement,
@@ -192,7 +196,7 @@ impl PromptMemory {
     ) -> Result<Option<JobResult>, SessionError> {
         let mut missing: Vec<&str> = Vec::new();
         for t in texts {
-            if !self.encoded.contains_key(&(root.to_path_buf(), t.to_string(), max_len)) && !missing.contains(t) {
+            if !self.encoded.contains_key(&(model.clone(), t.to_string(), max_len)) && !missing.contains(t) {
                 missing.push(t);
             }
         }
@@ -206,7 +210,7 @@ impl PromptMemory {
                 let opts =
                     TextEncoderOptions { device: Device::Cpu, dtype: Some(DType::F32), max_sequence_length: max_len };
                 let cache = cache_dir.map(PromptCache::new);
-                (text::embed_prompts(root, &missing, &opts, cache.as_ref())?, None)
+                (text::embed_prompts(model, &missing, &opts, cache.as_ref())?, None)
             }
             TextEncoderPlacement::Sharded => {
                 on_event(&JobEvent::Stage { message: "encoding the prompts on the workers".into() });
@@ -215,7 +219,7 @@ impl PromptMemory {
                 // The text job takes a prompt and a negative: two texts at a time.
                 for pair in missing.chunks(2) {
                     let spec = EncodePromptSpec {
-                        model: root.to_path_buf(),
+                        text: model.clone(),
                         prompts: pair.iter().map(|t| t.to_string()).collect(),
                         max_sequence_length: max_len,
                         cache_dir: cache_dir.clone(),
@@ -239,7 +243,7 @@ impl PromptMemory {
             )));
         }
         for (t, e) in missing.iter().zip(tensors) {
-            self.encoded.insert((root.to_path_buf(), t.to_string(), max_len), e.to_dtype(DType::F32)?);
+            self.encoded.insert((model.clone(), t.to_string(), max_len), e.to_dtype(DType::F32)?);
         }
         Ok(job)
     }

@@ -7,6 +7,7 @@
 //! - [`files`]: component files, `--config` and LoRAs a user gives besides (or instead of) a folder.
 //! - [`single_file`]: what a single file holds, its key dialect, the config its shapes imply and
 //!   the published pipeline settings shapes cannot tell.
+//! - [`text`]: the UMT5 encoder and tokenizer ([`TextModel`]): a folder or a single file.
 //! - [`weights_info`]: stored bytes and dtype of a component, from safetensors headers only.
 //!
 //! A model is a diffusers pipeline folder, a folder of single files (ComfyUI's), or component files
@@ -22,6 +23,7 @@ pub mod files;
 pub mod hv15;
 pub mod index;
 pub mod single_file;
+pub mod text;
 pub mod weights_info;
 
 use std::path::{Path, PathBuf};
@@ -29,9 +31,10 @@ use std::path::{Path, PathBuf};
 pub use files::{LoraSpec, LoraTarget, ModelFiles};
 pub use hv15::Hv15Configs;
 pub use index::ModelIndex;
+pub use text::TextModel;
 pub use weights_info::WeightsInfo;
 
-use crate::models::wan::checkpoint_keys::{self, KeyDialect, VaeKeys};
+use crate::models::wan::checkpoint_keys::{self, KeyDialect};
 use crate::models::wan::lora::{LoraError, LoraPlan};
 use crate::weights::{Checkpoint, ComponentWeights, Deltas, WeightsError};
 
@@ -167,7 +170,8 @@ pub struct Components {
     pub vae: Component,
     /// The `scheduler/` folder; `None` for file layouts (the published config applies).
     pub scheduler: Option<PathBuf>,
-    /// UMT5 encoder and its tokenizer: both are needed to encode prompt text.
+    /// UMT5 encoder (a `text_encoder/` folder or a single file) and its tokenizer (`tokenizer/` or
+    /// `tokenizer.json`): both are needed to encode prompt text.
     pub text_encoder: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
 }
@@ -333,7 +337,9 @@ impl ModelSpec {
         } else if given && path.is_file() {
             transformer = Some(single_file::transformer_file(path)?);
         } else if given {
-            let (ts, v) = single_file::folder_of_files(path)?;
+            let found = single_file::folder_of_files(path)?;
+            let (ts, v) = (found.transformers, found.vae);
+            text = (found.text_encoder, found.tokenizer);
             if ts.is_empty() && files.transformer.is_none() {
                 return Err(ModelSpecError::NotPipeline {
                     detail: "no model_index.json and no Wan transformer .safetensors file".into(),
@@ -353,6 +359,15 @@ impl ModelSpec {
         }
         if let Some(f) = &files.vae {
             vae = Some(single_file::vae_file(f)?);
+        }
+        if let Some(f) = &files.text_encoder {
+            text.0 = Some(single_file::text_encoder_file(f)?);
+        }
+        if let Some(t) = &files.tokenizer {
+            if !t.exists() {
+                return Err(ModelSpecError::Missing(t.clone()));
+            }
+            text.1 = Some(t.clone());
         }
         let root = if given { path.to_path_buf() } else { files.transformer.clone().unwrap_or_default() };
         let Some(transformer) = transformer else {
@@ -409,11 +424,20 @@ impl ModelSpec {
                 path: vae.path.clone(),
             })?
         };
+        let mut assumed = Vec::new();
         let text_encoder = match &text.0 {
-            Some(dir) => Some(read_json::<Umt5Config>(&dir.join("config.json"), "text_encoder")?),
+            Some(enc) => {
+                let model = TextModel { encoder: enc.clone(), tokenizer: text.1.clone().unwrap_or_default() };
+                if model.is_single_file() {
+                    assumed.push(
+                        "UMT5 relative_attention_max_distance 128 and layer-norm epsilon 1e-6 (google/umt5-xxl; no tensor holds them)"
+                            .into(),
+                    );
+                }
+                Some(model.config()?)
+            }
             None => None,
         };
-        let mut assumed = Vec::new();
         let (index, scheduler_config) = match configs.index.clone() {
             Some(index) => {
                 let variant = detect_variant(&index, &transformer_cfg, transformer_2.is_some(), &vae_cfg);
@@ -532,11 +556,7 @@ impl ModelSpec {
     /// The VAE's weights as the loaders read them.
     pub fn vae_weights(&self) -> ComponentWeights {
         let c = &self.components.vae;
-        let keys = match c.keys {
-            KeyDialect::Diffusers => VaeKeys::Diffusers,
-            KeyDialect::WanNative { .. } => VaeKeys::Wan21Native,
-        };
-        ComponentWeights::renamed(c.files.clone(), checkpoint_keys::vae_rename(keys, self.vae.num_res_blocks))
+        ComponentWeights::renamed(c.files.clone(), checkpoint_keys::vae_rename(&c.keys, self.vae.num_res_blocks))
     }
 
     fn validate(&self) -> Result<(), ModelSpecError> {
@@ -612,7 +632,17 @@ impl ModelSpec {
 
     /// Both the UMT5 encoder and its tokenizer are there, so prompt text can be encoded.
     pub fn can_encode_text(&self) -> bool {
-        self.components.text_encoder.is_some() && self.components.tokenizer.is_some()
+        self.text_model().is_some()
+    }
+
+    /// The UMT5 encoder and tokenizer, when the model has both.
+    pub fn text_model(&self) -> Option<TextModel> {
+        match (&self.components.text_encoder, &self.components.tokenizer) {
+            (Some(encoder), Some(tokenizer)) => {
+                Some(TextModel { encoder: encoder.clone(), tokenizer: tokenizer.clone() })
+            }
+            _ => None,
+        }
     }
 
     /// The pipelines' default frame rate: 24 fps for TI2V-5B, 16 for the Wan2.1-VAE models.
@@ -665,10 +695,9 @@ pub fn vae_component(path: &Path, config: Option<&Path>) -> Result<(VaeConfig, C
             None => single_file::infer_vae(&probe, path)?,
         };
         single_file::check_vae(&cfg, &single_file::vae_table(&c, cfg.num_res_blocks)?, path)?;
-        let keys = if c.keys == KeyDialect::Diffusers { VaeKeys::Diffusers } else { VaeKeys::Wan21Native };
         return Ok((
             cfg.clone(),
-            ComponentWeights::renamed(c.files, checkpoint_keys::vae_rename(keys, cfg.num_res_blocks)),
+            ComponentWeights::renamed(c.files, checkpoint_keys::vae_rename(&c.keys, cfg.num_res_blocks)),
         ));
     }
     let dir = crate::weights::component_dir(path, "vae")

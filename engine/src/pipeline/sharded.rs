@@ -64,10 +64,12 @@ impl PlanGroups {
 }
 
 /// One loaded transformer of either family, as this rank holds it.
-/// Boxed: the stems differ in size by hundreds of bytes, and an expert slot holds either.
+// A rank holds at most two experts: the few hundred bytes of a struct next to its gigabytes of
+// weights do not matter, so neither variant is boxed for size.
+#[allow(clippy::large_enum_variant)]
 pub enum Expert {
-    Wan(Box<ShardedTransformer>),
-    Hv15(Box<Hv15ShardedTransformer>),
+    Wan(ShardedTransformer),
+    Hv15(Hv15ShardedTransformer),
 }
 
 /// The conditioning of one CFG branch: prompt embeddings `(1, L, text_dim)` and, for HunyuanVideo
@@ -151,11 +153,11 @@ impl ShardedPredictor {
         let weights = model.transformer_weights(index).map_err(candle_core::Error::wrap)?;
         if let (Family::HunyuanVideo15, Some(hv)) = (model.family, &model.hv15) {
             let m = Hv15ShardedTransformer::load(&hv.transformer, &weights, dtype, device, groups.shard_options())?;
-            return Ok(Expert::Hv15(Box::new(m)));
+            return Ok(Expert::Hv15(m));
         }
         let cfg =
             if index == 0 { &model.transformer } else { model.transformer_2.as_ref().unwrap_or(&model.transformer) };
-        ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options()).map(|m| Expert::Wan(Box::new(m)))
+        ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options()).map(Expert::Wan)
     }
 
     /// Loads the experts of `only` (every one of the model when `None`); the others' slots stay

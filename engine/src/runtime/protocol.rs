@@ -250,7 +250,7 @@ pub enum Job {
     VaeDecode(VaeDecodeSpec),
     /// `tessera vae encode` across the world.
     VaeEncode(VaeEncodeSpec),
-    /// UMT5 prompt embeddings with the encoder split by layer over the world (`--text-encoder sharded`).
+    /// UMT5 prompt embeddings with the encoder split by layer over the world (`--text-encoder-on sharded`).
     EncodePrompt(EncodePromptSpec),
     /// `tessera generate` across the world: load, sharded denoise, VAE decode (see `jobs::generate`).
     Generate(Box<GenerateSpec>),
@@ -353,8 +353,8 @@ pub struct VaeEncodeSpec {
 /// second, if any).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncodePromptSpec {
-    /// Pipeline folder holding `text_encoder/` and `tokenizer/`.
-    pub model: std::path::PathBuf,
+    /// The UMT5 encoder and tokenizer (folders or single files).
+    pub text: crate::model_spec::TextModel,
     pub prompts: Vec<String>,
     pub max_sequence_length: usize,
     /// Prompt-embedding cache folder (`None`: no cache).
