@@ -5,7 +5,8 @@ The shared generator's `prompt` case, MLLM half, on the tracked fixtures: the sy
 `tokenizer/` of the shared case (703 tokens, Qwen2.5-VL chat template, right padding) and the tracked
 `qwen/text_encoder` (bf16-stored tiny Qwen2_5_VLTextModel, run in f32), through
 `HunyuanVideo15Pipeline._get_mllm_prompt_embeds(..., tokenizer_max_length=46, crop_start=113)` for the
-shared case's six prompts (quoted text, non-ASCII, empty, truncated). crop_start 113 is this tokenizer's
+shared case's six prompts (quoted text, non-ASCII, empty, truncated), and each prompt's
+`extract_glyph_texts` (the ByT5 input). crop_start 113 is this tokenizer's
 count of tokens up to and including `<|im_start|>user\\n` (the real tokenizer's is 108).
 
 usage: scripts/gen_hv15_prompt.py FIXTURES_DIR SHARED_PROMPT_CASE
@@ -17,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 import diffusers, transformers
-from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import HunyuanVideo15Pipeline
+from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import (HunyuanVideo15Pipeline,
+                                                                         extract_glyph_texts)
 from transformers import AutoTokenizer, Qwen2_5_VLTextModel
 
 torch.set_grad_enabled(False)
@@ -45,6 +47,7 @@ save_file(outputs, os.path.join(d, "outputs.safetensors"))
 json.dump(dict(kind="prompt", prompts=prompts, crop_start=crop, tokenizer_max_length=max_len,
                system_message=case["system_message"], crop_prefix=case["crop_prefix"],
                rendered_templates=case["rendered_templates"],
+               glyph_texts=[extract_glyph_texts(p) for p in prompts],
                call=f"HunyuanVideo15Pipeline._get_mllm_prompt_embeds(qwen/text_encoder in f32, tokenizer, prompt_i, "
                     f"tokenizer_max_length={max_len}, crop_start={crop})",
                outputs={"mllm_embeds_i": "[1, 46, 32]: hidden_states[-3][:, crop_start:] (padded rows: pad-token states)",

@@ -138,3 +138,55 @@ fn hv15_generation_on_workers_matches_one_rank_and_diffusers() {
     assert!(rel <= 1e-4, "guidance 1: latents rel {rel:.2e}");
     session.shutdown();
 }
+
+/// Prompt text on an HV1.5 folder with `text_encoder/` (Qwen2.5-VL) and `tokenizer/`: the session
+/// encodes the prompt and the default empty negative on the host (chat template, crop,
+/// `hidden_states[-3]`; diffusers parity in `parity_hv15_prompt`) and the workers' run equals the
+/// single-device pipeline given those embeddings. Quoted text (ByT5, not wired) is refused in one line.
+#[test]
+fn hv15_prompt_text_is_encoded_by_the_session() {
+    use tessera_engine::models::qwen25vl_text;
+    use tessera_engine::pipeline::hv15::{Hv15Pipeline, PromptEmbeds};
+    use tessera_engine::text::hv15::{mllm_embeds, MllmTokenizer, MAX_LENGTH};
+
+    init_logging();
+    let fixtures = case().join("..");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for entry in ["model_index.json", "scheduler", "guider", "transformer", "vae"] {
+        std::os::unix::fs::symlink(case().join(entry).canonicalize().unwrap(), root.join(entry)).unwrap();
+    }
+    std::os::unix::fs::symlink(fixtures.join("qwen/text_encoder").canonicalize().unwrap(), root.join("text_encoder"))
+        .unwrap();
+    std::os::unix::fs::symlink(fixtures.join("prompt/tokenizer").canonicalize().unwrap(), root.join("tokenizer"))
+        .unwrap();
+    let text = "A quiet lake at dawn, mist over the water, no text anywhere.";
+    let mut req = request(6.0, ParallelPlan { ranks: 2, cfg_parallel: 2, vae_parallel: 2, ..Default::default() });
+    req.model = root.to_path_buf();
+    req.prompt = Prompt::Text(text.into());
+    req.negative = None;
+    let mut session = Session::new(options());
+    let g = session.generate(&req, &mut |_| {}).unwrap();
+
+    let tok = MllmTokenizer::from_path(&root.join("tokenizer")).unwrap();
+    let qwen = qwen25vl_text::load(&root.join("text_encoder"), DType::F32, &Device::Cpu).unwrap();
+    let embeds = |t: &str| PromptEmbeds {
+        text: mllm_embeds(&qwen, &tok, t, MAX_LENGTH).unwrap().squeeze(0).unwrap(),
+        glyph: None,
+    };
+    let pipe = Hv15Pipeline::load(root, DType::F32, &Device::Cpu).unwrap();
+    let noise =
+        tensor_io::read_tensor(&case().join("inputs.safetensors"), "latents", DType::F32, &Device::Cpu).unwrap();
+    let want = pipe.denoise_t2v(&noise, 4, 6.0, None, &embeds(text), Some(&embeds(""))).unwrap();
+    let (max, rel) = errors(&g.latents, &want);
+    println!(
+        "prompt text, C2: latents max-abs {max:.2e} rel {rel:.2e} vs the one-device pipeline on the same embeddings"
+    );
+    // The same embeddings and the same ops: CFG parallel computes each branch on one rank.
+    assert!(rel <= 1e-6, "rel {rel:.2e}");
+
+    req.prompt = Prompt::Text("a sign that says \"Hello\"".into());
+    let err = session.generate(&req, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("ByT5 glyph encoder"), "{err}");
+    session.shutdown();
+}

@@ -67,34 +67,15 @@ impl PromptMemory {
                 _ => None,
             })
             .collect();
+        if model.hv15.is_some() {
+            return self.resolve_hv15(req, model, negative.as_ref(), on_event);
+        }
         let max_len = DEFAULT_MAX_SEQUENCE_LENGTH;
         // `validate` refused prompt text for a model without an encoder; the stand-in text model
         // below is never used then (every prompt is a file or a stand-in).
         let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));
         let text_job = self.encode_missing(&text_model, &texts, max_len, req.plan.text_encoder, world, on_event)?;
         let text_dim = model.transformer.text_dim;
-        if let Some(hv) = &model.hv15 {
-            let glyph_dim = hv.transformer.text_embed_2_dim;
-            let source = |p: &Prompt, field: Field, prefix: &str| -> Result<_, SessionError> {
-                let (text, glyph) = match p {
-                    Prompt::Embeds(path) => hv15_embeds_file(path, field, prefix, text_dim, glyph_dim)?,
-                    Prompt::StandIn(t) => (standin(t, text_dim)?, None),
-                    Prompt::Text(_) => {
-                        return Err(RequestError::new(
-                            field,
-                            "HunyuanVideo 1.5 prompt text needs its Qwen2.5-VL and ByT5 encoders, which are not wired yet: give prompt embeddings",
-                        )
-                        .into())
-                    }
-                };
-                Ok((WireTensor::from_tensor(&text)?, glyph.map(|g| WireTensor::from_tensor(&g)).transpose()?))
-            };
-            let (prompt, prompt_2) = source(&req.prompt, Field::PromptEmbeds, "")?;
-            let negative =
-                negative.as_ref().map(|n| source(n, Field::NegativePromptEmbeds, "negative_")).transpose()?;
-            let (negative, negative_2) = negative.map_or((None, None), |(t, g)| (Some(t), g));
-            return Ok(Resolved { prompt, negative, prompt_2, negative_2, text_job });
-        }
         let source = |p: &Prompt, field: Field, name: &str| -> Result<WireTensor, SessionError> {
             let t = match p {
                 Prompt::Embeds(path) => embeds_file(path, field, name, text_dim)?,
@@ -113,6 +94,71 @@ impl PromptMemory {
             negative_2: None,
             text_job,
         })
+    }
+
+    /// [`Self::resolve`] for HunyuanVideo 1.5: embeddings files (both streams), stand-ins, or text
+    /// through its MLLM (Qwen2.5-VL on the host; prompts with quoted text need the ByT5 glyph
+    /// encoder, which is not wired yet, and say so).
+    fn resolve_hv15(
+        &mut self,
+        req: &GenerationRequest,
+        model: &ModelSpec,
+        negative: Option<&Prompt>,
+        on_event: &mut dyn FnMut(&JobEvent),
+    ) -> Result<Resolved, SessionError> {
+        let Some(hv) = &model.hv15 else { return Err(SessionError::Input("not a HunyuanVideo 1.5 model".into())) };
+        let (text_dim, glyph_dim) = (hv.transformer.text_embed_dim, hv.transformer.text_embed_2_dim);
+        let mut texts: Vec<(&str, Field)> = Vec::new();
+        for (p, field) in [(Some(&req.prompt), Field::Prompt), (negative, Field::NegativePrompt)] {
+            if let Some(Prompt::Text(t)) = p {
+                if text::hv15::glyph_text(t).is_some() {
+                    return Err(RequestError::new(
+                        field,
+                        "quoted text in a HunyuanVideo 1.5 prompt is drawn by its ByT5 glyph encoder, which is not wired yet: drop the quotes or give prompt embeddings",
+                    )
+                    .into());
+                }
+                texts.push((t.as_str(), field));
+            }
+        }
+        if !texts.is_empty() && req.plan.text_encoder == TextEncoderPlacement::Sharded {
+            return Err(RequestError::new(
+                Field::TextEncoder,
+                "HunyuanVideo 1.5 encodes prompts on the host so far: set «text-encoder» cpu",
+            )
+            .into());
+        }
+        let max_len = text::hv15::MAX_LENGTH;
+        let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));
+        let key = |t: &str| (text_model.clone(), t.to_string(), max_len);
+        let missing: Vec<&str> =
+            texts.iter().map(|(t, _)| *t).filter(|t| !self.encoded.contains_key(&key(t))).collect();
+        if !missing.is_empty() {
+            on_event(&JobEvent::Stage { message: "encoding the prompts (Qwen2.5-VL on the host)".into() });
+            let (encoder, tokenizer) = match (&model.components.text_encoder, &model.components.tokenizer) {
+                (Some(e), Some(t)) => (e, t),
+                _ => return Err(SessionError::Input("the model has no text_encoder/ and tokenizer/".into())),
+            };
+            let tok = text::hv15::MllmTokenizer::from_path(tokenizer)?;
+            let qwen = crate::models::qwen25vl_text::load(encoder, DType::F32, &Device::Cpu)
+                .map_err(|e| SessionError::Input(format!("loading the text encoder: {e}")))?;
+            for t in missing {
+                let e = text::hv15::mllm_embeds(&qwen, &tok, t, max_len)?;
+                self.encoded.insert(key(t), e);
+            }
+        }
+        let source = |p: &Prompt, field: Field, prefix: &str| -> Result<_, SessionError> {
+            let (text, glyph) = match p {
+                Prompt::Embeds(path) => hv15_embeds_file(path, field, prefix, text_dim, glyph_dim)?,
+                Prompt::StandIn(t) => (standin(t, text_dim)?, None),
+                Prompt::Text(t) => (self.get(&text_model, t, max_len)?, None),
+            };
+            Ok((WireTensor::from_tensor(&text)?, glyph.map(|g| WireTensor::from_tensor(&g)).transpose()?))
+        };
+        let (prompt, prompt_2) = source(&req.prompt, Field::PromptEmbeds, "")?;
+        let negative = negative.map(|n| source(n, Field::NegativePromptEmbeds, "negative_")).transpose()?;
+        let (negative, negative_2) = negative.map_or((None, None), |(t, g)| (Some(t), g));
+        Ok(Resolved { prompt, negative, prompt_2, negative_2, text_job: None })
     }
 
     /// Embeddings of `texts` with the text encoder `text` (encoding only those not in memory),

@@ -4,7 +4,8 @@
 //! The family seam: the spec's shared `transformer` / `vae` fields hold the facts the
 //! family-generic code reads (attention heads, blocks, latent channels, patch, compression, text
 //! width; [`generic_dit`], [`generic_vae`]), and [`ModelSpec::hv15`] the HV1.5 configs the model
-//! code loads with. Text encoders are not read yet: prompts come as embeddings (or stand-ins).
+//! code loads with. `text_encoder/` (Qwen2.5-VL) and `tokenizer/` are the components prompt text
+//! needs; the ByT5 glyph encoder (`text_encoder_2/`) is not read yet.
 
 use std::path::Path;
 
@@ -126,8 +127,10 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
             transformer_2: None,
             vae,
             scheduler: Some(path.join("scheduler")),
-            text_encoder: None,
-            tokenizer: None,
+            // The MLLM encoder and its tokenizer (`can_encode_text`); `ModelSpec::text_encoder`
+            // (a UMT5 config) stays `None`.
+            text_encoder: Some(path.join("text_encoder")).filter(|d| d.join("config.json").is_file()),
+            tokenizer: Some(path.join("tokenizer")).filter(|d| d.join("tokenizer.json").is_file()),
         },
         index,
         transformer: generic_dit(&transformer_cfg),

@@ -106,3 +106,34 @@ pub fn mllm_embeds(
     let hidden = model.hidden_skipping(&ids, LAYERS_TO_SKIP)?;
     Ok(hidden.narrow(0, crop, ids.len() - crop)?.unsqueeze(0)?)
 }
+
+/// The ByT5 input of `prompt` as `extract_glyph_texts` makes it: every `"…"` or `“…”` (non-greedy,
+/// not across a newline, empty quotes kept; an unclosed quote is skipped), de-duplicated in order
+/// when there are two or more, written `Text "a". Text "b". `; `None` without quoted text.
+pub fn glyph_text(prompt: &str) -> Option<String> {
+    let chars: Vec<char> = prompt.chars().collect();
+    let mut found: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let close = match chars[i] {
+            '"' => Some('"'),
+            '\u{201c}' => Some('\u{201d}'),
+            _ => None,
+        };
+        let rest = &chars[i + 1..];
+        if let Some(len) = close.and_then(|c| rest.iter().take_while(|x| **x != '\n').position(|x| *x == c)) {
+            found.push(rest[..len].iter().collect());
+            i += len + 2;
+        } else {
+            i += 1;
+        }
+    }
+    if found.len() > 1 {
+        let mut seen = std::collections::HashSet::new();
+        found.retain(|t| seen.insert(t.clone()));
+    }
+    if found.is_empty() {
+        return None;
+    }
+    Some(found.iter().map(|t| format!("Text \"{t}\"")).collect::<Vec<_>>().join(". ") + ". ")
+}
