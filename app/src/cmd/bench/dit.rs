@@ -250,15 +250,17 @@ fn bench_dit(a: BenchDitArgs) -> Result<()> {
         };
         let mut contenders = vec![Contender { name: "tessera".into(), command: Box::new(ours) }];
         if let Some(py) = &a.diffusers {
-            let theirs = || {
+            // `move` copies these references into the closure (`py` itself is a local).
+            let (script, model, inputs, out, a) = (&script, &model, &inputs, &theirs_out, &a);
+            let theirs = move || {
                 let mut c = Command::new(py);
-                c.arg(&script)
+                c.arg(script)
                     .arg("--model")
-                    .arg(&model)
+                    .arg(model)
                     .arg("--inputs")
-                    .arg(&inputs)
+                    .arg(inputs)
                     .arg("--out")
-                    .arg(&theirs_out)
+                    .arg(out)
                     .args(["--warmup", &a.warmup.to_string(), "--iters", &a.iters.to_string()])
                     .args(["--threads", &threads.to_string()]);
                 a.interleave.apply_threads(&mut c);

@@ -179,14 +179,17 @@ pub fn run(a: BenchVaeArgs) -> Result<()> {
                 };
                 let mut contenders = vec![Contender { name: "tessera".into(), command: Box::new(ours) }];
                 if let Some(py) = &a.diffusers {
-                    let theirs = || {
+                    // `move` copies these references into the closure (`py` itself is a local).
+                    let (script, model, latents, tiling, interleave) =
+                        (&script, &model, &latents, &tiling, &a.interleave);
+                    let theirs = move || {
                         let mut c = Command::new(py);
-                        c.arg(&script).arg("--model").arg(model.join("vae")).arg("--latents").arg(&latents);
+                        c.arg(script).arg("--model").arg(model.join("vae")).arg("--latents").arg(latents);
                         c.args(["--threads", &threads.to_string()]);
                         if tiled {
-                            c.args(["--tiling", &tiling]);
+                            c.args(["--tiling", tiling]);
                         }
-                        a.interleave.apply_threads(&mut c);
+                        interleave.apply_threads(&mut c);
                         c
                     };
                     contenders.push(Contender { name: "diffusers".into(), command: Box::new(theirs) });
