@@ -105,7 +105,7 @@ case_ "I2V-A14B ×1 block ×2 experts 128×128×9, CFG 2 + halo VAE 2" i2v-a14b 
 A14B64=(--height 64 --width 64 --frames 5 --guidance 3.5 --image "$GOLDEN/a14b_i2v/image.png" --ranks 2 --ulysses 1 --cfg-parallel 2 --fsdp 2 --vae-parallel 2 --vae-mode halo)
 case_ "I2V-A14B ×1 block ×2 experts 64×64×5, CFG 2 + FSDP 2 + halo VAE 2, phased" i2v-a14b FILES "${A14B64[@]}" --residency phased
 case_ "I2V-A14B ×1 block ×2 experts 64×64×5, CFG 2 + FSDP 2 + halo VAE 2, pipeline" i2v-a14b FILES "${A14B64[@]}" --residency pipeline
-case_ "golden tiny + tiny UMT5 sharded, 512-token prompt" tiny TEXT --height 96 --width 128 --frames 9 --guidance 5 --ranks 2 --ulysses 2 --vae-parallel 1 --text-encoder sharded
+case_ "golden tiny + tiny UMT5 sharded, 512-token prompt" tiny TEXT --height 96 --width 128 --frames 9 --guidance 5 --ranks 2 --ulysses 2 --vae-parallel 1 --text-encoder-on sharded
 
 python3 - "$rows" <<'EOF'
 import sys

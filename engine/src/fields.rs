@@ -31,10 +31,14 @@ pub enum Field {
     VaeParallel,
     VaeMode,
     Tiling,
-    TextEncoder,
+    /// Where UMT5 runs (host or the workers).
+    TextEncoderOn,
     Transformer,
     Transformer2,
     Vae,
+    /// A UMT5 text-encoder file.
+    TextEncoder,
+    Tokenizer,
     Config,
     Lora,
 }
@@ -49,7 +53,7 @@ pub enum Audience {
 }
 
 impl Field {
-    pub const ALL: [Field; 31] = [
+    pub const ALL: [Field; 33] = [
         Field::Model,
         Field::Prompt,
         Field::NegativePrompt,
@@ -75,10 +79,12 @@ impl Field {
         Field::VaeParallel,
         Field::VaeMode,
         Field::Tiling,
-        Field::TextEncoder,
+        Field::TextEncoderOn,
         Field::Transformer,
         Field::Transformer2,
         Field::Vae,
+        Field::TextEncoder,
+        Field::Tokenizer,
         Field::Config,
         Field::Lora,
     ];
@@ -111,10 +117,12 @@ impl Field {
             Field::VaeParallel => "vae-parallel",
             Field::VaeMode => "vae-mode",
             Field::Tiling => "tiling",
-            Field::TextEncoder => "text-encoder",
+            Field::TextEncoderOn => "text-encoder-on",
             Field::Transformer => "transformer",
             Field::Transformer2 => "transformer-2",
             Field::Vae => "vae",
+            Field::TextEncoder => "text-encoder",
+            Field::Tokenizer => "tokenizer",
             Field::Config => "config",
             Field::Lora => "lora",
         }
@@ -148,10 +156,12 @@ impl Field {
             Field::VaeParallel => "VAE parallel",
             Field::VaeMode => "VAE mode",
             Field::Tiling => "Tiling",
-            Field::TextEncoder => "Text encoder",
+            Field::TextEncoderOn => "Text encoder on",
             Field::Transformer => "Transformer file",
             Field::Transformer2 => "Transformer 2 file",
             Field::Vae => "VAE file",
+            Field::TextEncoder => "Text encoder file",
+            Field::Tokenizer => "Tokenizer",
             Field::Config => "Config",
             Field::Lora => "LoRAs",
         }

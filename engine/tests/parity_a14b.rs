@@ -15,6 +15,7 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
+use common::recording::Recording;
 use common::{assert_close, errors, golden};
 use tessera_engine::model_spec::ModelSpec;
 use tessera_engine::models::wan::vae::{self, VaeParts};
@@ -25,32 +26,6 @@ use tessera_engine::pipeline::sharded::{PlanGroups, ShardedPredictor};
 use tessera_engine::pipeline::{wan, GenerateParams, PromptEmbeds, WanPipeline};
 use tessera_engine::scheduler::{self, Scheduler};
 use tessera_engine::tensor_io;
-
-/// Records every `step` call of the wrapped scheduler: (model output, returned latents).
-struct Recording {
-    inner: Box<dyn Scheduler>,
-    steps: Vec<(Tensor, Tensor)>,
-}
-
-impl Scheduler for Recording {
-    fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.inner.set_timesteps(n)
-    }
-    fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
-        self.inner.set_sigmas(sigmas)
-    }
-    fn timesteps(&self) -> &[f32] {
-        self.inner.timesteps()
-    }
-    fn sigmas(&self) -> &[f32] {
-        self.inner.sigmas()
-    }
-    fn step(&mut self, model_output: &Tensor, step_index: usize, sample: &Tensor) -> Result<Tensor> {
-        let next = self.inner.step(model_output, step_index, sample)?;
-        self.steps.push((model_output.clone(), next.clone()));
-        Ok(next)
-    }
-}
 
 /// Records (expert, guidance) of every prediction the loop asks the real predictor for.
 struct Asked<'a> {
@@ -132,7 +107,7 @@ fn denoise(c: &Case, params: &GenerateParams) -> Denoised {
         &dev,
     )
     .unwrap();
-    let mut sched = Recording { inner: scheduler::from_pretrained(&c.dir, None, None).unwrap(), steps: vec![] };
+    let mut sched = Recording::new(scheduler::from_pretrained(&c.dir, None, None).unwrap());
     sched.set_timesteps(params.steps).unwrap();
     let mut asked = Asked { inner: &mut predictor, calls: vec![] };
     let spec = LoopSpec::new(&spec, params, DType::F32);

@@ -18,8 +18,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::errors;
+use common::recording::Recording;
 use tessera_engine::api::{
     GenerateParams, GenerationRequest, JobEvent, LoraSpec, ModelFiles, ParallelPlan, Prompt, SchedulerKind, Session,
     SessionOptions,
@@ -74,32 +75,6 @@ fn check(what: &str, got: &Tensor, want: &Tensor) {
     assert!(rel <= TOL, "{what}: relative {rel:.3e} > {TOL:e}");
 }
 
-/// Records what the loop passes to each step and what the step returns.
-struct Recording {
-    inner: Box<dyn Scheduler>,
-    steps: Vec<(Tensor, Tensor)>,
-}
-
-impl Scheduler for Recording {
-    fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.inner.set_timesteps(n)
-    }
-    fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
-        self.inner.set_sigmas(sigmas)
-    }
-    fn timesteps(&self) -> &[f32] {
-        self.inner.timesteps()
-    }
-    fn sigmas(&self) -> &[f32] {
-        self.inner.sigmas()
-    }
-    fn step(&mut self, model_output: &Tensor, step_index: usize, sample: &Tensor) -> Result<Tensor> {
-        let next = self.inner.step(model_output, step_index, sample)?;
-        self.steps.push((model_output.clone(), next.clone()));
-        Ok(next)
-    }
-}
-
 #[test]
 fn every_step_matches_diffusers_with_the_expert_loras() {
     let dev = Device::Cpu;
@@ -113,7 +88,7 @@ fn every_step_matches_diffusers_with_the_expert_loras() {
     for (euler, prefix) in [(true, ""), (false, "unipc_")] {
         let p = params(euler);
         let inner = p.scheduler_in(&pipeline().join("scheduler")).unwrap();
-        let mut sched = Recording { inner, steps: vec![] };
+        let mut sched = Recording::new(inner);
         let want_t = out[&format!("{prefix}timesteps")].to_vec1::<f32>().unwrap();
         assert_eq!(sched.timesteps(), want_t.as_slice(), "{prefix}timesteps");
         let loop_spec = LoopSpec::new(&spec, &p, DType::F32);

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use tessera_engine::model_spec::TextModel;
 use tessera_engine::tensor_io;
 use tessera_engine::text::{self, PromptCache, PromptTokenizer, TextEncoder, TextEncoderOptions, TextError};
 
@@ -42,7 +43,7 @@ fn ids_masks_and_embeddings_match_diffusers() {
 fn check_case(dir: &str) {
     let case = case(dir);
     let max_len = case["max_sequence_length"].as_u64().expect("max_sequence_length") as usize;
-    let encoder = TextEncoder::load(Path::new(dir), &opts(max_len)).expect("load text encoder");
+    let encoder = TextEncoder::load(&TextModel::in_folder(Path::new(dir)), &opts(max_len)).expect("load text encoder");
     let outputs = tensor_io::read_all(&Path::new(dir).join("outputs.safetensors"), &Device::Cpu).expect("outputs");
 
     for (i, prompt) in prompts(&case).iter().enumerate() {
@@ -95,7 +96,7 @@ fn long_prompts_are_truncated_like_transformers() {
     assert_eq!(&truncated.ids[..63], &full.ids[..63]);
     assert_eq!(truncated.ids[63], 1, "the last token is </s> (id 1)");
 
-    let encoder = TextEncoder::load(Path::new(CASE), &opts(64)).expect("load");
+    let encoder = TextEncoder::load(&TextModel::in_folder(Path::new(CASE)), &opts(64)).expect("load");
     let embeds = encoder.encode(&long).expect("encode");
     assert_eq!(embeds.dims(), &[1, 64, 32]);
     let row_norms = embeds
@@ -111,12 +112,13 @@ fn long_prompts_are_truncated_like_transformers() {
 fn missing_tokenizer_names_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(&Path::new(CASE).join("text_encoder"), &dir.path().join("text_encoder"));
-    let err = TextEncoder::load(dir.path(), &opts(64)).expect_err("no tokenizer");
+    let err = TextEncoder::load(&TextModel::in_folder(dir.path()), &opts(64)).expect_err("no tokenizer");
     let expected = dir.path().join("tokenizer").join("tokenizer.json");
     assert!(matches!(&err, TextError::MissingTokenizer(p) if *p == expected), "{err:?}");
     assert!(err.to_string().contains(&expected.display().to_string()), "{err}");
     // The cached path checks it first too, before touching the cache or the weights.
-    let err = text::embed_prompts(dir.path(), &["a cat"], &opts(64), None).expect_err("no tokenizer");
+    let err =
+        text::embed_prompts(&TextModel::in_folder(dir.path()), &["a cat"], &opts(64), None).expect_err("no tokenizer");
     assert!(matches!(&err, TextError::MissingTokenizer(p) if *p == expected), "{err:?}");
 }
 
@@ -130,8 +132,12 @@ fn cached_embeddings_skip_the_encoder() {
     let cache = PromptCache::new(cache_dir.path());
     let prompts = ["A white cat wearing sunglasses", "  A white   cat wearing sunglasses "];
 
-    let first = text::embed_prompts(root.path(), &prompts, &opts(64), Some(&cache)).expect("encode");
-    let direct = TextEncoder::load(root.path(), &opts(64)).expect("load").encode(prompts[0]).expect("encode");
+    let first =
+        text::embed_prompts(&TextModel::in_folder(root.path()), &prompts, &opts(64), Some(&cache)).expect("encode");
+    let direct = TextEncoder::load(&TextModel::in_folder(root.path()), &opts(64))
+        .expect("load")
+        .encode(prompts[0])
+        .expect("encode");
     assert_eq!(errors(&first[0], &direct).0, 0.0);
     // Both prompts clean to the same text, so they share one entry.
     let entries: Vec<PathBuf> =
@@ -141,11 +147,13 @@ fn cached_embeddings_skip_the_encoder() {
     // Overwrite the entry with a marker: a second run must return it, i.e. not run the encoder.
     let marker = Tensor::full(7f32, (1, 64, 32), &Device::Cpu).expect("marker");
     tensor_io::write_atomic(&entries[0], &[("prompt_embeds", marker.clone())]).expect("write");
-    let second = text::embed_prompts(root.path(), &prompts[..1], &opts(64), Some(&cache)).expect("cached");
+    let second = text::embed_prompts(&TextModel::in_folder(root.path()), &prompts[..1], &opts(64), Some(&cache))
+        .expect("cached");
     assert_eq!(errors(&second[0], &marker).0, 0.0);
 
     // A different max_sequence_length is a different entry.
-    let other = text::embed_prompts(root.path(), &prompts[..1], &opts(32), Some(&cache)).expect("encode 32");
+    let other = text::embed_prompts(&TextModel::in_folder(root.path()), &prompts[..1], &opts(32), Some(&cache))
+        .expect("encode 32");
     assert_eq!(other[0].dims(), &[1, 32, 32]);
     assert_eq!(std::fs::read_dir(cache_dir.path()).expect("ls").count(), 2);
 }

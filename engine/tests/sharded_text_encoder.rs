@@ -1,4 +1,4 @@
-//! `--text-encoder sharded`: UMT5 split by layer over ranks (threads of this process over
+//! `--text-encoder-on sharded`: UMT5 split by layer over ranks (threads of this process over
 //! `ThreadComm`; worker processes run the same code over sockets, see tests/tests/cli_text.rs)
 //! gives every rank the single-device embeddings, and each rank holds only its share of the weights.
 //!
@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use tessera_engine::model_spec::TextModel;
 use tessera_engine::parallel::comm::{Collective, ThreadComm};
 use tessera_engine::tensor_io;
 use tessera_engine::text::sharded::{embed_prompts_sharded, ShardedTextEncoder};
@@ -47,12 +48,12 @@ fn sharded_encoder_equals_single_device_on_every_rank() {
         let prompts: Vec<String> =
             case["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
         let opts = TextEncoderOptions { device: Device::Cpu, dtype: Some(DType::F32), max_sequence_length: max_len };
-        let single = TextEncoder::load(Path::new(dir), &opts).unwrap();
+        let single = TextEncoder::load(&TextModel::in_folder(Path::new(dir)), &opts).unwrap();
         let outputs = tensor_io::read_all(&Path::new(dir).join("outputs.safetensors"), &Device::Cpu).unwrap();
         for world in [2, 3] {
             let (p, o) = (prompts.clone(), opts.clone());
             let results = on_ranks(world, move |comm| {
-                let enc = ShardedTextEncoder::load(Path::new(dir), &o, comm).unwrap();
+                let enc = ShardedTextEncoder::load(&TextModel::in_folder(Path::new(dir)), &o, comm).unwrap();
                 let embeds: Vec<Tensor> = p.iter().map(|s| enc.encode(s).unwrap()).collect();
                 (enc.weights_bytes(), embeds)
             });
@@ -82,7 +83,8 @@ fn cache_hits_reach_every_rank_without_loading_the_encoder() {
         let (o, c) = (opts.clone(), cache_dir.path().to_path_buf());
         let results = on_ranks(2, move |comm| {
             let cache = PromptCache::new(&c);
-            embed_prompts_sharded(Path::new(dir), &["a cat", "a dog"], &o, Some(&cache), comm).unwrap()
+            embed_prompts_sharded(&TextModel::in_folder(Path::new(dir)), &["a cat", "a dog"], &o, Some(&cache), comm)
+                .unwrap()
         });
         for (embeds, weights) in &results {
             assert_eq!(embeds.len(), 2);

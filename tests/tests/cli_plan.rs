@@ -56,6 +56,18 @@ fn presets_load_and_fit() {
     );
     assert_eq!(v["fits"], false);
     assert_eq!(v["plan"]["fsdp"], 1);
+    // The preset names GPUs, so it plans CUDA workers; an explicit --device cpu plans CPU workers
+    // with the preset's layout (and does not check the GPUs it names).
+    let preset = presets("t2v-a14b-720p-8x4090.toml");
+    let v = plan_json(&["--preset", preset.to_str().unwrap()], "wan2.2-t2v-a14b");
+    assert_eq!(v["device"], "cuda", "{v}");
+    let v = plan_json(&["--preset", preset.to_str().unwrap(), "--device", "cpu"], "wan2.2-t2v-a14b");
+    assert_eq!(
+        (&v["device"], &v["gpus"], &v["fits"]),
+        (&"cpu".into(), &serde_json::Value::Null, &serde_json::Value::Null),
+        "{v}"
+    );
+    assert_eq!(v["plan"]["fsdp"], 8);
 }
 
 #[test]
@@ -73,11 +85,12 @@ fn table_names_what_dominates() {
 
 #[test]
 fn bad_input_is_one_clear_line() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--height", "700", "--width", "1280", "--frames", "121"], "nearest valid"),
         (&["--height", "704", "--width", "1280", "--frames", "121", "--ranks", "5", "--ulysses", "5"], "heads"),
         (&["--height", "704", "--width", "1280", "--frames", "121", "--gpus", "lots"], "COUNTxSIZE"),
         (&["--width", "1280", "--frames", "121"], "--height is required"),
+        (&["--height", "704", "--width", "1280", "--frames", "121", "--gpus", "2x24GB", "--device", "cpu"], "drop one"),
     ];
     for (args, needle) in cases {
         let out = run(tessera().args(["plan", "--model"]).arg(configs("wan2.2-ti2v-5b")).args(args));
@@ -122,7 +135,7 @@ fn a_generate_command_line_plans_as_it_is() {
         "2",
         "--vae-mode",
         "halo",
-        "--text-encoder",
+        "--text-encoder-on",
         "sharded",
         "--fps",
         "24",

@@ -1,4 +1,4 @@
-//! `tessera encode-prompt --text-encoder sharded`: UMT5 split by layer over worker processes gives
+//! `tessera encode-prompt --text-encoder-on sharded`: UMT5 split by layer over worker processes gives
 //! diffusers' embeddings (both prompts of the golden case), and each rank reports only its share of
 //! the encoder's weights.
 
@@ -18,7 +18,7 @@ fn sharded_text_encoder_on_worker_processes_matches_diffusers() {
         .args(["encode-prompt", "--model"])
         .arg(golden("prompt"))
         .args(["--prompt", prompts[0], "--negative-prompt", prompts[1], "--max-sequence-length", "64"])
-        .args(["--text-encoder", "sharded", "--ranks", "2", "--bypass-cache", "--out"])
+        .args(["--text-encoder-on", "sharded", "--ranks", "2", "--bypass-cache", "--out"])
         .arg(&out)
         .arg("--report")
         .arg(&report));

@@ -207,7 +207,7 @@ fn tiles_mode_vae_in_the_generate_world() {
     assert!(grel > 1e-3, "--tiling had no effect (rel {grel:.2e})");
 }
 
-/// `--text-encoder sharded`: the same world first encodes the prompts (UMT5 split by layer, the
+/// `--text-encoder-on sharded`: the same world first encodes the prompts (UMT5 split by layer, the
 /// golden 32-dim encoder beside the golden pipeline) and then denoises; the video equals the run
 /// that encodes on the host (separate, empty prompt caches, so both really encode).
 #[test]
@@ -237,7 +237,7 @@ fn sharded_text_encoder_in_the_generate_world() {
     gen(
         &sharded,
         "cache-sharded",
-        &["--ulysses", "2", "--text-encoder", "sharded", "--report", report.to_str().unwrap()],
+        &["--ulysses", "2", "--text-encoder-on", "sharded", "--report", report.to_str().unwrap()],
     );
     let (max, rel) = errors(&video(&sharded), &video(&host));
     println!("sharded text encoder + Ulysses 2 vs host encoder on one device: max_abs {max:.2e} rel {rel:.2e}");

@@ -129,7 +129,7 @@ fn plan_predicts_every_ranks_phase_peaks() {
     }
 }
 
-/// `--text-encoder sharded`: the UMT5 layers split over the ranks in a job of their own before the
+/// `--text-encoder-on sharded`: the UMT5 layers split over the ranks in a job of their own before the
 /// generation. No real-width UMT5 fits this machine (5.7 B parameters), so the golden pipeline runs
 /// with the golden tiny encoder and a prompt of 512 tokens, where the encoder's activations (four
 /// f32 `heads × 512 × 512` score tensors per layer) are its phase's peak. Only `text_encode` is
@@ -154,7 +154,7 @@ fn plan_predicts_the_sharded_text_encoder_phase() {
     std::fs::write(model.join("model_index.json"), index.to_string()).unwrap();
 
     let words = ["a white cat sits on a surfboard"; 100].join(" ");
-    let plan = ["--ranks", "2", "--ulysses", "2", "--vae-parallel", "1", "--text-encoder", "sharded"];
+    let plan = ["--ranks", "2", "--ulysses", "2", "--vae-parallel", "1", "--text-encoder-on", "sharded"];
     let size = ["--height", "96", "--width", "128", "--frames", "9", "--guidance", "5"];
     let report = tmp.path().join("report.json");
     let o = run(tessera()

@@ -43,7 +43,7 @@ const PLAN: [&str; 18] = [
     "halo",
     "--residency",
     "phased",
-    "--text-encoder",
+    "--text-encoder-on",
     "cpu",
     "--steps",
     "2",

@@ -37,7 +37,7 @@ pub struct PlanFlags {
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = TilingSpec::parse)]
     pub tiling: Option<TilingSpec>,
     /// Where the UMT5 text encoder runs: cpu (the host) or sharded (split by layer over the ranks).
-    #[arg(long, value_enum)]
+    #[arg(long = "text-encoder-on", value_enum)]
     pub text_encoder: Option<TextEncoderPlacement>,
     /// Two-expert models (A14B): pipeline (both experts loaded for the whole run) or phased (only the
     /// running expert; each rank swaps in its part of the low-noise expert at the boundary step).
@@ -67,9 +67,17 @@ pub struct GenerationArgs {
     /// A14B's low-noise expert file (replaces transformer_2/).
     #[arg(long)]
     pub transformer_2: Option<PathBuf>,
-    /// VAE file (ComfyUI's wan_2.1_vae.safetensors, or a diffusers-named file): replaces vae/.
+    /// VAE file (ComfyUI's wan_2.1_vae.safetensors / wan2.2_vae.safetensors, or a diffusers-named
+    /// file): replaces vae/.
     #[arg(long)]
     pub vae: Option<PathBuf>,
+    /// UMT5 text-encoder file (ComfyUI's umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled) or folder:
+    /// replaces text_encoder/ (needs a tokenizer: the folder's tokenizer/ or --tokenizer).
+    #[arg(long)]
+    pub text_encoder: Option<PathBuf>,
+    /// tokenizer.json (google/umt5-xxl's) or a folder holding it: replaces tokenizer/.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// config.json, a component folder or a pipeline folder with the configs of files whose
     /// dimensions their shapes cannot settle (finetunes, tiny test models).
     #[arg(long)]
@@ -78,7 +86,8 @@ pub struct GenerationArgs {
     /// transformer_2, none = every expert). lightx2v/Kijai, diffusers/PEFT and Kohya/musubi files.
     #[arg(long = "lora", value_name = "FILE[:STRENGTH][@high|@low]")]
     pub loras: Vec<LoraSpec>,
-    /// Prompt text (needs text_encoder/ and tokenizer/ in the model folder).
+    /// Prompt text (needs text_encoder/ and tokenizer/ in the model folder, or --text-encoder and
+    /// --tokenizer).
     #[arg(long, conflicts_with = "prompt_embeds")]
     pub prompt: Option<String>,
     /// Safetensors file with tensor `prompt_embeds` [1, L, text_dim].
@@ -141,9 +150,9 @@ pub struct GenerationArgs {
     /// Frames per second of an MP4 (default: 24 for TI2V-5B, 16 otherwise).
     #[arg(long)]
     pub fps: Option<f64>,
-    /// cpu or cuda: the device of every worker (one per GPU with cuda).
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
+    /// cpu (default) or cuda: the device of every worker (one per GPU with cuda).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
     /// After the denoise: keep (default, or the preset's) the transformer loaded through the VAE
     /// decode and for the session's next run, or free it before the decode (a lower decode peak;
     /// nothing is reused).
@@ -237,7 +246,7 @@ impl GenerationArgs {
             image: self.image.clone(),
             latents: self.latents.clone(),
             plan: applied.plan,
-            device: self.device,
+            device: self.device.unwrap_or(DeviceKind::Cpu),
             keep_weights: applied.keep_weights,
             output: self.out.as_ref().map(|path| Output {
                 path: path.clone(),
@@ -261,6 +270,8 @@ impl GenerationArgs {
             transformer: self.transformer.clone(),
             transformer_2: self.transformer_2.clone(),
             vae: self.vae.clone(),
+            text_encoder: self.text_encoder.clone(),
+            tokenizer: self.tokenizer.clone(),
             config: self.config.clone(),
             loras: self.loras.clone(),
         }

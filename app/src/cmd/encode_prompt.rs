@@ -5,15 +5,25 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
-use tessera_engine::api::text::{embed_prompts, PromptCache, TextEncoderOptions, DEFAULT_MAX_SEQUENCE_LENGTH};
+use tessera_engine::api::text::{
+    embed_prompts, PromptCache, TextEncoderOptions, TextModel, DEFAULT_MAX_SEQUENCE_LENGTH,
+};
 use tessera_engine::api::{write_tensors, TextEncoderPlacement};
 
 /// Encode a prompt with the pipeline's UMT5 text encoder.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Pipeline folder holding `text_encoder/` and `tokenizer/`.
+    /// Pipeline folder holding `text_encoder/` and `tokenizer/` (optional with --text-encoder and
+    /// --tokenizer).
+    #[arg(long, required_unless_present_all = ["text_encoder", "tokenizer"])]
+    pub model: Option<PathBuf>,
+    /// UMT5 file (ComfyUI's umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled) or text_encoder/ folder:
+    /// replaces the folder's text_encoder/.
     #[arg(long)]
-    pub model: PathBuf,
+    pub text_encoder: Option<PathBuf>,
+    /// tokenizer.json or a folder holding it: replaces the folder's tokenizer/.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// The prompt (cleaned like diffusers: HTML entities unescaped, whitespace collapsed).
     #[arg(long)]
     pub prompt: String,
@@ -38,9 +48,9 @@ pub struct Args {
     pub out: PathBuf,
     /// cpu: encode in this process; sharded: split the encoder by layer over --ranks worker processes
     /// (each holds ~1/N of the weights).
-    #[arg(long, value_enum, default_value_t = TextEncoderPlacement::Cpu)]
-    pub text_encoder: TextEncoderPlacement,
-    /// Worker processes for `--text-encoder sharded`.
+    #[arg(long = "text-encoder-on", value_enum, default_value_t = TextEncoderPlacement::Cpu)]
+    pub placement: TextEncoderPlacement,
+    /// Worker processes for `--text-encoder-on sharded`.
     #[arg(long, default_value_t = 2)]
     pub ranks: usize,
     /// Also encode this negative prompt (written as `negative_prompt_embeds`).
@@ -49,6 +59,17 @@ pub struct Args {
     /// JSON run report of the sharded run (per-rank weights and peaks).
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+impl Args {
+    /// The encoder and tokenizer: the folder's, each replaced by its file flag.
+    fn text_model(&self) -> TextModel {
+        let folder = TextModel::in_folder(&self.model.clone().unwrap_or_default());
+        TextModel {
+            encoder: self.text_encoder.clone().unwrap_or(folder.encoder),
+            tokenizer: self.tokenizer.clone().unwrap_or(folder.tokenizer),
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -65,11 +86,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let mut prompts = vec![args.prompt.as_str()];
     prompts.extend(args.negative_prompt.as_deref());
-    if args.text_encoder == TextEncoderPlacement::Sharded {
+    if args.placement == TextEncoderPlacement::Sharded {
         return run_sharded(&args, &prompts, cache.as_ref().map(|c| c.dir().to_path_buf()));
     }
-    let embeds = embed_prompts(&args.model, &prompts, &opts, cache.as_ref())
-        .with_context(|| format!("encoding the prompt with the text encoder of {}", args.model.display()))?;
+    let text = args.text_model();
+    let embeds = embed_prompts(&text, &prompts, &opts, cache.as_ref())
+        .with_context(|| format!("encoding the prompt with {}", text.describe()))?;
     let names = ["prompt_embeds", "negative_prompt_embeds"];
     let tensors: Vec<(&str, candle_core::Tensor)> = names.iter().copied().zip(embeds).collect();
     anyhow::ensure!(!tensors.is_empty(), "the text encoder returned no embeddings");
@@ -88,13 +110,14 @@ fn run_sharded(args: &Args, prompts: &[&str], cache_dir: Option<PathBuf>) -> any
     use tessera_engine::api::{Session, SessionOptions};
     anyhow::ensure!(
         args.device == "cpu",
-        "--text-encoder sharded runs on the worker processes' devices; drop --device"
+        "--text-encoder-on sharded runs on the worker processes' devices; drop --device"
     );
-    anyhow::ensure!(args.dtype.is_none(), "--text-encoder sharded uses the checkpoint's dtype; drop --dtype");
+    anyhow::ensure!(args.dtype.is_none(), "--text-encoder-on sharded uses the checkpoint's dtype; drop --dtype");
     anyhow::ensure!(args.ranks >= 1, "--ranks must be at least 1");
     let mut session = Session::new(SessionOptions { prompt_cache_dir: cache_dir, ..SessionOptions::default() });
+    let text = args.text_model();
     let result = session.encode_prompts(
-        &args.model,
+        &text,
         prompts,
         args.max_sequence_length,
         TextEncoderPlacement::Sharded,
@@ -102,9 +125,9 @@ fn run_sharded(args: &Args, prompts: &[&str], cache_dir: Option<PathBuf>) -> any
         &mut |_| {},
     );
     session.shutdown();
-    let encoded = result.map_err(|e| anyhow::anyhow!(e.cli())).with_context(|| {
-        format!("encoding the prompt with the text encoder of {} on {} ranks", args.model.display(), args.ranks)
-    })?;
+    let encoded = result
+        .map_err(|e| anyhow::anyhow!(e.cli()))
+        .with_context(|| format!("encoding the prompt with {} on {} ranks", text.describe(), args.ranks))?;
     let names = ["prompt_embeds", "negative_prompt_embeds"];
     let tensors: Vec<(&str, candle_core::Tensor)> = names.iter().copied().zip(encoded.embeds).collect();
     write_tensors(&args.out, &tensors)?;

@@ -149,7 +149,7 @@ pub fn command_line(s: &Settings) -> String {
     args.push(format!("--seed {}", p.seed));
     let plan = &s.plan;
     args.push(format!(
-        "--ranks {} --ulysses {} --cfg-parallel {} --fsdp {} --vae-parallel {} --vae-mode {} --text-encoder {}",
+        "--ranks {} --ulysses {} --cfg-parallel {} --fsdp {} --vae-parallel {} --vae-mode {} --text-encoder-on {}",
         plan.ranks, plan.ulysses, plan.cfg_parallel, plan.fsdp, plan.vae_parallel, plan.vae_mode, plan.text_encoder
     ));
     if let Some(t) = plan.vae_tiling {

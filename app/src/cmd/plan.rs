@@ -2,7 +2,7 @@
 //! GPUs, and when it does not, the cheapest plan that does (engine `planner`). Takes every
 //! `generate` flag (one declaration, `super::args`); reads only the model folder's config files.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use tessera_engine::api::planning::{
@@ -62,11 +62,18 @@ pub fn run(a: PlanArgs) -> Result<()> {
         guidance: applied.guidance.unwrap_or(5.0),
         image: g.image.is_some(),
     };
-    let gpus = a.gpus.or(applied.gpus);
+    // GPUs (from --gpus or the preset) imply CUDA unless the command line says --device cpu: then
+    // the prediction is for CPU workers and a preset's GPUs are not checked.
+    let gpus = match (g.device, a.gpus) {
+        (Some(DeviceKind::Cpu), Some(_)) => {
+            bail!("--gpus describes GPUs to fit, --device cpu plans CPU workers: drop one of them")
+        }
+        (Some(DeviceKind::Cpu), None) => None,
+        (_, explicit) => explicit.or(applied.gpus),
+    };
     let target = match (g.device, gpus) {
-        (DeviceKind::Cpu, Some(_)) => Target::Cuda,
-        (DeviceKind::Cuda, _) => Target::Cuda,
-        (DeviceKind::Cpu, None) => Target::Cpu,
+        (Some(DeviceKind::Cuda), _) | (None, Some(_)) => Target::Cuda,
+        (Some(DeviceKind::Cpu), _) | (None, None) => Target::Cpu,
     };
     let spec =
         ModelSpec::open(&g.model(), &g.files()).map_err(|e| anyhow::anyhow!(render(&e.to_string(), Audience::Cli)))?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
 use tessera_engine::api::devices::DoctorReport;
 use tessera_engine::api::planning::{Preset, RankPrediction};
-use tessera_engine::api::{DeviceKind, JobEvent, ModelSpec, RunReport};
+use tessera_engine::api::{DeviceKind, JobEvent, ModelFiles, ModelSpec, RunReport};
 
 use super::browse::{Background, Done, Target};
 use super::engine::{Command, EngineEvent, EngineHandle, EngineOptions, ModelChoice, RunRequest, Video};
@@ -25,6 +25,8 @@ pub const SETTINGS_KEY: &str = "tessera.studio.settings";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelStatus {
     pub path: PathBuf,
+    /// Component files, config and LoRAs the model was inspected with.
+    pub files: ModelFiles,
     /// `None` while the engine is looking.
     pub info: Option<Result<ModelSpec, String>>,
 }
@@ -114,6 +116,15 @@ impl StudioApp {
     }
 
     /// The folder the current settings use (the demo's lives in the data dir).
+    /// The component files and LoRAs of the settings (none for the demo).
+    pub fn model_files(&self) -> ModelFiles {
+        if self.settings.use_demo {
+            ModelFiles::default()
+        } else {
+            self.settings.files.clone()
+        }
+    }
+
     pub fn model_path(&self) -> PathBuf {
         if self.settings.use_demo {
             self.data_dir.as_deref().map(super::demo::folder).unwrap_or_default()
@@ -139,10 +150,10 @@ impl StudioApp {
 
     /// Drains engine events into the state and creates textures for new pieces. Never blocks.
     pub fn logic(&mut self, ctx: &egui::Context) {
-        let path = self.model_path();
-        if path != self.model.path {
-            self.model = ModelStatus { path: path.clone(), info: None };
-            self.engine.send(Command::Inspect(path));
+        let (path, files) = (self.model_path(), self.model_files());
+        if path != self.model.path || files != self.model.files {
+            self.model = ModelStatus { path: path.clone(), files: files.clone(), info: None };
+            self.engine.send(Command::Inspect(path, files));
         }
         while let Some(event) = self.engine.try_recv() {
             self.on_event(event);
@@ -213,6 +224,7 @@ impl StudioApp {
             params,
             plan: self.settings.plan,
             device: self.device_kind(),
+            files: self.model_files(),
         }
     }
 
@@ -225,8 +237,8 @@ impl StudioApp {
     fn on_event(&mut self, event: EngineEvent) {
         match event {
             EngineEvent::Devices(report) => self.devices = Some(*report),
-            EngineEvent::Model(path, info) => {
-                if path == self.model.path {
+            EngineEvent::Model(path, files, info) => {
+                if path == self.model.path && files == self.model.files {
                     self.model.info = Some(*info);
                 }
             }
@@ -363,6 +375,9 @@ impl StudioApp {
                         Target::Output => self.settings.output = text,
                         // Answered with `Done::Settings`.
                         Target::SettingsFile => {}
+                        Target::File(slot) => {
+                            super::panels::model_files::apply_pick(&mut self.settings.files, slot, path)
+                        }
                     }
                 }
                 Done::Settings(path, Ok(from)) => {
@@ -428,7 +443,9 @@ impl StudioApp {
         if slot.is_none() {
             let (w, h) = (video.frames.width, video.frames.height);
             let image = ColorImage::from_rgb([w, h], rgb);
-            *slot = Some(ctx.load_texture(format!("frame-{i}"), image, TextureOptions::LINEAR));
+            // Scaled up, a frame shows its pixels as they are (not blurred); scaled down, smoothly.
+            let options = TextureOptions { magnification: egui::TextureFilter::Nearest, ..TextureOptions::LINEAR };
+            *slot = Some(ctx.load_texture(format!("frame-{i}"), image, options));
         }
         slot.clone()
     }

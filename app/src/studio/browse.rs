@@ -15,6 +15,8 @@ pub enum Target {
     Output,
     /// An MP4 or PNG whose settings are loaded (read on the browse thread: the file may be large).
     SettingsFile,
+    /// A component file or LoRA of the model (`panels::model_files`).
+    File(crate::studio::panels::model_files::FileSlot),
 }
 
 /// A finished background request.
@@ -53,6 +55,7 @@ impl Background {
                 Target::Image => dialog.add_filter("Images", &["png", "jpg", "jpeg"]).pick_file(),
                 Target::Output => dialog.add_filter("Video", &["mp4", "safetensors"]).save_file(),
                 Target::SettingsFile => dialog.add_filter("Tessera output", &["mp4", "png"]).pick_file(),
+                Target::File(_) => dialog.set_title("Model file").pick_file(),
             };
             if let Some(path) = picked {
                 let done = match target {

@@ -38,12 +38,7 @@ pub fn apply(from: &FileSettings, s: &mut Settings, demo_folder: Option<&Path>) 
             from.params.seed
         ));
     }
-    let files = &from.model_files;
-    if !files.loras.is_empty() || files.transformer.is_some() || files.transformer_2.is_some() || files.vae.is_some() {
-        notes.push(
-            "the run used component files or LoRAs, which the studio's form does not hold yet: `tessera info FILE` prints the command that reruns it".into(),
-        );
-    }
+    s.files = from.model_files.clone();
     let p = &from.params;
     (s.width, s.height, s.frames, s.steps, s.seed) = (p.width, p.height, p.frames, p.steps, p.seed);
     s.guidance = p.guidance;

@@ -31,13 +31,22 @@ pub mod theme;
 
 pub use app::StudioApp;
 
-/// Opens the studio window (what `tessera` with no arguments does).
+/// Opens the studio window (what `tessera` with no arguments does), rendered through wgpu: Vulkan
+/// where there is a driver (NVIDIA, Mesa, lavapipe), else GL through wgpu's GLES backend
+/// (`WGPU_BACKEND=gl` forces it).
+///
+/// The first start opens maximized, using the screen; eframe then remembers the window's size,
+/// position and maximized state (its persistence), and later starts restore them.
 pub fn run() -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
+        renderer: eframe::Renderer::Wgpu,
         viewport: eframe::egui::ViewportBuilder::default()
             .with_title("Tessera studio")
-            .with_inner_size([1280.0, 820.0])
-            .with_min_inner_size([900.0, 600.0]),
+            // The size when un-maximized (clamped to the monitor by eframe).
+            .with_inner_size([1600.0, 1000.0])
+            .with_min_inner_size([900.0, 600.0])
+            .with_maximized(true),
+        persist_window: true,
         ..Default::default()
     };
     eframe::run_native(

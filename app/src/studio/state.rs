@@ -3,7 +3,7 @@
 //! only `app.rs` applies engine events to them.
 
 use serde::{Deserialize, Serialize};
-use tessera_engine::api::{DenoisePreview, GenerateParams, ParallelPlan, Rank, SchedulerKind, VaePiece};
+use tessera_engine::api::{DenoisePreview, GenerateParams, ModelFiles, ParallelPlan, Rank, SchedulerKind, VaePiece};
 
 /// Everything on the Setup and Parallel panels; restored at the next start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -11,8 +11,11 @@ use tessera_engine::api::{DenoisePreview, GenerateParams, ParallelPlan, Rank, Sc
 pub struct Settings {
     /// Run the built-in demo model instead of `model_dir`.
     pub use_demo: bool,
-    /// A diffusers pipeline folder (typed or picked with "Browse…").
+    /// A diffusers pipeline folder or a folder of single files (typed or picked with "Browse…").
     pub model_dir: String,
+    /// Component files replacing (or standing in for) the folder's, the config for them, and
+    /// LoRAs: what the CLI's `--transformer … --lora` flags give.
+    pub files: ModelFiles,
     pub prompt: String,
     pub negative_prompt: String,
     /// PNG/JPEG for image-to-video; empty for text-to-video.
@@ -63,6 +66,7 @@ impl Default for Settings {
         Self {
             use_demo: true,
             model_dir: String::new(),
+            files: ModelFiles::default(),
             prompt: "a red fox running through fresh snow, cinematic".into(),
             negative_prompt: String::new(),
             image: String::new(),

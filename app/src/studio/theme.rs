@@ -34,11 +34,36 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
+/// The unit of a memory axis, picked from the largest value drawn: MiB below 1 GiB, GiB from there
+/// (a 60 GiB GPU's chart in MiB reads "61440", a demo's in GiB "0.01").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryUnit {
+    pub name: &'static str,
+    pub bytes: f64,
+}
+
+pub fn memory_unit(max_bytes: u64) -> MemoryUnit {
+    const MIB: f64 = (1u64 << 20) as f64;
+    if max_bytes >= 1 << 30 {
+        MemoryUnit { name: "GiB", bytes: MIB * 1024.0 }
+    } else {
+        MemoryUnit { name: "MiB", bytes: MIB }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn byte_labels() {
         assert_eq!(super::bytes(3 << 20), "3.0 MiB");
         assert_eq!(super::bytes(3 << 30), "3.00 GiB");
+    }
+
+    #[test]
+    fn memory_axes_switch_unit_at_one_gib() {
+        assert_eq!(super::memory_unit(0).name, "MiB");
+        assert_eq!(super::memory_unit((1 << 30) - 1).name, "MiB");
+        let gib = super::memory_unit(1 << 30);
+        assert_eq!((gib.name, gib.bytes), ("GiB", (1u64 << 30) as f64));
     }
 }

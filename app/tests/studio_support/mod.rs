@@ -29,13 +29,19 @@ pub fn studio_with_worker(settings: Settings, worker_exe: &std::path::Path) -> S
     build(settings, options)
 }
 
-fn build(settings: Settings, mut options: EngineOptions) -> Studio {
+fn build(settings: Settings, options: EngineOptions) -> Studio {
+    build_sized(settings, options, egui::vec2(1280.0, 900.0))
+}
+
+/// A studio with explicit engine options (its data dir is replaced by a fresh temporary one) in
+/// a window of `size` points.
+pub fn build_sized(settings: Settings, mut options: EngineOptions, size: egui::Vec2) -> Studio {
     let data_dir = tempfile::tempdir().unwrap();
     options.data_dir = Some(data_dir.path().to_path_buf());
     // The harness makes its own egui context; the engine's repaint requests go to this one, and
     // the tests step the harness themselves.
     let app = StudioApp::with_options(&egui::Context::default(), settings, options).unwrap();
-    let harness = Harness::builder().with_size(egui::vec2(1280.0, 900.0)).build_ui_state(
+    let harness = Harness::builder().with_size(size).build_ui_state(
         |ui, app: &mut StudioApp| {
             app.logic(ui.ctx());
             app.show(ui);

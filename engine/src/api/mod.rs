@@ -47,7 +47,10 @@ pub mod video;
 
 pub use crate::fields::{render, Audience, Field};
 pub use crate::media::{write_png, Frames, OutputKind};
-pub use crate::model_spec::{Family, Layout, LoraSpec, LoraTarget, ModelFiles, ModelSpec, ModelSpecError, Variant};
+pub use crate::model_spec::{
+    Family, Layout, LoraSpec, LoraTarget, ModelFiles, ModelSpec, ModelSpecError, TextModel, Variant,
+};
+pub use crate::models::wan::checkpoint_keys::KeyDialect;
 pub use crate::parallel::plan::{
     ParallelPlan, PlanError, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode,
 };

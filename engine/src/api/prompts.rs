@@ -2,6 +2,11 @@
 //! the session's workers when the plan says `sharded`), embeddings files, or seeded stand-ins. Every
 //! encoded text is kept in memory per (model, text), on top of the on-disk prompt cache, so a
 //! second run with the same prompt encodes nothing.
+//!
+//! HunyuanVideo 1.5 prompts have two streams: MLLM (Qwen2.5-VL) states and ByT5 glyph states.
+//! Its embeddings files use diffusers' argument names (`prompt_embeds`, `prompt_embeds_mask`,
+//! `prompt_embeds_2`, `prompt_embeds_mask_2`, and `negative_…`); only valid rows go to the workers
+//! (the transformer's trimmed context equals diffusers' masked one).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use super::error::SessionError;
 use super::request::{GenerationRequest, Prompt};
 use crate::fields::Field;
-use crate::model_spec::ModelSpec;
+use crate::model_spec::{ModelSpec, TextModel};
+use crate::models::hv15::transformer::valid_rows;
 use crate::parallel::plan::TextEncoderPlacement;
 use crate::pipeline::request::RequestError;
 use crate::pipeline::sampling;
@@ -26,12 +32,15 @@ const STANDIN_TOKENS: usize = 16;
 pub(crate) struct Resolved {
     pub prompt: WireTensor,
     pub negative: Option<WireTensor>,
+    /// HunyuanVideo 1.5's glyph embeddings of the prompt and the negative (`None`: no glyph text).
+    pub prompt_2: Option<WireTensor>,
+    pub negative_2: Option<WireTensor>,
     pub text_job: Option<JobResult>,
 }
 
-/// Encoded texts of this session, f32 on the host.
+/// Encoded texts of this session per (encoder, text, length), f32 on the host.
 pub(crate) struct PromptMemory {
-    encoded: HashMap<(PathBuf, String, usize), Tensor>,
+    encoded: HashMap<(TextModel, String, usize), Tensor>,
     /// The on-disk cache folder (`None`: encode every new text).
     disk_cache: Option<PathBuf>,
 }
@@ -59,12 +68,37 @@ impl PromptMemory {
             })
             .collect();
         let max_len = DEFAULT_MAX_SEQUENCE_LENGTH;
-        let text_job = self.encode_missing(&model.root, &texts, max_len, req.plan.text_encoder, world, on_event)?;
+        // `validate` refused prompt text for a model without an encoder; the stand-in text model
+        // below is never used then (every prompt is a file or a stand-in).
+        let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));
+        let text_job = self.encode_missing(&text_model, &texts, max_len, req.plan.text_encoder, world, on_event)?;
         let text_dim = model.transformer.text_dim;
+        if let Some(hv) = &model.hv15 {
+            let glyph_dim = hv.transformer.text_embed_2_dim;
+            let source = |p: &Prompt, field: Field, prefix: &str| -> Result<_, SessionError> {
+                let (text, glyph) = match p {
+                    Prompt::Embeds(path) => hv15_embeds_file(path, field, prefix, text_dim, glyph_dim)?,
+                    Prompt::StandIn(t) => (standin(t, text_dim)?, None),
+                    Prompt::Text(_) => {
+                        return Err(RequestError::new(
+                            field,
+                            "HunyuanVideo 1.5 prompt text needs its Qwen2.5-VL and ByT5 encoders, which are not wired yet: give prompt embeddings",
+                        )
+                        .into())
+                    }
+                };
+                Ok((WireTensor::from_tensor(&text)?, glyph.map(|g| WireTensor::from_tensor(&g)).transpose()?))
+            };
+            let (prompt, prompt_2) = source(&req.prompt, Field::PromptEmbeds, "")?;
+            let negative =
+                negative.as_ref().map(|n| source(n, Field::NegativePromptEmbeds, "negative_")).transpose()?;
+            let (negative, negative_2) = negative.map_or((None, None), |(t, g)| (Some(t), g));
+            return Ok(Resolved { prompt, negative, prompt_2, negative_2, text_job });
+        }
         let source = |p: &Prompt, field: Field, name: &str| -> Result<WireTensor, SessionError> {
             let t = match p {
                 Prompt::Embeds(path) => embeds_file(path, field, name, text_dim)?,
-                Prompt::Text(t) => self.get(&model.root, t, max_len)?,
+                Prompt::Text(t) => self.get(&text_model, t, max_len)?,
                 Prompt::StandIn(t) => standin(t, text_dim)?,
             };
             Ok(WireTensor::from_tensor(&t)?)
@@ -75,37 +109,39 @@ impl PromptMemory {
                 .as_ref()
                 .map(|n| source(n, Field::NegativePromptEmbeds, "negative_prompt_embeds"))
                 .transpose()?,
+            prompt_2: None,
+            negative_2: None,
             text_job,
         })
     }
 
-    /// Embeddings of `texts` with the text encoder under `root` (encoding only those not in
-    /// memory), `max_len` tokens each; `placement` says where the encoder runs. Also the world's
-    /// text job, when it ran.
+    /// Embeddings of `texts` with the text encoder `text` (encoding only those not in memory),
+    /// `max_len` tokens each; `placement` says where the encoder runs. Also the world's text job,
+    /// when it ran.
     pub fn encode(
         &mut self,
-        root: &Path,
+        text: &TextModel,
         texts: &[&str],
         max_len: usize,
         placement: TextEncoderPlacement,
         world: &mut Supervisor,
         on_event: &mut dyn FnMut(&JobEvent),
     ) -> Result<(Vec<Tensor>, Option<JobResult>), SessionError> {
-        let job = self.encode_missing(root, texts, max_len, placement, world, on_event)?;
-        let tensors = texts.iter().map(|t| self.get(root, t, max_len)).collect::<Result<_, _>>()?;
+        let job = self.encode_missing(text, texts, max_len, placement, world, on_event)?;
+        let tensors = texts.iter().map(|t| self.get(text, t, max_len)).collect::<Result<_, _>>()?;
         Ok((tensors, job))
     }
 
-    fn get(&self, root: &Path, text: &str, max_len: usize) -> Result<Tensor, SessionError> {
+    fn get(&self, model: &TextModel, text: &str, max_len: usize) -> Result<Tensor, SessionError> {
         self.encoded
-            .get(&(root.to_path_buf(), text.to_string(), max_len))
+            .get(&(model.clone(), text.to_string(), max_len))
             .cloned()
             .ok_or_else(|| SessionError::Input(format!("the prompt {text:?} was not encoded")))
     }
 
     fn encode_missing(
         &mut self,
-        root: &Path,
+        model: &TextModel,
         texts: &[&str],
         max_len: usize,
         placement: TextEncoderPlacement,
@@ -114,7 +150,7 @@ impl PromptMemory {
     ) -> Result<Option<JobResult>, SessionError> {
         let mut missing: Vec<&str> = Vec::new();
         for t in texts {
-            if !self.encoded.contains_key(&(root.to_path_buf(), t.to_string(), max_len)) && !missing.contains(t) {
+            if !self.encoded.contains_key(&(model.clone(), t.to_string(), max_len)) && !missing.contains(t) {
                 missing.push(t);
             }
         }
@@ -128,7 +164,7 @@ impl PromptMemory {
                 let opts =
                     TextEncoderOptions { device: Device::Cpu, dtype: Some(DType::F32), max_sequence_length: max_len };
                 let cache = cache_dir.map(PromptCache::new);
-                (text::embed_prompts(root, &missing, &opts, cache.as_ref())?, None)
+                (text::embed_prompts(model, &missing, &opts, cache.as_ref())?, None)
             }
             TextEncoderPlacement::Sharded => {
                 on_event(&JobEvent::Stage { message: "encoding the prompts on the workers".into() });
@@ -137,7 +173,7 @@ impl PromptMemory {
                 // The text job takes a prompt and a negative: two texts at a time.
                 for pair in missing.chunks(2) {
                     let spec = EncodePromptSpec {
-                        model: root.to_path_buf(),
+                        text: model.clone(),
                         prompts: pair.iter().map(|t| t.to_string()).collect(),
                         max_sequence_length: max_len,
                         cache_dir: cache_dir.clone(),
@@ -161,7 +197,7 @@ impl PromptMemory {
             )));
         }
         for (t, e) in missing.iter().zip(tensors) {
-            self.encoded.insert((root.to_path_buf(), t.to_string(), max_len), e.to_dtype(DType::F32)?);
+            self.encoded.insert((model.clone(), t.to_string(), max_len), e.to_dtype(DType::F32)?);
         }
         Ok(job)
     }
@@ -181,6 +217,40 @@ fn embeds_file(path: &Path, field: Field, name: &str, text_dim: usize) -> Result
         )
         .into()),
     }
+}
+
+/// One branch of a HunyuanVideo 1.5 embeddings file (`prefix` "" or "negative_"): the valid rows
+/// of `{prefix}prompt_embeds` `(1, L, text_dim)` (by `{prefix}prompt_embeds_mask` when present) and
+/// of `{prefix}prompt_embeds_2` `(1, M, glyph_dim)` (by `{prefix}prompt_embeds_mask_2`; absent, or no
+/// valid row: `None`, the pipeline's zeros with a zero mask).
+fn hv15_embeds_file(
+    path: &Path,
+    field: Field,
+    prefix: &str,
+    text_dim: usize,
+    glyph_dim: usize,
+) -> Result<(Tensor, Option<Tensor>), SessionError> {
+    let key = field.key();
+    let bad = |msg: String| SessionError::from(RequestError::new(field, format!("«{key}» {}: {msg}", path.display())));
+    let all = crate::tensor_io::read_all(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    let rows = |name: String, mask: String, dim: usize| -> Result<Option<Tensor>, SessionError> {
+        let Some(x) = all.get(&name) else { return Ok(None) };
+        let x = x.to_dtype(DType::F32)?;
+        let l = match x.dims() {
+            [1, l, d] if *d == dim => *l,
+            dims => return Err(bad(format!("`{name}` is {dims:?}; this model takes (1, L, {dim})"))),
+        };
+        let m = match all.get(&mask) {
+            Some(m) if m.dims() == [1, l] => m.get(0)?,
+            Some(m) => return Err(bad(format!("`{mask}` is {:?}; `{name}` needs (1, {l})", m.dims()))),
+            None => Tensor::ones(l, DType::F32, &Device::Cpu)?,
+        };
+        Ok(valid_rows(&x.get(0)?, &m)?.map(|r| r.unsqueeze(0)).transpose()?)
+    };
+    let text = rows(format!("{prefix}prompt_embeds"), format!("{prefix}prompt_embeds_mask"), text_dim)?
+        .ok_or_else(|| bad(format!("no `{prefix}prompt_embeds` with a valid (mask 1) token")))?;
+    let glyph = rows(format!("{prefix}prompt_embeds_2"), format!("{prefix}prompt_embeds_mask_2"), glyph_dim)?;
+    Ok((text, glyph))
 }
 
 /// FNV-1a of the text: a stable seed (std's hasher may change between Rust versions).

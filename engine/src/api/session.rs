@@ -188,6 +188,8 @@ impl Session {
             plan: req.plan,
             prompt: resolved.prompt,
             negative: resolved.negative,
+            prompt_2: resolved.prompt_2,
+            negative_2: resolved.negative_2,
             image: req.image.clone(),
             latents,
             decode: req.decode,
@@ -235,27 +237,31 @@ impl Session {
     }
 
     /// Prompt embeddings for `texts`, `max_len` tokens each (e.g. `tessera encode-prompt`), with the
-    /// UMT5 encoder of the folder `root` (it needs only `text_encoder/` and `tokenizer/`), on the
-    /// host or split over a world of `ranks` workers.
+    /// UMT5 encoder and tokenizer of `text` (folders or single files), on the host or split over a
+    /// world of `ranks` workers.
     pub fn encode_prompts(
         &mut self,
-        root: &std::path::Path,
+        text: &crate::model_spec::TextModel,
         texts: &[&str],
         max_len: usize,
         placement: TextEncoderPlacement,
         ranks: usize,
         on_event: &mut dyn FnMut(&JobEvent),
     ) -> Result<Encoded, SessionError> {
-        if !(root.join("text_encoder").is_dir() && root.join("tokenizer").is_dir()) {
+        if !(text.encoder.exists() && text.tokenizer.exists()) {
             return Err(RequestError::new(
                 Field::Prompt,
-                format!("prompt text needs text_encoder/ and tokenizer/ in {}", root.display()),
+                format!(
+                    "prompt text needs a UMT5 text encoder and its tokenizer: {} / {} (a folder's text_encoder/ and tokenizer/, or «text-encoder» FILE and «tokenizer» FILE)",
+                    text.encoder.display(),
+                    text.tokenizer.display()
+                ),
             )
             .into());
         }
         self.prepare_world(ranks, DeviceKind::Cpu, on_event)?;
         let world = self.world.as_mut().ok_or_else(|| SessionError::Input("the workers are not running".into()))?;
-        let out = self.prompts.encode(root, texts, max_len, placement, &mut world.supervisor, on_event);
+        let out = self.prompts.encode(text, texts, max_len, placement, &mut world.supervisor, on_event);
         let (embeds, job) = keep_world_if_up(&mut self.world, out)?;
         Ok(Encoded { embeds, report: job.map(|j| j.report) })
     }

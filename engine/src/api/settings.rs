@@ -131,8 +131,11 @@ impl Settings {
     }
 }
 
-/// The `.safetensors` files of the text encoder's folder.
+/// The text encoder's weight files: the file itself, or the `.safetensors` files of its folder.
 fn weight_files(path: &Path) -> Result<Vec<PathBuf>, SettingsError> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
     let io = |source| SettingsError::Io { path: path.to_path_buf(), source };
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(io)?

@@ -1,5 +1,5 @@
 //! What a user names besides (or instead of) a model folder: component files
-//! (`--transformer`, `--transformer-2`, `--vae`), a config source for dimensions shapes cannot
+//! (`--transformer`, `--transformer-2`, `--vae`, `--text-encoder`, `--tokenizer`), a config source for dimensions shapes cannot
 //! settle (`--config`), and LoRAs (`--lora FILE[:STRENGTH][@high|@low]`). Plain data: it travels in
 //! the request and the worker's job, and keys the weights a worker keeps resident.
 
@@ -80,13 +80,18 @@ impl std::fmt::Display for LoraSpec {
 
 /// Component files, a config source and LoRAs for a model.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ModelFiles {
     /// A transformer checkpoint file (diffusers or Wan-native names, f32/bf16/f16/fp8).
     pub transformer: Option<PathBuf>,
     /// A14B's low-noise expert.
     pub transformer_2: Option<PathBuf>,
-    /// A VAE file (diffusers names, or Wan2.1-VAE native names).
+    /// A VAE file (diffusers names, or Wan-native Wan2.1 / Wan2.2 VAE names).
     pub vae: Option<PathBuf>,
+    /// A UMT5 text-encoder file (ComfyUI's `umt5_xxl_*.safetensors`) or `text_encoder/` folder.
+    pub text_encoder: Option<PathBuf>,
+    /// Its `tokenizer.json` or a folder holding one.
+    pub tokenizer: Option<PathBuf>,
     /// `config.json` of a component, a component folder, or a pipeline folder whose configs
     /// describe the files (finetunes, tiny test models).
     pub config: Option<PathBuf>,

@@ -7,6 +7,7 @@
 //! - [`files`]: component files, `--config` and LoRAs a user gives besides (or instead of) a folder.
 //! - [`single_file`]: what a single file holds, its key dialect, the config its shapes imply and
 //!   the published pipeline settings shapes cannot tell.
+//! - [`text`]: the UMT5 encoder and tokenizer ([`TextModel`]): a folder or a single file.
 //! - [`weights_info`]: stored bytes and dtype of a component, from safetensors headers only.
 //!
 //! A model is a diffusers pipeline folder, a folder of single files (ComfyUI's), or component files
@@ -19,17 +20,21 @@
 //! detection branch here.
 
 pub mod files;
+pub mod hv15;
 pub mod index;
 pub mod single_file;
+pub mod text;
 pub mod weights_info;
 
 use std::path::{Path, PathBuf};
 
 pub use files::{LoraSpec, LoraTarget, ModelFiles};
+pub use hv15::Hv15Configs;
 pub use index::ModelIndex;
+pub use text::TextModel;
 pub use weights_info::WeightsInfo;
 
-use crate::models::wan::checkpoint_keys::{self, KeyDialect, VaeKeys};
+use crate::models::wan::checkpoint_keys::{self, KeyDialect};
 use crate::models::wan::lora::{LoraError, LoraPlan};
 use crate::weights::{Checkpoint, ComponentWeights, Deltas, WeightsError};
 
@@ -42,8 +47,8 @@ use crate::models::wan::vae::config::Config as VaeConfig;
 pub enum Family {
     /// Wan2.1 / Wan2.2 (`WanPipeline`, `WanImageToVideoPipeline`).
     Wan,
-    /// HunyuanVideo 1.5 (`HunyuanVideo15Pipeline`, `HunyuanVideo15ImageToVideoPipeline`). So far
-    /// only its VAE runs (`tessera vae decode|encode`); [`ModelSpec::from_path`] says so.
+    /// HunyuanVideo 1.5 (`HunyuanVideo15Pipeline`; `HunyuanVideo15ImageToVideoPipeline` is not
+    /// ported yet, [`ModelSpec::from_path`] says so).
     HunyuanVideo15,
 }
 
@@ -107,6 +112,8 @@ pub enum Variant {
     Wan22T2vA14b,
     /// Wan2.2 I2V-A14B: two experts, image latents concatenated as channels.
     Wan22I2vA14b,
+    /// HunyuanVideo 1.5 text-to-video (480p or 720p: the same architecture).
+    Hv15T2v,
 }
 
 impl Variant {
@@ -117,6 +124,7 @@ impl Variant {
             Variant::Wan22Ti2v5b => "Wan2.2 TI2V-5B",
             Variant::Wan22T2vA14b => "Wan2.2 T2V-A14B",
             Variant::Wan22I2vA14b => "Wan2.2 I2V-A14B",
+            Variant::Hv15T2v => "HunyuanVideo 1.5 T2V",
         }
     }
 }
@@ -162,7 +170,8 @@ pub struct Components {
     pub vae: Component,
     /// The `scheduler/` folder; `None` for file layouts (the published config applies).
     pub scheduler: Option<PathBuf>,
-    /// UMT5 encoder and its tokenizer: both are needed to encode prompt text.
+    /// UMT5 encoder (a `text_encoder/` folder or a single file) and its tokenizer (`tokenizer/` or
+    /// `tokenizer.json`): both are needed to encode prompt text.
     pub text_encoder: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
 }
@@ -188,8 +197,6 @@ pub enum ModelSpecError {
     Lora(#[from] LoraError),
     #[error("«lora» {lora}: {msg}")]
     LoraTarget { lora: String, msg: String },
-    #[error("{} is a {} pipeline folder; so far only its VAE runs (tessera vae decode|encode --model …): generation needs its transformer, which is not ported yet", .path.display(), .family.describe())]
-    VaeOnly { family: Family, path: PathBuf },
 }
 
 /// Everything Tessera knows about a model before loading it.
@@ -218,6 +225,9 @@ pub struct ModelSpec {
     /// What was taken from published configs because the files cannot tell, one line each (shown
     /// to the user).
     pub assumed: Vec<String>,
+    /// HunyuanVideo 1.5: the configs its model code loads with (`transformer`/`vae` above then hold
+    /// only the family-generic facts, see [`hv15`]); `None` for Wan.
+    pub hv15: Option<Hv15Configs>,
 }
 
 /// Configs a folder (the `--model` diffusers folder, or `--config`) provides.
@@ -311,9 +321,8 @@ impl ModelSpec {
         let mut folder_configs = Configs::default();
         let mut text = (None, None);
         if pipeline {
-            let family = Family::detect(path)?;
-            if family != Family::Wan {
-                return Err(ModelSpecError::VaeOnly { family, path: path.to_path_buf() });
+            if Family::detect(path)? == Family::HunyuanVideo15 {
+                return hv15::open(path, files);
             }
             folder_configs = Configs::read(path)?;
             let index = folder_configs.index.clone().unwrap_or_default();
@@ -328,7 +337,9 @@ impl ModelSpec {
         } else if given && path.is_file() {
             transformer = Some(single_file::transformer_file(path)?);
         } else if given {
-            let (ts, v) = single_file::folder_of_files(path)?;
+            let found = single_file::folder_of_files(path)?;
+            let (ts, v) = (found.transformers, found.vae);
+            text = (found.text_encoder, found.tokenizer);
             if ts.is_empty() && files.transformer.is_none() {
                 return Err(ModelSpecError::NotPipeline {
                     detail: "no model_index.json and no Wan transformer .safetensors file".into(),
@@ -348,6 +359,15 @@ impl ModelSpec {
         }
         if let Some(f) = &files.vae {
             vae = Some(single_file::vae_file(f)?);
+        }
+        if let Some(f) = &files.text_encoder {
+            text.0 = Some(single_file::text_encoder_file(f)?);
+        }
+        if let Some(t) = &files.tokenizer {
+            if !t.exists() {
+                return Err(ModelSpecError::Missing(t.clone()));
+            }
+            text.1 = Some(t.clone());
         }
         let root = if given { path.to_path_buf() } else { files.transformer.clone().unwrap_or_default() };
         let Some(transformer) = transformer else {
@@ -404,11 +424,20 @@ impl ModelSpec {
                 path: vae.path.clone(),
             })?
         };
+        let mut assumed = Vec::new();
         let text_encoder = match &text.0 {
-            Some(dir) => Some(read_json::<Umt5Config>(&dir.join("config.json"), "text_encoder")?),
+            Some(enc) => {
+                let model = TextModel { encoder: enc.clone(), tokenizer: text.1.clone().unwrap_or_default() };
+                if model.is_single_file() {
+                    assumed.push(
+                        "UMT5 relative_attention_max_distance 128 and layer-norm epsilon 1e-6 (google/umt5-xxl; no tensor holds them)"
+                            .into(),
+                    );
+                }
+                Some(model.config()?)
+            }
             None => None,
         };
-        let mut assumed = Vec::new();
         let (index, scheduler_config) = match configs.index.clone() {
             Some(index) => {
                 let variant = detect_variant(&index, &transformer_cfg, transformer_2.is_some(), &vae_cfg);
@@ -455,6 +484,7 @@ impl ModelSpec {
             files: files.clone(),
             scheduler_config,
             assumed,
+            hv15: None,
         };
         spec.validate()?;
         spec.check_loras()?;
@@ -526,11 +556,7 @@ impl ModelSpec {
     /// The VAE's weights as the loaders read them.
     pub fn vae_weights(&self) -> ComponentWeights {
         let c = &self.components.vae;
-        let keys = match c.keys {
-            KeyDialect::Diffusers => VaeKeys::Diffusers,
-            KeyDialect::WanNative { .. } => VaeKeys::Wan21Native,
-        };
-        ComponentWeights::renamed(c.files.clone(), checkpoint_keys::vae_rename(keys, self.vae.num_res_blocks))
+        ComponentWeights::renamed(c.files.clone(), checkpoint_keys::vae_rename(&c.keys, self.vae.num_res_blocks))
     }
 
     fn validate(&self) -> Result<(), ModelSpecError> {
@@ -581,7 +607,7 @@ impl ModelSpec {
     /// A14B / Wan2.1 I2V: the image is VAE-encoded with `frames − 1` zero frames and concatenated
     /// as channels (TI2V encodes the single image).
     pub fn channel_concat_i2v(&self) -> bool {
-        self.transformer.in_channels != self.vae.z_dim
+        self.family == Family::Wan && self.transformer.in_channels != self.vae.z_dim
     }
 
     /// Whether an input image must be given (the transformer takes image channels).
@@ -606,12 +632,23 @@ impl ModelSpec {
 
     /// Both the UMT5 encoder and its tokenizer are there, so prompt text can be encoded.
     pub fn can_encode_text(&self) -> bool {
-        self.components.text_encoder.is_some() && self.components.tokenizer.is_some()
+        self.text_model().is_some()
+    }
+
+    /// The UMT5 encoder and tokenizer, when the model has both.
+    pub fn text_model(&self) -> Option<TextModel> {
+        match (&self.components.text_encoder, &self.components.tokenizer) {
+            (Some(encoder), Some(tokenizer)) => {
+                Some(TextModel { encoder: encoder.clone(), tokenizer: tokenizer.clone() })
+            }
+            _ => None,
+        }
     }
 
     /// The pipelines' default frame rate: 24 fps for TI2V-5B, 16 for the Wan2.1-VAE models.
     pub fn default_fps(&self) -> f64 {
-        if self.index.expand_timesteps {
+        // HunyuanVideo 1.5 exports at 24 fps (diffusers' pipeline examples).
+        if self.index.expand_timesteps || self.family == Family::HunyuanVideo15 {
             24.0
         } else {
             16.0
@@ -658,10 +695,9 @@ pub fn vae_component(path: &Path, config: Option<&Path>) -> Result<(VaeConfig, C
             None => single_file::infer_vae(&probe, path)?,
         };
         single_file::check_vae(&cfg, &single_file::vae_table(&c, cfg.num_res_blocks)?, path)?;
-        let keys = if c.keys == KeyDialect::Diffusers { VaeKeys::Diffusers } else { VaeKeys::Wan21Native };
         return Ok((
             cfg.clone(),
-            ComponentWeights::renamed(c.files, checkpoint_keys::vae_rename(keys, cfg.num_res_blocks)),
+            ComponentWeights::renamed(c.files, checkpoint_keys::vae_rename(&c.keys, cfg.num_res_blocks)),
         ));
     }
     let dir = crate::weights::component_dir(path, "vae")
@@ -751,9 +787,20 @@ mod tests {
         assert_eq!(Family::detect(&fixture("golden/pipeline")), Ok(Family::Wan));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "HunyuanVideo15Pipeline"}"#).unwrap();
-        let err = ModelSpec::from_path(dir.path()).unwrap_err();
-        assert_eq!(err, ModelSpecError::VaeOnly { family: Family::HunyuanVideo15, path: dir.path().to_path_buf() });
-        assert!(err.to_string().contains("only its VAE runs"), "{err}");
+        let err = ModelSpec::from_path(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no transformer/config.json"), "{err}");
+        std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "HunyuanVideo15ImageToVideoPipeline"}"#)
+            .unwrap();
+        let err = ModelSpec::from_path(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("HunyuanVideo15ImageToVideoPipeline is not ported yet"), "{err}");
+        let t2v = ModelSpec::from_path(&fixture("hv15/pipeline")).unwrap();
+        assert_eq!((t2v.family, t2v.variant), (Family::HunyuanVideo15, Variant::Hv15T2v));
+        let hv = t2v.hv15.as_ref().unwrap();
+        assert_eq!((hv.transformer.num_layers, hv.vae.latent_channels, hv.guidance_scale), (2, 4, Some(6.0)));
+        // The generic facts the request checks and the planner read.
+        assert_eq!((t2v.num_heads(), t2v.size_multiple(), t2v.vae.z_dim, t2v.default_fps()), (4, 16, 4, 24.0));
+        assert!(!t2v.accepts_image() && !t2v.requires_image() && !t2v.can_encode_text());
+        assert!(t2v.weights.is_some());
         std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "FluxPipeline"}"#).unwrap();
         let err = Family::detect(dir.path()).unwrap_err().to_string();
         assert!(err.contains("unknown model class `FluxPipeline`"), "{err}");

@@ -29,7 +29,7 @@ pub const PUBLISHED_HEAD_DIM: usize = 128;
 pub enum FileKind {
     Transformer(KeyDialect),
     Vae(VaeKeys),
-    /// A UMT5 text encoder (`umt5_xxl_*.safetensors`), not read from single files yet.
+    /// A UMT5 text encoder (`umt5_xxl_*.safetensors`).
     TextEncoder,
     Other,
 }
@@ -48,7 +48,7 @@ pub fn classify(path: &Path) -> Result<FileKind, ModelSpecError> {
     if let Some(v) = checkpoint_keys::detect_vae(names.clone()) {
         return Ok(FileKind::Vae(v));
     }
-    if keys.keys().any(|k| k.starts_with("encoder.block.0.layer.0.SelfAttention")) {
+    if super::text::is_umt5(names) {
         return Ok(FileKind::TextEncoder);
     }
     Ok(FileKind::Other)
@@ -74,16 +74,30 @@ pub fn vae_file(path: &Path) -> Result<Component, ModelSpecError> {
         FileKind::Vae(VaeKeys::Diffusers) => {
             Ok(Component { path: path.to_path_buf(), files: vec![path.to_path_buf()], keys: KeyDialect::Diffusers })
         }
-        FileKind::Vae(VaeKeys::Wan21Native) => Ok(Component {
+        FileKind::Vae(VaeKeys::Wan21Native | VaeKeys::Wan22Native) => Ok(Component {
             path: path.to_path_buf(),
             files: vec![path.to_path_buf()],
             keys: KeyDialect::WanNative { prefix: String::new() },
         }),
-        FileKind::Vae(VaeKeys::Wan22Native) => Err(ModelSpecError::Unsupported {
-            path: path.to_path_buf(),
-            msg: "a Wan2.2 VAE in Wan-native names (wan2.2_vae.safetensors) is not read yet (diffusers has no converter for it to check against): use the vae/ folder of Wan-AI/Wan2.2-TI2V-5B-Diffusers, as «vae» DIR/diffusion_pytorch_model.safetensors".into(),
-        }),
         other => Err(ModelSpecError::WrongFile { path: path.to_path_buf(), want: "a Wan VAE", got: describe(&other) }),
+    }
+}
+
+/// A UMT5 text encoder given as a file (or a `text_encoder/` folder).
+pub fn text_encoder_file(path: &Path) -> Result<PathBuf, ModelSpecError> {
+    if path.is_dir() && crate::weights::component_dir(path, "text_encoder").is_ok() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.exists() {
+        return Err(ModelSpecError::Missing(path.to_path_buf()));
+    }
+    match classify(path)? {
+        FileKind::TextEncoder => Ok(path.to_path_buf()),
+        other => Err(ModelSpecError::WrongFile {
+            path: path.to_path_buf(),
+            want: "a UMT5 text encoder",
+            got: describe(&other),
+        }),
     }
 }
 
@@ -92,28 +106,56 @@ fn describe(kind: &FileKind) -> &'static str {
         FileKind::Transformer(_) => "a Wan transformer",
         FileKind::Vae(_) => "a Wan VAE",
         FileKind::TextEncoder => "a UMT5 text encoder",
-        FileKind::Other => "no Wan transformer or VAE tensors",
+        FileKind::Other => "no Wan transformer, VAE or UMT5 tensors",
     }
 }
 
-/// A folder of single files (a ComfyUI `models/` pick): its transformer(s) and VAE. Two
-/// transformers are the A14B experts, told apart by `high_noise` / `low_noise` in their names.
-pub fn folder_of_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>), ModelSpecError> {
-    let mut transformers = Vec::new();
-    let mut vae = None;
-    let entries = std::fs::read_dir(dir).map_err(|e| read_error(dir, e))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
+/// What a folder of single files holds.
+#[derive(Debug, Default)]
+pub struct FolderFiles {
+    /// One transformer, or the two A14B experts (high-noise first).
+    pub transformers: Vec<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub text_encoder: Option<PathBuf>,
+    /// `tokenizer.json` or a `tokenizer/` folder holding one.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// ComfyUI's `models/` subfolders that hold what a Wan model needs (one level down).
+const COMFY_SUBFOLDERS: [&str; 5] = ["diffusion_models", "unet", "vae", "text_encoders", "clip"];
+
+/// A folder of single files (a ComfyUI `models/` pick, or ComfyUI's `models/` folder itself with
+/// its `diffusion_models/`, `vae/`, `text_encoders/` subfolders): its transformer(s), VAE, UMT5 text
+/// encoder and tokenizer. Two transformers are the A14B experts, told apart by `high_noise` /
+/// `low_noise` in their names.
+pub fn folder_of_files(dir: &Path) -> Result<FolderFiles, ModelSpecError> {
+    let mut out = FolderFiles::default();
+    let list = |d: &Path| -> Result<Vec<PathBuf>, ModelSpecError> {
+        let entries = std::fs::read_dir(d).map_err(|e| read_error(d, e))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        Ok(files)
+    };
+    let mut files = list(dir)?;
+    for sub in COMFY_SUBFOLDERS.iter().map(|s| dir.join(s)).filter(|d| d.is_dir()) {
+        files.extend(list(&sub)?);
+    }
     for f in files {
         match classify(&f)? {
-            FileKind::Transformer(_) => transformers.push(f),
-            FileKind::Vae(_) if vae.is_none() => vae = Some(f),
+            FileKind::Transformer(_) => out.transformers.push(f),
+            FileKind::Vae(_) if out.vae.is_none() => out.vae = Some(f),
+            FileKind::TextEncoder if out.text_encoder.is_none() => out.text_encoder = Some(f),
             kind => tracing::info!("{}: {} — not used", f.display(), describe(&kind)),
         }
     }
+    out.tokenizer = [dir.to_path_buf(), dir.join("text_encoders")]
+        .into_iter()
+        .flat_map(|d| [d.join("tokenizer.json"), d.join("tokenizer").join("tokenizer.json")])
+        .find(|p| p.is_file());
+    let transformers = &mut out.transformers;
     if transformers.len() == 2 {
         let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
         transformers.sort_by_key(|p| !name(p).contains("high"));
@@ -127,13 +169,13 @@ pub fn folder_of_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>), Mo
     if transformers.len() > 2 {
         return Err(ModelSpecError::NotPipeline {
             detail: format!(
-                "{} transformer files: keep one (or the two A14B experts) in the folder",
+                "{} transformer files: keep one (or the two A14B experts) in the folder, or pick with «transformer»",
                 transformers.len()
             ),
             path: dir.to_path_buf(),
         });
     }
-    Ok((transformers, vae))
+    Ok(out)
 }
 
 /// The tensor table of a transformer component (diffusers names).
@@ -145,11 +187,7 @@ pub fn transformer_table(c: &Component) -> Result<TensorTable, ModelSpecError> {
 
 /// The tensor table of a VAE component (diffusers names).
 pub fn vae_table(c: &Component, num_res_blocks: usize) -> Result<TensorTable, ModelSpecError> {
-    let keys = match c.keys {
-        KeyDialect::Diffusers => VaeKeys::Diffusers,
-        KeyDialect::WanNative { .. } => VaeKeys::Wan21Native,
-    };
-    ComponentWeights::renamed(c.files.clone(), checkpoint_keys::vae_rename(keys, num_res_blocks))
+    ComponentWeights::renamed(c.files.clone(), checkpoint_keys::vae_rename(&c.keys, num_res_blocks))
         .table()
         .map_err(|e| read_error(&c.path, e))
 }
@@ -304,7 +342,7 @@ pub fn published(variant: Variant) -> (ModelIndex, serde_json::Value, Vec<String
         Variant::Wan22Ti2v5b => Some(Arch::Wan22Ti2v5b),
         Variant::Wan22T2vA14b => Some(Arch::Wan22T2vA14b),
         Variant::Wan22I2vA14b => Some(Arch::Wan22I2vA14b),
-        Variant::Wan21T2v | Variant::Wan21I2v => None,
+        Variant::Wan21T2v | Variant::Wan21I2v | Variant::Hv15T2v => None,
     };
     let spec = arch.and_then(|a| PipelineSpec::for_arch(a, Some(1)).ok().flatten());
     let (class, expand, boundary, shift) = match &spec {

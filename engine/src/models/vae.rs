@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::hv15::vae::AutoencoderKLHunyuanVideo15;
 use super::wan::vae::parallel::DecodedPiece;
 use super::wan::vae::{AutoencoderKLWan, Moments, Tiling, VaeLoadError, VaeParts, VaeProgress};
-use crate::model_spec::Family;
+use crate::model_spec::{Family, ModelSpec};
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::VaeMode;
 
@@ -33,6 +33,20 @@ pub fn load(model: &Path, parts: VaeParts, dtype: DType, device: &Device) -> std
     })
 }
 
+/// The VAE of an inspected model, as the generate job loads it: Wan's from the spec's weights (any
+/// key dialect), HunyuanVideo 1.5's from its `vae/` folder.
+pub fn load_for_model(
+    model: &ModelSpec,
+    parts: VaeParts,
+    dtype: DType,
+    device: &Device,
+) -> std::result::Result<Vae, VaeLoadError> {
+    Ok(match model.family {
+        Family::Wan => Vae::Wan(super::wan::vae::load_weights(&model.vae, &model.vae_weights(), parts, dtype, device)?),
+        Family::HunyuanVideo15 => Vae::Hv15(super::hv15::vae::load(&model.root, parts, dtype, device)?),
+    })
+}
+
 /// As [`load`], and also a Wan VAE given as a single file (diffusers or Wan-native names), or any
 /// Wan VAE with `config` (a `config.json` or a folder with one) in place of its own
 /// (`model_spec::vae_component`).
@@ -52,6 +66,14 @@ pub fn load_with_config(
 }
 
 impl Vae {
+    /// The Wan VAE, if this is one (the Wan image conditions need its latent statistics).
+    pub fn as_wan(&self) -> Option<&AutoencoderKLWan> {
+        match self {
+            Vae::Wan(m) => Some(m),
+            Vae::Hv15(_) => None,
+        }
+    }
+
     pub fn family(&self) -> Family {
         match self {
             Vae::Wan(_) => Family::Wan,

@@ -40,8 +40,10 @@ impl std::fmt::Display for VaeMode {
 pub enum TextEncoderPlacement {
     /// On the host (supervisor side), freed before denoising starts.
     #[default]
+    #[value(alias = "host")]
     Cpu,
-    /// FSDP-style across the worker ranks: each keeps 1/N of every layer, gathered layer by layer.
+    /// Split by layer over the worker ranks (`text::sharded`): each holds ~1/N of the layers.
+    #[value(alias = "workers")]
     Sharded,
 }
 

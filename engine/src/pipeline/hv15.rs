@@ -3,7 +3,8 @@
 //! (`linspace(1, 0, N+1)[:-1]`, shifted once), classifier-free guidance through the guider
 //! (`uncond + g·(cond − uncond)`; g = 1 runs one forward per step), the transformer input
 //! `[latents, zero cond latents, zero mask]`, then `decode(latents / scaling_factor)` mapped to
-//! [0, 1]. The reference the parallel denoise will be checked against; the workers do not run it yet.
+//! [0, 1]. The single-device reference the tests hold the workers' generate job against (the job
+//! runs the same steps through `pipeline::denoise::run_loop` and `pipeline::sharded::Expert`).
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::fields::{render, Audience, Field};
-use crate::model_spec::ModelSpec;
+use crate::model_spec::{Family, ModelSpec};
 use crate::parallel::plan::{ParallelPlan, PlanError, PlanModel, VaeMode};
 use crate::scheduler::{self, Scheduler, SchedulerError, SchedulerKind};
 
@@ -126,6 +126,22 @@ impl GenerateParams {
     pub fn latent_frames(&self) -> usize {
         (self.frames - 1) / 4 + 1
     }
+}
+
+/// The scheduler of a run of `model` (`origin`: where its config came from, for messages):
+/// [`GenerateParams::scheduler`], except that HunyuanVideo 1.5's pipelines always pass custom sigmas
+/// `linspace(1, 0, N+1)[:-1]` (shifted once) where a request gives none — what diffusers'
+/// `HunyuanVideo15Pipeline.__call__` does, unlike `set_timesteps(N)`.
+pub fn schedule(
+    model: &ModelSpec,
+    params: &GenerateParams,
+    origin: &std::path::Path,
+) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    if model.family == Family::HunyuanVideo15 && params.sigmas.is_none() {
+        let sigmas = Some(crate::scheduler::flow_match_euler::linear_sigmas(params.steps));
+        return GenerateParams { sigmas, ..params.clone() }.scheduler(model.scheduler_config.clone(), origin);
+    }
+    params.scheduler(model.scheduler_config.clone(), origin)
 }
 
 /// Why a request cannot run on a model: the field to change and a message naming a valid value.

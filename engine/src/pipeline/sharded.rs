@@ -5,7 +5,8 @@
 //! pair `{r mod U, r mod U + U}` all-gathers its two predictions (sequence-gathered already) and
 //! both ranks combine them with the same arithmetic, so every rank of the world holds bit-identical
 //! latents after each step. Without CFG parallel every rank runs both branches in turn. Ulysses and
-//! FSDP live inside [`ShardedTransformer`].
+//! FSDP live inside each family's sharded transformer ([`Expert`]: Wan's [`ShardedTransformer`],
+//! HunyuanVideo 1.5's [`Hv15ShardedTransformer`]); the branch logic here is the same for both.
 
 use std::sync::Arc;
 
@@ -13,7 +14,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::denoise::NoisePredictor;
 use super::sampling;
-use crate::model_spec::ModelSpec;
+use crate::model_spec::{Family, ModelSpec};
+use crate::models::hv15::transformer::{Context, Hv15ShardedTransformer};
 use crate::models::wan::transformer::{ShardOptions, ShardedTransformer};
 use crate::parallel::comm::{color_of, Collective};
 use crate::parallel::plan::ParallelPlan;
@@ -61,12 +63,79 @@ impl PlanGroups {
     }
 }
 
+/// One loaded transformer of either family, as this rank holds it.
+// A rank holds at most two experts: the few hundred bytes of a struct next to its gigabytes of
+// weights do not matter, so neither variant is boxed for size.
+#[allow(clippy::large_enum_variant)]
+pub enum Expert {
+    Wan(ShardedTransformer),
+    Hv15(Hv15ShardedTransformer),
+}
+
+/// The conditioning of one CFG branch: prompt embeddings `(1, L, text_dim)` and, for HunyuanVideo
+/// 1.5, its ByT5 glyph embeddings `(1, M, glyph_dim)` (valid rows only; `None`: no quoted text).
+#[derive(Clone, Debug)]
+pub struct BranchEmbeds {
+    pub text: Tensor,
+    pub glyph: Option<Tensor>,
+}
+
+impl BranchEmbeds {
+    fn to(&self, dtype: DType, device: &Device) -> Result<Self> {
+        let on = |t: &Tensor| t.to_device(device)?.to_dtype(dtype);
+        Ok(Self { text: on(&self.text)?, glyph: self.glyph.as_ref().map(on).transpose()? })
+    }
+}
+
+impl Expert {
+    /// The prediction for `input` `(1, z, T, h, w)` at `timestep` under one branch's embeddings.
+    /// HunyuanVideo 1.5 (text-to-video) takes `[latents, cond latents, mask]` with zero cond
+    /// latents and mask, as its pipeline builds it, and its timestep in the run dtype.
+    fn forward(&self, input: &Tensor, timestep: &Tensor, embeds: &BranchEmbeds) -> Result<Tensor> {
+        match self {
+            Expert::Wan(m) => {
+                if embeds.glyph.is_some() {
+                    candle_core::bail!("Wan takes no glyph (ByT5) embeddings");
+                }
+                m.forward(input, timestep, &embeds.text)
+            }
+            Expert::Hv15(m) => {
+                let (b, z, t, h, w) = input.dims5()?;
+                let cond = Tensor::zeros((b, z + 1, t, h, w), input.dtype(), input.device())?;
+                let x = Tensor::cat(&[input, &cond], 1)?;
+                // diffusers: `t.expand(B).to(latents.dtype)` (bf16 rounding on bf16 runs).
+                let ts = timestep.to_dtype(input.dtype())?.to_dtype(DType::F32)?;
+                let text = embeds.text.squeeze(0)?;
+                let glyph = embeds.glyph.as_ref().map(|g| g.squeeze(0)).transpose()?;
+                let ctx = Context { text: &text, glyph: glyph.as_ref(), image: None };
+                m.forward(&x, &ts, None, &[ctx])
+            }
+        }
+    }
+
+    /// Resident weight bytes on this rank.
+    pub fn resident_bytes(&self) -> u64 {
+        match self {
+            Expert::Wan(m) => m.resident_bytes(),
+            Expert::Hv15(m) => m.resident_bytes(),
+        }
+    }
+
+    /// Bytes of one whole block (what FSDP gathers at a time).
+    pub fn block_bytes(&self) -> u64 {
+        match self {
+            Expert::Wan(m) => m.block_bytes(),
+            Expert::Hv15(m) => m.block_bytes(),
+        }
+    }
+}
+
 /// The noise prediction of one rank of a parallel plan. Expert slots may be empty: under phased
 /// residency only the running expert is loaded (the job swaps them at the boundary step).
 pub struct ShardedPredictor {
-    experts: Vec<Option<ShardedTransformer>>,
-    prompt: Tensor,
-    negative: Option<Tensor>,
+    experts: Vec<Option<Expert>>,
+    prompt: BranchEmbeds,
+    negative: Option<BranchEmbeds>,
     cfg: Option<Arc<dyn Collective>>,
     cfg_branch: usize,
 }
@@ -80,11 +149,15 @@ impl ShardedPredictor {
         groups: &PlanGroups,
         dtype: DType,
         device: &Device,
-    ) -> Result<ShardedTransformer> {
+    ) -> Result<Expert> {
+        let weights = model.transformer_weights(index).map_err(candle_core::Error::wrap)?;
+        if let (Family::HunyuanVideo15, Some(hv)) = (model.family, &model.hv15) {
+            let m = Hv15ShardedTransformer::load(&hv.transformer, &weights, dtype, device, groups.shard_options())?;
+            return Ok(Expert::Hv15(m));
+        }
         let cfg =
             if index == 0 { &model.transformer } else { model.transformer_2.as_ref().unwrap_or(&model.transformer) };
-        let weights = model.transformer_weights(index).map_err(candle_core::Error::wrap)?;
-        ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options())
+        ShardedTransformer::load(cfg, &weights, dtype, device, groups.shard_options()).map(Expert::Wan)
     }
 
     /// Loads the experts of `only` (every one of the model when `None`); the others' slots stay
@@ -95,7 +168,7 @@ impl ShardedPredictor {
         groups: &PlanGroups,
         dtype: DType,
         device: &Device,
-    ) -> Result<Vec<Option<ShardedTransformer>>> {
+    ) -> Result<Vec<Option<Expert>>> {
         (0..model.experts())
             .map(|i| match only {
                 Some(o) if o != i => Ok(None),
@@ -119,29 +192,42 @@ impl ShardedPredictor {
 
     /// A predictor over experts loaded earlier (kept resident between runs), with new prompts.
     pub fn from_experts(
-        experts: Vec<Option<ShardedTransformer>>,
+        experts: Vec<Option<Expert>>,
         groups: &PlanGroups,
         prompt: &Tensor,
         negative: Option<&Tensor>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let branch = |text: &Tensor| BranchEmbeds { text: text.clone(), glyph: None };
+        Self::with_branches(experts, groups, &branch(prompt), negative.map(branch).as_ref(), dtype, device)
+    }
+
+    /// [`Self::from_experts`] with each branch's embeddings (HunyuanVideo 1.5's glyph stream too).
+    pub fn with_branches(
+        experts: Vec<Option<Expert>>,
+        groups: &PlanGroups,
+        prompt: &BranchEmbeds,
+        negative: Option<&BranchEmbeds>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             experts,
-            prompt: prompt.to_device(device)?.to_dtype(dtype)?,
-            negative: negative.map(|n| n.to_device(device)?.to_dtype(dtype)).transpose()?,
+            prompt: prompt.to(dtype, device)?,
+            negative: negative.map(|n| n.to(dtype, device)).transpose()?,
             cfg: groups.cfg.clone(),
             cfg_branch: groups.cfg_branch,
         })
     }
 
     /// The expert slots, for keeping them resident after the run (the prompts are dropped).
-    pub fn into_experts(self) -> Vec<Option<ShardedTransformer>> {
+    pub fn into_experts(self) -> Vec<Option<Expert>> {
         self.experts
     }
 
     /// The loaded experts.
-    pub fn loaded(&self) -> impl Iterator<Item = &ShardedTransformer> {
+    pub fn loaded(&self) -> impl Iterator<Item = &Expert> {
         self.experts.iter().flatten()
     }
 
@@ -160,7 +246,7 @@ impl ShardedPredictor {
     }
 
     /// Puts a loaded expert into its slot.
-    pub fn install(&mut self, index: usize, model: ShardedTransformer) -> Result<()> {
+    pub fn install(&mut self, index: usize, model: Expert) -> Result<()> {
         match self.experts.get_mut(index) {
             Some(slot) => {
                 *slot = Some(model);
@@ -172,7 +258,7 @@ impl ShardedPredictor {
 
     /// Resident weight bytes of every loaded expert on this rank.
     pub fn resident_bytes(&self) -> u64 {
-        self.loaded().map(ShardedTransformer::resident_bytes).sum()
+        self.loaded().map(Expert::resident_bytes).sum()
     }
 }
 

@@ -4,7 +4,7 @@
 //! predict, with every term named so the CLI can say what dominates.
 //!
 //! Phases and residency, as the job does them (the names are the `--report` phase names):
-//! - `text_encode` (`--text-encoder sharded`, when the folder has a text encoder): this rank's
+//! - `text_encode` (`--text-encoder-on sharded`, when the folder has a text encoder): this rank's
 //!   UMT5 layers, loaded and freed inside the text job that runs before the generation.
 //! - `load`: the prompt embeddings and the initial latents (read before it and held to the end),
 //!   every expert's transformer part (stem, and the blocks whole or this rank's FSDP slices), the

@@ -203,7 +203,7 @@ pub fn describe_changes(base: &ParallelPlan, plan: &ParallelPlan) -> Vec<String>
         }
     }
     if plan.text_encoder != base.text_encoder {
-        v.push(format!("--text-encoder {}", plan.text_encoder));
+        v.push(format!("--text-encoder-on {}", plan.text_encoder));
     }
     if plan.residency != base.residency {
         v.push(format!("--residency {}", plan.residency));

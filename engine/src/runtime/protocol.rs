@@ -15,7 +15,7 @@ use crate::parallel::plan::VaeMode;
 use crate::parallel::Rank;
 
 /// Bumped on every incompatible change of the messages below; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Control frames carry small outputs at most (test tensors, bench tables); larger is corruption.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -250,7 +250,7 @@ pub enum Job {
     VaeDecode(VaeDecodeSpec),
     /// `tessera vae encode` across the world.
     VaeEncode(VaeEncodeSpec),
-    /// UMT5 prompt embeddings with the encoder split by layer over the world (`--text-encoder sharded`).
+    /// UMT5 prompt embeddings with the encoder split by layer over the world (`--text-encoder-on sharded`).
     EncodePrompt(EncodePromptSpec),
     /// `tessera generate` across the world: load, sharded denoise, VAE decode (see `jobs::generate`).
     Generate(Box<GenerateSpec>),
@@ -276,6 +276,10 @@ pub struct GenerateSpec {
     pub prompt: WireTensor,
     /// Negative prompt embeddings; required when `params.guidance > 1`.
     pub negative: Option<WireTensor>,
+    /// HunyuanVideo 1.5: the ByT5 glyph embeddings `(1, M, glyph_dim)` of the prompt and of the
+    /// negative (valid rows only; `None`: no quoted text). Wan: `None`.
+    pub prompt_2: Option<WireTensor>,
+    pub negative_2: Option<WireTensor>,
     /// PNG/JPEG for image-to-video (rank 0 encodes it and broadcasts the latent condition).
     pub image: Option<std::path::PathBuf>,
     /// Initial noise `(1, z, T, h, w)` f32; else seeded noise from `params.seed`.
@@ -349,8 +353,8 @@ pub struct VaeEncodeSpec {
 /// second, if any).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncodePromptSpec {
-    /// Pipeline folder holding `text_encoder/` and `tokenizer/`.
-    pub model: std::path::PathBuf,
+    /// The UMT5 encoder and tokenizer (folders or single files).
+    pub text: crate::model_spec::TextModel,
     pub prompts: Vec<String>,
     pub max_sequence_length: usize,
     /// Prompt-embedding cache folder (`None`: no cache).

@@ -1,8 +1,9 @@
 //! On-disk cache of prompt embeddings: one safetensors file (`prompt_embeds`) per key, where the key
 //! is a SHA-256 of the cleaned prompt, the model identity, `max_sequence_length` and the dtype.
 //!
-//! The model identity is the canonical `text_encoder/` path, a hash of its `config.json`, and the
-//! name, size and mtime of every weight file and of `tokenizer.json`: replacing or editing any of
+//! The model identity is the canonical encoder path (`text_encoder/` or the single file), a hash of
+//! its `config.json` (folders), and the name, size and mtime of every weight file and of
+//! `tokenizer.json`: replacing or editing any of
 //! them invalidates the entries without reading gigabytes of weights to hash them.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::TextError;
+use crate::model_spec::TextModel;
 use crate::tensor_io;
-use crate::weights::Checkpoint;
 
 /// The tensor name in cache files (the same name `tessera generate --prompt-embeds` reads).
 const TENSOR: &str = "prompt_embeds";
@@ -86,15 +87,14 @@ impl PromptCache {
     }
 }
 
-/// Identity string of a text encoder folder plus its tokenizer file (see the module doc).
-pub fn model_identity(text_encoder_dir: &Path, tokenizer_json: &Path) -> Result<String, TextError> {
+/// Identity string of a text encoder plus its tokenizer file (see the module doc).
+pub fn model_identity(model: &TextModel, tokenizer_json: &Path) -> Result<String, TextError> {
     let io = |path: &Path, e: std::io::Error| TextError::Cache { path: path.to_path_buf(), msg: e.to_string() };
-    let dir = text_encoder_dir.canonicalize().map_err(|e| io(text_encoder_dir, e))?;
-    let config_path = dir.join("config.json");
-    let config = std::fs::read(&config_path).map_err(|e| io(&config_path, e))?;
-    let mut id = format!("{}\nconfig {:x}\n", dir.display(), Sha256::digest(&config));
-    let checkpoint = Checkpoint::open(&dir)?;
-    let mut files = checkpoint.files.clone();
+    let path = model.encoder_path()?;
+    let encoder = path.canonicalize().map_err(|e| io(&path, e))?;
+    let config = model.config_bytes()?;
+    let mut id = format!("{}\nconfig {:x}\n", encoder.display(), Sha256::digest(&config));
+    let mut files = model.files()?;
     files.push(tokenizer_json.to_path_buf());
     for f in &files {
         let meta = std::fs::metadata(f).map_err(|e| io(f, e))?;

@@ -1,8 +1,8 @@
-//! [`TextEncoder`]: tokenizer + UMT5 from a pipeline folder, producing `prompt_embeds` exactly as
+//! [`TextEncoder`]: tokenizer + UMT5 from a [`TextModel`] (a pipeline folder's or single files), producing `prompt_embeds` exactly as
 //! `WanPipeline._get_t5_prompt_embeds`: clean → tokenize (pad/truncate to N) → encode → keep the
 //! prompt's `mask.sum()` rows (its tokens and `</s>`) → zero rows up to N.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -10,8 +10,9 @@ use super::cache::{model_identity, PromptCache};
 use super::clean::prompt_clean;
 use super::tokenizer::{tokenizer_file, PromptTokenizer, TokenizedPrompt};
 use super::TextError;
-use crate::models::umt5::{self, UMT5EncoderModel};
-use crate::weights::{self, Checkpoint};
+use crate::model_spec::TextModel;
+use crate::models::umt5::UMT5EncoderModel;
+use crate::weights;
 
 /// diffusers' `max_sequence_length` default for Wan (the DiT's text length).
 pub const DEFAULT_MAX_SEQUENCE_LENGTH: usize = 512;
@@ -42,22 +43,22 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// Loads `root/tokenizer/tokenizer.json` and `root/text_encoder/` (config + safetensors shards).
-    /// The tokenizer is read first so a missing file is reported before any weights are mapped.
-    pub fn load(root: &Path, opts: &TextEncoderOptions) -> Result<Self, TextError> {
-        let tokenizer = PromptTokenizer::from_path(root)?;
-        let dir = weights::component_dir(root, "text_encoder")?;
-        let cfg: umt5::Config = weights::load_config(&dir)?;
-        let checkpoint = Checkpoint::open(&dir)?;
-        let dtype = resolve_dtype(&checkpoint, opts.dtype)?;
+    /// Loads the tokenizer and the UMT5 encoder of `model` (a `text_encoder/` folder with its config,
+    /// or a single file whose shapes give the config). The tokenizer is read first so a missing file
+    /// is reported before any weights are mapped.
+    pub fn load(model: &TextModel, opts: &TextEncoderOptions) -> Result<Self, TextError> {
+        let tokenizer = PromptTokenizer::from_path(&model.tokenizer)?;
+        let cfg = model.config()?;
+        let files = model.files()?;
+        let dtype = resolve_dtype(&files, opts.dtype)?;
         tracing::info!(
-            dir = %dir.display(),
+            encoder = %model.encoder.display(),
             dtype = ?dtype,
             device = ?opts.device,
-            gb = checkpoint.stored_bytes() as f64 / 1e9,
+            gb = stored_bytes(&files) as f64 / 1e9,
             "loading text encoder"
         );
-        let vb = checkpoint.var_builder(dtype, &opts.device)?;
+        let vb = model.weights()?.var_builder(dtype, &opts.device)?;
         let model = UMT5EncoderModel::new(&cfg, vb)?;
         if opts.max_sequence_length < 2 {
             return Err(TextError::BadLength(opts.max_sequence_length));
@@ -102,13 +103,19 @@ pub(crate) fn zero_pad_rows(xs: &Tensor, total: usize) -> candle_core::Result<Te
     Tensor::cat(&[xs, &zeros], 1)
 }
 
-/// The run dtype: the requested one, else bf16 for a bf16 checkpoint and f32 otherwise.
-pub(crate) fn resolve_dtype(checkpoint: &Checkpoint, requested: Option<DType>) -> Result<DType, TextError> {
+/// The run dtype: the requested one, else bf16 for a bf16 checkpoint and f32 otherwise (f16 and
+/// fp8 files run in f32: T5 activations overflow f16).
+pub(crate) fn resolve_dtype(files: &[PathBuf], requested: Option<DType>) -> Result<DType, TextError> {
     if let Some(dtype) = requested {
         return Ok(dtype);
     }
-    let stored = checkpoint.files.first().map(|f| stored_dtype(f)).transpose()?.flatten();
+    let stored = files.first().map(|f| stored_dtype(f)).transpose()?.flatten();
     Ok(if stored.as_deref() == Some("BF16") { DType::BF16 } else { DType::F32 })
+}
+
+/// Total bytes of weight files as stored.
+pub(crate) fn stored_bytes(files: &[PathBuf]) -> u64 {
+    files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
 }
 
 /// The dtype string of the first tensor in a safetensors header (`"BF16"`, `"F32"`, …).
@@ -129,17 +136,20 @@ fn stored_dtype(path: &Path) -> Result<Option<String>, TextError> {
 /// The run dtype and each prompt's cache key, after checking the tokenizer file exists (so a missing
 /// tokenizer is reported before any weights are mapped).
 pub(crate) fn cache_keys(
-    root: &Path,
+    model: &TextModel,
     prompts: &[&str],
     opts: &TextEncoderOptions,
 ) -> Result<(DType, Vec<String>), TextError> {
-    let tokenizer_json = tokenizer_file(root);
+    let tokenizer_json = tokenizer_file(&model.tokenizer);
     if !tokenizer_json.is_file() {
         return Err(TextError::MissingTokenizer(tokenizer_json));
     }
-    let dir = weights::component_dir(root, "text_encoder")?;
-    let dtype = resolve_dtype(&Checkpoint::open(&dir)?, opts.dtype)?;
-    let identity = model_identity(&dir, &tokenizer_json)?;
+    if !model.is_single_file() {
+        // A missing `text_encoder/` is named by the weights layer's own message.
+        weights::component_dir(&model.encoder, "text_encoder")?;
+    }
+    let dtype = resolve_dtype(&model.files()?, opts.dtype)?;
+    let identity = model_identity(model, &tokenizer_json)?;
     let keys: Vec<String> = prompts
         .iter()
         .map(|p| PromptCache::key(&identity, &prompt_clean(p), opts.max_sequence_length, dtype))
@@ -150,18 +160,18 @@ pub(crate) fn cache_keys(
 /// Embeddings for each prompt, from `cache` when present; the encoder is loaded only if some prompt
 /// is missing, and dropped before returning so the denoiser gets the memory.
 pub fn embed_prompts(
-    root: &Path,
+    model: &TextModel,
     prompts: &[&str],
     opts: &TextEncoderOptions,
     cache: Option<&PromptCache>,
 ) -> Result<Vec<Tensor>, TextError> {
-    let (dtype, keys) = cache_keys(root, prompts, opts)?;
+    let (dtype, keys) = cache_keys(model, prompts, opts)?;
     let mut out: Vec<Option<Tensor>> = match cache {
         Some(c) => keys.iter().map(|k| c.get(k, &opts.device)).collect::<Result<_, _>>()?,
         None => vec![None; prompts.len()],
     };
     if out.iter().any(Option::is_none) {
-        let encoder = TextEncoder::load(root, &TextEncoderOptions { dtype: Some(dtype), ..opts.clone() })?;
+        let encoder = TextEncoder::load(model, &TextEncoderOptions { dtype: Some(dtype), ..opts.clone() })?;
         for ((slot, prompt), key) in out.iter_mut().zip(prompts).zip(&keys) {
             if slot.is_none() {
                 let embeds = encoder.encode(prompt)?;

@@ -4,17 +4,19 @@
 //! - [`tokenizer`] — `tokenizer/tokenizer.json` with the `tokenizers` crate, padded/truncated.
 //! - [`encoder`] — [`TextEncoder`] = tokenizer + UMT5; embeddings trimmed to the prompt's length
 //!   and zero-padded exactly as `_get_t5_prompt_embeds`.
-//! - [`sharded`] — `--text-encoder sharded`: UMT5 split by layer over the worker ranks.
+//! - [`sharded`] — `--text-encoder-on sharded`: UMT5 split by layer over the worker ranks.
+//! - [`hv15`] — HunyuanVideo 1.5's MLLM prompt: Qwen2.5-VL chat template, crop, `hidden_states[-3]`.
 //! - [`cache`] — embeddings on disk keyed by (prompt, model identity, length, dtype), so a re-run
 //!   with the same prompt never loads the 11 GB encoder.
 //!
 //! The intended placement for generation is [`embed_prompts`]: look every prompt up in the cache,
-//! and only on a miss load the encoder (on the host with `--text-encoder cpu`), encode, and drop it
+//! and only on a miss load the encoder (on the host with `--text-encoder-on cpu`), encode, and drop it
 //! before the denoiser is loaded.
 
 pub mod cache;
 pub mod clean;
 pub mod encoder;
+pub mod hv15;
 pub mod sharded;
 pub mod tokenizer;
 
@@ -36,6 +38,8 @@ pub enum TextError {
     BadLength(usize),
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightsError),
+    #[error(transparent)]
+    Spec(#[from] crate::model_spec::ModelSpecError),
     #[error("text encoder failed: {0}")]
     Model(#[from] candle_core::Error),
     #[error("prompt-embedding cache {path}: {msg}")]

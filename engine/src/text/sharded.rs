@@ -1,4 +1,4 @@
-//! `--text-encoder sharded`: UMT5 split by layer over the ranks of a collective, so no rank ever
+//! `--text-encoder-on sharded`: UMT5 split by layer over the ranks of a collective, so no rank ever
 //! holds more than ~1/N of the 5.7 B-parameter encoder (never a full copy per GPU).
 //!
 //! Rank `r` holds layers `split(num_layers, N)[r]`; rank 0 also holds the token embedding and the
@@ -12,7 +12,6 @@
 //! for 512 tokens). Memory per rank is the same 1/N either way.
 
 use std::ops::Range;
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -23,11 +22,12 @@ use super::clean::prompt_clean;
 use super::encoder::{cache_keys, resolve_dtype, zero_pad_rows, TextEncoderOptions};
 use super::tokenizer::PromptTokenizer;
 use super::TextError;
+use crate::model_spec::TextModel;
 use crate::models::umt5::attention::{AttentionInputs, RmsNorm};
 use crate::models::umt5::{self, UMT5Layers};
 use crate::parallel::comm::Collective;
 use crate::parallel::Rank;
-use crate::weights::{self, Checkpoint, RecordingBackend};
+use crate::weights::RecordingBackend;
 
 /// Layers of each rank: contiguous, as even as possible, earlier ranks taking the remainder.
 pub fn layer_split(num_layers: usize, ranks: usize) -> Vec<Range<usize>> {
@@ -63,20 +63,18 @@ pub struct ShardedTextEncoder {
 impl ShardedTextEncoder {
     /// Loads this rank's layers (and the embedding on rank 0, the final norm on the last rank).
     /// Every rank of `comm` must call it.
-    pub fn load(root: &Path, opts: &TextEncoderOptions, comm: Arc<dyn Collective>) -> Result<Self, TextError> {
+    pub fn load(model: &TextModel, opts: &TextEncoderOptions, comm: Arc<dyn Collective>) -> Result<Self, TextError> {
         if opts.max_sequence_length < 2 {
             return Err(TextError::BadLength(opts.max_sequence_length));
         }
-        let tokenizer = PromptTokenizer::from_path(root)?;
-        let dir = weights::component_dir(root, "text_encoder")?;
-        let cfg: umt5::Config = weights::load_config(&dir)?;
-        let checkpoint = Checkpoint::open(&dir)?;
-        let dtype = resolve_dtype(&checkpoint, opts.dtype)?;
+        let tokenizer = PromptTokenizer::from_path(&model.tokenizer)?;
+        let cfg = model.config()?;
+        let dtype = resolve_dtype(&model.files()?, opts.dtype)?;
         let (rank, world) = (comm.rank().0, comm.world_size());
         // More ranks than layers: the extra ranks hold nothing and only receive the result.
         let holders = world.min(cfg.num_layers).max(1);
         let range = layer_split(cfg.num_layers, holders).get(rank).cloned().unwrap_or(0..0);
-        let vb = checkpoint.var_builder(dtype, &opts.device)?;
+        let vb = model.weights()?.var_builder(dtype, &opts.device)?;
         let embed_tokens = (rank == 0).then(|| umt5::encoder::embedding(&cfg, &vb)).transpose()?;
         let layers = UMT5Layers::new(&cfg, &vb, range.clone())?;
         let final_norm = (rank + 1 == holders)
@@ -170,13 +168,13 @@ fn shard_bytes(cfg: &umt5::Config, layers: usize, first: bool, last: bool, dtype
 /// [`super::embed_prompts`] with the encoder sharded over `comm`: every rank returns every prompt's
 /// embeddings. Rank 0 decides cache hits (and writes new entries); the encoder loads only on a miss.
 pub fn embed_prompts_sharded(
-    root: &Path,
+    model: &TextModel,
     prompts: &[&str],
     opts: &TextEncoderOptions,
     cache: Option<&PromptCache>,
     comm: Arc<dyn Collective>,
 ) -> Result<(Vec<Tensor>, u64), TextError> {
-    let (dtype, keys) = cache_keys(root, prompts, opts)?;
+    let (dtype, keys) = cache_keys(model, prompts, opts)?;
     let is_root = comm.rank() == Rank(0);
     let mut cached: Vec<Option<Tensor>> = match (cache, is_root) {
         (Some(c), true) => keys.iter().map(|k| c.get(k, &Device::Cpu)).collect::<Result<_, _>>()?,
@@ -188,7 +186,7 @@ pub fn embed_prompts_sharded(
     let mut weights_bytes = 0;
     let encoder = if hits.contains(&0) {
         let enc =
-            ShardedTextEncoder::load(root, &TextEncoderOptions { dtype: Some(dtype), ..opts.clone() }, comm.clone())?;
+            ShardedTextEncoder::load(model, &TextEncoderOptions { dtype: Some(dtype), ..opts.clone() }, comm.clone())?;
         weights_bytes = enc.weights_bytes();
         Some(enc)
     } else {

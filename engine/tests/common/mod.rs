@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
 
+pub mod recording;
 pub mod sweep;
 
 /// `tests/fixtures/golden/<rel>` at the workspace root (copied from shared/golden).

@@ -22,7 +22,7 @@ pub fn predict(request: &RunRequest, data_dir: Option<&Path>) -> Result<Vec<Rank
         }
         ModelChoice::Folder(p) => p.clone(),
     };
-    let spec = ModelSpec::from_path(&root).map_err(|e| e.to_string())?;
+    let spec = ModelSpec::open(&root, &request.files).map_err(|e| e.to_string())?;
     let p = &request.params;
     let target = match request.device {
         DeviceKind::Cpu => Target::Cpu,

@@ -8,7 +8,7 @@ use tessera_engine::api::devices::DoctorReport;
 use tessera_engine::api::planning::{Preset, RankPrediction};
 use tessera_engine::api::RunReport;
 use tessera_engine::api::{
-    DeviceKind, Frames, GenerateParams, GenerationRequest, JobEvent, ModelSpec, ParallelPlan, Prompt,
+    DeviceKind, Frames, GenerateParams, GenerationRequest, JobEvent, ModelFiles, ModelSpec, ParallelPlan, Prompt,
 };
 
 use crate::studio::state::Settings;
@@ -16,8 +16,8 @@ use crate::studio::state::Settings;
 /// What the UI asks of the engine.
 #[derive(Debug)]
 pub enum Command {
-    /// Read a model folder (answered with [`EngineEvent::Model`]).
-    Inspect(PathBuf),
+    /// Read a model folder and/or component files (answered with [`EngineEvent::Model`]).
+    Inspect(PathBuf, ModelFiles),
     Run(Box<RunRequest>),
     /// Stop the running generation at the next step boundary (the workers stay up). Acts at once
     /// (it never waits behind the running job).
@@ -52,6 +52,8 @@ pub struct RunRequest {
     pub params: GenerateParams,
     pub plan: ParallelPlan,
     pub device: DeviceKind,
+    /// Component files (transformer, VAE, text encoder, …), config and LoRAs: the CLI's file flags.
+    pub files: ModelFiles,
 }
 
 impl RunRequest {
@@ -73,6 +75,7 @@ impl RunRequest {
             device: self.device,
             // The Live view shows the picture after every step.
             preview_every: Some(1),
+            files: self.files.clone(),
             ..GenerationRequest::new(root, prompt(&self.prompt), params)
         }
     }
@@ -96,7 +99,7 @@ impl std::fmt::Debug for Video {
 #[derive(Debug)]
 pub enum EngineEvent {
     Devices(Box<DoctorReport>),
-    Model(PathBuf, Box<Result<ModelSpec, String>>),
+    Model(PathBuf, ModelFiles, Box<Result<ModelSpec, String>>),
     /// Before the job runs: a step of preparation ("starting 2 workers").
     Preparing(String),
     /// Output size of the run in pixels, known once the request is validated.

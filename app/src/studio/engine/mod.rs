@@ -125,9 +125,9 @@ fn helper_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter
     }
     while let Ok(command) = commands.recv() {
         match command {
-            Command::Inspect(path) => {
-                let spec = ModelSpec::from_path(&path).map_err(|e| e.to_string());
-                out.emit(EngineEvent::Model(path, Box::new(spec)));
+            Command::Inspect(path, files) => {
+                let spec = ModelSpec::open(&path, &files).map_err(|e| e.to_string());
+                out.emit(EngineEvent::Model(path, files, Box::new(spec)));
             }
             Command::Save(path, video) => match helper::save(&path, &video) {
                 Ok(()) => out.emit(EngineEvent::Saved(path)),

@@ -42,7 +42,7 @@ fn run_inner(
         }
         ModelChoice::Folder(p) => p.clone(),
     };
-    let spec = ModelSpec::from_path(&root)?;
+    let spec = ModelSpec::open(&root, &request.files)?;
     let generation = request.to_generation(&root, &spec);
     generation.validate(&spec)?;
     let p = &request.params;

@@ -8,8 +8,6 @@ use crate::studio::app::StudioApp;
 use crate::studio::records::RunRecord;
 use crate::studio::theme;
 
-const MIB: f64 = (1u64 << 20) as f64;
-
 pub fn compare_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     if app.runs.runs.is_empty() {
         ui.label("Finished runs are recorded here (kept across restarts) to compare presets.");
@@ -90,8 +88,13 @@ fn diff_ui(ui: &mut egui::Ui, app: &StudioApp) {
 fn charts_ui(ui: &mut egui::Ui, runs: &[RunRecord]) {
     let max_ranks = runs.iter().map(|r| r.report.ranks.len()).max().unwrap_or(1).max(1);
     let width = 0.8 / max_ranks as f64;
+    let rank_peak = |r: &tessera_engine::api::RankReport| {
+        r.phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0).max(r.peak_bytes)
+    };
+    let unit =
+        theme::memory_unit(runs.iter().flat_map(|run| run.report.ranks.iter().map(rank_peak)).max().unwrap_or(0));
     ui.columns(2, |cols| {
-        cols[0].label("Peak memory per rank (MiB), by run");
+        cols[0].label(format!("Peak memory per rank ({}), by run", unit.name));
         Plot::new("compare-memory")
             .legend(Legend::default())
             .height(200.0)
@@ -103,9 +106,10 @@ fn charts_ui(ui: &mut egui::Ui, runs: &[RunRecord]) {
                         .enumerate()
                         .filter_map(|(i, run)| {
                             let r = run.report.ranks.get(rank)?;
-                            let peak = r.phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0).max(r.peak_bytes);
                             let x = i as f64 + (rank as f64 - (max_ranks - 1) as f64 / 2.0) * width;
-                            Some(Bar::new(x, peak as f64 / MIB).width(width).name(format!("#{}", run.id)))
+                            Some(
+                                Bar::new(x, rank_peak(r) as f64 / unit.bytes).width(width).name(format!("#{}", run.id)),
+                            )
                         })
                         .collect();
                     plot.bar_chart(BarChart::new(format!("rank {rank}"), bars).color(theme::rank_color(rank)));

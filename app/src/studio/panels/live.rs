@@ -9,8 +9,6 @@ use crate::studio::app::StudioApp;
 use crate::studio::state::{LiveRun, RunStatus};
 use crate::studio::{demo, theme};
 
-const MIB: f64 = (1u64 << 20) as f64;
-
 pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     status_ui(ui, &app.live);
     if app.settings.use_demo {
@@ -88,16 +86,30 @@ fn status_ui(ui: &mut egui::Ui, live: &LiveRun) {
     }
 }
 
-/// `predicted`: the planner's peak per rank, drawn dashed.
+/// `predicted`: the planner's peak per rank, drawn dashed. The axis is in MiB or GiB, whichever
+/// suits the largest value drawn. Before any sample (or after a run that failed before the workers
+/// reported) there is nothing to chart: a line says so instead of an empty axis.
 fn memory_chart_ui(ui: &mut egui::Ui, live: &LiveRun, predicted: &[(usize, u64)]) {
     let samples: usize = live.ranks.iter().map(|r| r.memory.len()).sum();
-    ui.label(format!("Memory per device (MiB over seconds) — {samples} samples"));
+    if samples == 0 {
+        ui.label("Memory per device");
+        ui.weak(match live.status {
+            RunStatus::Failed(_) | RunStatus::Cancelled => {
+                "No memory samples: the run stopped before the workers reported."
+            }
+            _ => "Memory per device over time appears here once the workers report.",
+        });
+        return;
+    }
+    let largest = live.ranks.iter().flat_map(|r| r.memory.iter().map(|m| m.peak_bytes.max(m.used_bytes)));
+    let unit = theme::memory_unit(largest.chain(predicted.iter().map(|p| p.1)).max().unwrap_or(0));
+    ui.label(format!("Memory per device ({} over seconds) — {samples} samples", unit.name));
     Plot::new("memory-chart")
         .legend(Legend::default())
         .height(220.0)
         .include_y(0.0)
         .x_axis_label("seconds")
-        .y_axis_label("MiB")
+        .y_axis_label(unit.name)
         .show(ui, |plot| {
             // Phase bands of rank 0 (all ranks run the same phases; rank 0's are representative).
             if let Some(r0) = live.ranks.first() {
@@ -111,7 +123,7 @@ fn memory_chart_ui(ui: &mut egui::Ui, live: &LiveRun, predicted: &[(usize, u64)]
             }
             for &(rank, bytes) in predicted {
                 plot.hline(
-                    HLine::new(format!("rank {rank} predicted peak"), bytes as f64 / MIB)
+                    HLine::new(format!("rank {rank} predicted peak"), bytes as f64 / unit.bytes)
                         .color(theme::rank_color(rank))
                         .style(LineStyle::dashed_loose()),
                 );
@@ -119,9 +131,9 @@ fn memory_chart_ui(ui: &mut egui::Ui, live: &LiveRun, predicted: &[(usize, u64)]
             for (rank, trace) in live.ranks.iter().enumerate() {
                 let color = theme::rank_color(rank);
                 let used: PlotPoints =
-                    trace.memory.iter().map(|m| [m.elapsed_secs, m.used_bytes as f64 / MIB]).collect();
+                    trace.memory.iter().map(|m| [m.elapsed_secs, m.used_bytes as f64 / unit.bytes]).collect();
                 let peak: PlotPoints =
-                    trace.memory.iter().map(|m| [m.elapsed_secs, m.peak_bytes as f64 / MIB]).collect();
+                    trace.memory.iter().map(|m| [m.elapsed_secs, m.peak_bytes as f64 / unit.bytes]).collect();
                 plot.line(Line::new(format!("rank {rank} used"), used).color(color).width(2.0));
                 plot.line(
                     Line::new(format!("rank {rank} peak"), peak).color(color).style(LineStyle::Dotted { spacing: 6.0 }),

@@ -7,6 +7,7 @@
 pub mod compare;
 pub mod live;
 pub mod messages;
+pub mod model_files;
 pub mod mosaic;
 pub mod parallel;
 pub mod result;

@@ -2,6 +2,7 @@
 //! and mode, tiling, text encoder), presets, a verdict per device; and the Generate / Cancel buttons.
 
 use eframe::egui;
+use tessera_engine::api::devices::GpuReport;
 use tessera_engine::api::{DeviceKind, PlanModel, RequestError, Residency, TextEncoderPlacement, TilingSpec, VaeMode};
 
 use crate::studio::app::StudioApp;
@@ -185,8 +186,8 @@ fn verdict_ui(ui: &mut egui::Ui, app: &StudioApp) {
     ui.strong("Memory per device");
     let ranks = app.settings.plan.ranks.max(1);
     let host_ram = app.devices.as_ref().map(|d| d.cpu.ram_total_bytes).unwrap_or(0);
-    let gpus: Vec<u64> = match app.device_kind() {
-        DeviceKind::Cuda => app.devices.iter().flat_map(|d| d.nvml.gpus.iter().map(|g| g.mem_total_bytes)).collect(),
+    let gpus: Vec<&GpuReport> = match app.device_kind() {
+        DeviceKind::Cuda => app.devices.iter().flat_map(|d| d.nvml.gpus.iter()).collect(),
         DeviceKind::Cpu => Vec::new(),
     };
     let predicted = match &app.prediction {
@@ -198,7 +199,15 @@ fn verdict_ui(ui: &mut egui::Ui, app: &StudioApp) {
         None => None,
     };
     for rank in 0..ranks {
-        let capacity = gpus.get(rank).copied().unwrap_or(host_ram / ranks as u64);
+        // Rank r runs on GPU r (the launcher's order); CPU ranks share the host's RAM.
+        let gpu = gpus.get(rank);
+        let capacity = gpu.map(|g| g.mem_total_bytes).unwrap_or(host_ram / ranks as u64);
+        let device = match gpu {
+            Some(g) => format!("GPU {}: {}, {}", g.index, g.name, theme::bytes(g.mem_total_bytes)),
+            None if gpus.is_empty() => format!("CPU virtual device, 1/{ranks} of the RAM"),
+            None => "no GPU left for this rank".to_string(),
+        };
+        ui.colored_label(theme::rank_color(rank), format!("rank {rank} — {device}"));
         let bar = |bytes: u64, what: &str| {
             let fraction = if capacity > 0 { bytes as f32 / capacity as f32 } else { 0.0 };
             let fill = if fraction > 1.0 { theme::BAD } else { theme::rank_color(rank) };

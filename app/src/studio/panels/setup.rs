@@ -6,6 +6,7 @@ use tessera_engine::api::{RequestError, SchedulerKind};
 
 use crate::studio::app::{StudioApp, LOADING};
 use crate::studio::browse::Target;
+use crate::studio::panels::model_files;
 use crate::studio::settings_ui::{field, labelled_text};
 use crate::studio::state::Settings;
 use crate::studio::{demo, theme};
@@ -60,10 +61,12 @@ fn model_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
                 app.background.pick(Target::ModelFolder, ui.ctx());
             }
         });
+        model_files::model_files_ui(ui, &mut app.settings.files, &app.background);
     }
     match &app.model.info {
         Some(Ok(info)) => {
             ui.label(info.describe());
+            model_files::detection_ui(ui, info);
             ui.label(format!(
                 "{} of {} weights{}",
                 theme::bytes(info.weights.as_ref().map(|w| w.bytes).unwrap_or(0)),

@@ -5,9 +5,10 @@
 //! (an ordered list of substring replacements, reproduced as [`TRANSFORMER_RENAMES`] and applied in
 //! the same order, the `norm2`/`norm3` swap included) and `convert_wan_vae_to_diffusers` (Wan2.1
 //! VAE; written here for any `num_res_blocks`, equal to diffusers' fixed indices for the published
-//! 2). ComfyUI's `model.diffusion_model.` prefix (and the LoRAs' `diffusion_model.`) is stripped
-//! first. The Wan2.2 VAE has no Wan-native converter in diffusers, so its native file is refused
-//! with a message (its diffusers `vae/` folder loads).
+//! 2). The Wan2.2 VAE (residual blocks, `wan2.2_vae.safetensors`) follows `convert_vae_22` of
+//! diffusers' `scripts/convert_wan_to_diffusers.py` (not in the wheel; checked against it by
+//! `scripts/gen_vae22_native.py`). ComfyUI's `model.diffusion_model.` prefix (and the LoRAs'
+//! `diffusion_model.`) is stripped first.
 
 use std::sync::Arc;
 
@@ -109,7 +110,8 @@ pub enum VaeKeys {
     Diffusers,
     /// Wan2.1 VAE, Wan-native names (`wan_2.1_vae.safetensors`).
     Wan21Native,
-    /// Wan2.2 VAE, Wan-native names (`wan2.2_vae.safetensors`): no converter (see the module docs).
+    /// Wan2.2 VAE, Wan-native names (`wan2.2_vae.safetensors`): residual levels nest their resnets
+    /// and resampler (`decoder.upsamples.N.upsamples.M…`).
     Wan22Native,
 }
 
@@ -130,38 +132,46 @@ pub fn detect_vae<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Option<Vae
     }
 }
 
-/// A Wan2.1 VAE Wan-native name → its diffusers name (`convert_wan_vae_to_diffusers`).
-/// `num_res_blocks`: resnets per level (2 in the published VAE); each decoder level holds
-/// `num_res_blocks + 1` resnets and, but for the last, one upsampler, numbered flat.
-pub fn vae21_native_to_diffusers(key: &str, num_res_blocks: usize) -> String {
-    const RESNET: [(&str, &str); 8] = [
-        (".residual.0.gamma", ".norm1.gamma"),
-        (".residual.2.bias", ".conv1.bias"),
-        (".residual.2.weight", ".conv1.weight"),
-        (".residual.3.gamma", ".norm2.gamma"),
-        (".residual.6.bias", ".conv2.bias"),
-        (".residual.6.weight", ".conv2.weight"),
-        (".shortcut.bias", ".conv_shortcut.bias"),
-        (".shortcut.weight", ".conv_shortcut.weight"),
-    ];
-    let resnet = |s: &str| RESNET.iter().fold(s.to_string(), |acc, (f, t)| acc.replace(f, t));
-    let exact = [
-        ("conv1.weight", "quant_conv.weight"),
-        ("conv1.bias", "quant_conv.bias"),
-        ("conv2.weight", "post_quant_conv.weight"),
-        ("conv2.bias", "post_quant_conv.bias"),
-        ("encoder.conv1.weight", "encoder.conv_in.weight"),
-        ("encoder.conv1.bias", "encoder.conv_in.bias"),
-        ("decoder.conv1.weight", "decoder.conv_in.weight"),
-        ("decoder.conv1.bias", "decoder.conv_in.bias"),
-        ("encoder.head.0.gamma", "encoder.norm_out.gamma"),
-        ("encoder.head.2.bias", "encoder.conv_out.bias"),
-        ("encoder.head.2.weight", "encoder.conv_out.weight"),
-        ("decoder.head.0.gamma", "decoder.norm_out.gamma"),
-        ("decoder.head.2.bias", "decoder.conv_out.bias"),
-        ("decoder.head.2.weight", "decoder.conv_out.weight"),
-    ];
-    if let Some((_, to)) = exact.iter().find(|(f, _)| *f == key) {
+/// diffusers' resnet part names for the Wan-native ones (`residual.N` is the Sequential of
+/// norm, act, conv, norm, act, dropout, conv), shared by both VAE generations.
+const VAE_RESNET: [(&str, &str); 8] = [
+    (".residual.0.gamma", ".norm1.gamma"),
+    (".residual.2.bias", ".conv1.bias"),
+    (".residual.2.weight", ".conv1.weight"),
+    (".residual.3.gamma", ".norm2.gamma"),
+    (".residual.6.bias", ".conv2.bias"),
+    (".residual.6.weight", ".conv2.weight"),
+    (".shortcut.bias", ".conv_shortcut.bias"),
+    (".shortcut.weight", ".conv_shortcut.weight"),
+];
+
+/// The one-off VAE names, the same in Wan2.1 and Wan2.2.
+const VAE_EXACT: [(&str, &str); 14] = [
+    ("conv1.weight", "quant_conv.weight"),
+    ("conv1.bias", "quant_conv.bias"),
+    ("conv2.weight", "post_quant_conv.weight"),
+    ("conv2.bias", "post_quant_conv.bias"),
+    ("encoder.conv1.weight", "encoder.conv_in.weight"),
+    ("encoder.conv1.bias", "encoder.conv_in.bias"),
+    ("decoder.conv1.weight", "decoder.conv_in.weight"),
+    ("decoder.conv1.bias", "decoder.conv_in.bias"),
+    ("encoder.head.0.gamma", "encoder.norm_out.gamma"),
+    ("encoder.head.2.bias", "encoder.conv_out.bias"),
+    ("encoder.head.2.weight", "encoder.conv_out.weight"),
+    ("decoder.head.0.gamma", "decoder.norm_out.gamma"),
+    ("decoder.head.2.bias", "decoder.conv_out.bias"),
+    ("decoder.head.2.weight", "decoder.conv_out.weight"),
+];
+
+fn vae_resnet(s: &str) -> String {
+    VAE_RESNET.iter().fold(s.to_string(), |acc, (f, t)| acc.replace(f, t))
+}
+
+/// A Wan-native VAE name (Wan2.1 or Wan2.2: the level layouts differ and each key says which it
+/// is, the rest is shared) → its diffusers name. `num_res_blocks` matters for Wan2.1 only (its
+/// decoder levels are numbered flat).
+pub fn vae_native_to_diffusers(key: &str, num_res_blocks: usize) -> String {
+    if let Some((_, to)) = VAE_EXACT.iter().find(|(f, _)| *f == key) {
         return to.to_string();
     }
     for side in ["encoder", "decoder"] {
@@ -170,12 +180,47 @@ pub fn vae21_native_to_diffusers(key: &str, num_res_blocks: usize) -> String {
             let (i, tail) = rest.split_once('.').unwrap_or((rest, ""));
             return match i {
                 "1" => format!("{side}.mid_block.attentions.0.{tail}"),
-                _ => resnet(&format!("{side}.mid_block.resnets.{}.{tail}", if i == "0" { 0 } else { 1 })),
+                _ => vae_resnet(&format!("{side}.mid_block.resnets.{}.{tail}", if i == "0" { 0 } else { 1 })),
             };
         }
     }
+    if let Some(renamed) = vae22_level_to_diffusers(key) {
+        return renamed;
+    }
+    vae21_level_to_diffusers(key, num_res_blocks)
+}
+
+/// Wan2.2's residual levels (`convert_vae_22`): `encoder.downsamples.X.downsamples.Y` is resnet Y
+/// of level X, or its downsampler when it holds `resample` / `time_conv` (the last Y); the decoder
+/// likewise with `upsamples` / `upsampler`. `None` for keys of another layout.
+fn vae22_level_to_diffusers(key: &str) -> Option<String> {
+    let (side, inner, blocks, sampler) = if key.starts_with("encoder.downsamples.") {
+        ("encoder", "downsamples", "down_blocks", "downsampler")
+    } else if key.starts_with("decoder.upsamples.") {
+        ("decoder", "upsamples", "up_blocks", "upsampler")
+    } else {
+        return None;
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.len() < 5 || parts[3] != inner {
+        return None;
+    }
+    let level = parts[2];
+    let tail = parts[5..].join(".");
+    if key.contains("residual") || key.contains("shortcut") {
+        Some(vae_resnet(&format!("{side}.{blocks}.{level}.resnets.{}.{tail}", parts[4])))
+    } else if key.contains("resample") || key.contains("time_conv") {
+        Some(format!("{side}.{blocks}.{level}.{sampler}.{tail}"))
+    } else {
+        Some(format!("{side}.{blocks}.{}", parts[2..].join(".")))
+    }
+}
+
+/// Wan2.1's levels (`convert_wan_vae_to_diffusers`): encoder levels keep their flat index, each
+/// decoder level holds `num_res_blocks + 1` resnets and, but for the last, one upsampler.
+fn vae21_level_to_diffusers(key: &str, num_res_blocks: usize) -> String {
     if let Some(rest) = key.strip_prefix("encoder.downsamples.") {
-        return resnet(&format!("encoder.down_blocks.{rest}"));
+        return vae_resnet(&format!("encoder.down_blocks.{rest}"));
     }
     if let Some(rest) = key.strip_prefix("decoder.upsamples.") {
         let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
@@ -183,7 +228,7 @@ pub fn vae21_native_to_diffusers(key: &str, num_res_blocks: usize) -> String {
         let per_level = num_res_blocks + 2;
         let (level, pos) = (idx / per_level, idx % per_level);
         return if pos <= num_res_blocks {
-            resnet(&format!("decoder.up_blocks.{level}.resnets.{pos}.{tail}"))
+            vae_resnet(&format!("decoder.up_blocks.{level}.resnets.{pos}.{tail}"))
         } else {
             format!("decoder.up_blocks.{level}.upsamplers.0.{tail}")
         };
@@ -191,11 +236,12 @@ pub fn vae21_native_to_diffusers(key: &str, num_res_blocks: usize) -> String {
     key.to_string()
 }
 
-/// The rename for a VAE file.
-pub fn vae_rename(keys: VaeKeys, num_res_blocks: usize) -> Arc<Rename> {
-    match keys {
-        VaeKeys::Diffusers | VaeKeys::Wan22Native => Arc::new(|k: &str| Some(k.to_string())),
-        VaeKeys::Wan21Native => Arc::new(move |k: &str| Some(vae21_native_to_diffusers(k, num_res_blocks))),
+/// The rename for a VAE file in `dialect` (Wan-native: either generation, see
+/// [`vae_native_to_diffusers`]).
+pub fn vae_rename(dialect: &KeyDialect, num_res_blocks: usize) -> Arc<Rename> {
+    match dialect {
+        KeyDialect::Diffusers => Arc::new(|k: &str| Some(k.to_string())),
+        KeyDialect::WanNative { .. } => Arc::new(move |k: &str| Some(vae_native_to_diffusers(k, num_res_blocks))),
     }
 }
 
@@ -260,6 +306,27 @@ mod tests {
     }
 
     #[test]
+    fn vae22_names_follow_convert_vae_22() {
+        let cases = [
+            ("encoder.downsamples.1.downsamples.0.residual.2.weight", "encoder.down_blocks.1.resnets.0.conv1.weight"),
+            ("encoder.downsamples.0.downsamples.1.shortcut.bias", "encoder.down_blocks.0.resnets.1.conv_shortcut.bias"),
+            (
+                "encoder.downsamples.2.downsamples.2.resample.1.weight",
+                "encoder.down_blocks.2.downsampler.resample.1.weight",
+            ),
+            ("encoder.downsamples.1.downsamples.2.time_conv.bias", "encoder.down_blocks.1.downsampler.time_conv.bias"),
+            ("decoder.upsamples.0.upsamples.2.residual.3.gamma", "decoder.up_blocks.0.resnets.2.norm2.gamma"),
+            ("decoder.upsamples.1.upsamples.3.resample.1.bias", "decoder.up_blocks.1.upsampler.resample.1.bias"),
+            ("decoder.upsamples.0.upsamples.3.time_conv.weight", "decoder.up_blocks.0.upsampler.time_conv.weight"),
+            ("decoder.middle.1.to_qkv.weight", "decoder.mid_block.attentions.0.to_qkv.weight"),
+            ("conv1.weight", "quant_conv.weight"),
+        ];
+        for (native, want) in cases {
+            assert_eq!(vae_native_to_diffusers(native, 2), want, "{native}");
+        }
+    }
+
+    #[test]
     fn vae_names_follow_diffusers_fixed_indices() {
         let cases = [
             ("decoder.upsamples.0.residual.0.gamma", "decoder.up_blocks.0.resnets.0.norm1.gamma"),
@@ -275,7 +342,7 @@ mod tests {
             ("decoder.head.2.weight", "decoder.conv_out.weight"),
         ];
         for (native, want) in cases {
-            assert_eq!(vae21_native_to_diffusers(native, 2), want, "{native}");
+            assert_eq!(vae_native_to_diffusers(native, 2), want, "{native}");
         }
     }
 }

@@ -1,4 +1,7 @@
-//! The `Generate` job: a whole Wan generation across the world, as a [`ParallelPlan`] lays it out.
+//! The `Generate` job: a whole generation across the world, as a [`ParallelPlan`] lays it out, for
+//! either family (Wan, HunyuanVideo 1.5 text-to-video): the family seams are the transformer
+//! ([`crate::pipeline::sharded::Expert`]), the VAE ([`Vae`]), the schedule ([`request::schedule`]) and
+//! the latents' scaling before the decode ([`vae_latents`]).
 //!
 //! Phases (each a `PhaseSpan` with its memory peak): `load` (every rank its transformer part: stem
 //! replicated, blocks whole or its FSDP slices; the VAE on the ranks that decode, the encoder on
@@ -24,8 +27,9 @@ use candle_core::{DType, Tensor};
 
 use super::{JobCtx, JobError};
 use crate::model_spec::ModelSpec;
+use crate::models::vae::{self, Vae};
 use crate::models::wan::vae::parallel::DecodedPiece;
-use crate::models::wan::vae::{self, AutoencoderKLWan, Tiling, VaeParts, VaeProgress};
+use crate::models::wan::vae::{Tiling, VaeParts, VaeProgress};
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::VaeMode;
 use crate::pipeline::denoise::{run_loop, LoopSpec};
@@ -77,7 +81,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let key = ResidentKey::new(&model, plan, dtype, parts);
     // The timesteps say which expert runs first (phased residency loads only that one).
     let origin = model.components.scheduler.clone().unwrap_or_else(|| model.root.clone());
-    let mut sched = params.scheduler(model.scheduler_config.clone(), &origin).map_err(invalid)?;
+    let mut sched = request::schedule(&model, params, &origin).map_err(invalid)?;
     let mut loop_spec = LoopSpec::new(&model, params, dtype);
     // Only rank 0 reports pictures: every rank holds the same latents.
     loop_spec.preview_every = spec.preview_every.filter(|_| rank.0 == 0);
@@ -96,10 +100,8 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
                 let groups = PlanGroups::new(&plan, &world)?;
                 let experts = ShardedPredictor::load_experts(&model, only, &groups, dtype, &device)?;
-                let vae = parts
-                    .map(|p| vae::load_weights(&model.vae, &model.vae_weights(), p, DType::F32, &device))
-                    .transpose()
-                    .map_err(invalid)?;
+                let vae =
+                    parts.map(|p| vae::load_for_model(&model, p, DType::F32, &device)).transpose().map_err(invalid)?;
                 let vae_bytes = if vae.is_some() { model.vae_weights().table()?.stored_bytes() } else { 0 };
                 (stats, world, groups, experts, vae, vae_bytes, false)
             }
@@ -113,7 +115,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             }
         }
         let predictor =
-            ShardedPredictor::from_experts(slots, &groups, &embeds.prompt, embeds.negative.as_ref(), dtype, &device)?;
+            ShardedPredictor::with_branches(slots, &groups, &embeds.prompt, embeds.negative.as_ref(), dtype, &device)?;
         let transformer_bytes = predictor.resident_bytes();
         ctx.add_weights_bytes(transformer_bytes + vae_bytes);
         let block_bytes = predictor.loaded().next().map(|e| e.block_bytes()).unwrap_or(0);
@@ -142,7 +144,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             &world,
             groups.vae.as_ref(),
             &plan,
-            vae.as_ref(),
+            vae.as_ref().and_then(Vae::as_wan),
             &latent_stats,
             model.index.expand_timesteps,
             path,
@@ -222,17 +224,27 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     Ok(JobOutput::Generate(out_stats))
 }
 
+/// The denoised latents as the VAE takes them: Wan's denormalised with its per-channel statistics,
+/// HunyuanVideo 1.5's divided by `scaling_factor` (its pipeline's `latents / scaling_factor`).
+fn vae_latents(vae: &Vae, stats: &LatentStats, latents: &Tensor) -> candle_core::Result<Tensor> {
+    let latents = latents.to_dtype(DType::F32)?;
+    match vae {
+        Vae::Wan(_) => stats.denormalize(&latents),
+        Vae::Hv15(m) => latents / m.config().scaling_factor,
+    }
+}
+
 /// Normalised latents → video `(1, F, 3, H, W)` in [0, 1] on rank 0 (`None` elsewhere): over the
 /// VAE group in the plan's mode (tiles or halo, with `VaePiece` events), or on rank 0 alone.
 fn decode(
     ctx: &JobCtx,
     plan: &crate::parallel::plan::ParallelPlan,
     groups: &PlanGroups,
-    vae: &AutoencoderKLWan,
+    vae: &Vae,
     stats: &LatentStats,
     latents: &Tensor,
 ) -> Result<Option<Tensor>, JobError> {
-    let z = stats.denormalize(&latents.to_dtype(DType::F32)?)?;
+    let z = vae_latents(vae, stats, latents)?;
     let lead = ctx.rank().0 == 0;
     let mut progress = |p: VaeProgress| {
         if lead {

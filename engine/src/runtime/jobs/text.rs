@@ -21,7 +21,7 @@ pub fn encode_prompt(ctx: &JobCtx, spec: &EncodePromptSpec) -> Result<JobOutput,
     let prompts: Vec<&str> = spec.prompts.iter().map(String::as_str).collect();
     let (embeds, weights_bytes) = {
         let _encode = ctx.phase("text_encode");
-        embed_prompts_sharded(&spec.model, &prompts, &opts, cache.as_ref(), ctx.comm().clone())?
+        embed_prompts_sharded(&spec.text, &prompts, &opts, cache.as_ref(), ctx.comm().clone())?
     };
     ctx.add_weights_bytes(weights_bytes);
     if ctx.rank().0 == 0 {

@@ -8,6 +8,8 @@
 //! - [`ulysses`]: the joint attention seam, on one device or sequence-parallel (Ulysses).
 //! - [`model`]: the whole forward, with the context streams trimmed to their valid tokens, on one
 //!   device or with the video tokens sharded over a Ulysses group.
+//! - [`sharded`]: the model as one rank of a parallel plan runs it (blocks resident or FSDP-sharded,
+//!   video tokens over a Ulysses group).
 //!
 //! Shared with the Wan DiT: the timestep sinusoid and `TimestepEmbedding`, the chunked attention
 //! core behind `AttentionBackend` (so the Ulysses backend can wrap it), and `RopeTables`.
@@ -16,10 +18,12 @@ pub mod block;
 pub mod config;
 pub mod embeddings;
 pub mod model;
+pub mod sharded;
 pub mod ulysses;
 
 pub use config::Config;
 pub use model::{valid_rows, Context, HunyuanVideo15Transformer3DModel};
+pub use sharded::Hv15ShardedTransformer;
 
 use std::path::Path;
 

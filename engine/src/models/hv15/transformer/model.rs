@@ -16,6 +16,7 @@ use super::config::Config;
 use super::embeddings::{
     cond_type, layer_norm_plain, rope_tables, GlyphProjection, ImageProjection, TimeEmbedding, TokenRefiner,
 };
+use super::sharded::BlockSource;
 use super::ulysses::{JointAttention, LocalJoint, UlyssesJoint};
 use crate::models::wan::transformer::attention::{AttentionBackend, ChunkedAttention};
 use crate::models::wan::transformer::ulysses::SeqShard;
@@ -62,6 +63,16 @@ pub struct HunyuanVideo15Transformer3DModel {
 
 impl HunyuanVideo15Transformer3DModel {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let mut model = Self::new_stem(cfg, vb.clone())?;
+        model.blocks = (0..cfg.num_layers)
+            .map(|i| TransformerBlock::new(cfg, vb.pp(format!("transformer_blocks.{i}"))))
+            .collect::<Result<_>>()?;
+        Ok(model)
+    }
+
+    /// The model without its dual-stream blocks (embedders, refiner, output head): what a rank keeps
+    /// resident when the blocks come from elsewhere (FSDP, [`super::sharded`]).
+    pub fn new_stem(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::msg)?;
         let d = cfg.inner_dim();
         let xw = vb.pp("x_embedder.proj");
@@ -77,9 +88,7 @@ impl HunyuanVideo15Transformer3DModel {
             context_embedder_2: GlyphProjection::new(cfg, vb.pp("context_embedder_2"))?,
             time_embed: TimeEmbedding::new(cfg, vb.pp("time_embed"))?,
             cond_type_embed: vb.get((3, d), "cond_type_embed.weight")?,
-            blocks: (0..cfg.num_layers)
-                .map(|i| TransformerBlock::new(cfg, vb.pp(format!("transformer_blocks.{i}"))))
-                .collect::<Result<_>>()?,
+            blocks: Vec::new(),
             norm_out: linear(d, 2 * d, vb.pp("norm_out.linear"))?,
             proj_out: linear(d, cfg.out_channels, vb.pp("proj_out"))?,
         })
@@ -165,6 +174,22 @@ impl HunyuanVideo15Transformer3DModel {
         group: Option<&dyn Collective>,
         inner: &dyn AttentionBackend,
     ) -> Result<Tensor> {
+        self.forward_blocks(x, t, t_r, contexts, group, inner, self)
+    }
+
+    /// The forward with the dual-stream blocks taken from `blocks` (this model's own, or FSDP
+    /// gathers: every rank of the FSDP group asks for the same blocks in the same order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_blocks(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        t_r: Option<&Tensor>,
+        contexts: &[Context<'_>],
+        group: Option<&dyn Collective>,
+        inner: &dyn AttentionBackend,
+        blocks: &dyn BlockSource,
+    ) -> Result<Tensor> {
         let (b, _c, nt, nh, nw) = x.dims5()?;
         if contexts.len() != b || t.dims1()? != b || t_r.map(|r| r.dims1()).transpose()?.is_some_and(|n| n != b) {
             candle_core::bail!(
@@ -194,8 +219,9 @@ impl HunyuanVideo15Transformer3DModel {
                 None => xs,
             };
             let mut cs = self.context_tokens(ctx, &ti)?;
-            for block in &self.blocks {
-                (xs, cs) = block.forward(&xs, &cs, &temb, &rope, attention.as_ref())?;
+            for i in 0..blocks.num_blocks() {
+                let _span = tracing::debug_span!("hv15_block", i).entered();
+                (xs, cs) = blocks.block(i)?.forward(&xs, &cs, &temb, &rope, attention.as_ref())?;
             }
             // AdaLayerNormContinuous: (scale, shift) — scale first.
             let e = temb.silu()?.apply(&self.norm_out)?.chunk(2, 1)?;

@@ -16,24 +16,29 @@ use crate::parallel::Rank;
 use crate::pipeline::denoise::Condition;
 use crate::pipeline::image::load_image;
 use crate::pipeline::sampling::LatentStats;
+use crate::pipeline::sharded::BranchEmbeds;
 use crate::pipeline::wan::{condition_from_mean, condition_video};
 use crate::pipeline::GenerateParams;
 use crate::runtime::protocol::{GenerateSpec, WireTensor};
 
 pub struct Embeds {
-    pub prompt: Tensor,
-    pub negative: Option<Tensor>,
+    pub prompt: BranchEmbeds,
+    pub negative: Option<BranchEmbeds>,
 }
 
 fn load(w: &WireTensor) -> Result<Tensor, JobError> {
     Ok(w.to_tensor(&Device::Cpu)?)
 }
 
-/// The prompt and (with CFG) negative embeddings; CFG without a negative is an input error.
+/// The prompt and (with CFG) negative embeddings, each with its glyph embeddings (HunyuanVideo
+/// 1.5); CFG without a negative is an input error.
 pub fn prompt_embeds(spec: &GenerateSpec, cfg_on: bool) -> Result<Embeds, JobError> {
-    let prompt = load(&spec.prompt)?;
+    let branch = |text: &WireTensor, glyph: Option<&WireTensor>| -> Result<BranchEmbeds, JobError> {
+        Ok(BranchEmbeds { text: load(text)?, glyph: glyph.map(load).transpose()? })
+    };
+    let prompt = branch(&spec.prompt, spec.prompt_2.as_ref())?;
     let negative = match (&spec.negative, cfg_on) {
-        (Some(n), true) => Some(load(n)?),
+        (Some(n), true) => Some(branch(n, spec.negative_2.as_ref())?),
         (_, false) => None,
         (None, true) => {
             return Err(JobError::Invalid(

@@ -16,11 +16,11 @@ use candle_core::DType;
 
 use super::timed::CommStats;
 use crate::model_spec::{ModelFiles, ModelSpec};
-use crate::models::wan::transformer::ShardedTransformer;
-use crate::models::wan::vae::{AutoencoderKLWan, VaeParts};
+use crate::models::vae::Vae;
+use crate::models::wan::vae::VaeParts;
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::ParallelPlan;
-use crate::pipeline::sharded::PlanGroups;
+use crate::pipeline::sharded::{Expert, PlanGroups};
 
 /// What the resident weights were loaded for.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +61,8 @@ pub struct Resident {
     pub world: Arc<dyn Collective>,
     pub groups: PlanGroups,
     /// Expert slots: under phased residency only the last run's running expert is loaded.
-    pub experts: Vec<Option<ShardedTransformer>>,
-    pub vae: Option<AutoencoderKLWan>,
+    pub experts: Vec<Option<Expert>>,
+    pub vae: Option<Vae>,
     /// Stored bytes of the resident VAE.
     pub vae_bytes: u64,
 }

@@ -3,18 +3,21 @@
 initialised Wan2.x models, saved in the diffusers folder layout so that a Rust
 implementation can load the very same checkpoint files and compare.
 
-This is the project's copy of /work/shared/golden/gen.py that wrote tests/fixtures/golden-seed1/
-(the second golden set: odd shapes, other prompts, seed 1). Two changes against the shared script:
+This is the project's generator of both golden sets: tests/fixtures/golden/ (seed 0, the "public"
+shapes of the shared reference set /work/shared/golden, written by its gen.py) and
+tests/fixtures/golden-seed1/ (seed 1, the "hidden" odd shapes). It is the shared gen.py with two
+changes:
 
 * every model's weights are rounded to bfloat16 after the perturbation and stored as bf16
-  safetensors (`save_pretrained` after `.to(torch.bfloat16)`), which halves the fixture; every
+  safetensors (`save_pretrained` after `.to(torch.bfloat16)`), which halves the fixtures; every
   reference output is still computed in float32, from those very rounded values (the f32 model holds
   exactly the bf16 values), so a loader that upcasts bf16 storage to f32 meets the same f32
-  tolerances as on the f32-stored set;
-* the shapes are the "hidden" ones below (latents and tiles that do not divide evenly), with
-  frame counts and pipeline sizes kept small so the set stays a few MiB.
+  tolerances as on f32-stored weights. The random draws are the shared script's, in the same order
+  (rounding draws nothing), so seed 0 / public gives the shared models rounded to bf16;
+* weight files that several cases share are relative symlinks to one stored copy.
 
-usage: gen_golden_seed1.py OUT_DIR [SEED=1]
+usage: gen_golden.py OUT_DIR SEED public|hidden
+  (tests/fixtures/golden = `gen_golden.py OUT 0 public`, golden-seed1 = `gen_golden.py OUT 1 hidden`)
 Each case writes OUT_DIR/<case>/ with the model folder(s), inputs.safetensors,
 outputs.safetensors and case.json describing what was run. Weight files that several cases share
 (the pipelines' vae/ and transformer/, the prompt case's text_encoder/) are replaced by relative
@@ -29,7 +32,9 @@ from transformers import UMT5EncoderModel, UMT5Config
 
 torch.set_grad_enabled(False)
 
-out_root, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1
+if len(sys.argv) != 4 or sys.argv[3] not in ("public", "hidden"):
+    sys.exit(__doc__)
+out_root, seed, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(seed)
 g = torch.Generator().manual_seed(seed)
 
@@ -68,6 +73,29 @@ def write_case(name, desc, inputs, outputs):
     print("wrote", d)
 
 # Model configs and shapes. lat: latent (T, H, W) to decode; tile: (min_h, min_w, stride_h, stride_w) in pixels.
+PUBLIC = dict(  # the configs and shapes of the published cases (/work/shared/golden)
+    vae21=dict(base_dim=16, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+               temperal_downsample=[False, True, True],
+               latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.8, 1.2]),
+    vae22=dict(base_dim=16, decoder_base_dim=24, z_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+               temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+               in_channels=12, out_channels=12, scale_factor_spatial=16,
+               latents_mean=[0.1 * i for i in range(8)], latents_std=[1.0 + 0.1 * i for i in range(8)]),
+    vae21_lat=(3, 10, 12), vae21_tile=(48, 48, 32, 32),
+    vae22_lat=(3, 6, 8), vae22_tile=(64, 64, 32, 48),
+    dit=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12,
+             in_channels=8, out_channels=8, text_dim=32, freq_dim=32, ffn_dim=64,
+             num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+             eps=1e-6, rope_max_seq_len=1024),
+    dit_lat=(3, 6, 8), dit_ctx=16, dit_t=500.0,
+    flow_shift=5.0, sched_steps=10, sched_sample=(1, 4, 2, 3, 3),
+    t5=dict(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
+    t5_tokens=12,
+    pipe_hwf=(96, 128, 9), pipe_ctx=16,
+    prompts=["A white cat wearing sunglasses sits on a surfboard, summer beach style.",
+             "  Two cats &amp; bright gloves   fight on a stage  "],
+    max_seq=64,
+)
 HIDDEN = dict(  # the odd shapes of golden-seed1: nothing divides evenly
     vae21=dict(base_dim=16, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
                temperal_downsample=[False, True, True],
@@ -93,7 +121,7 @@ HIDDEN = dict(  # the odd shapes of golden-seed1: nothing divides evenly
              "\u00e9 unknown \u2713 tokens"],
     max_seq=64,
 )
-P = HIDDEN
+P = PUBLIC if variant == "public" else HIDDEN
 # ---------------------------------------------------------------- VAE cases
 vae_cfgs = {"vae21": P["vae21"], "vae22": P["vae22"]}
 shapes = {"vae21": dict(lat=P["vae21_lat"], tile=P["vae21_tile"]),
