@@ -17,6 +17,7 @@ pub use crate::weights::load_config;
 
 /// The Wan VAE in this process (`tessera vae` without workers, `bench vae`).
 pub mod vae {
+    pub use crate::models::wan::vae::ops::model_flops;
     pub use crate::models::wan::vae::{
         load, AutoencoderKLWan, Config, Moments, TilePlan, Tiling, VaeLoadError, VaeParts, VaeProgress,
     };

@@ -19,7 +19,8 @@ use tessera_engine::api::tools::transformer::{self, WanTransformer3DModel};
 use tessera_engine::api::tools::{read_all, read_tensor, take_tensor};
 use tessera_engine::api::write_tensors;
 
-use super::support::{peak_rss_bytes, run_child};
+use super::interleave::{run_row, table_row, Contender, F32Peak, InterleaveArgs, RowMeasure, TABLE_HEADER};
+use super::support::peak_rss_bytes;
 
 #[derive(Args, Debug)]
 pub struct BenchDitArgs {
@@ -38,15 +39,18 @@ pub struct BenchDitArgs {
     /// Text tokens of the cross-attention (the pipelines always pass 512).
     #[arg(long, default_value_t = 512)]
     pub text_len: usize,
-    /// Untimed forwards before the timed ones.
+    /// Untimed forwards before the timed ones, in every case process.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Timed forwards per case.
     #[arg(long, default_value_t = 1)]
     pub iters: usize,
-    /// Python interpreter with torch + diffusers: adds diffusers rows.
+    /// Python interpreter with torch + diffusers: runs diffusers beside Tessera on the same weights
+    /// and inputs, interleaved.
     #[arg(long)]
     pub diffusers: Option<PathBuf>,
+    #[command(flatten)]
+    pub interleave: InterleaveArgs,
     /// Also write the rows as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -76,11 +80,9 @@ struct Row {
     tokens: usize,
     latent: [usize; 3],
     text_len: usize,
-    engine: String,
-    seconds: f64,
-    min_seconds: f64,
-    peak_rss_gib: f64,
+    flops: f64,
     rel_err_vs_diffusers: Option<f64>,
+    measure: RowMeasure,
 }
 
 pub fn run(a: BenchDitArgs) -> Result<()> {
@@ -178,10 +180,22 @@ fn rel_err(ours: &Path, theirs: &Path) -> Result<f64> {
     Ok((num / den.max(1e-30)).sqrt())
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+/// Model FLOPs of one forward: 2 × multiply-adds of every matmul (patch and text embeddings, each
+/// block's projections, attention products and FFN, the output head). Norms, RoPE, softmax and the
+/// timestep MLP are left out (under 1 % at these sizes).
+pub fn forward_flops(cfg: &transformer::Config, tokens: usize, text_len: usize) -> f64 {
+    let (l, lt, d, f) = (tokens as f64, text_len as f64, cfg.inner_dim() as f64, cfg.ffn_dim as f64);
+    let p = cfg.patch_size.iter().product::<usize>() as f64;
+    let c_out = cfg.out_channels.unwrap_or(cfg.in_channels) as f64;
+    let patch = l * cfg.in_channels as f64 * p * d;
+    let text = lt * (cfg.text_dim as f64 * d + d * d);
+    let block = 4.0 * l * d * d // self-attention q, k, v, out
+        + 2.0 * l * l * d // q·kᵀ and p·v
+        + 2.0 * l * d * d + 2.0 * lt * d * d // cross-attention q, out; k, v on the text
+        + 2.0 * l * lt * d // cross-attention products
+        + 2.0 * l * d * f; // FFN
+    let head = l * d * c_out * p;
+    2.0 * (patch + text + cfg.num_layers as f64 * block + head)
 }
 
 fn bench_dit(a: BenchDitArgs) -> Result<()> {
@@ -191,22 +205,28 @@ fn bench_dit(a: BenchDitArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_dit_diffusers.py");
     let [pt, ph, pw] = cfg.patch_size;
+    let threads = a.interleave.threads();
+    let peak = F32Peak::detect(threads)?;
+    let gate = a.interleave.gate();
     println!(
-        "{} at real width (D {}, FFN {}), {} blocks, text {} tokens, f32 CPU, {} threads, warm-up {}, timed {}; load average {}",
+        "{} at real width (D {}, FFN {}), {} blocks, text {} tokens, f32 CPU, {threads} threads per engine; per process {} \
+         warm-up + {} timed forward(s), {} timed process(es) per engine after {} warm-up process(es), engines interleaved",
         a.arch,
         cfg.inner_dim(),
         cfg.ffn_dim,
         a.layers,
         a.text_len,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         a.warmup,
         a.iters,
-        load_average()
+        a.interleave.runs,
+        a.interleave.warmup_runs,
     );
-    println!("| tokens | latent F×H×W | engine | s / forward | min s | peak RSS GiB | rel. err vs diffusers |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("f32 peak: {}", peak.describe());
+    println!();
+    println!("{TABLE_HEADER}");
     let tmp = tempfile_dir(&a.models_dir)?;
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     for size in sizes {
         let [f, h, w] = size;
         if f % pt != 0 || h % ph != 0 || w % pw != 0 {
@@ -215,58 +235,73 @@ fn bench_dit(a: BenchDitArgs) -> Result<()> {
         let tokens = (f / pt) * (h / ph) * (w / pw);
         let inputs = ensure_inputs(&a.models_dir, &cfg, size, a.text_len)?;
         let ours_out = tmp.join("ours.safetensors");
-        let mut ours = Command::new(&exe);
-        ours.args(["bench", "dit", "--case-model"])
-            .arg(&model)
-            .arg("--case-inputs")
-            .arg(&inputs)
-            .arg("--case-out")
-            .arg(&ours_out)
-            .args(["--warmup", &a.warmup.to_string(), "--iters", &a.iters.to_string()]);
-        let mut runs = vec![("tessera", run_child::<DitCaseResult>(ours)?)];
-        let mut err = None;
-        if let Some(py) = &a.diffusers {
-            let theirs_out = tmp.join("diffusers.safetensors");
-            let mut theirs = Command::new(py);
-            theirs
-                .arg(&script)
-                .arg("--model")
+        let theirs_out = tmp.join("diffusers.safetensors");
+        let ours = || {
+            let mut c = Command::new(&exe);
+            c.args(["bench", "dit", "--case-model"])
                 .arg(&model)
-                .arg("--inputs")
+                .arg("--case-inputs")
                 .arg(&inputs)
-                .arg("--out")
-                .arg(&theirs_out)
+                .arg("--case-out")
+                .arg(&ours_out)
                 .args(["--warmup", &a.warmup.to_string(), "--iters", &a.iters.to_string()]);
-            runs.push(("diffusers", run_child(theirs)?));
-            err = Some(rel_err(&ours_out, &theirs_out)?);
-        }
-        for (engine, r) in runs {
-            let row = Row {
-                arch: a.arch.clone(),
-                layers: a.layers,
-                tokens,
-                latent: size,
-                text_len: a.text_len,
-                engine: engine.to_string(),
-                seconds: r.seconds,
-                min_seconds: r.min_seconds,
-                peak_rss_gib: r.peak_rss_bytes as f64 / (1u64 << 30) as f64,
-                rel_err_vs_diffusers: err,
+            a.interleave.apply_threads(&mut c);
+            c
+        };
+        let mut contenders = vec![Contender { name: "tessera".into(), command: Box::new(ours) }];
+        if let Some(py) = &a.diffusers {
+            // `move` copies these references into the closure (`py` itself is a local).
+            let (script, model, inputs, out, a) = (&script, &model, &inputs, &theirs_out, &a);
+            let theirs = move || {
+                let mut c = Command::new(py);
+                c.arg(script)
+                    .arg("--model")
+                    .arg(model)
+                    .arg("--inputs")
+                    .arg(inputs)
+                    .arg("--out")
+                    .arg(out)
+                    .args(["--warmup", &a.warmup.to_string(), "--iters", &a.iters.to_string()])
+                    .args(["--threads", &threads.to_string()]);
+                a.interleave.apply_threads(&mut c);
+                c
             };
-            println!(
-                "| {tokens} | {f}×{h}×{w} | {engine} | {:.2} | {:.2} | {:.2} | {} |",
-                row.seconds,
-                row.min_seconds,
-                row.peak_rss_gib,
-                err.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "–".into())
-            );
-            rows.push(row);
+            contenders.push(Contender { name: "diffusers".into(), command: Box::new(theirs) });
         }
+        let case = format!("{tokens} tokens ({f}×{h}×{w} latent)");
+        eprintln!("{case}:");
+        let m = run_row(&contenders, a.interleave.warmup_runs, a.interleave.runs, &gate)?;
+        let err = if a.diffusers.is_some() { Some(rel_err(&ours_out, &theirs_out)?) } else { None };
+        let flops = forward_flops(&cfg, tokens, a.text_len);
+        println!("{}", table_row(&case, &m, Some(flops), &peak));
+        notes.push(format!(
+            "- {case}: {:.1} GFLOP per forward; outputs differ by {} (relative); {}{}",
+            flops / 1e9,
+            err.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "–".into()),
+            m.load_note(),
+            if m.is_comparison() { String::new() } else { format!("; NOT A COMPARISON: {}", m.refused.join("; ")) }
+        ));
+        rows.push(Row {
+            arch: a.arch.clone(),
+            layers: a.layers,
+            tokens,
+            latent: size,
+            text_len: a.text_len,
+            flops,
+            rel_err_vs_diffusers: err,
+            measure: m,
+        });
     }
     std::fs::remove_dir_all(&tmp).ok();
-    println!("load average after: {}", load_average());
+    println!();
+    for n in notes {
+        println!("{n}");
+    }
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&serde_json::json!({ "peak": peak, "gate": gate, "rows": rows }))?,
+        )?;
     }
     Ok(())
 }

@@ -5,11 +5,13 @@
 //! - [`dit`]: one DiT forward at a few token counts, optionally beside diffusers.
 //! - [`vae_parallel`]: patch-parallel VAE decode on 1, 2, 4 worker processes.
 //! - [`denoise`]: the sharded denoise on worker processes, per-rank memory and comm share.
+//! - [`interleave`]: engines alternating in fresh processes, load gate, statistics, f32 peak.
 //! - [`support`]: what several benchmarks share (seeded models and latents, child cases, `VmHWM`).
 
 pub mod comm;
 pub mod denoise;
 pub mod dit;
+pub mod interleave;
 pub mod support;
 pub mod vae;
 pub mod vae_parallel;

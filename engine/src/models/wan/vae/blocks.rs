@@ -92,6 +92,7 @@ impl AttentionBlock {
         let scale = 1.0 / (self.dim as f64).sqrt();
         let n = h * w;
         let block = (ATTN_SCORE_BLOCK / n_kv.max(1)).clamp(1, n);
+        super::ops::count_flops(2 * t * n * n_kv * c);
         let mut outs = Vec::with_capacity(n.div_ceil(block));
         for start in (0..n).step_by(block) {
             let len = block.min(n - start);

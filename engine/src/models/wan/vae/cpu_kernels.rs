@@ -176,28 +176,24 @@ pub fn conv_frames(
     if out.is_empty() {
         return;
     }
-    // Row bands: enough tasks to balance two to a few dozen threads, big enough to amortise calls.
-    let threads = rayon::current_num_threads().max(1);
-    let bands_per_frame = (threads * 4).div_ceil(frames).clamp(1, g.h_out);
-    let band = g.h_out.div_ceil(bands_per_frame);
-    let tasks: Vec<(usize, usize, usize)> =
-        (0..frames).flat_map(|t| (0..g.h_out).step_by(band).map(move |y0| (t, y0, (y0 + band).min(g.h_out)))).collect();
     // Narrow rows make per-row GEMMs tiny (N = width) so packing the weights dominates; there the
     // band is padded once into a scratch and each tap becomes one GEMM over the whole band.
     let banded = g.stride == 1 && g.kh * g.kw > 1 && g.w_out < BANDED_BELOW_WIDTH;
+    let tasks = plan_tasks(frames, g.h_out, g.w_out, g.out_channels, banded);
     let ptr = OutPtr(out.as_mut_ptr());
-    tasks.par_iter().for_each(|&(t, y0, y1)| {
+    tasks.par_iter().for_each(|&Task { t, y0, y1, o0, o1 }| {
         // SAFETY: `t < frames` and `out` holds `frames` whole frames (asserted), so the frame start
         // is inside `out`.
         let frame_out = unsafe { ptr.get().add(t * g.out_frame_len()) };
-        // SAFETY: `frame_out` is a dense frame of `g` inside `out`; rows `y0..y1` of frame `t`
-        // belong to this task alone (the tasks tile each frame's rows without overlap); the bias
-        // and residual sizes were asserted.
-        unsafe { init_rows(frame_out, init, t, g, y0, y1) };
+        // SAFETY: `frame_out` is a dense frame of `g` inside `out`; rows `y0..y1` of channels
+        // `o0..o1` of frame `t` belong to this task alone (`plan_tasks` tiles each frame's rows ×
+        // channels without overlap); the bias and residual sizes were asserted.
+        unsafe { init_rows(frame_out, init, t, g, y0, y1, o0..o1) };
         if banded {
-            // SAFETY: as for `init_rows`; every input frame has `g.in_frame_len()` values and `kt`
-            // taps, matching `weight` (asserted).
-            unsafe { accumulate_band_padded(frame_out, &inputs[t], weight, g, y0, y1) };
+            // SAFETY: as for `init_rows`, the dense map keeping every pixel of `g` inside this
+            // frame; every input frame has `g.in_frame_len()` values and `kt` taps, matching
+            // `weight` (asserted).
+            unsafe { accumulate_band_padded(frame_out, OutMap::dense(&g), &inputs[t], weight, g, y0, y1, o0..o1) };
             return;
         }
         for (k, input) in inputs[t].iter().enumerate() {
@@ -214,28 +210,85 @@ pub fn conv_frames(
 /// Output width below which [`conv_frames`] switches to padded bands (one GEMM per tap and band).
 const BANDED_BELOW_WIDTH: usize = 192;
 
-/// Stride-1 conv of output rows `y0..y1`: each input frame's band (plus the kernel's halo rows and
-/// zero padding) is copied into a padded scratch `[I, rows + kh − 1, Wp]`, so a tap (dy, dx) is a
-/// single GEMM whose columns run over the whole band (the `kw − 1` wrap-around columns per row land
-/// in scratch columns that are thrown away). Results are added onto the initialised output rows.
+/// Low-resolution width below which [`upsample2x_conv3x3_frames`] uses padded bands.
+const UPSAMPLE_BANDED_BELOW_WIDTH: usize = 48;
+
+/// Fewest output pixels a padded band covers. Every (band, tap) GEMM packs its whole `O × I` weight
+/// slice (a strided gather), so a band of a few dozen pixels spends more time packing than
+/// multiplying (the 8–32 px maps of Wan2.2's 1024-channel stages: a 1-row band of an 8×8 map is
+/// 8 output pixels per packed weight). Bands this large keep packing under ~1 % of the MACs; the
+/// threads then share a band's output channels instead of its rows.
+const MIN_BAND_PIXELS: usize = 1024;
+
+/// Channels of a task's group are a multiple of this (the GEMM micro-kernel's register tile).
+const CHANNEL_GROUP_ALIGN: usize = 16;
+
+/// One task of a conv: output rows `y0..y1` of channels `o0..o1` of frame `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Task {
+    t: usize,
+    y0: usize,
+    y1: usize,
+    o0: usize,
+    o1: usize,
+}
+
+/// Splits `frames` output frames of `h_out` rows × `out_channels` channels into disjoint tasks:
+/// enough to balance two to a few dozen threads. Row bands by default; with `banded` (padded-band
+/// GEMMs), bands grow to at least [`MIN_BAND_PIXELS`] and, when that leaves too few of them, the
+/// output channels are split too.
+fn plan_tasks(frames: usize, h_out: usize, w_out: usize, out_channels: usize, banded: bool) -> Vec<Task> {
+    let want = rayon::current_num_threads().max(1) * 4;
+    let bands_per_frame = want.div_ceil(frames.max(1)).clamp(1, h_out.max(1));
+    let mut band = h_out.div_ceil(bands_per_frame).max(1);
+    let mut groups = 1;
+    if banded {
+        band = band.max(MIN_BAND_PIXELS.div_ceil(w_out.max(1))).min(h_out.max(1));
+        let tasks_so_far = frames * h_out.div_ceil(band);
+        let max_groups = out_channels.div_ceil(CHANNEL_GROUP_ALIGN).max(1);
+        groups = want.div_ceil(tasks_so_far.max(1)).clamp(1, max_groups);
+    }
+    let group = out_channels.div_ceil(groups).next_multiple_of(CHANNEL_GROUP_ALIGN).min(out_channels.max(1));
+    let mut tasks = Vec::new();
+    for t in 0..frames {
+        for y0 in (0..h_out).step_by(band) {
+            for o0 in (0..out_channels).step_by(group.max(1)) {
+                tasks.push(Task { t, y0, y1: (y0 + band).min(h_out), o0, o1: (o0 + group).min(out_channels) });
+            }
+        }
+    }
+    tasks
+}
+
+/// Stride-1 conv of output rows `y0..y1`, channels `oc`: each input frame's band (plus the kernel's
+/// halo rows and zero padding) is copied into a padded scratch `[I, rows + kh − 1, Wp]`, so a tap
+/// (dy, dx) is a single GEMM whose columns run over the whole band (the `kw − 1` wrap-around
+/// columns per row land in scratch columns that are thrown away). Results are added onto the
+/// initialised output pixels, placed by `map`.
 ///
 /// # Safety
-/// `frame_out` must point to a dense `[O, h_out, w_out]` frame whose rows `y0..y1` (`y1 ≤ h_out`)
-/// only this call reads or writes while it runs; `g.stride == 1`; `inputs` has at most `weight.kt`
-/// taps; `weight.data` holds `O·I·kt·kh·kw` values.
+/// For every output pixel (o ∈ oc, y0 ≤ y < y1, x < w_out), `frame_out + map.offset + o·map.plane +
+/// y·map.row_stride + x·map.col_stride` must be inside one allocation that only this call reads or
+/// writes at those positions while it runs; `y1 ≤ h_out`; `oc.end ≤ O`; `g.stride == 1`; `inputs`
+/// has at most `weight.kt` taps, each of `g.in_frame_len()` values; `weight.data` holds
+/// `O·I·kt·kh·kw` values.
+#[allow(clippy::too_many_arguments)]
 unsafe fn accumulate_band_padded(
     frame_out: *mut f32,
+    map: OutMap,
     inputs: &[Option<&[f32]>],
     weight: WeightView<'_>,
     g: ConvGeom,
     y0: usize,
     y1: usize,
+    oc: std::ops::Range<usize>,
 ) {
     let rows = y1 - y0;
     let wp = g.w_out + g.kw - 1;
     let prow = rows + g.kh - 1;
+    let m = oc.len();
     let mut padded = vec![0f32; g.in_channels * prow * wp];
-    let mut acc = vec![0f32; g.out_channels * rows * wp];
+    let mut acc = vec![0f32; m * rows * wp];
     let taps = weight.kt * g.kh * g.kw;
     let n = rows * wp - (g.kw - 1);
     for (k, input) in inputs.iter().enumerate() {
@@ -257,22 +310,23 @@ unsafe fn accumulate_band_padded(
             for dx in 0..g.kw {
                 let tap = (k * g.kh + dy) * g.kw + dx;
                 // SAFETY: all three matrices lie inside buffers of this call or of the contract.
-                // dst `acc` [O × n], strides (1, rows·wp): last element (O−1)·rows·wp + n − 1 <
-                // O·rows·wp = acc.len(). lhs: weight (o, i) at tap + o·I·taps + i·taps, whose largest
-                // value O·I·taps − taps + tap is below O·I·taps = weight.data.len() because
-                // `k < kt` makes `tap < taps`. rhs: `padded` (i, j) at dy·wp + dx + i·prow·wp + j,
-                // at most (I−1)·prow·wp + (kh−1)·wp + (kw−1) + n − 1 = I·prow·wp − 1. `acc` is
-                // written only here and aliases neither input.
+                // dst `acc` [m × n], strides (1, rows·wp): last element (m−1)·rows·wp + n − 1 <
+                // m·rows·wp = acc.len(). lhs: weight (o, i) for o = oc.start + r, r < m, at
+                // tap + o·I·taps + i·taps, whose largest value O·I·taps − taps + tap (oc.end ≤ O) is
+                // below O·I·taps = weight.data.len() because `k < kt` makes `tap < taps` (and the
+                // slice start oc.start·I·taps + tap is then in bounds too). rhs: `padded` (i, j) at
+                // dy·wp + dx + i·prow·wp + j, at most (I−1)·prow·wp + (kh−1)·wp + (kw−1) + n − 1 =
+                // I·prow·wp − 1. `acc` is written only here and aliases neither input.
                 unsafe {
                     gemm(
-                        g.out_channels,
+                        m,
                         n,
                         g.in_channels,
                         acc.as_mut_ptr(),
                         1,
                         (rows * wp) as isize,
                         true,
-                        weight.data[tap..].as_ptr(),
+                        weight.data[oc.start * g.in_channels * taps + tap..].as_ptr(),
                         taps as isize,
                         (g.in_channels * taps) as isize,
                         padded[dy * wp + dx..].as_ptr(),
@@ -289,34 +343,51 @@ unsafe fn accumulate_band_padded(
             }
         }
     }
-    let plane = g.h_out * g.w_out;
-    for o in 0..g.out_channels {
+    for (a, o) in oc.enumerate() {
         for r in 0..rows {
-            // SAFETY: row `y0 + r < y1 ≤ h_out` of channel `o` is inside the dense frame and belongs
-            // to this call alone (the contract), so a unique `&mut` to it is sound.
-            let dst = unsafe { std::slice::from_raw_parts_mut(frame_out.add(o * plane + (y0 + r) * g.w_out), g.w_out) };
-            let src = &acc[(o * rows + r) * wp..(o * rows + r) * wp + g.w_out];
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d += v;
+            let src = &acc[(a * rows + r) * wp..(a * rows + r) * wp + g.w_out];
+            let row = map.offset + o * map.plane + (y0 + r) * map.row_stride;
+            if map.col_stride == 1 {
+                // SAFETY: pixels (o, y0 + r, 0..w_out) with o ∈ oc and y0 + r < y1 are inside the
+                // allocation and this call's alone (the contract), so a unique `&mut` is sound.
+                let dst = unsafe { std::slice::from_raw_parts_mut(frame_out.add(row), g.w_out) };
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d += v;
+                }
+            } else {
+                for (x, &v) in src.iter().enumerate() {
+                    // SAFETY: pixel (o, y0 + r, x), x < w_out, as above.
+                    unsafe { *frame_out.add(row + x * map.col_stride) += v };
+                }
             }
         }
     }
 }
 
-/// Writes the initial value (bias, plus the residual with `BiasPlus`) of output rows `y0..y1`.
+/// Writes the initial value (bias, plus the residual with `BiasPlus`) of output rows `y0..y1` of
+/// channels `oc`.
 ///
 /// # Safety
 /// `frame_out` must point to a dense `[O, h_out, w_out]` frame whose rows `y0..y1` (`y1 ≤ h_out`)
-/// only this call accesses while it runs. With `BiasPlus`, `residual[t]` must exist (it is indexed,
-/// so a missing one panics). Rows of channels past `bias.len()` are left untouched, which is why
-/// the callers assert one bias value per output channel.
-unsafe fn init_rows(frame_out: *mut f32, init: RowInit<'_>, t: usize, g: ConvGeom, y0: usize, y1: usize) {
+/// of channels `oc` only this call accesses while it runs. With `BiasPlus`, `residual[t]` must
+/// exist (it is indexed, so a missing one panics). Rows of channels past `bias.len()` are left
+/// untouched, which is why the callers assert one bias value per output channel.
+unsafe fn init_rows(
+    frame_out: *mut f32,
+    init: RowInit<'_>,
+    t: usize,
+    g: ConvGeom,
+    y0: usize,
+    y1: usize,
+    oc: std::ops::Range<usize>,
+) {
     let plane = g.h_out * g.w_out;
     let (bias, residual) = match init {
         RowInit::Bias(b) => (b, None),
         RowInit::BiasPlus(b, r) => (b, Some(r[t])),
     };
-    for (o, &b) in bias.iter().enumerate().take(g.out_channels) {
+    let end = oc.end.min(g.out_channels);
+    for (o, &b) in bias.iter().enumerate().take(end).skip(oc.start) {
         let start = o * plane + y0 * g.w_out;
         let len = (y1 - y0) * g.w_out;
         // SAFETY: rows `y0..y1` of channel `o < O` are inside the frame and only this call touches
@@ -480,21 +551,23 @@ pub fn upsample2x_conv3x3_frames(
     if out.is_empty() {
         return;
     }
-    let threads = rayon::current_num_threads().max(1);
-    let bands_per_frame = (threads * 4).div_ceil(frames).clamp(1, h);
-    let band = h.div_ceil(bands_per_frame);
-    let tasks: Vec<(usize, usize, usize)> =
-        (0..frames).flat_map(|t| (0..h).step_by(band).map(move |y0| (t, y0, (y0 + band).min(h)))).collect();
+    // Narrow inputs: each phase is a padded-band 2×2 conv (see `conv_frames`), tasks as there. The
+    // phase outputs interleave (every other column), so the band's results scatter back element by
+    // element: only worth it where per-row GEMMs are too small to amortise packing (measured
+    // interleaved on 1024/512/256-channel maps: 3.6–5.4× faster at 8–16 px, even at 32, slower at 64).
+    let banded = w < UPSAMPLE_BANDED_BELOW_WIDTH;
+    let tasks = plan_tasks(frames, h, w, out_c, banded);
     let ptr = OutPtr(out.as_mut_ptr());
-    tasks.par_iter().for_each(|&(t, y0, y1)| {
+    tasks.par_iter().for_each(|&Task { t, y0, y1, o0, o1 }| {
         // SAFETY: `t < frames` and `out` holds `frames` frames of `out_frame` values (asserted).
         let frame_out = unsafe { ptr.get().add(t * out_frame) };
         let (h2, w2) = (2 * h, 2 * w);
-        for (o, &b) in bias.iter().enumerate() {
+        for (o, &b) in bias.iter().enumerate().take(o1).skip(o0) {
             let start = o * h2 * w2 + 2 * y0 * w2;
             let len = 2 * (y1 - y0) * w2;
             // SAFETY: output rows 2·y0..2·y1 ≤ 2H of channel `o < O` lie inside this frame, and
-            // low-res rows y0..y1 of frame t (so output rows 2·y0..2·y1) belong to this task alone.
+            // low-res rows y0..y1 of channels o0..o1 of frame t (so output rows 2·y0..2·y1 of
+            // those channels) belong to this task alone (`plan_tasks` tiles rows × channels).
             let dst = unsafe { std::slice::from_raw_parts_mut(frame_out.add(start), len) };
             match residual {
                 None => dst.fill(b),
@@ -524,10 +597,17 @@ pub fn upsample2x_conv3x3_frames(
                 };
                 let map = OutMap { plane: h2 * w2, row_stride: 2 * w2, col_stride: 2, offset: py * w2 + px };
                 let wv = WeightView { data: &phases[phase * out_c * in_c * 4..(phase + 1) * out_c * in_c * 4], kt: 1 };
+                if banded {
+                    // SAFETY: as below, for the pixels (o ∈ o0..o1, y0 ≤ y < y1, x < W) this task
+                    // owns; one tap frame of I·H·W values for kt = 1; `o1 ≤ O`.
+                    unsafe { accumulate_band_padded(frame_out, map, &[Some(inputs[t])], wv, g, y0, y1, o0..o1) };
+                    continue;
+                }
                 // SAFETY: pixel (o, y, x) of this phase lands at (py + 2y)·2W + px + 2x + o·4HW, at
                 // most 4HW·O − 1 for o < O, y < H, x < W, so inside this frame; its output row
-                // 2y + py is one of this task's rows 2·y0..2·y1. `inputs[t]` has I·H·W values, `wv`
-                // O·I·1·2·2 and tap 0 < kt = 1 (asserted or built above).
+                // 2y + py is one of this task's rows 2·y0..2·y1 (row tasks cover all channels:
+                // `plan_tasks` only splits channels for banded convs). `inputs[t]` has I·H·W
+                // values, `wv` O·I·1·2·2 and tap 0 < kt = 1 (asserted or built above).
                 unsafe { accumulate_rows(frame_out, map, inputs[t], wv, 0, g, y0, y1) };
             }
         }
@@ -697,6 +777,74 @@ mod tests {
         check(1, (3, 3), 2, (0, 1, 0, 1), (7, 5));
         check(1, (1, 1), 1, (0, 0, 0, 0), (4, 6));
         check(3, (1, 1), 1, (0, 0, 0, 0), (3, 3));
+    }
+
+    #[test]
+    fn banded_conv_splits_channels_and_matches_direct_loops() {
+        // 40 output channels and a 12×10 map: banded, one band per frame, channel groups of 16.
+        let g = ConvGeom::new(6, 40, (12, 10), (3, 3), 1, (1, 1, 1, 1));
+        let w = pseudo(40 * 6 * 3 * 9, 21);
+        let b = pseudo(40, 22);
+        let f: Vec<Vec<f32>> = (0..3).map(|i| pseudo(g.in_frame_len(), 30 + i)).collect();
+        let taps = vec![
+            vec![None, Some(f[0].clone()), Some(f[1].clone())],
+            vec![Some(f[0].clone()), Some(f[1].clone()), Some(f[2].clone())],
+        ];
+        let want = naive(&taps, &w, 3, &b, g);
+        let refs: Vec<Vec<Option<&[f32]>>> = taps.iter().map(|ts| ts.iter().map(|f| f.as_deref()).collect()).collect();
+        let mut got = vec![0f32; want.len()];
+        conv_frames(&mut got, &refs, WeightView { data: &w, kt: 3 }, RowInit::Bias(&b), g);
+        let max = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max < 1e-4, "banded channel-split conv: max diff {max}");
+    }
+
+    #[test]
+    fn task_plans_tile_every_output_once() {
+        for (frames, h, w, o, banded) in [
+            (1, 8, 8, 1024, true),
+            (2, 32, 32, 512, true),
+            (3, 5, 300, 7, false),
+            (1, 1, 1, 1, true),
+            (4, 64, 100, 40, true),
+        ] {
+            let tasks = plan_tasks(frames, h, w, o, banded);
+            let mut seen = vec![0u8; frames * h * o];
+            for t in &tasks {
+                assert!(t.y0 < t.y1 && t.y1 <= h && t.o0 < t.o1 && t.o1 <= o, "{t:?}");
+                if !banded {
+                    assert_eq!((t.o0, t.o1), (0, o), "row tasks keep all channels");
+                }
+                for y in t.y0..t.y1 {
+                    for c in t.o0..t.o1 {
+                        seen[(t.t * h + y) * o + c] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "frames {frames} {h}×{w} O {o}: not a tiling");
+        }
+    }
+
+    #[test]
+    fn fused_upsample_conv_matches_upsample_then_conv_wide() {
+        // Wider than UPSAMPLE_BANDED_BELOW_WIDTH: the per-row GEMM path.
+        let (ci, co, h, w) = (2, 3, 2, UPSAMPLE_BANDED_BELOW_WIDTH + 3);
+        let wt = pseudo(co * ci * 9, 15);
+        let b = pseudo(co, 16);
+        let x = pseudo(ci * h * w, 17);
+        let mut up = vec![0f32; ci * 4 * h * w];
+        for c in 0..ci {
+            for y in 0..2 * h {
+                for xx in 0..2 * w {
+                    up[(c * 2 * h + y) * 2 * w + xx] = x[(c * h + y / 2) * w + xx / 2];
+                }
+            }
+        }
+        let g = ConvGeom::new(ci, co, (2 * h, 2 * w), (3, 3), 1, (1, 1, 1, 1));
+        let want = naive(&[vec![Some(up)]], &wt, 1, &b, g);
+        let mut got = vec![0f32; want.len()];
+        upsample2x_conv3x3_frames(&mut got, &[&x], &upsample_phase_weights(&wt, co, ci), &b, None, ci, co, h, w);
+        let max = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max < 1e-4, "fused upsample conv (wide): max diff {max}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! tests force the generic path on CPU to prove the two agree.
 
 use std::ops::{Deref, Range};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, StorageRef, Tensor};
 
@@ -26,6 +26,20 @@ pub enum KernelChoice {
 /// Process-wide switch; only tests and benchmarks change it.
 pub fn set_kernel_choice(choice: KernelChoice) {
     FORCE_GENERIC.store(choice == KernelChoice::Generic, Ordering::SeqCst);
+}
+
+/// Model FLOPs (2 × the multiply-adds of every convolution and attention product) run so far.
+static MODEL_FLOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Model FLOPs of the VAE ops this process has run: 2 × multiply-adds of every conv (taps over a
+/// causal zero frame excluded, a fused upsample + conv counted as the 3×3 conv on the upsampled map)
+/// and of the attention products. Benchmarks difference it around a decode to report FLOP/s.
+pub fn model_flops() -> u64 {
+    MODEL_FLOPS.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_flops(multiply_adds: usize) {
+    MODEL_FLOPS.fetch_add(2 * multiply_adds as u64, Ordering::Relaxed);
 }
 
 /// Whether the CPU kernels handle `xs` (f32 on the CPU, generic path not forced).
@@ -119,6 +133,8 @@ pub fn conv_frames(
     }
     let geom = ConvGeom::new(i, o, (h, w), (kh, kw), stride, pad);
     let frames = inputs.taps.len();
+    let live_taps = inputs.taps.iter().flatten().flatten().count();
+    count_flops(o * i * kh * kw * geom.h_out * geom.w_out * live_taps);
     if let Some(r) = residual {
         if r.dims() != [frames, o, geom.h_out, geom.w_out] {
             let want = [frames, o, geom.h_out, geom.w_out];
@@ -212,6 +228,8 @@ pub fn upsample_conv(
                 weight.shape()
             );
         }
+        // The generic path below counts through `conv_frames`.
+        count_flops(t * o * i * 9 * 4 * h * w);
         let xs = xs.contiguous()?;
         let data = cpu_f32(&xs)?;
         let frames: Vec<&[f32]> = data.chunks(i * h * w).collect();
