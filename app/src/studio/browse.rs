@@ -16,7 +16,7 @@ pub enum Target {
     /// An MP4 or PNG whose settings are loaded (read on the browse thread: the file may be large).
     SettingsFile,
     /// A component file or LoRA of the model (`panels::model_files`).
-    File(crate::studio::panels::model_files::FileSlot),
+    File(FileSlot),
 }
 
 /// A finished background request.
@@ -93,4 +93,17 @@ impl Background {
     pub fn try_recv(&self) -> Option<Done> {
         self.rx.try_recv().ok()
     }
+}
+
+/// A file field of `ModelFiles` (the target of a "Browse…").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileSlot {
+    Transformer,
+    Transformer2,
+    Vae,
+    TextEncoder,
+    Tokenizer,
+    Config,
+    /// The file of LoRA `i` of the list.
+    Lora(usize),
 }

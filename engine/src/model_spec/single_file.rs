@@ -48,7 +48,7 @@ pub fn classify(path: &Path) -> Result<FileKind, ModelSpecError> {
     if let Some(v) = checkpoint_keys::detect_vae(names.clone()) {
         return Ok(FileKind::Vae(v));
     }
-    if super::text::is_umt5(names) {
+    if is_umt5(names) {
         return Ok(FileKind::TextEncoder);
     }
     Ok(FileKind::Other)
@@ -383,4 +383,15 @@ pub fn published(variant: Variant) -> (ModelIndex, serde_json::Value, Vec<String
         assumed.push("per-token timesteps (expand_timesteps), as TI2V-5B".into());
     }
     (index, scheduler, assumed)
+}
+
+/// Prefixes full checkpoints put before the UMT5 names.
+pub const TEXT_PREFIXES: [&str; 2] = ["text_encoders.umt5xxl.transformer.", "umt5xxl.transformer."];
+
+/// Whether a file's keys are a UMT5 encoder's (after an optional checkpoint prefix).
+pub fn is_umt5<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
+    keys.any(|k| {
+        let k = TEXT_PREFIXES.iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k);
+        k.starts_with("encoder.block.0.layer.0.SelfAttention.")
+    })
 }

@@ -21,9 +21,6 @@ use super::ModelSpecError;
 use crate::models::umt5::config::Config as Umt5Config;
 use crate::weights::{self, Checkpoint, ComponentWeights, Rename};
 
-/// Prefixes full checkpoints put before the UMT5 names.
-const TEXT_PREFIXES: [&str; 2] = ["text_encoders.umt5xxl.transformer.", "umt5xxl.transformer."];
-
 /// The UMT5 encoder and tokenizer of a model.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TextModel {
@@ -100,7 +97,7 @@ impl TextModel {
             return Ok(ComponentWeights::diffusers(files));
         }
         let (keys, _) = weights::table::header_keys(&self.encoder).map_err(|e| read_error(&self.encoder, e))?;
-        let prefix = TEXT_PREFIXES
+        let prefix = super::single_file::TEXT_PREFIXES
             .iter()
             .find(|p| keys.keys().any(|k| k.starts_with(*p)))
             .map(|p| p.to_string())
@@ -121,14 +118,6 @@ impl TextModel {
 
 fn read_error(path: &Path, e: impl std::fmt::Display) -> ModelSpecError {
     ModelSpecError::Read { path: path.to_path_buf(), msg: e.to_string() }
-}
-
-/// Whether a file's keys are a UMT5 encoder's (after an optional checkpoint prefix).
-pub fn is_umt5<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
-    keys.any(|k| {
-        let k = TEXT_PREFIXES.iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k);
-        k.starts_with("encoder.block.0.layer.0.SelfAttention.")
-    })
 }
 
 /// The UMT5 config tensor shapes (transformers names) imply; see the module docs for the two

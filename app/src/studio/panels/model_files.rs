@@ -9,21 +9,8 @@ use std::path::PathBuf;
 use eframe::egui;
 use tessera_engine::api::{Field, KeyDialect, LoraSpec, LoraTarget, ModelFiles, ModelSpec};
 
-use crate::studio::browse::{Background, Target};
+use crate::studio::browse::{Background, FileSlot, Target};
 use crate::studio::theme;
-
-/// A file field of [`ModelFiles`] (the target of a "Browse…").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileSlot {
-    Transformer,
-    Transformer2,
-    Vae,
-    TextEncoder,
-    Tokenizer,
-    Config,
-    /// The file of LoRA `i` of the list.
-    Lora(usize),
-}
 
 /// The single-path slots, in the order the form shows them, with their form field.
 const SLOTS: [(FileSlot, Field, &str); 6] = [

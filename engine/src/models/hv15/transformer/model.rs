@@ -8,6 +8,8 @@
 //! fully masked query rows. T2V is explicit: no image tokens (diffusers detects all-zero image
 //! embeddings and masks them out, which is the same).
 
+use std::borrow::Cow;
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
@@ -16,7 +18,6 @@ use super::config::Config;
 use super::embeddings::{
     cond_type, layer_norm_plain, rope_tables, GlyphProjection, ImageProjection, TimeEmbedding, TokenRefiner,
 };
-use super::sharded::BlockSource;
 use super::ulysses::{JointAttention, LocalJoint, UlyssesJoint};
 use crate::models::wan::transformer::attention::{AttentionBackend, ChunkedAttention};
 use crate::models::wan::transformer::ulysses::SeqShard;
@@ -234,5 +235,26 @@ impl HunyuanVideo15Transformer3DModel {
             outs.push(ys.t()?.reshape((self.cfg.out_channels, nt, nh, nw))?);
         }
         Tensor::stack(&outs, 0)
+    }
+}
+
+/// Where a rank's dual-stream blocks come from.
+pub trait BlockSource: Send + Sync {
+    fn num_blocks(&self) -> usize;
+    /// Block `i`, ready to run. Sharded sources gather its weights here (a collective: every member
+    /// of the group asks for the same blocks in the same order); the caller drops it after use.
+    fn block(&self, i: usize) -> Result<Cow<'_, TransformerBlock>>;
+}
+
+impl BlockSource for HunyuanVideo15Transformer3DModel {
+    fn num_blocks(&self) -> usize {
+        self.blocks().len()
+    }
+
+    fn block(&self, i: usize) -> Result<Cow<'_, TransformerBlock>> {
+        match self.blocks().get(i) {
+            Some(b) => Ok(Cow::Borrowed(b)),
+            None => candle_core::bail!("block {i} of {}", self.blocks().len()),
+        }
     }
 }

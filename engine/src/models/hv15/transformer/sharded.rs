@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::block::TransformerBlock;
 use super::config::Config;
-use super::model::{Context, HunyuanVideo15Transformer3DModel};
+use super::model::{BlockSource, Context, HunyuanVideo15Transformer3DModel};
 use crate::models::wan::transformer::attention::ChunkedAttention;
 use crate::models::wan::transformer::ShardOptions;
 use crate::parallel::comm::Collective;
@@ -23,27 +23,6 @@ use crate::weights::ComponentWeights;
 
 /// Checkpoint prefix of the dual-stream blocks (`transformer_blocks.{i}.…`).
 const BLOCKS: &str = "transformer_blocks";
-
-/// Where a rank's dual-stream blocks come from.
-pub trait BlockSource: Send + Sync {
-    fn num_blocks(&self) -> usize;
-    /// Block `i`, ready to run. Sharded sources gather its weights here (a collective: every member
-    /// of the group asks for the same blocks in the same order); the caller drops it after use.
-    fn block(&self, i: usize) -> Result<Cow<'_, TransformerBlock>>;
-}
-
-impl BlockSource for HunyuanVideo15Transformer3DModel {
-    fn num_blocks(&self) -> usize {
-        self.blocks().len()
-    }
-
-    fn block(&self, i: usize) -> Result<Cow<'_, TransformerBlock>> {
-        match self.blocks().get(i) {
-            Some(b) => Ok(Cow::Borrowed(b)),
-            None => candle_core::bail!("block {i} of {}", self.blocks().len()),
-        }
-    }
-}
 
 /// FSDP: this rank keeps `1/F` of every block tensor; [`BlockSource::block`] all-gathers one block
 /// in the FSDP group and builds it, freed when the caller drops it.
