@@ -72,3 +72,15 @@ fn init_logging() {
         .with_target(false)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks argument ids, conflicts and requirements only when a command is parsed in a
+    /// debug build; check every subcommand here so a clash fails a unit test, not a user's run.
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -37,7 +37,7 @@ pub struct PlanFlags {
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = TilingSpec::parse)]
     pub tiling: Option<TilingSpec>,
     /// Where the UMT5 text encoder runs: cpu (the host) or sharded (split by layer over the ranks).
-    #[arg(long = "text-encoder-on", value_enum)]
+    #[arg(long = "text-encoder-on", id = "text_encoder_on", value_enum)]
     pub text_encoder: Option<TextEncoderPlacement>,
     /// Two-expert models (A14B): pipeline (both experts loaded for the whole run) or phased (only the
     /// running expert; each rank swaps in its part of the low-noise expert at the boundary step).
