@@ -209,7 +209,12 @@ t5cfg = UMT5Config(**P["t5"],
                    feed_forward_proj="gated-gelu", dropout_rate=0.0)
 t5 = perturb(UMT5EncoderModel(t5cfg))
 d = os.path.join(out_root, "umt5")
-save_bf16(t5, os.path.join(d, "text_encoder"))
+if variant == "public":
+    # The public set's UMT5 keeps f32 storage (of the bf16-exact values): Tessera runs a text encoder
+    # in its stored dtype, and the CLI prompt tests compare an f32 run with the f32 references.
+    t5.save_pretrained(os.path.join(d, "text_encoder"), safe_serialization=True)
+else:
+    save_bf16(t5, os.path.join(d, "text_encoder"))
 n = P["t5_tokens"]
 ids = torch.randint(2, 300, (1, n), generator=g)
 ids[0, -1] = 1  # eos
