@@ -15,6 +15,7 @@
 use super::live::Live;
 use super::params::vae_decoder_dims;
 use crate::models::wan::vae::config::Config as VaeConfig;
+use crate::models::wan::vae::decoder::frame_tail_from;
 
 /// Which implementation of the VAE ops runs (see `vae::ops`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,12 @@ pub struct Slots {
 impl Slots {
     fn start_chunk(&mut self) {
         self.cursor = 0;
+    }
+    fn cursor(&self) -> usize {
+        self.cursor
+    }
+    fn rewind(&mut self, to: usize) {
+        self.cursor = to;
     }
     /// (frames, bytes) of the next slot.
     fn next(&mut self) -> usize {
@@ -389,7 +396,37 @@ impl<'a> Replay<'a> {
         let dims = vae_decoder_dims(self.cfg);
         let h = self.conv_cached(x, dims[0], 3, 3, 1, self.run.halo);
         let mut h = self.midblock(h, full_h);
-        for stage in 0..self.cfg.dim_mult.len() {
+        let tail_from = frame_tail_from(self.cfg);
+        for stage in 0..tail_from {
+            h = self.up_block(h, stage, first_chunk);
+        }
+        if h.t == 1 {
+            return self.decoder_tail(h, tail_from, first_chunk);
+        }
+        // Frame by frame (`Decoder::forward_chunk`): `h` is held to the end and every frame's output
+        // is kept until the concatenation. Each frame is a view of `h`; it is counted as its own
+        // allocation (which the tail frees when it drops it), one frame more than is really live.
+        let mark = self.slots.cursor();
+        let frame = Act { t: 1, ..h };
+        let mut out = None;
+        for _ in 0..h.t {
+            self.slots.rewind(mark);
+            self.mem.alloc(self.b(frame));
+            out = Some(self.decoder_tail(frame, tail_from, first_chunk));
+        }
+        let y1 = out.expect("h.t > 1");
+        let y = Act { t: h.t, ..y1 };
+        self.mem.alloc(self.b(y)); // Tensor::cat
+        self.mem.free(self.b(y1) * h.t as u64);
+        self.mem.free(self.b(h));
+        y
+    }
+
+    /// The frame-preserving tail of the decoder on `h` (a view the caller owns): up stages from
+    /// `tail_from`, the output norm and conv. The output stays allocated.
+    fn decoder_tail(&mut self, h: Act, tail_from: usize, first_chunk: bool) -> Act {
+        let mut h = h;
+        for stage in tail_from..self.cfg.dim_mult.len() {
             h = self.up_block(h, stage, first_chunk);
         }
         let normed = self.rms_norm(h, true);

@@ -60,6 +60,18 @@ impl FeatCache {
         self.cursor = 0;
     }
 
+    /// Where the cursor stands, for [`FeatCache::rewind`].
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    /// Moves the cursor back to `to` (a value of [`FeatCache::cursor`] in this chunk): the decoder
+    /// runs its frame-preserving tail once per frame, each pass reading and updating the same slots.
+    pub fn rewind(&mut self, to: usize) {
+        debug_assert!(to <= self.cursor);
+        self.cursor = to;
+    }
+
     /// The slot of the next cached module in traversal order.
     pub fn next_slot(&mut self) -> &mut Slot {
         if self.cursor == self.slots.len() {
