@@ -250,11 +250,12 @@ impl Hv15Pipeline {
 
     /// `[cond latents, mask]` `[1, z + 1, T, h, w]`: zeros for T2V; for I2V the image latents and
     /// a mask of 1 at frame 0, zeros after.
-    pub fn cond_and_mask(latents: &Tensor, image: Option<&ImageCond>) -> Result<Tensor> {
+    /// `image_latents`: [`ImageCond::latents`] (`None`: T2V).
+    pub fn cond_and_mask(latents: &Tensor, image_latents: Option<&Tensor>) -> Result<Tensor> {
         let (_, z, t, h, w) = latents.dims5()?;
         let zeros = |c: usize, f: usize| Tensor::zeros((1, c, f, h, w), latents.dtype(), latents.device());
-        let Some(img) = image else { return Ok(zeros(z + 1, t)?) };
-        let il = img.latents.to_dtype(latents.dtype())?.to_device(latents.device())?;
+        let Some(il) = image_latents else { return Ok(zeros(z + 1, t)?) };
+        let il = il.to_dtype(latents.dtype())?.to_device(latents.device())?;
         if il.dims() != [1, z, 1, h, w] {
             return Err(Hv15PipelineError::Input(format!(
                 "image latents {:?} do not fit latents {:?} (the image must be at the run's size)",
@@ -299,7 +300,7 @@ impl Hv15Pipeline {
             (_, n) => n,
         };
         let mut sched = self.scheduler(steps, shift)?;
-        let cond_and_mask = Self::cond_and_mask(latents, image)?;
+        let cond_and_mask = Self::cond_and_mask(latents, image.map(|i| &i.latents))?;
         let image_embeds = image.map(|i| &i.embeds);
         let meanflow = cfg.use_meanflow;
         let mut x = latents.clone();
