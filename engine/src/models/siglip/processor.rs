@@ -171,11 +171,9 @@ pub fn pil_resize(
         (0, h)
     };
     let round = 1i32 << (PRECISION_BITS - 1);
-    let mut cur: Vec<u8>;
-    let (mut cur_h, mut cur_w);
-    if need_h {
+    let (cur, cur_w) = if need_h {
         let rows = y_last - y_first;
-        cur = vec![0u8; rows * out_w * ch];
+        let mut cur = vec![0u8; rows * out_w * ch];
         for y in 0..rows {
             let row = &src[(y + y_first) * w * ch..(y + y_first + 1) * w * ch];
             for (xx, (xmin, k)) in horiz.iter().enumerate() {
@@ -188,12 +186,14 @@ pub fn pil_resize(
                 }
             }
         }
-        (cur_h, cur_w) = (rows, out_w);
+        (cur, out_w)
     } else {
-        cur = src.to_vec();
-        (cur_h, cur_w) = (h, w);
+        (src.to_vec(), w)
+    };
+    if !need_v {
+        return cur;
     }
-    if need_v {
+    {
         let shift = if need_h { y_first } else { 0 };
         let mut out = vec![0u8; out_h * cur_w * ch];
         for (yy, (ymin, k)) in vert.iter().enumerate() {
@@ -208,11 +208,8 @@ pub fn pil_resize(
                 }
             }
         }
-        cur = out;
-        cur_h = out_h;
+        out
     }
-    debug_assert_eq!(cur.len(), cur_h * cur_w * ch);
-    cur
 }
 
 impl ImageProcessorConfig {
