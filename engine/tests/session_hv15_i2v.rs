@@ -110,6 +110,7 @@ fn hv15_i2v_on_workers_matches_one_rank_and_diffusers() {
     let mut bad = request(&case(), 6.0, None, ParallelPlan::default());
     bad.params.height = 112;
     bad.params.width = 112;
+    bad.latents = None;
     let err = session.generate(&bad, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("bucket 96×128"), "{err}");
     session.shutdown();
