@@ -194,7 +194,8 @@ fn hv15_prompt_text_is_encoded_by_the_session() {
     // With it, the glyph stream is encoded on the host (diffusers parity in `parity_hv15_byt5`)
     // and the workers' run equals the one-device pipeline on the same two streams.
     for part in ["text_encoder_2", "tokenizer_2"] {
-        std::os::unix::fs::symlink(fixtures.join("prompt").join(part).canonicalize().unwrap(), root.join(part)).unwrap();
+        std::os::unix::fs::symlink(fixtures.join("prompt").join(part).canonicalize().unwrap(), root.join(part))
+            .unwrap();
     }
     let g = session.generate(&req, &mut |_| {}).unwrap();
     let glyph = tessera_engine::text::byt5::GlyphEncoder::load(root, &Device::Cpu).unwrap();

@@ -146,7 +146,9 @@ impl PromptMemory {
         let glyph_missing: Vec<&str> = texts
             .iter()
             .map(|(t, _)| *t)
-            .filter(|t| text::hv15::glyph_text(t).is_some() && !self.glyphs.contains_key(&(model.root.clone(), t.to_string())))
+            .filter(|t| {
+                text::hv15::glyph_text(t).is_some() && !self.glyphs.contains_key(&(model.root.clone(), t.to_string()))
+            })
             .collect();
         if !glyph_missing.is_empty() {
             let root = &model.root;

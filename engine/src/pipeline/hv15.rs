@@ -93,9 +93,8 @@ pub fn i2v_bucket(h: usize, w: usize, target_size: usize, vae_scale: usize) -> R
             Some(b) if b.1.abs() <= cur.1.abs() => Some(b),
             _ => Some(cur),
         });
-    best.map(|(hw, _)| hw).ok_or_else(|| {
-        Hv15PipelineError::Input(format!("no bucket of target size {target_size} fits a {h}×{w} image"))
-    })
+    best.map(|(hw, _)| hw)
+        .ok_or_else(|| Hv15PipelineError::Input(format!("no bucket of target size {target_size} fits a {h}×{w} image")))
 }
 
 /// `VaeImageProcessor._resize_and_crop` of an RGB image `(h, w, 3)` to `(height, width)`: scale
@@ -187,10 +186,9 @@ impl Hv15Pipeline {
             path: root.join("vae"),
             msg: e.to_string(),
         })?;
-        let image_encoder = i2v
-            .then(|| ImageEncoder::load(root, device))
-            .transpose()
-            .map_err(|e| Hv15PipelineError::Load { component: "image_encoder", path: root.into(), msg: e.to_string() })?;
+        let image_encoder = i2v.then(|| ImageEncoder::load(root, device)).transpose().map_err(|e| {
+            Hv15PipelineError::Load { component: "image_encoder", path: root.into(), msg: e.to_string() }
+        })?;
         let scheduler = read_json(&root.join("scheduler/scheduler_config.json"), "scheduler")?;
         let guider: GuiderConfig = read_json(&root.join("guider/guider_config.json"), "guider")?;
         Ok(Self { transformer, vae, image_encoder, scheduler, guidance_scale: guider.guidance_scale })
@@ -204,9 +202,16 @@ impl Hv15Pipeline {
     /// The I2V conditioning of an RGB image `(h, w, 3)`, resized into its bucket first: cond
     /// latents (VAE encode, tiled when `tiling` is given, as diffusers tiles every VAE call once
     /// tiling is enabled) and SigLIP embeddings. Also the bucket `(height, width)`.
-    pub fn image_cond(&self, rgb: &[u8], hw: (usize, usize), tiling: Option<&Tiling>) -> Result<(ImageCond, (usize, usize))> {
+    pub fn image_cond(
+        &self,
+        rgb: &[u8],
+        hw: (usize, usize),
+        tiling: Option<&Tiling>,
+    ) -> Result<(ImageCond, (usize, usize))> {
         let Some(enc) = &self.image_encoder else {
-            return Err(Hv15PipelineError::Input("this folder has no image_encoder/: it is not an I2V pipeline".into()));
+            return Err(Hv15PipelineError::Input(
+                "this folder has no image_encoder/: it is not an I2V pipeline".into(),
+            ));
         };
         let (bh, bw) = self.bucket(hw.0, hw.1)?;
         let px = resize_and_crop(rgb, hw, (bh, bw));
@@ -264,7 +269,8 @@ impl Hv15Pipeline {
             )));
         }
         let cond = Tensor::cat(&[il, zeros(z, t - 1)?], 2)?;
-        let mask = Tensor::cat(&[Tensor::ones((1, 1, 1, h, w), latents.dtype(), latents.device())?, zeros(1, t - 1)?], 2)?;
+        let mask =
+            Tensor::cat(&[Tensor::ones((1, 1, 1, h, w), latents.dtype(), latents.device())?, zeros(1, t - 1)?], 2)?;
         Ok(Tensor::cat(&[cond, mask], 1)?)
     }
 

@@ -46,7 +46,8 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<SiglipVisionMod
     let cfg = Config::from_json(&read(&path)?)
         .map_err(|msg| ImageEncoderError::Config { path: path.display().to_string(), msg })?;
     let vb = Checkpoint::open(dir)?.var_builder(dtype, device)?;
-    let vb = if vb.contains_tensor("vision_model.embeddings.patch_embedding.weight") { vb.pp("vision_model") } else { vb };
+    let vb =
+        if vb.contains_tensor("vision_model.embeddings.patch_embedding.weight") { vb.pp("vision_model") } else { vb };
     SiglipVisionModel::new(&cfg, vb)
         .map_err(|e| ImageEncoderError::Mismatch { path: dir.display().to_string(), msg: e.to_string() })
 }

@@ -95,7 +95,8 @@ impl PilFilter {
                 }
             }
             Self::Lanczos => {
-                let sinc = |x: f64| if x == 0.0 { 1.0 } else { (x * std::f64::consts::PI).sin() / (x * std::f64::consts::PI) };
+                let sinc =
+                    |x: f64| if x == 0.0 { 1.0 } else { (x * std::f64::consts::PI).sin() / (x * std::f64::consts::PI) };
                 if x < 3.0 {
                     sinc(x) * sinc(x / 3.0)
                 } else {
@@ -165,11 +166,8 @@ pub fn pil_resize(
     let need_h = out_w != w;
     let need_v = out_h != h;
     // Rows the vertical pass reads (Pillow shifts the vertical bounds by the first one).
-    let (y_first, y_last) = if need_h && need_v {
-        (vert[0].0, vert[out_h - 1].0 + vert[out_h - 1].1.len())
-    } else {
-        (0, h)
-    };
+    let (y_first, y_last) =
+        if need_h && need_v { (vert[0].0, vert[out_h - 1].0 + vert[out_h - 1].1.len()) } else { (0, h) };
     let round = 1i32 << (PRECISION_BITS - 1);
     let (cur, cur_w) = if need_h {
         let rows = y_last - y_first;

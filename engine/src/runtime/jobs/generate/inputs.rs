@@ -182,7 +182,9 @@ pub fn hv15_image_condition(
             VaeMode::Halo => None,
         };
         let moments = match vae_group {
-            Some(group) => vae.encode_parallel(&video.contiguous()?, group, plan.vae_mode, tiling.as_ref(), &mut |_| {})?,
+            Some(group) => {
+                vae.encode_parallel(&video.contiguous()?, group, plan.vae_mode, tiling.as_ref(), &mut |_| {})?
+            }
             None => vae.encode(&video.contiguous()?, tiling.as_ref(), &mut |_| {})?,
         };
         let latent = (moments.mean * hv_vae.config().scaling_factor)?;
@@ -192,7 +194,11 @@ pub fn hv15_image_condition(
         Tensor::zeros((1, z + 1, t, h, w), DType::F32, device)?
     };
     if mine.dims() != [1, z + 1, t, h, w] {
-        return Err(JobError::Invalid(format!("image condition {:?}, expected {:?}", mine.dims(), [1, z + 1, t, h, w])));
+        return Err(JobError::Invalid(format!(
+            "image condition {:?}, expected {:?}",
+            mine.dims(),
+            [1, z + 1, t, h, w]
+        )));
     }
     Ok(Condition::Channels(world.broadcast(&mine.contiguous()?, Rank(0))?))
 }
