@@ -1,8 +1,9 @@
 //! HunyuanVideo 1.5's glyph encoder input and output, exactly as
 //! `HunyuanVideo15Pipeline._get_byt5_prompt_embeds` makes them: the quoted text of the prompt
 //! ([`super::hv15::glyph_text`]) through `tokenizer_2/` (transformers' `ByT5Tokenizer`: UTF-8 bytes
-//! + 3, the added tokens of `tokenizer_config.json` matched first, `</s>` appended, truncation keeping
-//! it) and `text_encoder_2/` (a `T5EncoderModel`, our [`UMT5EncoderModel`] with `model_type: "t5"`).
+//! plus 3, the added tokens of `tokenizer_config.json` matched first, `</s>` appended, truncation
+//! keeping it) and `text_encoder_2/` (a `T5EncoderModel`, our [`UMT5EncoderModel`] with
+//! `model_type: "t5"`).
 //!
 //! The pipeline pads to `tokenizer_max_length` and masks the padding; a T5 encoder is bidirectional
 //! but padding keys get zero attention weight and the relative bias depends only on offsets, so the

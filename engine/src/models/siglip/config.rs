@@ -64,7 +64,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} does not split into {} heads",
                 self.hidden_size, self.num_attention_heads

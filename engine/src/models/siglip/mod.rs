@@ -2,9 +2,9 @@
 //! (`image_encoder/`, transformers `SiglipVisionModel`) and its preprocessing (`feature_extractor/`,
 //! `SiglipImageProcessor`).
 //!
-//! - [`config`]: `image_encoder/config.json`.
-//! - [`vision`]: embeddings, encoder layers, `post_layernorm` → `last_hidden_state`.
-//! - [`processor`]: the feature extractor, with Pillow's resampling ported for exact pixel values.
+//! - [`config`] — `image_encoder/config.json`.
+//! - [`vision`] — embeddings, encoder layers, `post_layernorm` → `last_hidden_state`.
+//! - [`processor`] — the feature extractor, with Pillow's resampling ported for exact pixel values.
 //!
 //! transformers 5 saves the tower without the `vision_model.` prefix (and with the unused pooling
 //! `head.*`); older checkpoints have the prefix. [`load`] accepts both.

@@ -215,7 +215,7 @@ impl ImageProcessorConfig {
     pub fn from_json(text: &str) -> std::result::Result<Self, String> {
         let cfg: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
         PilFilter::from_pil(cfg.resample)?;
-        if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 || cfg.image_std.iter().any(|s| *s == 0.0) {
+        if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 || cfg.image_std.contains(&0.0) {
             return Err("image_mean / image_std need three entries, std non-zero".into());
         }
         Ok(cfg)
