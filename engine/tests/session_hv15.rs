@@ -142,7 +142,8 @@ fn hv15_generation_on_workers_matches_one_rank_and_diffusers() {
 /// Prompt text on an HV1.5 folder with `text_encoder/` (Qwen2.5-VL) and `tokenizer/`: the session
 /// encodes the prompt and the default empty negative on the host (chat template, crop,
 /// `hidden_states[-3]`; diffusers parity in `parity_hv15_prompt`) and the workers' run equals the
-/// single-device pipeline given those embeddings. Quoted text (ByT5, not wired) is refused in one line.
+/// single-device pipeline given those embeddings. Quoted text goes through the ByT5 glyph encoder
+/// (`text_encoder_2/`, `tokenizer_2/`; refused in one line without them).
 #[test]
 fn hv15_prompt_text_is_encoded_by_the_session() {
     use tessera_engine::models::qwen25vl_text;
@@ -185,8 +186,26 @@ fn hv15_prompt_text_is_encoded_by_the_session() {
     // The same embeddings and the same ops: CFG parallel computes each branch on one rank.
     assert!(rel <= 1e-6, "rel {rel:.2e}");
 
-    req.prompt = Prompt::Text("a sign that says \"Hello\"".into());
+    // Quoted text needs the ByT5 glyph encoder: without text_encoder_2/ the session says so.
+    let quoted = "a sign that says \"Hello World\" in a sunny park";
+    req.prompt = Prompt::Text(quoted.into());
     let err = session.generate(&req, &mut |_| {}).unwrap_err().to_string();
-    assert!(err.contains("ByT5 glyph encoder"), "{err}");
+    assert!(err.contains("ByT5 glyph encoder") && err.contains("text_encoder_2/"), "{err}");
+    // With it, the glyph stream is encoded on the host (diffusers parity in `parity_hv15_byt5`)
+    // and the workers' run equals the one-device pipeline on the same two streams.
+    for part in ["text_encoder_2", "tokenizer_2"] {
+        std::os::unix::fs::symlink(fixtures.join("prompt").join(part).canonicalize().unwrap(), root.join(part))
+            .unwrap();
+    }
+    let g = session.generate(&req, &mut |_| {}).unwrap();
+    let glyph = tessera_engine::text::byt5::GlyphEncoder::load(root, &Device::Cpu).unwrap();
+    let with_glyph = PromptEmbeds {
+        glyph: Some(glyph.embeds(quoted, tessera_engine::text::byt5::MAX_LENGTH).unwrap().unwrap().squeeze(0).unwrap()),
+        ..embeds(quoted)
+    };
+    let want = pipe.denoise_t2v(&noise, 4, 6.0, None, &with_glyph, Some(&embeds(""))).unwrap();
+    let (max, rel) = errors(&g.latents, &want);
+    println!("quoted prompt text (ByT5), C2: latents max-abs {max:.2e} rel {rel:.2e} vs the one-device pipeline");
+    assert!(rel <= 1e-6, "rel {rel:.2e}");
     session.shutdown();
 }

@@ -41,13 +41,15 @@ pub(crate) struct Resolved {
 /// Encoded texts of this session per (encoder, text, length), f32 on the host.
 pub(crate) struct PromptMemory {
     encoded: HashMap<(TextModel, String, usize), Tensor>,
+    /// HunyuanVideo 1.5 glyph (ByT5) embeddings per (model folder, prompt); `None`: no quoted text.
+    glyphs: HashMap<(PathBuf, String), Option<Tensor>>,
     /// The on-disk cache folder (`None`: encode every new text).
     disk_cache: Option<PathBuf>,
 }
 
 impl PromptMemory {
     pub fn new(disk_cache: Option<PathBuf>) -> Self {
-        Self { encoded: HashMap::new(), disk_cache }
+        Self { encoded: HashMap::new(), glyphs: HashMap::new(), disk_cache }
     }
 
     /// The prompt and (under CFG) negative sources of `req`; `world` runs the sharded encoder.
@@ -97,8 +99,8 @@ impl PromptMemory {
     }
 
     /// [`Self::resolve`] for HunyuanVideo 1.5: embeddings files (both streams), stand-ins, or text
-    /// through its MLLM (Qwen2.5-VL on the host; prompts with quoted text need the ByT5 glyph
-    /// encoder, which is not wired yet, and say so).
+    /// through its MLLM (Qwen2.5-VL on the host) and, for quoted text, its ByT5 glyph encoder (on
+    /// the host).
     fn resolve_hv15(
         &mut self,
         req: &GenerationRequest,
@@ -111,13 +113,6 @@ impl PromptMemory {
         let mut texts: Vec<(&str, Field)> = Vec::new();
         for (p, field) in [(Some(&req.prompt), Field::Prompt), (negative, Field::NegativePrompt)] {
             if let Some(Prompt::Text(t)) = p {
-                if text::hv15::glyph_text(t).is_some() {
-                    return Err(RequestError::new(
-                        field,
-                        "quoted text in a HunyuanVideo 1.5 prompt is drawn by its ByT5 glyph encoder, which is not wired yet: drop the quotes or give prompt embeddings",
-                    )
-                    .into());
-                }
                 texts.push((t.as_str(), field));
             }
         }
@@ -147,11 +142,39 @@ impl PromptMemory {
                 self.encoded.insert(key(t), e);
             }
         }
+        // Quoted text goes through the ByT5 glyph encoder (on the host; small).
+        let glyph_missing: Vec<&str> = texts
+            .iter()
+            .map(|(t, _)| *t)
+            .filter(|t| {
+                text::hv15::glyph_text(t).is_some() && !self.glyphs.contains_key(&(model.root.clone(), t.to_string()))
+            })
+            .collect();
+        if !glyph_missing.is_empty() {
+            let root = &model.root;
+            if !root.join("text_encoder_2/config.json").is_file() || !root.join("tokenizer_2").is_dir() {
+                let field = texts.iter().find(|(t, _)| glyph_missing.contains(t)).map_or(Field::Prompt, |(_, f)| *f);
+                return Err(RequestError::new(
+                    field,
+                    "quoted text in a HunyuanVideo 1.5 prompt is drawn by its ByT5 glyph encoder, and this folder has no text_encoder_2/ and tokenizer_2/: add them, drop the quotes or give prompt embeddings",
+                )
+                .into());
+            }
+            on_event(&JobEvent::Stage { message: "encoding the quoted text (ByT5 on the host)".into() });
+            let glyph = text::byt5::GlyphEncoder::load(root, &Device::Cpu)?;
+            for t in glyph_missing {
+                let e = glyph.embeds(t, text::byt5::MAX_LENGTH)?;
+                self.glyphs.insert((root.clone(), t.to_string()), e);
+            }
+        }
         let source = |p: &Prompt, field: Field, prefix: &str| -> Result<_, SessionError> {
             let (text, glyph) = match p {
                 Prompt::Embeds(path) => hv15_embeds_file(path, field, prefix, text_dim, glyph_dim)?,
                 Prompt::StandIn(t) => (standin(t, text_dim)?, None),
-                Prompt::Text(t) => (self.get(&text_model, t, max_len)?, None),
+                Prompt::Text(t) => {
+                    let glyph = self.glyphs.get(&(model.root.clone(), t.to_string())).cloned().flatten();
+                    (self.get(&text_model, t, max_len)?, glyph)
+                }
             };
             Ok((WireTensor::from_tensor(&text)?, glyph.map(|g| WireTensor::from_tensor(&g)).transpose()?))
         };

@@ -1,11 +1,13 @@
-//! HunyuanVideo 1.5 diffusers folders (`HunyuanVideo15Pipeline`): their configs ([`Hv15Configs`])
-//! and the [`ModelSpec`] of one.
+//! HunyuanVideo 1.5 diffusers folders (`HunyuanVideo15Pipeline`, `HunyuanVideo15ImageToVideoPipeline`):
+//! their configs ([`Hv15Configs`]) and the [`ModelSpec`] of one.
 //!
 //! The family seam: the spec's shared `transformer` / `vae` fields hold the facts the
 //! family-generic code reads (attention heads, blocks, latent channels, patch, compression, text
 //! width; [`generic_dit`], [`generic_vae`]), and [`ModelSpec::hv15`] the HV1.5 configs the model
 //! code loads with. `text_encoder/` (Qwen2.5-VL) and `tokenizer/` are the components prompt text
-//! needs; the ByT5 glyph encoder (`text_encoder_2/`) is not read yet.
+//! needs, `text_encoder_2/` + `tokenizer_2/` (ByT5) the glyph encoder for quoted text (read from the
+//! root by the session); an I2V folder also has `image_encoder/` + `feature_extractor/` (SigLIP, read
+//! from the root by the generate job). Its step-distilled transformer is a meanflow one.
 
 use std::path::Path;
 
@@ -76,12 +78,15 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
         return Err(unsupported("LoRAs are Wan-only so far: drop «lora» for HunyuanVideo 1.5"));
     }
     let index: ModelIndex = read_json(&path.join("model_index.json"), "model_index.json")?;
-    if index.class_name != "HunyuanVideo15Pipeline" {
-        return Err(unsupported(&format!(
-            "{} is not ported yet (text-to-video `HunyuanVideo15Pipeline` folders run; image-to-video is under way)",
-            index.class_name
-        )));
-    }
+    let variant = match index.class_name.as_str() {
+        "HunyuanVideo15Pipeline" => Variant::Hv15T2v,
+        "HunyuanVideo15ImageToVideoPipeline" => Variant::Hv15I2v,
+        other => {
+            return Err(unsupported(&format!(
+                "{other} is not ported (HunyuanVideo15Pipeline and HunyuanVideo15ImageToVideoPipeline folders run)"
+            )))
+        }
+    };
     let config = |component: &'static str, file: &str| -> Result<std::path::PathBuf, ModelSpecError> {
         let p = path.join(component).join(file);
         if p.is_file() {
@@ -108,10 +113,14 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
             ),
         ));
     }
-    if transformer_cfg.use_meanflow {
+    if transformer_cfg.use_meanflow && variant != Variant::Hv15I2v {
         return Err(unsupported(
-            "step-distilled (use_meanflow) transformers belong to the image-to-video pipeline, which is not ported yet",
+            "step-distilled (use_meanflow) transformers run in the image-to-video pipeline only (diffusers' text-to-video loop passes no timestep_r)",
         ));
+    }
+    if variant == Variant::Hv15I2v {
+        config("image_encoder", "config.json")?;
+        config("feature_extractor", "preprocessor_config.json")?;
     }
     let transformer = Component::folder(path.join("transformer"))?;
     let vae = Component::folder(path.join("vae"))?;
@@ -120,7 +129,7 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
     Ok(ModelSpec {
         root: path.to_path_buf(),
         family: Family::HunyuanVideo15,
-        variant: Variant::Hv15T2v,
+        variant,
         layout: Layout::DiffusersFolder,
         components: Components {
             transformer,

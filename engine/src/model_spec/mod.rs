@@ -47,8 +47,7 @@ use crate::models::wan::vae::config::Config as VaeConfig;
 pub enum Family {
     /// Wan2.1 / Wan2.2 (`WanPipeline`, `WanImageToVideoPipeline`).
     Wan,
-    /// HunyuanVideo 1.5 (`HunyuanVideo15Pipeline`; `HunyuanVideo15ImageToVideoPipeline` is not
-    /// ported yet, [`ModelSpec::from_path`] says so).
+    /// HunyuanVideo 1.5 (`HunyuanVideo15Pipeline`, `HunyuanVideo15ImageToVideoPipeline`).
     HunyuanVideo15,
 }
 
@@ -114,6 +113,9 @@ pub enum Variant {
     Wan22I2vA14b,
     /// HunyuanVideo 1.5 text-to-video (480p or 720p: the same architecture).
     Hv15T2v,
+    /// HunyuanVideo 1.5 image-to-video (SigLIP image context, image latents at frame 0; its
+    /// step-distilled transformers are meanflow ones).
+    Hv15I2v,
 }
 
 impl Variant {
@@ -125,6 +127,7 @@ impl Variant {
             Variant::Wan22T2vA14b => "Wan2.2 T2V-A14B",
             Variant::Wan22I2vA14b => "Wan2.2 I2V-A14B",
             Variant::Hv15T2v => "HunyuanVideo 1.5 T2V",
+            Variant::Hv15I2v => "HunyuanVideo 1.5 I2V",
         }
     }
 }
@@ -612,12 +615,12 @@ impl ModelSpec {
 
     /// Whether an input image must be given (the transformer takes image channels).
     pub fn requires_image(&self) -> bool {
-        self.channel_concat_i2v()
+        self.channel_concat_i2v() || self.variant == Variant::Hv15I2v
     }
 
     /// Whether an input image can be used (I2V models, and TI2V's optional first frame).
     pub fn accepts_image(&self) -> bool {
-        self.channel_concat_i2v() || self.index.expand_timesteps
+        self.requires_image() || self.index.expand_timesteps
     }
 
     /// A14B: a second (low-noise) expert, and a second guidance scale.
@@ -793,7 +796,10 @@ mod tests {
         std::fs::write(dir.path().join("model_index.json"), r#"{"_class_name": "HunyuanVideo15ImageToVideoPipeline"}"#)
             .unwrap();
         let err = ModelSpec::from_path(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("HunyuanVideo15ImageToVideoPipeline is not ported yet"), "{err}");
+        assert!(err.contains("no transformer/config.json"), "{err}");
+        let i2v = ModelSpec::from_path(&fixture("hv15/pipeline_i2v")).unwrap();
+        assert_eq!((i2v.family, i2v.variant), (Family::HunyuanVideo15, Variant::Hv15I2v));
+        assert!(i2v.requires_image() && i2v.accepts_image());
         let t2v = ModelSpec::from_path(&fixture("hv15/pipeline")).unwrap();
         assert_eq!((t2v.family, t2v.variant), (Family::HunyuanVideo15, Variant::Hv15T2v));
         let hv = t2v.hv15.as_ref().unwrap();

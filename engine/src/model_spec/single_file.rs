@@ -342,7 +342,7 @@ pub fn published(variant: Variant) -> (ModelIndex, serde_json::Value, Vec<String
         Variant::Wan22Ti2v5b => Some(Arch::Wan22Ti2v5b),
         Variant::Wan22T2vA14b => Some(Arch::Wan22T2vA14b),
         Variant::Wan22I2vA14b => Some(Arch::Wan22I2vA14b),
-        Variant::Wan21T2v | Variant::Wan21I2v | Variant::Hv15T2v => None,
+        Variant::Wan21T2v | Variant::Wan21I2v | Variant::Hv15T2v | Variant::Hv15I2v => None,
     };
     let spec = arch.and_then(|a| PipelineSpec::for_arch(a, Some(1)).ok().flatten());
     let (class, expand, boundary, shift) = match &spec {

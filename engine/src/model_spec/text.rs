@@ -150,6 +150,7 @@ pub fn infer_umt5(shapes: &super::single_file::Shapes, path: &Path) -> Result<Um
         return Err(invalid(format!("q projection {q:?} does not split into {heads} heads")));
     }
     Ok(Umt5Config {
+        model_type: "umt5".into(),
         vocab_size,
         d_model,
         d_kv: q[0] / heads,

@@ -3,6 +3,7 @@
 
 pub mod hv15;
 pub mod qwen25vl_text;
+pub mod siglip;
 pub mod umt5;
 pub mod vae;
 pub mod wan;

@@ -73,44 +73,71 @@ pub enum Expert {
 }
 
 /// The conditioning of one CFG branch: prompt embeddings `(1, L, text_dim)` and, for HunyuanVideo
-/// 1.5, its ByT5 glyph embeddings `(1, M, glyph_dim)` (valid rows only; `None`: no quoted text).
+/// 1.5, its ByT5 glyph embeddings `(1, M, glyph_dim)` (valid rows only; `None`: no quoted text)
+/// and, for its image-to-video, the SigLIP image embeddings `(1, K, image_dim)` (both branches
+/// get the same: the I2V pipeline passes `image_embeds` to every guider batch).
 #[derive(Clone, Debug)]
 pub struct BranchEmbeds {
     pub text: Tensor,
     pub glyph: Option<Tensor>,
+    pub image: Option<Tensor>,
 }
 
 impl BranchEmbeds {
     fn to(&self, dtype: DType, device: &Device) -> Result<Self> {
         let on = |t: &Tensor| t.to_device(device)?.to_dtype(dtype);
-        Ok(Self { text: on(&self.text)?, glyph: self.glyph.as_ref().map(on).transpose()? })
+        Ok(Self {
+            text: on(&self.text)?,
+            glyph: self.glyph.as_ref().map(on).transpose()?,
+            image: self.image.as_ref().map(on).transpose()?,
+        })
     }
 }
 
 impl Expert {
-    /// The prediction for `input` `(1, z, T, h, w)` at `timestep` under one branch's embeddings.
-    /// HunyuanVideo 1.5 (text-to-video) takes `[latents, cond latents, mask]` with zero cond
-    /// latents and mask, as its pipeline builds it, and its timestep in the run dtype.
-    fn forward(&self, input: &Tensor, timestep: &Tensor, embeds: &BranchEmbeds) -> Result<Tensor> {
+    /// The prediction for `input` at `timestep` under one branch's embeddings. HunyuanVideo 1.5
+    /// takes `[latents, cond latents, mask]`: text-to-video passes the latents `(1, z, T, h, w)`
+    /// alone and gets zero cond latents and mask, as its pipeline builds them; image-to-video
+    /// passes all `2z + 1` channels (the loop appends the image condition). Its timesteps are
+    /// rounded to the run dtype; `timestep_r` is the meanflow model's second timestep.
+    fn forward(
+        &self,
+        input: &Tensor,
+        timestep: &Tensor,
+        timestep_r: Option<&Tensor>,
+        embeds: &BranchEmbeds,
+    ) -> Result<Tensor> {
         match self {
             Expert::Wan(m) => {
-                if embeds.glyph.is_some() {
-                    candle_core::bail!("Wan takes no glyph (ByT5) embeddings");
+                if embeds.glyph.is_some() || embeds.image.is_some() || timestep_r.is_some() {
+                    candle_core::bail!("Wan takes no glyph or image embeddings and no timestep_r");
                 }
                 m.forward(input, timestep, &embeds.text)
             }
             Expert::Hv15(m) => {
-                let (b, z, t, h, w) = input.dims5()?;
-                let cond = Tensor::zeros((b, z + 1, t, h, w), input.dtype(), input.device())?;
-                let x = Tensor::cat(&[input, &cond], 1)?;
+                let (b, c, t, h, w) = input.dims5()?;
+                let x = if c == m.config().out_channels {
+                    let cond = Tensor::zeros((b, c + 1, t, h, w), input.dtype(), input.device())?;
+                    Tensor::cat(&[input, &cond], 1)?
+                } else {
+                    input.clone()
+                };
                 // diffusers: `t.expand(B).to(latents.dtype)` (bf16 rounding on bf16 runs).
-                let ts = timestep.to_dtype(input.dtype())?.to_dtype(DType::F32)?;
+                let rounded = |t: &Tensor| t.to_dtype(input.dtype())?.to_dtype(DType::F32);
+                let ts = rounded(timestep)?;
+                let tr = timestep_r.map(rounded).transpose()?;
                 let text = embeds.text.squeeze(0)?;
                 let glyph = embeds.glyph.as_ref().map(|g| g.squeeze(0)).transpose()?;
-                let ctx = Context { text: &text, glyph: glyph.as_ref(), image: None };
-                m.forward(&x, &ts, None, &[ctx])
+                let image = embeds.image.as_ref().map(|g| g.squeeze(0)).transpose()?;
+                let ctx = Context { text: &text, glyph: glyph.as_ref(), image: image.as_ref() };
+                m.forward(&x, &ts, tr.as_ref(), &[ctx])
             }
         }
+    }
+
+    /// Whether this is a step-distilled (meanflow) transformer that takes `timestep_r`.
+    pub fn meanflow(&self) -> bool {
+        matches!(self, Expert::Hv15(m) if m.config().use_meanflow)
     }
 
     /// Resident weight bytes on this rank.
@@ -138,6 +165,8 @@ pub struct ShardedPredictor {
     negative: Option<BranchEmbeds>,
     cfg: Option<Arc<dyn Collective>>,
     cfg_branch: usize,
+    /// The run's timesteps, for a meanflow expert's `timestep_r` (the next one, 0 after the last).
+    schedule: Vec<f32>,
 }
 
 impl ShardedPredictor {
@@ -199,7 +228,7 @@ impl ShardedPredictor {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let branch = |text: &Tensor| BranchEmbeds { text: text.clone(), glyph: None };
+        let branch = |text: &Tensor| BranchEmbeds { text: text.clone(), glyph: None, image: None };
         Self::with_branches(experts, groups, &branch(prompt), negative.map(branch).as_ref(), dtype, device)
     }
 
@@ -218,7 +247,27 @@ impl ShardedPredictor {
             negative: negative.map(|n| n.to(dtype, device)).transpose()?,
             cfg: groups.cfg.clone(),
             cfg_branch: groups.cfg_branch,
+            schedule: Vec::new(),
         })
+    }
+
+    /// The run's timesteps: a meanflow expert takes `timestep_r` = the timestep after the current
+    /// one, 0 at the last (the HV1.5 I2V pipeline's loop).
+    pub fn set_schedule(&mut self, timesteps: &[f32]) {
+        self.schedule = timesteps.to_vec();
+    }
+
+    /// `timestep_r` for `timestep` `[1]` when `model` is a meanflow expert.
+    fn timestep_r(&self, model: &Expert, timestep: &Tensor) -> Result<Option<Tensor>> {
+        if !model.meanflow() {
+            return Ok(None);
+        }
+        let t = timestep.flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let Some(i) = self.schedule.iter().position(|s| *s == t) else {
+            candle_core::bail!("timestep {t} is not in the run's schedule (a meanflow model needs set_schedule)")
+        };
+        let r = self.schedule.get(i + 1).copied().unwrap_or(0.0);
+        Tensor::new(&[r], timestep.device()).map(Some)
     }
 
     /// The expert slots, for keeping them resident after the run (the prompts are dropped).
@@ -267,20 +316,22 @@ impl NoisePredictor for ShardedPredictor {
         let Some(Some(model)) = self.experts.get(expert) else {
             candle_core::bail!("expert {expert} is not loaded ({} expert slots)", self.experts.len())
         };
+        let tr = self.timestep_r(model, timestep)?;
+        let tr = tr.as_ref();
         match (guidance, &self.negative, &self.cfg) {
             (Some(g), Some(neg), Some(pair)) => {
                 let embeds = if self.cfg_branch == 0 { &self.prompt } else { neg };
-                let mine = model.forward(input, timestep, embeds)?.unsqueeze(0)?.contiguous()?;
+                let mine = model.forward(input, timestep, tr, embeds)?.unsqueeze(0)?.contiguous()?;
                 let both = pair.all_gather(&mine, 0)?;
                 sampling::guidance(&both.get(0)?, &both.get(1)?, g)
             }
             (Some(g), Some(neg), None) => {
-                let cond = model.forward(input, timestep, &self.prompt)?;
-                let uncond = model.forward(input, timestep, neg)?;
+                let cond = model.forward(input, timestep, tr, &self.prompt)?;
+                let uncond = model.forward(input, timestep, tr, neg)?;
                 sampling::guidance(&cond, &uncond, g)
             }
             (Some(_), None, _) => candle_core::bail!("classifier-free guidance needs negative prompt embeddings"),
-            (None, ..) => model.forward(input, timestep, &self.prompt),
+            (None, ..) => model.forward(input, timestep, tr, &self.prompt),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   and zero-padded exactly as `_get_t5_prompt_embeds`.
 //! - [`sharded`] — `--text-encoder-on sharded`: UMT5 split by layer over the worker ranks.
 //! - [`hv15`] — HunyuanVideo 1.5's MLLM prompt: Qwen2.5-VL chat template, crop, `hidden_states[-3]`.
+//! - [`byt5`] — HunyuanVideo 1.5's glyph encoder: ByT5 tokenizer + T5 encoder on the quoted text.
 //! - [`cache`] — embeddings on disk keyed by (prompt, model identity, length, dtype), so a re-run
 //!   with the same prompt never loads the 11 GB encoder.
 //!
@@ -13,6 +14,7 @@
 //! and only on a miss load the encoder (on the host with `--text-encoder-on cpu`), encode, and drop it
 //! before the denoiser is loaded.
 
+pub mod byt5;
 pub mod cache;
 pub mod clean;
 pub mod encoder;

@@ -1,5 +1,6 @@
-//! UMT5 self-attention: no `1/√d` scaling (Mesh-TensorFlow folds it into the init), no biases, and
-//! a learned per-layer bias indexed by bucketed relative position, plus the key padding mask.
+//! UMT5 / T5 self-attention: no `1/√d` scaling (Mesh-TensorFlow folds it into the init), no biases,
+//! and a learned bias indexed by bucketed relative position (UMT5: every layer's own; T5: layer 0's,
+//! shared by all layers), plus the key padding mask.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -75,30 +76,45 @@ pub struct UMT5Attention {
     k: Linear,
     v: Linear,
     o: Linear,
-    relative_attention_bias: Embedding,
+    /// `None` for T5 layers after the first (they take layer 0's bias).
+    relative_attention_bias: Option<Embedding>,
     num_heads: usize,
     d_kv: usize,
     span: tracing::Span,
 }
 
+/// `relative_attention_bias.weight` `[buckets, heads]` under `vb` as an embedding.
+pub fn relative_bias_table(cfg: &Config, vb: &VarBuilder) -> Result<Embedding> {
+    let bias = vb.get((cfg.relative_attention_num_buckets, cfg.num_heads), "relative_attention_bias.weight")?;
+    Ok(Embedding::new(bias, cfg.num_heads))
+}
+
+/// The additive bias `(1, h, q, k)` of `table` for the `(q, k)` `buckets`.
+pub fn position_bias(table: &Embedding, buckets: &Tensor) -> Result<Tensor> {
+    // (t, t, h) -> (1, h, t, t)
+    table.forward(buckets)?.permute((2, 0, 1))?.unsqueeze(0)
+}
+
 impl UMT5Attention {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// `has_bias`: this layer holds `relative_attention_bias` (every UMT5 layer; T5 layer 0 only).
+    pub fn new(cfg: &Config, has_bias: bool, vb: VarBuilder) -> Result<Self> {
         let inner = cfg.inner_dim();
-        let bias = vb.get((cfg.relative_attention_num_buckets, cfg.num_heads), "relative_attention_bias.weight")?;
+        let relative_attention_bias = has_bias.then(|| relative_bias_table(cfg, &vb)).transpose()?;
         Ok(Self {
             q: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
             k: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
             v: candle_nn::linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
             o: candle_nn::linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
-            relative_attention_bias: Embedding::new(bias, cfg.num_heads),
+            relative_attention_bias,
             num_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             span: tracing::span!(tracing::Level::TRACE, "umt5-attn"),
         })
     }
 
-    /// `xs`: `(b, t, d_model)` already RMS-normed, in the weights' dtype.
-    pub fn forward(&self, xs: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {
+    /// `xs`: `(b, t, d_model)` already RMS-normed, in the weights' dtype. `shared_bias`: layer 0's
+    /// `(1, h, t, t)` bias for a T5 layer without its own (ignored when the layer has one).
+    pub fn forward(&self, xs: &Tensor, inputs: &AttentionInputs, shared_bias: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (b, t, _) = xs.dims3()?;
         let (bq, bk) = inputs.buckets.dims2()?;
@@ -114,8 +130,11 @@ impl UMT5Attention {
         };
         let (q, k, v) = (heads(&self.q)?, heads(&self.k)?, heads(&self.v)?);
         let scores = q.matmul(&k.t()?)?; // (b, h, t, t)
-                                         // (t, t, h) -> (1, h, t, t)
-        let bias = self.relative_attention_bias.forward(&inputs.buckets)?.permute((2, 0, 1))?.unsqueeze(0)?;
+        let bias = match (&self.relative_attention_bias, shared_bias) {
+            (Some(table), _) => position_bias(table, &inputs.buckets)?,
+            (None, Some(shared)) => shared.clone(),
+            (None, None) => candle_core::bail!("a T5 layer without its own relative bias needs layer 0's"),
+        };
         // Softmax in f32 as transformers does (`softmax(scores.float())`), bias and mask added there.
         let mut scores = scores.to_dtype(DType::F32)?.broadcast_add(&bias.to_dtype(DType::F32)?)?;
         if let Some(mask) = &inputs.mask {

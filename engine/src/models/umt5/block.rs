@@ -1,4 +1,4 @@
-//! One UMT5 encoder layer (`encoder.block.{i}`): pre-norm self-attention (`layer.0`) and a
+//! One UMT5 / T5 encoder layer (`encoder.block.{i}`): pre-norm self-attention (`layer.0`) and a
 //! pre-norm feed-forward (`layer.1`), each added to the residual stream.
 //!
 //! The residual stream is kept in f32 whatever the weights' dtype. transformers keeps `wo` in f32
@@ -65,13 +65,14 @@ pub struct UMT5Block {
 }
 
 impl UMT5Block {
-    /// `vb` is this block's prefix (`encoder.block.{i}`), so a block can be loaded on its own.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// `vb` is this block's prefix (`encoder.block.{i}`), so a block can be loaded on its own;
+    /// `has_bias`: it holds a relative-position bias (UMT5: all; T5: block 0).
+    pub fn new(cfg: &Config, has_bias: bool, vb: VarBuilder) -> Result<Self> {
         let l0 = vb.pp("layer").pp(0);
         let l1 = vb.pp("layer").pp(1);
         Ok(Self {
             attn_norm: RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, l0.pp("layer_norm"))?,
-            attention: UMT5Attention::new(cfg, l0.pp("SelfAttention"))?,
+            attention: UMT5Attention::new(cfg, has_bias, l0.pp("SelfAttention"))?,
             ff_norm: RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, l1.pp("layer_norm"))?,
             ff: FeedForward::new(cfg, l1.pp("DenseReluDense"))?,
             dtype: vb.dtype(),
@@ -79,14 +80,15 @@ impl UMT5Block {
         })
     }
 
-    /// `xs`: the f32 residual stream `(b, t, d_model)`; returns the next one (f32).
-    pub fn forward(&self, xs: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {
+    /// `xs`: the f32 residual stream `(b, t, d_model)`; returns the next one (f32). `shared_bias`:
+    /// T5's layer-0 bias `(1, h, t, t)` for blocks without their own.
+    pub fn forward(&self, xs: &Tensor, inputs: &AttentionInputs, shared_bias: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
         if xs.dtype() != DType::F32 {
             candle_core::bail!("UMT5 residual stream must be f32, got {:?}", xs.dtype())
         }
         let h = self.attn_norm.forward(xs)?.to_dtype(self.dtype)?;
-        let xs = (xs + self.attention.forward(&h, inputs)?.to_dtype(DType::F32)?)?;
+        let xs = (xs + self.attention.forward(&h, inputs, shared_bias)?.to_dtype(DType::F32)?)?;
         let h = self.ff_norm.forward(&xs)?.to_dtype(self.dtype)?;
         xs + self.ff.forward(&h)?
     }

@@ -1,10 +1,16 @@
-//! `text_encoder/config.json` of a UMT5 encoder, keys and defaults as transformers' `UMT5Config`.
+//! `config.json` of a UMT5 or T5 encoder, keys and defaults as transformers' `UMT5Config` /
+//! `T5Config` (`model_type` tells them apart: the only difference the encoder sees is where the
+//! relative-position bias lives).
 
 use serde::Deserialize;
 
-/// UMT5 hyper-parameters. Decoder-only keys (`num_decoder_layers`, …) are accepted and ignored.
+/// UMT5 / T5 hyper-parameters. Decoder-only keys (`num_decoder_layers`, …) are accepted and ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Config {
+    /// `"umt5"` (every layer has its own relative-position bias) or `"t5"` (only layer 0 has one,
+    /// shared by all layers: T5 v1.0/v1.1, ByT5). Missing means UMT5, the Wan encoder.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
     #[serde(default = "default_vocab_size")]
     pub vocab_size: usize,
     #[serde(default = "default_d_model")]
@@ -32,6 +38,9 @@ pub struct Config {
     pub eos_token_id: u32,
 }
 
+fn default_model_type() -> String {
+    "umt5".into()
+}
 fn default_vocab_size() -> usize {
     250112
 }
@@ -97,6 +106,16 @@ impl Config {
         Ok((gated, act))
     }
 
+    /// Whether only layer 0 holds `relative_attention_bias`, its bias then shared by every layer
+    /// (`T5Attention(has_relative_attention_bias=bool(i == 0))`); UMT5 gives each layer its own.
+    pub fn shares_relative_bias(&self) -> candle_core::Result<bool> {
+        match self.model_type.as_str() {
+            "t5" => Ok(true),
+            "umt5" => Ok(false),
+            other => candle_core::bail!("model_type {other:?} is not a T5 or UMT5 encoder"),
+        }
+    }
+
     /// Attention width `num_heads · d_kv` (4096 for XXL, not necessarily `d_model`).
     pub fn inner_dim(&self) -> usize {
         self.num_heads * self.d_kv
@@ -113,6 +132,15 @@ mod tests {
         let cfg: Config = serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("parse");
         assert_eq!((cfg.d_model, cfg.d_kv, cfg.num_heads, cfg.num_layers, cfg.d_ff), (32, 8, 4, 2, 64));
         assert_eq!(cfg.feed_forward().expect("ff"), (true, Activation::GeluTanh));
+        assert!(!cfg.shares_relative_bias().expect("umt5"));
+    }
+
+    #[test]
+    fn t5_shares_the_relative_bias() {
+        let cfg: Config = serde_json::from_str(r#"{"model_type": "t5"}"#).expect("t5");
+        assert!(cfg.shares_relative_bias().expect("t5"));
+        let cfg: Config = serde_json::from_str(r#"{"model_type": "bert"}"#).expect("parses");
+        assert!(cfg.shares_relative_bias().is_err());
     }
 
     #[test]

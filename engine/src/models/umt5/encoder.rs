@@ -1,12 +1,12 @@
-//! `UMT5EncoderModel`: token embedding → `num_layers` blocks → final RMSNorm, returning
-//! `last_hidden_state`.
+//! `UMT5EncoderModel` (and transformers' `T5EncoderModel`, e.g. ByT5): token embedding →
+//! `num_layers` blocks → final RMSNorm, returning `last_hidden_state`.
 
 use std::ops::Range;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use super::attention::{AttentionInputs, RmsNorm};
+use super::attention::{position_bias, relative_bias_table, AttentionInputs, RmsNorm};
 use super::block::UMT5Block;
 use super::config::Config;
 
@@ -91,6 +91,9 @@ impl UMT5EncoderModel {
 pub struct UMT5Layers {
     range: Range<usize>,
     blocks: Vec<UMT5Block>,
+    /// T5: block 0's relative-bias table, which every layer uses (loaded even when this run of
+    /// layers does not start at 0; it is `buckets × heads`, tiny). `None` for UMT5.
+    shared_bias: Option<Embedding>,
 }
 
 impl UMT5Layers {
@@ -100,8 +103,15 @@ impl UMT5Layers {
             candle_core::bail!("layer range {layers:?} is outside 0..{}", cfg.num_layers)
         }
         let vb_blocks = vb.pp("encoder").pp("block");
-        let blocks = layers.clone().map(|i| UMT5Block::new(cfg, vb_blocks.pp(i))).collect::<Result<Vec<_>>>()?;
-        Ok(Self { range: layers, blocks })
+        let shared = cfg.shares_relative_bias()?;
+        let blocks = layers
+            .clone()
+            .map(|i| UMT5Block::new(cfg, !shared || i == 0, vb_blocks.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let shared_bias = shared
+            .then(|| relative_bias_table(cfg, &vb_blocks.pp(0).pp("layer").pp(0).pp("SelfAttention")))
+            .transpose()?;
+        Ok(Self { range: layers, blocks, shared_bias })
     }
 
     /// The layer indices held.
@@ -120,9 +130,12 @@ impl UMT5Layers {
             candle_core::bail!("layer range {layers:?} is not within the held layers {:?}", self.range)
         }
         let offset = self.range.start;
+        // T5: one bias for every layer, computed once (transformers passes layer 0's
+        // `position_bias` on to the others).
+        let shared = self.shared_bias.as_ref().map(|t| position_bias(t, &inputs.buckets)).transpose()?;
         let mut xs = xs.clone();
         for block in &self.blocks[layers.start - offset..layers.end - offset] {
-            xs = block.forward(&xs, inputs)?;
+            xs = block.forward(&xs, inputs, shared.as_ref())?;
         }
         Ok(xs)
     }

@@ -1,5 +1,5 @@
 //! The `Generate` job: a whole generation across the world, as a [`ParallelPlan`] lays it out, for
-//! either family (Wan, HunyuanVideo 1.5 text-to-video): the family seams are the transformer
+//! either family (Wan, HunyuanVideo 1.5 text- and image-to-video): the family seams are the transformer
 //! ([`crate::pipeline::sharded::Expert`]), the VAE ([`Vae`]), the schedule ([`request::schedule`]) and
 //! the latents' scaling before the decode ([`vae_latents`]).
 //!
@@ -63,7 +63,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let vae_cfg = &model.vae;
     let cfg_on = params.cfg();
 
-    let embeds = inputs::prompt_embeds(spec, cfg_on)?;
+    let mut embeds = inputs::prompt_embeds(spec, cfg_on)?;
     let shape = wan_pipeline::latent_shape(params, vae_cfg.scale_factor_spatial, vae_cfg.z_dim);
     let given = spec.latents.as_ref().map(|w| w.to_tensor(&device)).transpose()?;
     let latents = wan_pipeline::initial_latents(params, &shape, given.as_ref(), &device).map_err(invalid)?;
@@ -114,8 +114,16 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 reused = false;
             }
         }
-        let predictor =
+        // HunyuanVideo 1.5 I2V: SigLIP's image embeddings join both branches' context.
+        if let (Some(path), Some(_)) = (&spec.image, &model.hv15) {
+            let image = inputs::hv15_image_embeds(ctx, &world, &model, path, params)?;
+            embeds.negative.iter_mut().for_each(|n| n.image = Some(image.clone()));
+            embeds.prompt.image = Some(image);
+        }
+        let mut predictor =
             ShardedPredictor::with_branches(slots, &groups, &embeds.prompt, embeds.negative.as_ref(), dtype, &device)?;
+        // A meanflow (step-distilled) transformer's `timestep_r` is the next timestep.
+        predictor.set_schedule(sched.timesteps());
         let transformer_bytes = predictor.resident_bytes();
         ctx.add_weights_bytes(transformer_bytes + vae_bytes);
         let block_bytes = predictor.loaded().next().map(|e| e.block_bytes()).unwrap_or(0);
@@ -139,6 +147,17 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     }
     let latent_stats = LatentStats::new(&vae_cfg.latents_mean, &vae_cfg.latents_std, &device)?;
     let condition = match &spec.image {
+        Some(path) if model.hv15.is_some() => Some(inputs::hv15_image_condition(
+            ctx,
+            &world,
+            groups.vae.as_ref(),
+            &plan,
+            vae.as_ref(),
+            &model,
+            path,
+            params,
+            &shape,
+        )?),
         Some(path) => Some(inputs::image_condition(
             ctx,
             &world,

@@ -48,6 +48,9 @@ fn d_rope() -> Vec<usize> {
 fn d_glyph_hidden() -> usize {
     2048
 }
+fn d_target_size() -> usize {
+    640
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -83,6 +86,10 @@ pub struct Config {
     pub rope_axes_dim: Vec<usize>,
     #[serde(default)]
     pub use_meanflow: bool,
+    /// Pixel side of the resolution the model was trained at (480p: 640, 720p: 960): the I2V
+    /// pipeline picks its size bucket from it and the image's aspect.
+    #[serde(default = "d_target_size")]
+    pub target_size: usize,
     /// Hidden width of the ByT5 glyph projection. diffusers hard-codes 2048
     /// (`HunyuanVideo15ByT5TextProjection(text_embed_2_dim, 2048, inner_dim)`), so no released
     /// config has this key; Tessera's reduced-size test fixtures set it (their generator builds the

@@ -1,6 +1,7 @@
 //! The inputs of a `Generate` job on each rank: prompt embeddings from the spec, and the I2V image
 //! condition (encoded by the VAE group, patch-parallel, then broadcast: only the VAE group needs the
-//! VAE encoder).
+//! VAE encoder). HunyuanVideo 1.5 I2V also has SigLIP image embeddings (rank 0 runs the image
+//! encoder, the world gets them by broadcast).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,12 +9,16 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::super::{JobCtx, JobError};
+use crate::model_spec::ModelSpec;
+use crate::models::siglip::{self, ImageEncoder};
+use crate::models::vae::Vae;
 use crate::models::wan::vae::AutoencoderKLWan;
 use crate::models::wan::vae::Tiling;
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::{ParallelPlan, VaeMode};
 use crate::parallel::Rank;
 use crate::pipeline::denoise::Condition;
+use crate::pipeline::hv15::{i2v_bucket, read_rgb, resize_and_crop, Hv15Pipeline};
 use crate::pipeline::image::load_image;
 use crate::pipeline::sampling::LatentStats;
 use crate::pipeline::sharded::BranchEmbeds;
@@ -34,7 +39,7 @@ fn load(w: &WireTensor) -> Result<Tensor, JobError> {
 /// 1.5); CFG without a negative is an input error.
 pub fn prompt_embeds(spec: &GenerateSpec, cfg_on: bool) -> Result<Embeds, JobError> {
     let branch = |text: &WireTensor, glyph: Option<&WireTensor>| -> Result<BranchEmbeds, JobError> {
-        Ok(BranchEmbeds { text: load(text)?, glyph: glyph.map(load).transpose()? })
+        Ok(BranchEmbeds { text: load(text)?, glyph: glyph.map(load).transpose()?, image: None })
     };
     let prompt = branch(&spec.prompt, spec.prompt_2.as_ref())?;
     let negative = match (&spec.negative, cfg_on) {
@@ -97,4 +102,103 @@ pub fn image_condition(
     }
     let payload = world.broadcast(&mine.contiguous()?, Rank(0))?;
     Ok(if expand_timesteps { Condition::first_frame(payload, t)? } else { Condition::Channels(payload) })
+}
+
+/// The RGB pixels of an HV1.5 I2V image resized into the run's size, which must be the image's
+/// bucket (the pipeline renders at the bucket `transformer.config.target_size` picks for the image).
+fn hv15_pixels(model: &ModelSpec, path: &Path, params: &GenerateParams) -> Result<Vec<u8>, JobError> {
+    let Some(hv) = &model.hv15 else { return Err(JobError::Invalid("not a HunyuanVideo 1.5 model".into())) };
+    let invalid = |e: crate::pipeline::hv15::Hv15PipelineError| JobError::Invalid(e.to_string());
+    let (rgb, (h, w)) = read_rgb(path).map_err(invalid)?;
+    let bucket = i2v_bucket(h, w, hv.transformer.target_size, hv.vae.spatial_compression_ratio).map_err(invalid)?;
+    if bucket != (params.height, params.width) {
+        return Err(JobError::Invalid(format!(
+            "HunyuanVideo 1.5 image-to-video renders a {h}×{w} image at its bucket {}×{} (target_size {}): pass height {} and width {}",
+            bucket.0, bucket.1, hv.transformer.target_size, bucket.0, bucket.1
+        )));
+    }
+    Ok(resize_and_crop(&rgb, (h, w), bucket))
+}
+
+/// HunyuanVideo 1.5's SigLIP image embeddings `(1, K, image_dim)` on every rank: rank 0 loads the
+/// folder's `feature_extractor/` and `image_encoder/` (f32), encodes, and broadcasts.
+pub fn hv15_image_embeds(
+    ctx: &JobCtx,
+    world: &Arc<dyn Collective>,
+    model: &ModelSpec,
+    path: &Path,
+    params: &GenerateParams,
+) -> Result<Tensor, JobError> {
+    let invalid = |e: siglip::ImageEncoderError| JobError::Invalid(e.to_string());
+    let dir = model.root.join("image_encoder");
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| JobError::Invalid(format!("{}: {e}", dir.join("config.json").display())))?;
+    let cfg = siglip::Config::from_json(&text).map_err(JobError::Invalid)?;
+    let shape = (1, cfg.num_patches(), cfg.hidden_size);
+    let mine = if ctx.rank() == Rank(0) {
+        let _encode = ctx.phase("encode_image");
+        let enc = ImageEncoder::load(&model.root, ctx.device()).map_err(invalid)?;
+        let px = hv15_pixels(model, path, params)?;
+        enc.embeds(&px, (params.height, params.width)).map_err(invalid)?.to_dtype(DType::F32)?
+    } else {
+        Tensor::zeros(shape, DType::F32, ctx.device())?
+    };
+    if mine.dims3()? != shape {
+        return Err(JobError::Invalid(format!("image embeddings {:?}, expected {shape:?}", mine.dims())));
+    }
+    Ok(world.broadcast(&mine.contiguous()?, Rank(0))?)
+}
+
+/// HunyuanVideo 1.5's image condition `[cond latents, mask]` `(1, z + 1, T, h, w)` on every rank:
+/// the VAE group encodes the image (`mode() · scaling_factor`, patch-parallel in the plan's VAE
+/// mode, or rank 0 alone), the latent goes to frame 0 with a mask of 1 there, and the world gets
+/// rank 0's by broadcast.
+#[allow(clippy::too_many_arguments)]
+pub fn hv15_image_condition(
+    ctx: &JobCtx,
+    world: &Arc<dyn Collective>,
+    vae_group: Option<&Arc<dyn Collective>>,
+    plan: &ParallelPlan,
+    vae: Option<&Vae>,
+    model: &ModelSpec,
+    path: &Path,
+    params: &GenerateParams,
+    latent_shape: &[usize; 5],
+) -> Result<Condition, JobError> {
+    let device = ctx.device();
+    let [_, z, t, h, w] = *latent_shape;
+    let encodes = vae_group.is_some() || ctx.rank() == Rank(0);
+    let mine = if encodes {
+        let _encode = ctx.phase("encode_image");
+        let vae = vae.ok_or_else(|| JobError::Invalid(format!("rank {} has no VAE encoder loaded", ctx.rank().0)))?;
+        let Vae::Hv15(hv_vae) = vae else { return Err(JobError::Invalid("not a HunyuanVideo 1.5 VAE".into())) };
+        let px = hv15_pixels(model, path, params)?;
+        let (bh, bw) = (params.height, params.width);
+        // `VaeImageProcessor.preprocess`: `2 · (v / 255) − 1` in f32, `[1, 3, 1, H, W]`.
+        let data: Vec<f32> = px.iter().map(|v| 2.0 * (*v as f32 / 255.0) - 1.0).collect();
+        let video = Tensor::from_vec(data, (bh, bw, 3), device)?.permute((2, 0, 1))?.reshape((1, 3, 1, bh, bw))?;
+        let tiling = match plan.vae_mode {
+            VaeMode::Tiles => Some(Tiling::from(plan.vae_tiling.unwrap_or_default())),
+            VaeMode::Halo => None,
+        };
+        let moments = match vae_group {
+            Some(group) => {
+                vae.encode_parallel(&video.contiguous()?, group, plan.vae_mode, tiling.as_ref(), &mut |_| {})?
+            }
+            None => vae.encode(&video.contiguous()?, tiling.as_ref(), &mut |_| {})?,
+        };
+        let latent = (moments.mean * hv_vae.config().scaling_factor)?;
+        let latents = Tensor::zeros((1, z, t, h, w), DType::F32, device)?;
+        Hv15Pipeline::cond_and_mask(&latents, Some(&latent)).map_err(|e| JobError::Invalid(e.to_string()))?
+    } else {
+        Tensor::zeros((1, z + 1, t, h, w), DType::F32, device)?
+    };
+    if mine.dims() != [1, z + 1, t, h, w] {
+        return Err(JobError::Invalid(format!(
+            "image condition {:?}, expected {:?}",
+            mine.dims(),
+            [1, z + 1, t, h, w]
+        )));
+    }
+    Ok(Condition::Channels(world.broadcast(&mine.contiguous()?, Rank(0))?))
 }
