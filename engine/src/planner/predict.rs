@@ -147,7 +147,7 @@ pub struct PhasePrediction {
 }
 
 impl PhasePrediction {
-    fn new(name: &str, terms: Vec<Term>) -> Self {
+    pub(crate) fn new(name: &str, terms: Vec<Term>) -> Self {
         let terms: Vec<Term> = terms.into_iter().filter(|t| t.bytes > 0).collect();
         Self { name: name.into(), peak_bytes: terms.iter().map(|t| t.bytes).sum(), terms }
     }
@@ -304,6 +304,9 @@ pub fn predict(
     plan: &ParallelPlan,
     opts: &Options,
 ) -> Result<Prediction, PredictError> {
+    if spec.hv15.is_some() {
+        return super::hv15::predict(spec, req, plan, opts);
+    }
     check(spec, req, plan)?;
     let grid = spec.latent_grid(req.height, req.width, req.frames);
     let (lt, lh, lw) = grid;
