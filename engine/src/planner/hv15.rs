@@ -26,7 +26,7 @@ use super::model::ModelSpec;
 use super::predict::{
     PhasePrediction, PredictError, Prediction, RankPrediction, Request, Target, Term, CUDA_CONTEXT_BYTES,
 };
-use super::vae::{conv_band_scratch, KernelPath, VaeRun};
+use super::vae::{conv_band_scratch, generic_conv_frame_scratch, KernelPath, VaeRun};
 use super::Options;
 use crate::models::hv15::transformer::Config as DitConfig;
 use crate::models::hv15::vae::Config as VaeConfig;
@@ -357,9 +357,19 @@ impl DecodeReplay<'_> {
         self.mem.alloc(pb);
         self.mem.free(rows);
         let out = x.with_c(out_c);
-        self.mem.alloc(self.b(out));
-        let band = conv_band_scratch(&self.run, x.c, out_c, out.t, out.h, out.w);
-        self.mem.transient(band);
+        if self.run.path == KernelPath::Generic {
+            // candle's conv2d per frame and tap (im2col), the per-frame results, then their stack.
+            let frames = self.b(out);
+            let scratch = generic_conv_frame_scratch(self.run.elt, x.c, out_c, x.h, x.w, 3);
+            self.mem.transient(scratch + frames);
+            self.mem.alloc(frames);
+            self.mem.alloc(frames);
+            self.mem.free(frames);
+        } else {
+            self.mem.alloc(self.b(out));
+            let band = conv_band_scratch(&self.run, x.c, out_c, out.t, out.h, out.w);
+            self.mem.transient(band);
+        }
         if self.at == self.caches.len() {
             self.caches.push(0);
         }
@@ -372,8 +382,12 @@ impl DecodeReplay<'_> {
         out
     }
 
-    /// `RmsNorm::forward` (+ SiLU): one output on the CPU kernels.
+    /// `RmsNorm::forward` (+ SiLU): one output on the CPU kernels; candle's ops (the generic
+    /// path) also make the squares and the quotient on the way.
     fn norm(&mut self, x: Act) -> Act {
+        if self.run.path == KernelPath::Generic {
+            self.mem.transient(2 * self.b(x));
+        }
         self.mem.alloc(self.b(x));
         x
     }
