@@ -175,15 +175,6 @@ pub fn fsdp_gather_transient_bytes(cfg: &DitConfig, elt: u64, fsdp: usize) -> u6
     largest_block_tensor(cfg) * elt
 }
 
-/// FSDP load on the CPU: the largest slice read into a byte buffer (f32 checkpoints, as
-/// `make-model` writes them) before its tensor is made.
-pub fn fsdp_read_buffer_bytes(cfg: &DitConfig, fsdp: usize) -> u64 {
-    if fsdp <= 1 {
-        return 0;
-    }
-    largest_block_tensor(cfg).div_ceil(fsdp as u64) * 4
-}
-
 /// `LayerNorm(no affine)·(1 + scale) + shift` on `r` bytes (`block::modulate`): the centred input
 /// and its square, the normalised result, the product and the sum; leaves the sum live.
 fn modulate(m: &mut Live, r: u64) -> u64 {
@@ -616,7 +607,6 @@ pub fn predict(spec: &ModelSpec, req: &Request, plan: &ParallelPlan, opts: &Opti
     // CPU; the predictor's run-dtype copies on a GPU.
     let embeds = branches * (n * dcfg.text_embed_dim) as u64 * if cuda { e } else { 4 * 2 };
     let latents = (z * len) as u64 * 4;
-    let fsdp_read = if cuda { 0 } else { fsdp_read_buffer_bytes(dcfg, plan.fsdp) };
     let slabs = if cuda { 0 } else { opts.threads as u64 * opts.l2_bytes };
 
     // One step: Euler's latents, the model input `[latents, zero cond, zero mask]` (the zeros and
@@ -692,8 +682,9 @@ pub fn predict(spec: &ModelSpec, req: &Request, plan: &ParallelPlan, opts: &Opti
         };
         let mut phases = Vec::new();
         let mut t = loaded();
+        // FSDP slices are read through a byte buffer (on the CPU) before the stem is loaded
+        // (`Hv15ShardedTransformer::load`), so that buffer never meets the whole part: no term.
         t.push(term("initial latents", latents));
-        t.push(term("fsdp slice read buffer", fsdp_read.saturating_sub(vw)));
         phases.push(PhasePrediction::new("load", t));
         let mut t = loaded();
         t.push(term("matmul slabs", slabs));
