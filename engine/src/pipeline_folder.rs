@@ -355,9 +355,7 @@ pub fn write_hv15_pipeline(
         &out.join("vae"),
         "diffusion_pytorch_model",
         &spec.vae_config(),
-        |vb| {
-            hv15::vae::AutoencoderKLHunyuanVideo15::new(vcfg, crate::models::wan::vae::VaeParts::Both, vb).map(|_| ())
-        },
+        |vb| hv15::vae::AutoencoderKLHunyuanVideo15::new(vcfg, crate::models::wan::vae::VaeParts::Both, vb).map(|_| ()),
         seed,
         dtype,
         u64::MAX,

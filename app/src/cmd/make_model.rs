@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use tessera_engine::api::random_models::{
-    write_hv15_pipeline, write_json, write_pipeline, write_vae, Arch, Hv15Spec, PipelineSpec, StoreDtype, WrittenComponent, DIFFUSERS_SHARD_BYTES,
-    DIFFUSERS_VERSION,
+    write_hv15_pipeline, write_json, write_pipeline, write_vae, Arch, Hv15Spec, PipelineSpec, StoreDtype,
+    WrittenComponent, DIFFUSERS_SHARD_BYTES, DIFFUSERS_VERSION,
 };
 use tessera_engine::api::tools::vae;
 

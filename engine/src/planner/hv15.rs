@@ -225,7 +225,15 @@ fn stream_qkv(m: &mut Live, r: u64, rf: u64, e: u64, rope: bool) -> u64 {
 
 /// Peak bytes one dual-stream block allocates above its inputs, on a rank with `ls` video tokens
 /// of `len` (the Ulysses shard) and `n` context tokens.
-pub fn block_peak(cfg: &DitConfig, e: u64, ulysses: usize, attention: &ChunkedAttention, ls: usize, len: usize, n: usize) -> u64 {
+pub fn block_peak(
+    cfg: &DitConfig,
+    e: u64,
+    ulysses: usize,
+    attention: &ChunkedAttention,
+    ls: usize,
+    len: usize,
+    n: usize,
+) -> u64 {
     let d = cfg.inner_dim();
     let (heads, hd, ff) = (cfg.num_attention_heads, cfg.attention_head_dim, cfg.ff_dim());
     let u = ulysses.max(1);
@@ -508,7 +516,14 @@ impl DecodeReplay<'_> {
 /// their frames-major copy, the output video on the assembling rank, and the chunks replayed
 /// until the caches are steady (the third; later chunks repeat it, only the key/value cache
 /// grows, by one frame per chunk, which the replay adds for the last chunk).
-pub fn decode_peak(cfg: &VaeConfig, run: VaeRun, (t, h, w): (usize, usize, usize), rows: usize, root: bool, world: usize) -> u64 {
+pub fn decode_peak(
+    cfg: &VaeConfig,
+    run: VaeRun,
+    (t, h, w): (usize, usize, usize),
+    rows: usize,
+    root: bool,
+    world: usize,
+) -> u64 {
     let mut r = DecodeReplay { cfg, run, mem: Live::default(), caches: Vec::new(), at: 0, kv: 0, full_h: h };
     let z = cfg.latent_channels;
     r.mem.alloc((z * t * h * w) as u64 * 4); // latents as received
@@ -567,7 +582,12 @@ pub fn host_text_encoder_bytes(spec: &ModelSpec) -> u64 {
 
 /// Every rank's peak per phase of an HV1.5 text-to-video generation (`load`, `denoise`,
 /// `decode`; prompts are encoded on the host, so no `text_encode` phase).
-pub fn predict(spec: &ModelSpec, req: &Request, plan: &ParallelPlan, opts: &Options) -> Result<Prediction, PredictError> {
+pub fn predict(
+    spec: &ModelSpec,
+    req: &Request,
+    plan: &ParallelPlan,
+    opts: &Options,
+) -> Result<Prediction, PredictError> {
     let Some(hv) = &spec.hv15 else { return Err(PredictError::Request("not a HunyuanVideo 1.5 model".into())) };
     let (dcfg, vcfg) = (&hv.transformer, &hv.vae);
     let gen = crate::pipeline::GenerateParams {
@@ -638,7 +658,8 @@ pub fn predict(spec: &ModelSpec, req: &Request, plan: &ParallelPlan, opts: &Opti
 
     let v = plan.vae_parallel.max(1);
     let halo = plan.vae_mode == VaeMode::Halo && v > 1;
-    let run = VaeRun { elt: 4, path: if cuda { KernelPath::Generic } else { KernelPath::Cpu }, halo, threads: opts.threads };
+    let run =
+        VaeRun { elt: 4, path: if cuda { KernelPath::Generic } else { KernelPath::Cpu }, halo, threads: opts.threads };
     let s = vcfg.spatial_compression_ratio;
     let video = (3 * vcfg.decoded_frames(lt) * lh * s * lw * s) as u64 * 4;
     let decode_work = |rank: usize| -> u64 {
