@@ -644,7 +644,7 @@ pub fn predict(
     let rope = len as u64 * half + if u > 1 { ls as u64 * half } else { 0 };
     let block = block_peak(dcfg, e, u, &ChunkedAttention::default(), ls, len, n);
     let head = 3 * (ls * d) as u64 * e + (len * z) as u64 * e * 3;
-    let denoise_work = vec![
+    let denoise_work = [
         term("latents, predictions and scheduler state", state),
         term("text context", ctx),
         term("rope tables", rope),

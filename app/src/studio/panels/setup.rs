@@ -288,15 +288,10 @@ mod tests {
         snap(&mut s, 32);
         assert_eq!((s.width, s.height, s.frames), (256, 192, 9));
         assert!(s.params().validate(32).is_ok());
-        for (_, w, h) in RESOLUTIONS {
+        for &(_, w, h) in RESOLUTIONS {
             assert!(Settings { width: w, height: h, ..Settings::default() }.params().validate(32).is_ok());
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     /// Every offered size is valid for its family (Wan2.2: multiples of 32; HV1.5: of 16), at the
     /// 121 frames both families' presets use.
