@@ -24,10 +24,9 @@ use super::dit::{all_to_all, attention_core_bytes};
 use super::live::Live;
 use super::model::ModelSpec;
 use super::predict::{
-    PhasePrediction, PredictError, Prediction, RankPrediction, Request, Target, Term, CUDA_CONTEXT_BYTES,
+    Options, PhasePrediction, PredictError, Prediction, RankPrediction, Request, Target, Term, CUDA_CONTEXT_BYTES,
 };
 use super::vae::{conv_band_scratch, generic_conv_frame_scratch, KernelPath, VaeRun};
-use super::Options;
 use crate::models::hv15::transformer::Config as DitConfig;
 use crate::models::hv15::vae::Config as VaeConfig;
 use crate::models::wan::transformer::attention::ChunkedAttention;

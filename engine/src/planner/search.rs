@@ -7,8 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::dispatch::predict;
 use super::model::ModelSpec;
-use super::predict::{predict, Options, PredictError, Prediction, Request};
+use super::predict::{Options, PredictError, Prediction, Request};
 use crate::parallel::plan::{ParallelPlan, PlanModel, Residency, TextEncoderPlacement, TilingSpec, VaeMode};
 
 /// `N` GPUs of `bytes` each (`--gpus 8x24GB`).
