@@ -1,13 +1,18 @@
-//! A diffusers Wan pipeline folder with the real architecture's configs and seeded random weights:
-//! what `tessera make-model` writes, the studio's built-in demo and the benchmarks use. The
-//! folder is what the diffusers converter (`scripts/convert_wan_to_diffusers.py`) produces for that
-//! model, minus the text encoder: `model_index.json`, `transformer/` (+ `transformer_2/` for
-//! A14B), `vae/` and `scheduler/`.
+//! A diffusers pipeline folder with the real architecture's configs and seeded random weights:
+//! what `tessera make-model` writes, the studio's built-in demo and the benchmarks use.
+//!
+//! - Wan ([`PipelineSpec`]): what the diffusers converter (`scripts/convert_wan_to_diffusers.py`)
+//!   produces for that model, minus the text encoder: `model_index.json`, `transformer/`
+//!   (+ `transformer_2/` for A14B), `vae/` and `scheduler/`.
+//! - HunyuanVideo 1.5 ([`Hv15Spec`]): the `hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*`
+//!   layout minus the text and image encoders: `model_index.json`, `transformer/`, `vae/`,
+//!   `scheduler/` and `guider/`.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::models::hv15;
 use crate::models::wan::{transformer, vae};
 use crate::random_weights::{self, StoreDtype, WrittenComponent};
 use crate::tensor_io::write_file_atomic;
@@ -32,6 +37,12 @@ pub enum Arch {
     Wan22T2vA14b,
     #[value(name = "wan2.2-i2v-a14b")]
     Wan22I2vA14b,
+    #[value(name = "hv15-480p-t2v")]
+    Hv15T2v480p,
+    #[value(name = "hv15-720p-t2v")]
+    Hv15T2v720p,
+    #[value(name = "hv15-480p-i2v")]
+    Hv15I2v480p,
 }
 
 impl Arch {
@@ -42,7 +53,15 @@ impl Arch {
             Arch::Wan22Ti2v5b => "wan2.2-ti2v-5b",
             Arch::Wan22T2vA14b => "wan2.2-t2v-a14b",
             Arch::Wan22I2vA14b => "wan2.2-i2v-a14b",
+            Arch::Hv15T2v480p => "hv15-480p-t2v",
+            Arch::Hv15T2v720p => "hv15-720p-t2v",
+            Arch::Hv15I2v480p => "hv15-480p-i2v",
         }
+    }
+
+    /// The HunyuanVideo 1.5 archs (written by [`Hv15Spec`]).
+    pub fn is_hv15(self) -> bool {
+        matches!(self, Arch::Hv15T2v480p | Arch::Hv15T2v720p | Arch::Hv15I2v480p)
     }
 }
 
@@ -74,6 +93,9 @@ impl PipelineSpec {
             || transformer::transformer_config_for_arch(arch.name(), layers).map_err(|e| FolderError(e.to_string()));
         Ok(Some(match arch {
             Arch::Wan21Vae | Arch::Wan22Vae => return Ok(None),
+            Arch::Hv15T2v480p | Arch::Hv15T2v720p | Arch::Hv15I2v480p => {
+                return Err(FolderError(format!("{} is a HunyuanVideo 1.5 arch (see Hv15Spec)", arch.name())))
+            }
             Arch::Wan22Ti2v5b => Self {
                 class_name: "WanPipeline",
                 expand_timesteps: true,
@@ -169,6 +191,185 @@ impl PipelineSpec {
             "use_karras_sigmas": false
         })
     }
+}
+
+/// A HunyuanVideo 1.5 pipeline folder: the transformer config of the published checkpoint
+/// (`hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-{480p_t2v,720p_t2v,480p_i2v}`, equal to
+/// the manifests in `tests/fixtures/golden/manifests`), the VAE's, and the scheduler shift and
+/// guidance scale of the converter (`scripts/convert_hunyuan_video1_5_to_diffusers.py`: 480p
+/// shift 5, 720p T2V shift 9, guidance 6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hv15Spec {
+    /// `HunyuanVideo15Pipeline` or `HunyuanVideo15ImageToVideoPipeline`.
+    pub class_name: &'static str,
+    pub transformer: hv15::transformer::Config,
+    /// `target_size` and `task_type` of `transformer/config.json` (they only set the pipeline's
+    /// default resolution; the forward does not read them).
+    pub target_size: usize,
+    pub task_type: &'static str,
+    pub vae: hv15::vae::Config,
+    pub shift: f64,
+    pub guidance_scale: f64,
+}
+
+impl Hv15Spec {
+    /// The spec of an HV1.5 arch with `layers` dual-stream blocks (default: the real 54); `None`
+    /// for the other archs.
+    pub fn for_arch(arch: Arch, layers: Option<usize>) -> Result<Option<Self>, FolderError> {
+        let (class_name, target_size, task_type, shift) = match arch {
+            Arch::Hv15T2v480p => ("HunyuanVideo15Pipeline", 640, "t2v", 5.0),
+            Arch::Hv15T2v720p => ("HunyuanVideo15Pipeline", 960, "t2v", 9.0),
+            Arch::Hv15I2v480p => ("HunyuanVideo15ImageToVideoPipeline", 640, "i2v", 5.0),
+            _ => return Ok(None),
+        };
+        let mut transformer = hv15::transformer::Config::default();
+        if let Some(n) = layers {
+            if n == 0 {
+                return Err(FolderError("--layers must be at least 1".into()));
+            }
+            transformer.num_layers = n;
+        }
+        Ok(Some(Self {
+            class_name,
+            transformer,
+            target_size,
+            task_type,
+            vae: hv15::vae::Config::default(),
+            shift,
+            guidance_scale: 6.0,
+        }))
+    }
+
+    /// `transformer/config.json` as `save_pretrained` writes it (diffusers' keys only: the
+    /// engine's `glyph_hidden_dim` stays out at its default).
+    pub fn transformer_config(&self) -> Value {
+        let mut v = serde_json::to_value(&self.transformer).expect("config serialises");
+        let obj = v.as_object_mut().expect("an object");
+        if self.transformer.glyph_hidden_dim == hv15::transformer::Config::default().glyph_hidden_dim {
+            obj.remove("glyph_hidden_dim");
+        }
+        obj.insert("_class_name".into(), "HunyuanVideo15Transformer3DModel".into());
+        obj.insert("_diffusers_version".into(), DIFFUSERS_VERSION.into());
+        obj.insert("target_size".into(), self.target_size.into());
+        obj.insert("task_type".into(), self.task_type.into());
+        v
+    }
+
+    /// `vae/config.json`.
+    pub fn vae_config(&self) -> Value {
+        let mut v = serde_json::to_value(&self.vae).expect("config serialises");
+        let obj = v.as_object_mut().expect("an object");
+        obj.insert("_class_name".into(), hv15::vae::CLASS_NAME.into());
+        obj.insert("_diffusers_version".into(), DIFFUSERS_VERSION.into());
+        v
+    }
+
+    /// `model_index.json`: the encoders are not written, so they are `[null, null]` (prompts are
+    /// given as embeddings, or the encoders' folders added).
+    pub fn model_index(&self) -> Value {
+        let component = |class: &str| json!(["diffusers", class]);
+        let none = json!([null, null]);
+        let mut index = json!({
+            "_class_name": self.class_name,
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "guider": component("ClassifierFreeGuidance"),
+            "scheduler": component("FlowMatchEulerDiscreteScheduler"),
+            "text_encoder": none,
+            "text_encoder_2": none,
+            "tokenizer": none,
+            "tokenizer_2": none,
+            "transformer": component("HunyuanVideo15Transformer3DModel"),
+            "vae": component(hv15::vae::CLASS_NAME),
+        });
+        if self.class_name == "HunyuanVideo15ImageToVideoPipeline" {
+            index["image_encoder"] = none.clone();
+            index["feature_extractor"] = none;
+        }
+        index
+    }
+
+    /// `scheduler/scheduler_config.json`: `FlowMatchEulerDiscreteScheduler(shift=s)` with every
+    /// other key at diffusers' default (the golden pipeline's key set).
+    pub fn scheduler_config(&self) -> Value {
+        json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "base_image_seq_len": 256,
+            "base_shift": 0.5,
+            "invert_sigmas": false,
+            "max_image_seq_len": 4096,
+            "max_shift": 1.15,
+            "num_train_timesteps": 1000,
+            "shift": self.shift,
+            "shift_terminal": null,
+            "stochastic_sampling": false,
+            "time_shift_type": "exponential",
+            "use_beta_sigmas": false,
+            "use_dynamic_shifting": false,
+            "use_exponential_sigmas": false,
+            "use_karras_sigmas": false
+        })
+    }
+
+    /// `guider/guider_config.json` (`ClassifierFreeGuidance`).
+    pub fn guider_config(&self) -> Value {
+        json!({
+            "_class_name": "ClassifierFreeGuidance",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "enabled": true,
+            "guidance_rescale": 0.0,
+            "guidance_scale": self.guidance_scale,
+            "start": 0.0,
+            "stop": 1.0,
+            "use_original_formulation": false
+        })
+    }
+}
+
+/// Writes the HV1.5 pipeline folder of `spec` under `out` (transformer in `shard_bytes` shards
+/// with an index, as diffusers saves it); `model_index.json` last.
+pub fn write_hv15_pipeline(
+    out: &Path,
+    spec: &Hv15Spec,
+    seed: u64,
+    dtype: StoreDtype,
+    shard_bytes: u64,
+) -> Result<Vec<(&'static str, WrittenComponent)>, FolderError> {
+    let fail = |dir: &str, e: crate::tensor_io::TensorIoError| {
+        FolderError(format!("writing {dir}/ to {}: {e}", out.display()))
+    };
+    let cfg = &spec.transformer;
+    cfg.validate().map_err(FolderError)?;
+    let t = random_weights::write_component(
+        &out.join("transformer"),
+        "diffusion_pytorch_model",
+        &spec.transformer_config(),
+        |vb| hv15::transformer::HunyuanVideo15Transformer3DModel::new(cfg, vb).map(|_| ()),
+        seed,
+        dtype,
+        shard_bytes,
+    )
+    .map_err(|e| fail("transformer", e))?;
+    let vcfg = &spec.vae;
+    let v = random_weights::write_component(
+        &out.join("vae"),
+        "diffusion_pytorch_model",
+        &spec.vae_config(),
+        |vb| hv15::vae::AutoencoderKLHunyuanVideo15::new(vcfg, crate::models::wan::vae::VaeParts::Both, vb).map(|_| ()),
+        seed,
+        dtype,
+        u64::MAX,
+    )
+    .map_err(|e| fail("vae", e))?;
+    for (dir, file, value) in [
+        ("scheduler", "scheduler_config.json", spec.scheduler_config()),
+        ("guider", "guider_config.json", spec.guider_config()),
+    ] {
+        std::fs::create_dir_all(out.join(dir)).map_err(|e| FolderError(format!("creating {dir}/: {e}")))?;
+        write_json(&out.join(dir).join(file), &value)?;
+    }
+    write_json(&out.join("model_index.json"), &spec.model_index())?;
+    Ok(vec![("transformer", t), ("vae", v)])
 }
 
 /// The seed of `transformer_2`: the two experts share tensor names, so the same seed would make
@@ -290,5 +491,61 @@ mod tests {
         assert_eq!(cut.transformer_2.unwrap().num_layers, 2);
         assert!(PipelineSpec::for_arch(Arch::Wan22Ti2v5b, Some(0)).is_err());
         assert!(PipelineSpec::for_arch(Arch::Wan21Vae, None).unwrap().is_none());
+    }
+
+    /// The written configs are the published ones: each transformer config equals its
+    /// checkpoint's manifest config key for key (diffusers' `_use_default_values` aside), the
+    /// VAE's too, and the module tree asks for exactly the manifest's tensors.
+    #[test]
+    fn hv15_configs_and_tensors_are_the_real_ones() {
+        let manifest = |name: &str| golden(&format!("manifests/{name}.json"));
+        let strip = |mut v: Value| {
+            let obj = v.as_object_mut().unwrap();
+            for k in ["_use_default_values", "_class_name", "_diffusers_version", "_name_or_path"] {
+                obj.remove(k);
+            }
+            v
+        };
+        for (arch, m) in [
+            (Arch::Hv15T2v480p, "hv15-480p-t2v-transformer"),
+            (Arch::Hv15T2v720p, "hv15-720p-t2v-transformer"),
+            (Arch::Hv15I2v480p, "hv15-480p-i2v-transformer"),
+        ] {
+            let spec = Hv15Spec::for_arch(arch, None).unwrap().unwrap();
+            let want = manifest(m);
+            assert_eq!(strip(spec.transformer_config()), strip(want["config"].clone()), "{m}");
+            let tensors = crate::random_weights::requested_tensors(|vb| {
+                hv15::transformer::HunyuanVideo15Transformer3DModel::new(&spec.transformer, vb).map(|_| ())
+            })
+            .unwrap();
+            let names: Vec<&String> = tensors.keys().collect();
+            let mut want_names: Vec<&String> = want["tensors"].as_object().unwrap().keys().collect();
+            want_names.sort();
+            assert_eq!(names.len(), 1801, "{m}");
+            assert_eq!(names, want_names, "{m}");
+            for (k, shape) in &tensors {
+                let w: Vec<usize> =
+                    want["tensors"][k].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                assert_eq!(shape, &w, "{m}: {k}");
+            }
+            assert_eq!(strip(spec.vae_config()), strip(manifest("hv15-vae")["config"].clone()));
+            assert_eq!(spec.model_index()["_class_name"], spec.class_name);
+        }
+        let i2v = Hv15Spec::for_arch(Arch::Hv15I2v480p, Some(2)).unwrap().unwrap();
+        assert_eq!(i2v.transformer.num_layers, 2);
+        assert_eq!(i2v.model_index()["image_encoder"], json!([null, null]));
+        assert!(Hv15Spec::for_arch(Arch::Hv15T2v480p, Some(0)).is_err());
+        assert!(Hv15Spec::for_arch(Arch::Wan22Ti2v5b, None).unwrap().is_none());
+        assert!(PipelineSpec::for_arch(Arch::Hv15T2v720p, None).is_err());
+        // The scheduler and guider configs have the golden pipeline's keys.
+        let t2v = Hv15Spec::for_arch(Arch::Hv15T2v720p, None).unwrap().unwrap();
+        assert_eq!(t2v.scheduler_config()["shift"], 9.0);
+        let mut golden_sched = golden("../hv15/pipeline/scheduler/scheduler_config.json");
+        golden_sched["shift"] = 9.0.into();
+        assert_eq!(t2v.scheduler_config(), golden_sched);
+        assert_eq!(t2v.guider_config(), golden("../hv15/pipeline/guider/guider_config.json"));
+        let mut index = golden("../hv15/pipeline/model_index.json");
+        index["_diffusers_version"] = DIFFUSERS_VERSION.into();
+        assert_eq!(t2v.model_index(), index);
     }
 }

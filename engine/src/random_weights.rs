@@ -49,7 +49,9 @@ pub fn random_values(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let mut rng = StdRng::seed_from_u64(name_seed(seed, name));
     let leaf = name.rsplit('.').next().unwrap_or(name);
-    let is_norm = leaf == "gamma" || (leaf == "weight" && (name.contains("norm") || shape.len() == 1));
+    // Norm gains: RMS `gamma`s and 1-D weights (a 2-D weight under a `norm…` module, such as
+    // HunyuanVideo 1.5's `norm1.linear`, is a projection and gets the fan-in scale).
+    let is_norm = leaf == "gamma" || (leaf == "weight" && shape.len() == 1);
     if is_norm {
         return (0..n).map(|_| 1.0 + 0.05 * (rng.random::<f32>() * 2.0 - 1.0)).collect();
     }

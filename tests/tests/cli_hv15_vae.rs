@@ -83,6 +83,9 @@ fn an_incomplete_hv15_pipeline_folder_names_what_is_missing() {
     assert!(!o.status.success());
     let line = error_line(&o);
     assert!(line.contains("no transformer/config.json"), "{line}");
+    // The family is named, not Wan's folder layout.
+    assert!(line.contains("incomplete HunyuanVideo 1.5 pipeline folder"), "{line}");
+    assert!(!line.contains("Wan"), "{line}");
     assert!(!out.exists());
 }
 

@@ -1,7 +1,8 @@
 //! `tessera make-model`: a diffusers folder with a real architecture's config and seeded random
 //! weights (engine `pipeline_folder`), to test and benchmark at real size without downloading
 //! anything. The VAE archs write `vae/` only; `--layers N` keeps the real widths but cuts the
-//! transformer to N blocks.
+//! transformer to N blocks. The `hv15-*` archs write HunyuanVideo 1.5 folders (transformer, VAE,
+//! scheduler, guider; no text or image encoders).
 
 use std::path::PathBuf;
 
@@ -9,8 +10,8 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use tessera_engine::api::random_models::{
-    write_json, write_pipeline, write_vae, Arch, PipelineSpec, StoreDtype, WrittenComponent, DIFFUSERS_SHARD_BYTES,
-    DIFFUSERS_VERSION,
+    write_hv15_pipeline, write_json, write_pipeline, write_vae, Arch, Hv15Spec, PipelineSpec, StoreDtype,
+    WrittenComponent, DIFFUSERS_SHARD_BYTES, DIFFUSERS_VERSION,
 };
 use tessera_engine::api::tools::vae;
 
@@ -63,6 +64,13 @@ pub fn run(a: MakeModelArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let started = std::time::Instant::now();
     println!("writing {name} (seed {}) to {}", a.seed, a.out.display());
+    if let Some(spec) = Hv15Spec::for_arch(a.arch, a.layers)? {
+        for (component, w) in write_hv15_pipeline(&a.out, &spec, a.seed, dtype, a.max_shard_bytes)? {
+            report(component, &w);
+        }
+        println!("done in {:.1}s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let Some(spec) = PipelineSpec::for_arch(a.arch, a.layers)? else {
         if a.layers.is_some() {
             anyhow::bail!("--layers applies to the transformer archs, not {name}");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tessera_engine::api::{render, Audience};
 
 use tessera_engine::api::planning::{load_presets, parse_preset, Preset};
-use tessera_engine::api::{write_file_atomic, ParallelPlan, TilingSpec};
+use tessera_engine::api::{write_file_atomic, Family, ParallelPlan, TilingSpec};
 
 use super::state::Settings;
 
@@ -51,6 +51,28 @@ pub fn load_all(folders: &[PathBuf]) -> (Vec<Preset>, Vec<String>) {
     }
     presets.sort_by(|a, b| a.name.cmp(&b.name));
     (presets, errors)
+}
+
+/// The family a preset was sized for, from its `model` (`wan2.2-…` / `hv15-…`); `None` when it
+/// names none (the user's own presets).
+pub fn family_of(p: &Preset) -> Option<Family> {
+    let model = p.model.as_deref()?;
+    if model.starts_with("hv15") {
+        Some(Family::HunyuanVideo15)
+    } else if model.starts_with("wan") {
+        Some(Family::Wan)
+    } else {
+        None
+    }
+}
+
+/// Indices of `presets` for `family` (and those naming no model) and of the others, each in the
+/// list's order. Without a family every preset is in the first group.
+pub fn by_family(presets: &[Preset], family: Option<Family>) -> (Vec<usize>, Vec<usize>) {
+    (0..presets.len()).partition(|&i| match (family, family_of(&presets[i])) {
+        (Some(f), Some(g)) => f == g,
+        _ => true,
+    })
 }
 
 /// Applies `p` to the settings: its plan, and each request default it carries.
@@ -151,5 +173,22 @@ mod tests {
         assert_eq!(back.plan, s.plan);
         assert_eq!(back.defaults.width, Some(s.width));
         assert!(save(dir.path(), "../evil", &s).unwrap_err().contains("preset name"));
+    }
+
+    /// An HV1.5 model lists the HV1.5 presets (480p and 720p × 1/2/4/8 × 4090) first, the Wan
+    /// ones after; without a model every preset is in one list.
+    #[test]
+    fn presets_are_grouped_by_the_models_family() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../presets");
+        let (presets, _) = load_all(&[dir]);
+        let names = |v: &[usize]| v.iter().map(|&i| presets[i].name.clone()).collect::<Vec<_>>();
+        let (mine, others) = by_family(&presets, Some(Family::HunyuanVideo15));
+        assert_eq!(mine.len(), 8, "{:?}", names(&mine));
+        assert!(names(&mine).iter().all(|n| n.starts_with("hv15-")), "{:?}", names(&mine));
+        assert!(names(&others).contains(&"cpu-demo".to_string()));
+        let (wan, _) = by_family(&presets, Some(Family::Wan));
+        assert!(names(&wan).iter().all(|n| !n.starts_with("hv15-")));
+        let (all, none) = by_family(&presets, None);
+        assert_eq!((all.len(), none.len()), (presets.len(), 0));
     }
 }

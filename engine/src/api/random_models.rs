@@ -2,7 +2,9 @@
 //! `tessera make-model` and the benchmarks' checkpoints. Named re-exports of
 //! [`crate::pipeline_folder`] and [`crate::random_weights`].
 
-pub use crate::pipeline_folder::{write_json, write_pipeline, Arch, FolderError, PipelineSpec, DIFFUSERS_VERSION};
+pub use crate::pipeline_folder::{
+    write_hv15_pipeline, write_json, write_pipeline, Arch, FolderError, Hv15Spec, PipelineSpec, DIFFUSERS_VERSION,
+};
 pub use crate::random_weights::{
     standard_normal, write_transformer, write_vae, StoreDtype, WrittenComponent, DIFFUSERS_SHARD_BYTES,
 };

@@ -92,7 +92,12 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
         if p.is_file() {
             Ok(p)
         } else {
-            Err(ModelSpecError::NotPipeline { detail: format!("no {component}/{file}"), path: path.to_path_buf() })
+            Err(ModelSpecError::Incomplete {
+                family: "HunyuanVideo 1.5",
+                expected: "model_index.json, transformer/, vae/, scheduler/ and, for prompt text, text_encoder/ and tokenizer/",
+                detail: format!("no {component}/{file}"),
+                path: path.to_path_buf(),
+            })
         }
     };
     let transformer_cfg: TransformerConfig = read_json(&config("transformer", "config.json")?, "transformer")?;

@@ -188,6 +188,10 @@ pub enum ModelSpecError {
     Missing(PathBuf),
     #[error("not a diffusers Wan pipeline folder (expected model_index.json, transformer/, vae/ and scheduler/): {detail}: {}", .path.display())]
     NotPipeline { detail: String, path: PathBuf },
+    /// A folder whose `model_index.json` names a pipeline of another family that lacks one of its
+    /// parts: the message names the family, what such a folder holds and what is missing.
+    #[error("incomplete {family} pipeline folder (it needs {expected}): {detail}: {}", .path.display())]
+    Incomplete { family: &'static str, expected: &'static str, detail: String, path: PathBuf },
     #[error("cannot read {}: {msg}", .path.display())]
     Read { path: PathBuf, msg: String },
     #[error("invalid {component} config in {}: {msg}", .path.display())]

@@ -9,11 +9,14 @@
 //! - [`live`]: the allocation replay every working-set estimate is built on.
 //! - [`dit`]: transformer weights per shard, FSDP gather, one block's activations, attention tiles.
 //! - [`vae`]: the VAE decoder/encoder replay per chunk, slab (halo) or tile.
-//! - [`predict`]: phases per rank, with named terms.
+//! - [`hv15`]: HunyuanVideo 1.5's counts, dual-stream block and streamed VAE replays, phases.
+//! - [`predict`]: phases per rank, with named terms (Wan); [`dispatch`]: the family's prediction.
 //! - [`search`]: GPU capacities (`8x24GB`), fit checks and the cheapest plan that fits.
 //! - [`preset`]: named plans in `presets/*.toml`.
 
+pub mod dispatch;
 pub mod dit;
+pub mod hv15;
 pub mod live;
 pub mod model;
 pub mod params;
@@ -22,5 +25,6 @@ pub mod preset;
 pub mod search;
 pub mod vae;
 
+pub use dispatch::predict;
 pub use model::{ModelSpec, ModelSpecError};
-pub use predict::{predict, Options, Prediction, Request, Target};
+pub use predict::{Options, Prediction, Request, Target};

@@ -147,7 +147,7 @@ pub struct PhasePrediction {
 }
 
 impl PhasePrediction {
-    fn new(name: &str, terms: Vec<Term>) -> Self {
+    pub(crate) fn new(name: &str, terms: Vec<Term>) -> Self {
         let terms: Vec<Term> = terms.into_iter().filter(|t| t.bytes > 0).collect();
         Self { name: name.into(), peak_bytes: terms.iter().map(|t| t.bytes).sum(), terms }
     }
@@ -297,8 +297,9 @@ fn condition_bytes(spec: &ModelSpec, (lt, lh, lw): (usize, usize, usize)) -> u64
     elems as u64 * 4
 }
 
-/// Predicts every rank's peak per phase.
-pub fn predict(
+/// Predicts every rank's peak per phase of a Wan model (`super::dispatch::predict` picks the
+/// family).
+pub fn predict_wan(
     spec: &ModelSpec,
     req: &Request,
     plan: &ParallelPlan,
@@ -587,7 +588,7 @@ mod tests {
             ..Default::default()
         };
         let i2v = Request { image: true, ..req(704, 1280, 121) };
-        let p = predict(&s, &i2v, &plan, &Options::new(Target::Cuda)).unwrap();
+        let p = predict_wan(&s, &i2v, &plan, &Options::new(Target::Cuda)).unwrap();
         assert_eq!(p.ranks.len(), 4);
         for r in &p.ranks {
             let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
@@ -605,7 +606,8 @@ mod tests {
         let (dec, enc) = (params::vae_decoder(&s.vae) * 4, params::vae_encoder(&s.vae) * 4);
         assert_eq!((vae(0), vae(1), vae(2)), (dec + enc, dec + enc, 0));
         // Halo slabs over the two ranks: each encodes about half of what one rank alone would.
-        let alone = predict(&s, &i2v, &ParallelPlan { vae_parallel: 1, ..plan }, &Options::new(Target::Cuda)).unwrap();
+        let alone =
+            predict_wan(&s, &i2v, &ParallelPlan { vae_parallel: 1, ..plan }, &Options::new(Target::Cuda)).unwrap();
         let work = |p: &Prediction| term_bytes(phase(&p.ranks[0], "encode_image"), "vae encode working set");
         assert!(work(&p) < work(&alone), "{} vs {}", work(&p), work(&alone));
     }
@@ -616,11 +618,11 @@ mod tests {
     fn the_transformer_is_dropped_before_the_decode() {
         let s = spec("wan2.2-t2v-a14b");
         let mut opts = Options::new(Target::Cuda);
-        let kept = predict(&s, &req(720, 1280, 81), &ParallelPlan::single(), &opts).unwrap();
+        let kept = predict_wan(&s, &req(720, 1280, 81), &ParallelPlan::single(), &opts).unwrap();
         let experts = 2 * dit::weights_bytes(&s.transformer, 2, 1);
         assert_eq!(term_bytes(phase(&kept.ranks[0], "decode"), "transformer weights"), experts);
         opts.keep_weights = false;
-        let p = predict(&s, &req(720, 1280, 81), &ParallelPlan::single(), &opts).unwrap();
+        let p = predict_wan(&s, &req(720, 1280, 81), &ParallelPlan::single(), &opts).unwrap();
         let r = &p.ranks[0];
         for name in ["load", "denoise_high", "denoise_low"] {
             assert_eq!(term_bytes(phase(r, name), "transformer weights"), experts, "{name}: both experts");
@@ -639,8 +641,8 @@ mod tests {
         let base =
             ParallelPlan { ranks: 8, ulysses: 4, cfg_parallel: 2, fsdp: 8, vae_parallel: 8, ..Default::default() };
         let r = Request { image: true, ..req(720, 1280, 81) };
-        let pipeline = predict(&s, &r, &base, &opts).unwrap();
-        let phased = predict(&s, &r, &ParallelPlan { residency: Residency::Phased, ..base }, &opts).unwrap();
+        let pipeline = predict_wan(&s, &r, &base, &opts).unwrap();
+        let phased = predict_wan(&s, &r, &ParallelPlan { residency: Residency::Phased, ..base }, &opts).unwrap();
         let shard = dit::weights_bytes(&s.transformer, 2, 8);
         for (a, b) in pipeline.ranks.iter().zip(&phased.ranks) {
             let names: Vec<&str> = b.phases.iter().map(|p| p.name.as_str()).collect();
@@ -653,9 +655,9 @@ mod tests {
         }
         // Without CFG (guidance 1, the distilled 4-step recipe) there is one branch: no CFG parallel.
         let one = Request { guidance: 1.0, ..r };
-        assert!(predict(&s, &one, &base, &opts).is_err(), "CFG parallel needs two branches");
+        assert!(predict_wan(&s, &one, &base, &opts).is_err(), "CFG parallel needs two branches");
         let u8 = ParallelPlan { ulysses: 8, cfg_parallel: 1, residency: Residency::Phased, ..base };
-        let p = predict(&s, &one, &u8, &opts).unwrap();
+        let p = predict_wan(&s, &one, &u8, &opts).unwrap();
         let gpus = super::super::search::GpuSpec::parse("8x24GB").unwrap();
         assert!(super::super::search::fits(&p, &gpus) && super::super::search::fits(&phased, &gpus));
         assert!(phase(&p.ranks[0], "denoise_low").peak_bytes <= phase(&phased.ranks[0], "denoise_low").peak_bytes);
@@ -667,17 +669,19 @@ mod tests {
         let opts = Options::new(Target::Cuda);
         let base = ParallelPlan { ranks: 8, ulysses: 4, cfg_parallel: 2, vae_parallel: 8, ..Default::default() };
         let r = req(720, 1280, 81);
-        let no_fsdp = predict(&s, &r, &base, &opts).unwrap().max_peak();
-        let fsdp = predict(&s, &r, &ParallelPlan { fsdp: 8, ..base }, &opts).unwrap().max_peak();
+        let no_fsdp = predict_wan(&s, &r, &base, &opts).unwrap().max_peak();
+        let fsdp = predict_wan(&s, &r, &ParallelPlan { fsdp: 8, ..base }, &opts).unwrap().max_peak();
         assert!(fsdp * 2 < no_fsdp, "{fsdp} vs {no_fsdp}");
     }
 
     #[test]
     fn bad_requests_are_refused_with_the_fix() {
         let s = spec("wan2.2-i2v-a14b");
-        let err = predict(&s, &req(720, 1280, 81), &ParallelPlan::single(), &Options::new(Target::Cuda)).unwrap_err();
+        let err =
+            predict_wan(&s, &req(720, 1280, 81), &ParallelPlan::single(), &Options::new(Target::Cuda)).unwrap_err();
         assert!(err.to_string().contains("--image"), "{err}");
-        let err = predict(&s, &req(721, 1280, 81), &ParallelPlan::single(), &Options::new(Target::Cuda)).unwrap_err();
+        let err =
+            predict_wan(&s, &req(721, 1280, 81), &ParallelPlan::single(), &Options::new(Target::Cuda)).unwrap_err();
         assert!(err.to_string().contains("nearest valid"), "{err}");
     }
 }

@@ -132,6 +132,10 @@ fn plan_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
 
 fn presets_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     let current = app.settings.preset.clone().unwrap_or_else(|| "(custom plan)".into());
+    let family = match &app.model.info {
+        Some(Ok(info)) => Some(info.family),
+        _ => None,
+    };
     let mut picked = None;
     ui.horizontal(|ui| {
         let label = ui.label("Preset");
@@ -139,10 +143,19 @@ fn presets_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
             .selected_text(&current)
             .width(190.0)
             .show_ui(ui, |ui| {
-                for (i, p) in app.presets.iter().enumerate() {
-                    let r = ui.selectable_label(app.settings.preset.as_deref() == Some(&p.name), &p.name);
-                    if r.on_hover_text(&p.description).clicked() {
-                        picked = Some(i);
+                // The presets sized for this model's family first, then the others.
+                let (mine, others) = presets::by_family(&app.presets, family);
+                for (n, group) in [mine, others].into_iter().enumerate() {
+                    if n == 1 && !group.is_empty() && family.is_some() {
+                        ui.separator();
+                        ui.weak("for other models");
+                    }
+                    for i in group {
+                        let p = &app.presets[i];
+                        let r = ui.selectable_label(app.settings.preset.as_deref() == Some(&p.name), &p.name);
+                        if r.on_hover_text(&p.description).clicked() {
+                            picked = Some(i);
+                        }
                     }
                 }
             })

@@ -2,7 +2,7 @@
 //! output path. Problems show inline (red) as soon as they are known.
 
 use eframe::egui;
-use tessera_engine::api::{RequestError, SchedulerKind};
+use tessera_engine::api::{Family, RequestError, SchedulerKind};
 
 use crate::studio::app::{StudioApp, LOADING};
 use crate::studio::browse::Target;
@@ -12,13 +12,42 @@ use crate::studio::state::Settings;
 use crate::studio::{demo, theme};
 
 /// Common sizes (width × height); all multiples of 32, so valid for every Wan model.
-pub const RESOLUTIONS: [(&str, usize, usize); 5] = [
+pub const RESOLUTIONS: &[(&str, usize, usize)] = &[
     ("Demo 256×192", 256, 192),
     ("Square 512×512", 512, 512),
     ("480p 832×480", 832, 480),
     ("720p 1280×704", 1280, 704),
     ("Portrait 480×832", 480, 832),
 ];
+
+/// HunyuanVideo 1.5's sizes: its 480p and 720p buckets (multiples of 16, the VAE's 16× with
+/// patch 1), square and portrait.
+pub const HV15_RESOLUTIONS: &[(&str, usize, usize)] = &[
+    ("480p 848×480", 848, 480),
+    ("720p 1280×720", 1280, 720),
+    ("Square 512×512", 512, 512),
+    ("Square 720×720", 720, 720),
+    ("Portrait 480×848", 480, 848),
+];
+
+/// The sizes offered for the model in the form (Wan's until a model is read).
+pub fn resolutions(family: Option<Family>) -> &'static [(&'static str, usize, usize)] {
+    match family {
+        Some(Family::HunyuanVideo15) => HV15_RESOLUTIONS,
+        _ => RESOLUTIONS,
+    }
+}
+
+/// What the sizes must be, for the model's family (shown under the size fields for HunyuanVideo
+/// 1.5, whose rules differ from the Wan2.2 default the form starts with).
+pub fn size_rule(family: Family, multiple: usize) -> String {
+    match family {
+        Family::HunyuanVideo15 => format!(
+            "HunyuanVideo 1.5: width and height multiples of {multiple}, frames 4k+1 (121 frames = 5 s at 24 fps)"
+        ),
+        Family::Wan => format!("Wan: width and height multiples of {multiple}, frames 4k+1"),
+    }
+}
 
 /// The generation parameters of the settings.
 pub fn setup_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
@@ -117,14 +146,19 @@ fn image_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
 }
 
 fn size_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
+    let family = match &app.model.info {
+        Some(Ok(info)) if !app.settings.use_demo => Some(info.family),
+        _ => None,
+    };
+    let sizes = resolutions(family);
     let s = &mut app.settings;
-    let current = RESOLUTIONS.iter().find(|(_, w, h)| *w == s.width && *h == s.height).map(|r| r.0).unwrap_or("Custom");
+    let current = sizes.iter().find(|(_, w, h)| *w == s.width && *h == s.height).map(|r| r.0).unwrap_or("Custom");
     ui.horizontal(|ui| {
         let label = ui.label("Resolution");
         egui::ComboBox::from_id_salt("resolution")
             .selected_text(current)
             .show_ui(ui, |ui| {
-                for (name, w, h) in RESOLUTIONS {
+                for &(name, w, h) in sizes {
                     if ui.selectable_label(current == name, name).clicked() {
                         s.width = w;
                         s.height = h;
@@ -144,6 +178,9 @@ fn size_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         // The demo (and every Wan2.2 model) uses 32 until the folder is read.
         _ => 32,
     };
+    if family == Some(Family::HunyuanVideo15) {
+        ui.weak(size_rule(Family::HunyuanVideo15, multiple));
+    }
     if let Err(e) = s.params().validate(multiple) {
         ui.colored_label(theme::BAD, RequestError::from(e).to_string());
         if ui
@@ -251,8 +288,27 @@ mod tests {
         snap(&mut s, 32);
         assert_eq!((s.width, s.height, s.frames), (256, 192, 9));
         assert!(s.params().validate(32).is_ok());
-        for (_, w, h) in RESOLUTIONS {
+        for &(_, w, h) in RESOLUTIONS {
             assert!(Settings { width: w, height: h, ..Settings::default() }.params().validate(32).is_ok());
         }
+    }
+
+    /// Every offered size is valid for its family (Wan2.2: multiples of 32; HV1.5: of 16), at the
+    /// 121 frames both families' presets use.
+    #[test]
+    fn offered_sizes_are_valid_for_the_family() {
+        for (family, multiple) in [(None, 32), (Some(Family::Wan), 32), (Some(Family::HunyuanVideo15), 16)] {
+            for &(name, w, h) in resolutions(family) {
+                let s = Settings { width: w, height: h, frames: 121, ..Settings::default() };
+                assert!(s.params().validate(multiple).is_ok(), "{family:?} {name}");
+            }
+        }
+        // 848×480 is HV1.5's 480p bucket: valid there, not for the Wan2.2 VAE (multiples of 32).
+        let s = Settings { width: 848, height: 480, frames: 121, ..Settings::default() };
+        assert!(s.params().validate(16).is_ok() && s.params().validate(32).is_err());
+        let mut odd = Settings { width: 850, height: 470, frames: 120, ..Settings::default() };
+        snap(&mut odd, 16);
+        assert_eq!((odd.width, odd.height, odd.frames), (848, 464, 121));
+        assert!(size_rule(Family::HunyuanVideo15, 16).contains("multiples of 16"));
     }
 }

@@ -1,0 +1,831 @@
+//! HunyuanVideo 1.5 terms of the memory planner: parameter counts of its transformer, VAE and
+//! Qwen2.5-VL text model from their configs (equal to the real checkpoints' manifests, tested),
+//! weights per FSDP shard, a replay of one dual-stream block (`models/hv15/transformer/block.rs`)
+//! with the Ulysses exchange of `ulysses.rs`, and a replay of the streamed VAE decode
+//! (`models/hv15/vae/{layers,decoder}.rs`), then [`predict`]: the `Generate` job's phases per rank
+//! for an HV1.5 text-to-video folder, under the names `--report` uses.
+//!
+//! What differs from Wan (`super::dit`, `super::vae`), read from the code:
+//! - every weight is held in the run dtype (no f32-kept tables), and the gathered FSDP block's
+//!   largest tensor is a modulation matrix (`norm1.linear`, 6·D × D), not an FFN matrix;
+//! - the block has two streams (video `L×D`, context `N×D`) whose every `let` lives to the end
+//!   of `TransformerBlock::forward`; LayerNorm, modulation and the residual updates run in the run
+//!   dtype; a `Linear` makes its matmul and then the bias sum; `heads` and `merge_heads` copy;
+//! - one joint attention over `[video, context]` (the two are concatenated for q, k and v); with
+//!   Ulysses the stacked video q/k/v go through one all-to-all, the context is sliced by head, the
+//!   video output comes back by all-to-all and the context output by all-gather;
+//! - the VAE decodes one latent frame per chunk (then 4 video frames per chunk), each causal conv
+//!   keeping its last two *padded* input frames, and the mid attention every frame's keys and
+//!   values so far (`[frames·h·w, C]` each).
+
+use serde::Deserialize;
+
+use super::dit::{all_to_all, attention_core_bytes};
+use super::live::Live;
+use super::model::ModelSpec;
+use super::predict::{
+    Options, PhasePrediction, PredictError, Prediction, RankPrediction, Request, Target, Term, CUDA_CONTEXT_BYTES,
+};
+use super::vae::{conv_band_scratch, generic_conv_frame_scratch, KernelPath, VaeRun};
+use crate::models::hv15::transformer::Config as DitConfig;
+use crate::models::hv15::vae::Config as VaeConfig;
+use crate::models::wan::transformer::attention::ChunkedAttention;
+use crate::parallel::plan::{ParallelPlan, PlanModel, VaeMode};
+
+/// `nn.Linear(i, o)` with bias.
+fn linear(i: usize, o: usize) -> u64 {
+    (i * o + o) as u64
+}
+
+/// A conv with kernel volume `k` and bias.
+fn conv(i: usize, o: usize, k: usize) -> u64 {
+    (i * o * k + o) as u64
+}
+
+/// One `HunyuanVideo15TransformerBlock`: two AdaLN-zero modulations (6·D each), video and context
+/// q/k/v and output projections, four per-head RMS norms, two GELU feed-forwards.
+pub fn dit_block(cfg: &DitConfig) -> u64 {
+    let (d, ff, hd) = (cfg.inner_dim(), cfg.ff_dim(), cfg.attention_head_dim);
+    2 * linear(d, 6 * d) + 8 * linear(d, d) + 4 * hd as u64 + 2 * (linear(d, ff) + linear(ff, d))
+}
+
+/// One token-refiner block: affine `norm1`/`norm2`, self-attention with biases, the linear-SiLU
+/// feed-forward and the two-way gate (`norm_out.linear`, D → 2·D).
+pub fn refiner_block(cfg: &DitConfig) -> u64 {
+    let (d, ff) = (cfg.inner_dim(), cfg.ff_dim());
+    4 * d as u64 + 4 * linear(d, d) + linear(d, ff) + linear(ff, d) + linear(d, 2 * d)
+}
+
+/// Everything outside the dual-stream blocks: the video patch embedder, the image (SigLIP) and
+/// glyph (ByT5) projections, the token refiner with its time/text embedders, the time embedding
+/// (and its meanflow twin), `cond_type_embed`, the output norm and projection.
+pub fn dit_stem(cfg: &DitConfig) -> u64 {
+    let d = cfg.inner_dim();
+    let patch = cfg.patch_size_t * cfg.patch_size * cfg.patch_size;
+    let (img, text, t2, gh) = (cfg.image_embed_dim, cfg.text_embed_dim, cfg.text_embed_2_dim, cfg.glyph_hidden_dim);
+    let x_embedder = conv(cfg.in_channels, d, patch);
+    let image = 2 * img as u64 + linear(img, img) + linear(img, d) + 2 * d as u64;
+    let timestep = linear(256, d) + linear(d, d);
+    let refiner = timestep
+        + linear(text, d)
+        + linear(d, d)
+        + linear(text, d)
+        + cfg.num_refiner_layers as u64 * refiner_block(cfg);
+    let glyph = 2 * t2 as u64 + linear(t2, gh) + linear(gh, d) + linear(d, d);
+    let time = if cfg.use_meanflow { 2 } else { 1 } * timestep;
+    let head = linear(d, 2 * d) + linear(d, cfg.out_channels * patch);
+    x_embedder + image + refiner + glyph + time + 3 * d as u64 + head
+}
+
+/// The whole transformer.
+pub fn dit_total(cfg: &DitConfig) -> u64 {
+    dit_stem(cfg) + cfg.num_layers as u64 * dit_block(cfg)
+}
+
+/// `HunyuanVideo15ResnetBlock(i, o)`: two RMS gammas, two 3×3×3 convs, a 1×1×1 shortcut when the
+/// channels change.
+pub fn vae_resnet(i: usize, o: usize) -> u64 {
+    let shortcut = if i != o { conv(i, o, 1) } else { 0 };
+    i as u64 + conv(i, o, 27) + o as u64 + conv(o, o, 27) + shortcut
+}
+
+/// The mid block: resnet, single-head attention (RMS gamma, q/k/v/proj 1×1×1), resnet.
+pub fn vae_mid(c: usize) -> u64 {
+    2 * vae_resnet(c, c) + c as u64 + 4 * conv(c, c, 1)
+}
+
+/// The decoder (`decoder.*`).
+pub fn vae_decoder(cfg: &VaeConfig) -> u64 {
+    let mid = cfg.mid_channels();
+    let mut n = conv(cfg.latent_channels, mid, 27) + vae_mid(mid);
+    for u in cfg.up_blocks() {
+        n += vae_resnet(u.in_c, u.out_c) + cfg.layers_per_block as u64 * vae_resnet(u.out_c, u.out_c);
+        if let Some((c, temporal)) = u.up {
+            n += conv(u.out_c, c * if temporal { 8 } else { 4 }, 27);
+        }
+    }
+    let first = cfg.block_out_channels[0];
+    n + first as u64 + conv(first, cfg.out_channels, 27)
+}
+
+/// The encoder (`encoder.*`).
+pub fn vae_encoder(cfg: &VaeConfig) -> u64 {
+    let mid = cfg.mid_channels();
+    let mut n = conv(cfg.in_channels, cfg.block_out_channels[0], 27);
+    for d in cfg.down_blocks() {
+        n += vae_resnet(d.in_c, d.out_c) + (cfg.layers_per_block as u64 - 1) * vae_resnet(d.out_c, d.out_c);
+        if let Some((c, temporal)) = d.down {
+            n += conv(d.out_c, c / if temporal { 8 } else { 4 }, 27);
+        }
+    }
+    n + vae_mid(mid) + mid as u64 + conv(mid, 2 * cfg.latent_channels, 27)
+}
+
+/// The fields of a Qwen2.5-VL text config the count needs (`text_encoder/config.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QwenSize {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+}
+
+/// One Qwen2.5-VL decoder layer: q/k/v with biases (GQA k/v), o without, the SwiGLU MLP, two norms.
+pub fn qwen_layer(q: &QwenSize) -> u64 {
+    let h = q.hidden_size;
+    let kv = q.num_key_value_heads * (h / q.num_attention_heads);
+    let attn = linear(h, h) + 2 * linear(h, kv) + (h * h) as u64;
+    attn + 3 * (h * q.intermediate_size) as u64 + 2 * h as u64
+}
+
+/// The text model: embedding, every layer, final norm.
+pub fn qwen_total(q: &QwenSize) -> u64 {
+    (q.vocab_size * q.hidden_size) as u64 + q.num_hidden_layers as u64 * qwen_layer(q) + q.hidden_size as u64
+}
+
+/// Transformer weights one rank holds: the stem whole and `1/fsdp` of the blocks, all in the run
+/// dtype (`Hv15ShardedTransformer::load` builds every tensor in it).
+pub fn weights_bytes(cfg: &DitConfig, elt: u64, fsdp: usize) -> u64 {
+    dit_stem(cfg) * elt + (cfg.num_layers as u64 * dit_block(cfg) * elt).div_ceil(fsdp.max(1) as u64)
+}
+
+/// The largest tensor of a block (`norm1.linear`, 6·D × D, or an FFN matrix).
+fn largest_block_tensor(cfg: &DitConfig) -> u64 {
+    let d = cfg.inner_dim();
+    (6 * d * d).max(d * cfg.ff_dim()) as u64
+}
+
+/// FSDP: the gathered block (dropped after it runs). Nothing without FSDP.
+pub fn fsdp_gather_bytes(cfg: &DitConfig, elt: u64, fsdp: usize) -> u64 {
+    if fsdp <= 1 {
+        return 0;
+    }
+    dit_block(cfg) * elt
+}
+
+/// FSDP: while gathering the largest tensor, the wire copy of this rank's slice and the received
+/// slices, together the tensor once more (freed before the block runs).
+pub fn fsdp_gather_transient_bytes(cfg: &DitConfig, elt: u64, fsdp: usize) -> u64 {
+    if fsdp <= 1 {
+        return 0;
+    }
+    largest_block_tensor(cfg) * elt
+}
+
+/// `LayerNorm(no affine)·(1 + scale) + shift` on `r` bytes (`block::modulate`): the centred input
+/// and its square, the normalised result, the product and the sum; leaves the sum live.
+fn modulate(m: &mut Live, r: u64) -> u64 {
+    m.alloc(r); // xc
+    m.transient(r); // xc²
+    m.alloc(r); // xc / σ
+    m.free(r); // xc, at return of layer_norm_plain
+    m.alloc(r); // · (1 + scale)
+    m.alloc(r); // + shift
+    m.free(2 * r); // the statement's temporaries
+    r
+}
+
+/// `Linear::forward`: the matmul, then the bias sum (the matmul is freed).
+fn lin(m: &mut Live, out: u64) -> u64 {
+    m.alloc(out);
+    m.alloc(out);
+    m.free(out);
+    out
+}
+
+/// `StreamQkv::forward` on `r` bytes of normed rows: q and k are projected, split into heads
+/// (a copy) and RMS-normed in one statement each, v projected and split; with `rope` the video
+/// q and k are rotated in f32 (`RopeTables::apply`: the f32 copy, the rotation, the cast back)
+/// and the unrotated ones dropped at return. Leaves q, k, v live.
+fn stream_qkv(m: &mut Live, r: u64, rf: u64, e: u64, rope: bool) -> u64 {
+    for _ in 0..2 {
+        lin(m, r);
+        m.alloc(r); // heads(..).contiguous()
+        m.alloc(r); // RMS norm
+        m.free(2 * r); // the projection and the head copy
+    }
+    lin(m, r);
+    m.alloc(r); // v heads
+    m.free(r);
+    if rope {
+        for _ in 0..2 {
+            let up = if e == 4 { 0 } else { rf };
+            m.alloc(up); // to_dtype(F32)
+            m.alloc(rf); // rope_i
+            m.alloc(if e == 4 { 0 } else { r }); // back to the run dtype
+            m.free(up + if e == 4 { 0 } else { rf });
+        }
+        m.free(2 * r); // the unrotated q and k
+    }
+    3 * r
+}
+
+/// Peak bytes one dual-stream block allocates above its inputs, on a rank with `ls` video tokens
+/// of `len` (the Ulysses shard) and `n` context tokens.
+pub fn block_peak(
+    cfg: &DitConfig,
+    e: u64,
+    ulysses: usize,
+    attention: &ChunkedAttention,
+    ls: usize,
+    len: usize,
+    n: usize,
+) -> u64 {
+    let d = cfg.inner_dim();
+    let (heads, hd, ff) = (cfg.num_attention_heads, cfg.attention_head_dim, cfg.ff_dim());
+    let u = ulysses.max(1);
+    let x = (ls * d) as u64 * e;
+    let xf = (ls * d) as u64 * 4;
+    let c = (n * d) as u64 * e;
+    let cf = (n * d) as u64 * 4;
+    let mut m = Live::default();
+    m.alloc(2 * 6 * d as u64 * e); // the two modulation rows
+    let nx = modulate(&mut m, x);
+    let nc = modulate(&mut m, c);
+    let qkv = stream_qkv(&mut m, x, xf, e, true);
+    let cqkv = stream_qkv(&mut m, c, cf, e, false);
+    // The joint attention; `out` is what the block keeps of it (views of the core's output, or
+    // the exchanged video output and the gathered context output).
+    let out = if u == 1 {
+        m.alloc(3 * (x + c)); // cat([video, context]) for q, k, v
+        m.transient(attention_core_bytes(attention, heads, ls + n, ls + n, hd, e));
+        m.alloc(x + c); // the core's output
+        m.free(3 * (x + c));
+        x + c
+    } else {
+        let full = (len * d / u) as u64 * e; // the video tokens of H/U heads
+        let ch = c / u as u64;
+        m.alloc(3 * x); // stack(q, k, v)
+        all_to_all(&mut m, 3 * x, u); // leaves the head-sharded stack (3·x) live
+        m.alloc(3 * (full + ch)); // cat([video, context]) for q, k, v
+        m.transient(attention_core_bytes(attention, heads / u, len + n, len + n, hd, e));
+        m.alloc(full + ch); // the core's output
+        m.free(3 * (full + ch));
+        let pad = (ls * u - len) as u64 * (d / u) as u64 * e;
+        m.alloc(pad + full); // pad_with_zeros / contiguous copy of the video part
+        all_to_all(&mut m, pad + full, u); // leaves the token-sharded video output (x) live
+        m.alloc(ch); // contiguous context part
+        m.alloc(c); // all_gather over heads
+        m.free(pad + full + ch + (full + ch) + 3 * x + 3 * x);
+        x + c
+    };
+    // Output projections: merge_heads copies, then the Linear; the copy dies with the statement.
+    m.alloc(x);
+    let ox = lin(&mut m, x);
+    m.free(x);
+    m.alloc(c);
+    let oc = lin(&mut m, c);
+    m.free(c);
+    // Gated residuals: the product, then the sum.
+    let residual = |m: &mut Live, r: u64| {
+        m.alloc(r);
+        m.alloc(r);
+        m.free(r);
+        r
+    };
+    let x1 = residual(&mut m, x);
+    let c1 = residual(&mut m, c);
+    // Feed-forwards: modulated input, the inner projection and its GELU, the output Linear; the
+    // statement's temporaries die with it.
+    let ffn = |m: &mut Live, r: u64, rows: usize| {
+        let normed = modulate(m, r);
+        let inner = (rows * ff) as u64 * e;
+        lin(m, inner);
+        m.alloc(inner); // GELU
+        let y = lin(m, r);
+        m.free(2 * inner + normed);
+        y
+    };
+    let fx = ffn(&mut m, x, ls);
+    let fc = ffn(&mut m, c, n);
+    let yx = residual(&mut m, x);
+    let yc = residual(&mut m, c);
+    let peak = m.peak();
+    m.free(2 * 6 * d as u64 * e + nx + nc + qkv + cqkv + out + ox + oc + x1 + c1 + fx + fc + yx + yc);
+    peak
+}
+
+/// A `[T, C, H, W]` activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Act {
+    t: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Act {
+    fn with_c(self, c: usize) -> Self {
+        Self { c, ..self }
+    }
+}
+
+/// The replay of a streamed HV1.5 VAE decode on one rank (its whole frame or its halo slab).
+struct DecodeReplay<'a> {
+    cfg: &'a VaeConfig,
+    run: VaeRun,
+    mem: Live,
+    /// Bytes held by each causal conv's two cached padded frames, in traversal order.
+    caches: Vec<u64>,
+    at: usize,
+    /// The mid attention's cached keys and values (all frames so far).
+    kv: u64,
+    /// Rows of the whole latent frame (the halo slabs gather every rank's keys).
+    full_h: usize,
+}
+
+impl DecodeReplay<'_> {
+    fn b(&self, a: Act) -> u64 {
+        (a.t * a.c * a.h * a.w) as u64 * self.run.elt
+    }
+
+    /// `CausalConv3d::forward`: the replicate (or halo) padding — the rows' concatenation, then
+    /// the columns' — the output, and the new two-frame cache made before the old one goes.
+    /// The padded input is dropped at return.
+    fn conv(&mut self, x: Act, out_c: usize) -> Act {
+        let rows = self.b(Act { h: x.h + 2, ..x });
+        let padded = Act { h: x.h + 2, w: x.w + 2, ..x };
+        let pb = self.b(padded);
+        if self.run.halo {
+            self.mem.transient(2 * self.b(Act { t: x.t, h: 1, ..x })); // the two rows sent
+        }
+        self.mem.alloc(rows);
+        self.mem.alloc(pb);
+        self.mem.free(rows);
+        let out = x.with_c(out_c);
+        if self.run.path == KernelPath::Generic {
+            // candle's conv2d per frame and tap (im2col), the per-frame results, then their stack.
+            let frames = self.b(out);
+            let scratch = generic_conv_frame_scratch(self.run.elt, x.c, out_c, x.h, x.w, 3);
+            self.mem.transient(scratch + frames);
+            self.mem.alloc(frames);
+            self.mem.alloc(frames);
+            self.mem.free(frames);
+        } else {
+            self.mem.alloc(self.b(out));
+            let band = conv_band_scratch(&self.run, x.c, out_c, out.t, out.h, out.w);
+            self.mem.transient(band);
+        }
+        if self.at == self.caches.len() {
+            self.caches.push(0);
+        }
+        let new = self.b(Act { t: 2, ..padded });
+        self.mem.alloc(new);
+        self.mem.free(self.caches[self.at]);
+        self.caches[self.at] = new;
+        self.at += 1;
+        self.mem.free(pb);
+        out
+    }
+
+    /// `RmsNorm::forward` (+ SiLU): one output on the CPU kernels; candle's ops (the generic
+    /// path) also make the squares and the quotient on the way.
+    fn norm(&mut self, x: Act) -> Act {
+        if self.run.path == KernelPath::Generic {
+            self.mem.transient(2 * self.b(x));
+        }
+        self.mem.alloc(self.b(x));
+        x
+    }
+
+    /// `ResnetBlock::forward` with its input held by the caller: norm1, conv1, norm2 (all bound
+    /// to the end), the shortcut when the channels change, conv2 with the residual fused.
+    fn resnet(&mut self, x: Act, out_c: usize) -> Act {
+        let n1 = self.norm(x);
+        let c1 = self.conv(n1, out_c);
+        let n2 = self.norm(c1);
+        let sc = if x.c != out_c { self.b(x.with_c(out_c)) } else { 0 };
+        self.mem.alloc(sc);
+        let y = self.conv(n2, out_c);
+        self.mem.free(self.b(n1) + self.b(c1) + self.b(n2) + sc);
+        y
+    }
+
+    /// `AttnBlock::forward` with its input held by the caller: the norm and q/k/v (bound to the
+    /// end), halo gathers of k and v, the token-major copies, the key/value cache grown by this
+    /// chunk (the old one dropped after the concatenation), per-frame score blocks, the frames'
+    /// outputs, their stack and transposed copy, the projection and the residual sum.
+    fn attention(&mut self, x: Act) -> Act {
+        const SCORE_BLOCK: usize = 1 << 24;
+        let e = self.run.elt;
+        let one = self.b(x);
+        self.mem.alloc(one); // normed
+        for _ in 0..3 {
+            self.mem.alloc(2 * one); // Conv1x1: matmul, bias sum
+            self.mem.free(one);
+        }
+        let kv_chunk = self.b(Act { h: self.full_h, ..x });
+        let gathered = if self.run.halo { 2 * kv_chunk } else { 0 };
+        self.mem.alloc(gathered);
+        self.mem.alloc(one + 2 * kv_chunk); // token-major q, k, v
+        let old = self.kv;
+        let (cat, store) = if old > 0 {
+            self.mem.alloc(old + 2 * kv_chunk);
+            self.mem.free(old);
+            (2 * kv_chunk, old + 2 * kv_chunk)
+        } else {
+            (0, 2 * kv_chunk) // the token copies become the cache
+        };
+        let keys = (store / (2 * x.c as u64 * e)) as usize;
+        let n = x.h * x.w;
+        let block = (SCORE_BLOCK / keys.max(1)).clamp(1, n.max(1));
+        let scores = (block * keys) as u64 * e;
+        self.mem.transient(2 * scores + (block * x.c) as u64 * e); // scores, probs, probs·v
+        let frame = one / x.t.max(1) as u64;
+        self.mem.alloc(one); // every frame's output
+        self.mem.transient(frame); // a frame's blocks before their cat
+        self.mem.alloc(one); // stack
+        self.mem.alloc(one); // transpose(..).reshape copy
+        self.mem.alloc(2 * one); // proj_out: matmul, bias sum
+        self.mem.free(one);
+        self.mem.alloc(one); // + xs
+        self.mem.free(one + 3 * one + gathered + one + cat + one + one + one + one);
+        self.kv = store;
+        x
+    }
+
+    /// `Upsample::forward` with its input held by the caller: the conv, the depth-to-space of the
+    /// conv output and of the repeated input, their sum.
+    fn upsample(&mut self, x: Act, out_c: usize, temporal: bool, first: bool) -> Act {
+        let factor = if temporal { 8 } else { 4 };
+        let h = self.conv(x, out_c * factor);
+        let ft = if temporal && !first { 2 } else { 1 };
+        // Global frame 0 keeps half of its channels after the spatial rearrange.
+        let y = Act { t: x.t * ft, c: out_c, h: 2 * x.h, w: 2 * x.w };
+        let hb = self.b(h);
+        let shaped = if temporal && first { hb } else { self.b(y) };
+        if temporal {
+            self.mem.alloc(shaped); // depth_to_space(h)
+            self.mem.alloc(self.b(x)); // depth_to_space(x)
+            self.mem.alloc(self.b(y)); // repeated
+            self.mem.free(self.b(x));
+        } else {
+            self.mem.alloc(hb); // repeat_channels(x)
+            self.mem.alloc(hb); // its depth_to_space
+            self.mem.free(hb);
+            self.mem.alloc(hb); // depth_to_space(h)
+        }
+        self.mem.alloc(self.b(y)); // the sum
+        self.mem.free(hb + shaped + self.b(y));
+        y
+    }
+
+    /// `Decoder::forward` on one chunk of `t` latent frames; returns the video frames (live).
+    /// `forward_mid` holds conv_in's shortcut and output and the mid block's three results to its
+    /// return; `forward_up` borrows its input, so a stage's input lives until the stage returns.
+    fn chunk(&mut self, t: usize, rows: usize, w: usize, first: bool) -> Act {
+        self.at = 0;
+        let cfg = self.cfg;
+        let z = Act { t, c: cfg.latent_channels, h: rows, w };
+        let mid = cfg.mid_channels();
+        let rep = self.b(z.with_c(mid));
+        self.mem.alloc(rep); // repeat_channels(z): conv_in's shortcut
+        let h0 = self.conv(z, mid);
+        let h1 = self.resnet(h0, mid);
+        let h2 = self.attention(h1);
+        let mut h = self.resnet(h2, mid);
+        self.mem.free(rep + self.b(h0) + self.b(h1) + self.b(h2));
+        for u in cfg.up_blocks() {
+            let input = h;
+            for j in 0..=cfg.layers_per_block {
+                let y = self.resnet(h, u.out_c);
+                if j > 0 {
+                    self.mem.free(self.b(h));
+                }
+                h = y;
+            }
+            if let Some((c, temporal)) = u.up {
+                let y = self.upsample(h, c, temporal, first);
+                self.mem.free(self.b(h));
+                h = y;
+            }
+            self.mem.free(self.b(input));
+        }
+        let normed = self.norm(h);
+        let y = self.conv(normed, cfg.out_channels);
+        self.mem.free(self.b(normed) + self.b(h));
+        y
+    }
+}
+
+/// Peak bytes above `base` of a streamed decode of `t` latent frames on a rank holding `rows` of
+/// the `h` latent rows (halo slab; all of them otherwise), width `w`: the latents as read and
+/// their frames-major copy, the output video on the assembling rank, and the chunks replayed
+/// until the caches are steady (the third; later chunks repeat it, only the key/value cache
+/// grows, by one frame per chunk, which the replay adds for the last chunk).
+pub fn decode_peak(
+    cfg: &VaeConfig,
+    run: VaeRun,
+    (t, h, w): (usize, usize, usize),
+    rows: usize,
+    root: bool,
+    world: usize,
+) -> u64 {
+    let mut r = DecodeReplay { cfg, run, mem: Live::default(), caches: Vec::new(), at: 0, kv: 0, full_h: h };
+    let z = cfg.latent_channels;
+    r.mem.alloc((z * t * h * w) as u64 * 4); // latents as received
+    r.mem.alloc((z * t * rows * w) as u64 * run.elt); // this rank's frames-major latents
+    let s = cfg.spatial_compression_ratio;
+    let video = (cfg.out_channels * cfg.decoded_frames(t) * h * s * w * s) as u64 * 4;
+    if root {
+        r.mem.alloc(video);
+    }
+    let steady = t.min(3);
+    for i in 0..steady {
+        if i == steady - 1 && t > steady {
+            // The key/value cache as large as at the last chunk.
+            let extra = 2 * (cfg.mid_channels() * (t - steady) * h * w) as u64 * run.elt;
+            r.mem.alloc(extra);
+            r.kv += extra;
+        }
+        let y = r.chunk(1, rows, w, i == 0);
+        let out = r.b(y);
+        let full = out / rows as u64 * h as u64;
+        if run.halo && world > 1 {
+            if root {
+                r.mem.alloc(full - out); // received slabs
+                r.mem.alloc(full); // their concatenation
+                r.mem.transient(full); // the frames written out
+                r.mem.free(2 * full - out);
+            } else {
+                r.mem.transient(2 * out); // wire copies of the send
+            }
+        } else {
+            r.mem.transient(out); // the copy written into the video
+        }
+        r.mem.free(out);
+    }
+    r.mem.peak()
+}
+
+/// Prompt tokens of one branch the transformer attends to (trimmed to the valid ones; 1000 is
+/// the pipeline's limit, the planner's default is the options' `prompt_tokens`).
+fn context_tokens(opts: &Options) -> usize {
+    opts.prompt_tokens
+}
+
+fn term(name: &str, bytes: u64) -> Term {
+    Term { name: name.into(), bytes }
+}
+
+/// Host bytes of the Qwen2.5-VL text model in f32 (the host encodes HV1.5 prompts), read from
+/// `text_encoder/config.json`; 0 without one.
+pub fn host_text_encoder_bytes(spec: &ModelSpec) -> u64 {
+    let Some(dir) = &spec.components.text_encoder else { return 0 };
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return 0 };
+    let Ok(q) = serde_json::from_str::<QwenSize>(&text) else { return 0 };
+    qwen_total(&q) * 4
+}
+
+/// Every rank's peak per phase of an HV1.5 text-to-video generation (`load`, `denoise`,
+/// `decode`; prompts are encoded on the host, so no `text_encode` phase).
+pub fn predict(
+    spec: &ModelSpec,
+    req: &Request,
+    plan: &ParallelPlan,
+    opts: &Options,
+) -> Result<Prediction, PredictError> {
+    let Some(hv) = &spec.hv15 else { return Err(PredictError::Request("not a HunyuanVideo 1.5 model".into())) };
+    let (dcfg, vcfg) = (&hv.transformer, &hv.vae);
+    let gen = crate::pipeline::GenerateParams {
+        height: req.height,
+        width: req.width,
+        frames: req.frames,
+        steps: 1,
+        guidance: req.guidance,
+        guidance_2: None,
+        shift: None,
+        seed: 0,
+        scheduler: None,
+        sigmas: None,
+    };
+    gen.validate(spec.size_multiple())?;
+    plan.validate(PlanModel { num_heads: dcfg.num_attention_heads, cfg: req.guidance > 1.0 })?;
+    if req.image {
+        return Err(PredictError::Request(
+            "HunyuanVideo 1.5 image-to-video is not planned yet: drop --image (text-to-video folders run)".into(),
+        ));
+    }
+    let (lt, lh, lw) = spec.latent_grid(req.height, req.width, req.frames);
+    let cuda = opts.target == Target::Cuda;
+    let e: u64 = if cuda { 2 } else { 4 };
+    let context = if cuda { CUDA_CONTEXT_BYTES } else { 0 };
+    let branches: u64 = if req.guidance > 1.0 { 2 } else { 1 };
+    let d = dcfg.inner_dim();
+    let z = dcfg.out_channels;
+    let len = lt * lh * lw;
+    let u = plan.ulysses.max(1);
+    let ls = len.div_ceil(u);
+    let n = context_tokens(opts);
+
+    let dit_w = weights_bytes(dcfg, e, plan.fsdp);
+    let vae_w = vae_decoder(vcfg) * 4;
+    // Prompt embeddings: sent inline in the job spec and copied into a tensor (host, f32) on the
+    // CPU; the predictor's run-dtype copies on a GPU.
+    let embeds = branches * (n * dcfg.text_embed_dim) as u64 * if cuda { e } else { 4 * 2 };
+    let latents = (z * len) as u64 * 4;
+    let slabs = if cuda { 0 } else { opts.threads as u64 * opts.l2_bytes };
+
+    // One step: Euler's latents, the model input `[latents, zero cond, zero mask]` (the zeros and
+    // the concatenation), each branch's prediction and the CFG combination.
+    let lhw = (lt * lh * lw) as u64;
+    let preds = if branches == 2 { 3 } else { 1 };
+    let state = latents + (z as u64 * lhw) * e + ((z + 1) as u64 + (2 * z + 1) as u64) * lhw * e + preds * latents;
+    // One forward: the embedded video tokens (all of them, bound through the loop; the shard's
+    // copy with Ulysses), the context stream, RoPE tables (f32 cos/sin over the grid, the shard's
+    // copy), then the blocks.
+    let x_full = (len * d) as u64 * e;
+    let x_shard = if u > 1 { (ls * d) as u64 * e } else { 0 };
+    let ctx = (n * d) as u64 * e;
+    let half = (dcfg.attention_head_dim / 2) as u64 * 4 * 2;
+    let rope = len as u64 * half + if u > 1 { ls as u64 * half } else { 0 };
+    let block = block_peak(dcfg, e, u, &ChunkedAttention::default(), ls, len, n);
+    let head = 3 * (ls * d) as u64 * e + (len * z) as u64 * e * 3;
+    let denoise_work = [
+        term("latents, predictions and scheduler state", state),
+        term("text context", ctx),
+        term("rope tables", rope),
+        term("video tokens", x_full + x_shard),
+        term(
+            "block activations (FFN, attention tiles)",
+            block.max(head).max(fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)),
+        ),
+        term("fsdp gathered block", fsdp_gather_bytes(dcfg, e, plan.fsdp)),
+    ];
+
+    let v = plan.vae_parallel.max(1);
+    let halo = plan.vae_mode == VaeMode::Halo && v > 1;
+    let run =
+        VaeRun { elt: 4, path: if cuda { KernelPath::Generic } else { KernelPath::Cpu }, halo, threads: opts.threads };
+    let s = vcfg.spatial_compression_ratio;
+    let video = (3 * vcfg.decoded_frames(lt) * lh * s * lw * s) as u64 * 4;
+    let decode_work = |rank: usize| -> u64 {
+        let root = rank == 0;
+        // Rank 0 then maps the video to [0, 1] in one statement (the video, two affine results,
+        // clamp's maximum and minimum) beside the scaled latents.
+        let finish = if root { latents + 5 * video } else { 0 };
+        let replay = match plan.vae_mode {
+            VaeMode::Halo => {
+                let rows = crate::models::wan::vae::split::split_rows(lh, v).get(rank).map_or(lh, |r| r.len());
+                decode_peak(vcfg, run, (lt, lh, lw), rows, root, v)
+            }
+            VaeMode::Tiles => {
+                // One latent tile (diffusers' 16 × 16 default) streamed over all frames, plus the
+                // finished tiles this rank holds and, on rank 0, the output video.
+                let t = plan.vae_tiling.unwrap_or_default().as_array();
+                let s = vcfg.spatial_compression_ratio;
+                let (th, tw) = ((t[0] / s).clamp(1, lh), (t[1] / s).clamp(1, lw));
+                let grid = (lh.div_ceil(th.max(1)), lw.div_ceil(tw.max(1)));
+                let tile = decode_peak(vcfg, VaeRun { halo: false, ..run }, (lt, th, tw), th, false, 1);
+                // The tile's chunks kept as host frames, their concatenation, the tile buffer.
+                let tile_video = (vcfg.out_channels * vcfg.decoded_frames(lt) * th * s * tw * s) as u64 * 4;
+                let held = super::vae::held_tiles(grid, v);
+                tile + tile_video * (held + 2) + if root { video } else { 0 }
+            }
+        };
+        replay.max(finish)
+    };
+
+    let mut ranks = Vec::with_capacity(plan.ranks);
+    for rank in 0..plan.ranks {
+        let decodes = rank < v;
+        let vw = if decodes { vae_w } else { 0 };
+        let loaded = || {
+            vec![
+                term("cuda context", context),
+                term("prompt embeddings", embeds),
+                term("transformer weights", dit_w),
+                term("vae weights", vw),
+            ]
+        };
+        let mut phases = Vec::new();
+        let mut t = loaded();
+        // FSDP slices are read through a byte buffer (on the CPU) before the stem is loaded
+        // (`Hv15ShardedTransformer::load`), so that buffer never meets the whole part: no term.
+        t.push(term("initial latents", latents));
+        phases.push(PhasePrediction::new("load", t));
+        let mut t = loaded();
+        t.push(term("matmul slabs", slabs));
+        t.extend(denoise_work.iter().cloned());
+        phases.push(PhasePrediction::new("denoise", t));
+        let t = vec![
+            term("cuda context", context),
+            term("prompt embeddings", embeds),
+            term("transformer weights", if opts.keep_weights { dit_w } else { 0 }),
+            term("vae weights", vw),
+            term("latents", latents),
+            term("matmul slabs", slabs),
+            term("vae decode working set", if decodes { decode_work(rank) } else { 0 }),
+        ];
+        phases.push(PhasePrediction::new("decode", t));
+        let weights_bytes = phases
+            .iter()
+            .map(|p| p.terms.iter().filter(|t| t.name.ends_with("weights")).map(|t| t.bytes).sum::<u64>())
+            .max()
+            .unwrap_or(0);
+        let peak_bytes = phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
+        ranks.push(RankPrediction {
+            rank,
+            device: if cuda { format!("cuda:{rank}") } else { "cpu".into() },
+            peak_bytes,
+            weights_bytes,
+            phases,
+        });
+    }
+    Ok(Prediction { ranks, host_text_encoder_bytes: host_text_encoder_bytes(spec) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::read_manifest;
+    use std::collections::BTreeMap;
+
+    fn manifest(name: &str) -> (serde_json::Value, BTreeMap<String, Vec<usize>>) {
+        let path = format!("{}/../tests/fixtures/golden/manifests/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        read_manifest(std::path::Path::new(&path)).unwrap()
+    }
+
+    fn count(tensors: &BTreeMap<String, Vec<usize>>, keep: impl Fn(&str) -> bool) -> u64 {
+        tensors.iter().filter(|(k, _)| keep(k)).map(|(_, s)| s.iter().product::<usize>() as u64).sum()
+    }
+
+    #[test]
+    fn transformer_counts_match_the_real_checkpoint() {
+        let (config, tensors) = manifest("hv15-480p-t2v-transformer");
+        let cfg: DitConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(tensors.len(), 1801);
+        assert_eq!(dit_block(&cfg), count(&tensors, |k| k.starts_with("transformer_blocks.0.")));
+        assert_eq!(dit_stem(&cfg), count(&tensors, |k| !k.starts_with("transformer_blocks.")));
+        assert_eq!(dit_total(&cfg), 8_326_608_160);
+        assert_eq!(dit_total(&cfg), count(&tensors, |_| true));
+        assert_eq!(
+            refiner_block(&cfg),
+            count(&tensors, |k| k.starts_with("context_embedder.token_refiner.refiner_blocks.0."))
+        );
+        // The meanflow twin adds one timestep embedder (4.72 M parameters).
+        let mf = DitConfig { use_meanflow: true, ..cfg.clone() };
+        assert_eq!(dit_total(&mf) - dit_total(&cfg), 256 * 2048 + 2048 + 2048 * 2048 + 2048);
+    }
+
+    #[test]
+    fn vae_counts_match_the_real_checkpoint() {
+        let (config, tensors) = manifest("hv15-vae");
+        let cfg: VaeConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(tensors.len(), 218);
+        assert_eq!(vae_decoder(&cfg), count(&tensors, |k| k.starts_with("decoder.")));
+        assert_eq!(vae_encoder(&cfg), count(&tensors, |k| k.starts_with("encoder.")));
+        assert_eq!(vae_decoder(&cfg) + vae_encoder(&cfg), 1_260_634_115);
+    }
+
+    #[test]
+    fn qwen_count_matches_the_real_checkpoint() {
+        let (config, tensors) = manifest("hv15-qwen2.5-vl-7b-text");
+        let q: QwenSize = serde_json::from_value(config).unwrap();
+        assert_eq!(qwen_layer(&q), count(&tensors, |k| k.starts_with("layers.0.")));
+        assert_eq!(qwen_total(&q), count(&tensors, |_| true));
+        assert_eq!(qwen_total(&q), 7_070_619_136);
+    }
+
+    #[test]
+    fn weights_shard_the_blocks_and_gather_one() {
+        let cfg = DitConfig::default();
+        assert_eq!(weights_bytes(&cfg, 2, 1), 8_326_608_160 * 2);
+        let stem = dit_stem(&cfg) * 2;
+        assert_eq!(weights_bytes(&cfg, 2, 8) - stem, (54 * dit_block(&cfg) * 2).div_ceil(8));
+        assert_eq!(fsdp_gather_bytes(&cfg, 2, 1), 0);
+        assert_eq!(fsdp_gather_bytes(&cfg, 2, 4), 151_056_896 * 2);
+        // The modulation matrix (12288 × 2048) is larger than an FFN matrix (8192 × 2048).
+        assert_eq!(fsdp_gather_transient_bytes(&cfg, 2, 4), 12288 * 2048 * 2);
+    }
+
+    #[test]
+    fn ulysses_divides_the_block_working_set() {
+        let cfg = DitConfig::default();
+        let a = ChunkedAttention::default();
+        // 720p × 121 frames: 31 × 45 × 80 latent tokens.
+        let len = 31 * 45 * 80;
+        let one = block_peak(&cfg, 2, 1, &a, len, len, 512);
+        let four = block_peak(&cfg, 2, 4, &a, len.div_ceil(4), len, 512);
+        assert!(four < one / 3, "ulysses 4: {four} vs {one}");
+        // At least the two L×ffn FFN tensors and the eight L×D tensors bound by then.
+        let floor = (2 * len * cfg.ff_dim() + 8 * len * cfg.inner_dim()) as u64 * 2;
+        assert!(one >= floor, "{one} < {floor}");
+    }
+
+    #[test]
+    fn streamed_decode_is_bounded_and_halo_splits_it() {
+        let cfg = VaeConfig::default();
+        let run = VaeRun { elt: 4, path: KernelPath::Cpu, halo: false, threads: 1 };
+        // 480p (30 × 53 latents): 31 frames cost about as much as 9 beyond the output video.
+        let video = |t: usize| (3 * cfg.decoded_frames(t) * 480 * 848) as u64 * 4;
+        let p9 = decode_peak(&cfg, run, (9, 30, 53), 30, true, 1) - video(9);
+        let p31 = decode_peak(&cfg, run, (31, 30, 53), 30, true, 1) - video(31);
+        assert!(p31 < p9 + p9 / 5, "{p31} vs {p9}");
+        let halo = VaeRun { halo: true, ..run };
+        let p4 = decode_peak(&cfg, halo, (31, 30, 53), 8, false, 4);
+        assert!(p4 < p31 / 2, "halo 4: {p4} vs {p31}");
+    }
+}
