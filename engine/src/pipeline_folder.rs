@@ -1,5 +1,5 @@
 //! A diffusers Wan pipeline folder with the real architecture's configs and seeded random weights:
-//! what `tessera make-model` writes, the studio's built-in demo and the benchmarks use. The
+//! what `tessera make-model` writes and the benchmarks use. The
 //! folder is what the diffusers converter (`scripts/convert_wan_to_diffusers.py`) produces for that
 //! model, minus the text encoder: `model_index.json`, `transformer/` (+ `transformer_2/` for
 //! A14B), `vae/` and `scheduler/`.

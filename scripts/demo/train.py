@@ -308,10 +308,10 @@ def demo_json():
                  "on procedurally generated clips of one object moving over a plain background.",
         "height": D.H, "width": D.W, "frames": D.F, "steps": STEPS, "guidance": GUIDANCE, "shift": SHIFT,
         "template": D.TEMPLATE,
-        "vocabulary": {
-            "colour": list(D.COLOURS), "object": list(D.OBJECTS),
-            "direction": list(D.DIRECTIONS), "background": list(D.BACKGROUNDS),
-        },
+        "vocabulary": [
+            {"slot": "colour", "words": list(D.COLOURS)}, {"slot": "object", "words": list(D.OBJECTS)},
+            {"slot": "direction", "words": list(D.DIRECTIONS)}, {"slot": "background", "words": list(D.BACKGROUNDS)},
+        ],
         "example": D.caption("red", "ball", "right", "black"),
     }
 

@@ -101,10 +101,9 @@ impl Drop for EngineHandle {
 }
 
 fn run_loop(options: EngineOptions, mut session: Session, commands: Receiver<Command>, out: Emitter) {
-    let data_dir = options.data_dir.clone().or_else(crate::studio::demo::data_dir);
     loop {
         match commands.recv_timeout(IDLE_CHECK) {
-            Ok(Command::Run(request)) => run::run(&mut session, &request, data_dir.as_deref(), &out),
+            Ok(Command::Run(request)) => run::run(&mut session, &request, &out),
             Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
@@ -150,7 +149,7 @@ fn helper_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter
                 out.emit(EngineEvent::Presets(presets, errors));
             }
             Command::Predict(request) => {
-                let prediction = helper::predict(&request, data_dir.as_deref());
+                let prediction = helper::predict(&request);
                 out.emit(EngineEvent::Prediction(request, prediction));
             }
             Command::Shutdown => break,
