@@ -59,9 +59,9 @@ const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
 /// The demo at its own defaults (demo.json: 64×64, 9 frames, its example prompt), decoded in
-/// 32-pixel tiles with a 16-pixel stride over both ranks (9 tiles per latent chunk, both rank colours).
+/// 48-pixel tiles with a 32-pixel stride over both ranks (4 tiles per latent chunk, both rank colours).
 fn tiles_settings() -> Settings {
-    let tiling = TilingSpec { tile_height: 32, tile_width: 32, stride_height: 16, stride_width: 16 };
+    let tiling = TilingSpec { tile_height: 48, tile_width: 48, stride_height: 32, stride_width: 32 };
     Settings {
         plan: ParallelPlan {
             ranks: 2,

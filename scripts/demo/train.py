@@ -32,6 +32,15 @@ printed at the end of each stage.
 
 usage: OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py [--work /work/demo-train]
        [--out assets/demo] [--stages text,vae,latents,dit,export,eval] [--fresh]
+
+The shipped assets/demo was made by these three commands (the VAE's first 800 steps learned the
+background and the motion but not yet the colours; `vae_more` continues from vae.pt with a fresh
+optimizer and cosine, here with the object weighted 24×; the second one's DiT was too short and
+was redone by the third):
+  OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages text,vae
+  OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages vae_more --vae-more 500 --vae-obj-weight 24
+  OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages vae_more,latents,dit,export,eval \
+      --vae-more 400 --vae-obj-weight 24 --dit-steps 3000
 """
 import argparse
 import json
@@ -48,7 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data as D  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MAX_SEQ = 512  # diffusers' and Tessera's max_sequence_length for Wan
+MAX_SEQ = 16  # the prompts' token length (demo.json max_sequence_length; Wan's default 512 would bury
+# the ~9 real tokens among ~500 identical padding keys in cross-attention, which a short training never learns past)
 SHIFT = 3.0  # the scheduler's flow_shift, also the training σ shift
 STEPS = 10  # default sampling steps
 GUIDANCE = 3.0  # default CFG scale
@@ -93,20 +103,24 @@ def round_f16_(module):
 
 # ------------------------------------------------------------------------------------------------ text
 def stage_text(args):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
     from diffusers import WanPipeline
 
     d = os.path.join(args.work, "text")
     os.makedirs(d, exist_ok=True)
-    corpus = [D.caption(*c) for c in D.all_captions()] * 4
-    tok = Tokenizer(models.Unigram())
+    # A SentencePiece Unigram model written out rather than trained: on 80 captions the trainer keeps
+    # only characters. Every word of the captions is one piece (log-prob −1); single characters
+    # (−10) spell anything else, so other words still tokenize (the model just never saw them).
+    words = sorted({w for c in D.all_captions() for w in D.caption(*c).split()})
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,'-"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in words] + [(c, -10.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace("  ", " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=64, special_tokens=["<pad>", "</s>", "<unk>"],
-                                                           unk_token="<unk>"))
     tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
     fast = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
     vocab = tok.get_vocab_size()
@@ -130,33 +144,38 @@ def new_vae():
     return AutoencoderKLWan(latents_mean=[0.0] * VAE_CFG["z_dim"], latents_std=[1.0] * VAE_CFG["z_dim"], **VAE_CFG)
 
 
-def vae_batch(rng, n):
+def vae_batch(rng, n, obj_weight=8.0):
     caps, clips, weights = [], [], []
     for _ in range(n):
         c, clip = D.random_clip(rng, fixed_prob=0.3)
         caps.append(c)
         clips.append(clip)
         bg = np.array(D.BACKGROUNDS[c[3]], np.float32)
-        # weight: 1 on the background, 1 + 8 where the object (or its anti-aliased edge) is
+        # weight: 1 on the background, 1 + obj_weight where the object (or its anti-aliased edge) is
         obj = (np.abs(clip.astype(np.float32) - bg).max(axis=-1) > 8).astype(np.float32)
-        weights.append(1.0 + 8.0 * obj)
+        weights.append(1.0 + obj_weight * obj)
     w = torch.from_numpy(np.stack(weights))[:, None]  # (B, 1, F, H, W)
     return to_model(np.stack(clips)), w
 
 
-def stage_vae(args):
-    torch.manual_seed(SEED + 1)
-    rng = np.random.default_rng(SEED + 1)
+def stage_vae(args, resume=False):
+    torch.manual_seed(SEED + 1 + 10 * resume)
+    rng = np.random.default_rng(SEED + 1 + 10 * resume)
     vae = new_vae().train()
+    prior = []
+    if resume:  # `vae_more`: continue from vae.pt with a fresh optimizer and cosine
+        ck = torch.load(os.path.join(args.work, "vae.pt"))
+        vae.load_state_dict(ck["state"])
+        prior = ck["losses"]
     n_params = sum(p.numel() for p in vae.parameters())
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    steps = args.vae_steps
+    steps = args.vae_more if resume else args.vae_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
     losses = []
     t0 = time.time()
     log(args.work, f"vae: {n_params} params, {steps} steps of batch {args.vae_batch}")
     for step in range(steps):
-        x, w = vae_batch(rng, args.vae_batch)
+        x, w = vae_batch(rng, args.vae_batch, args.vae_obj_weight)
         post = vae.encode(x).latent_dist
         z = post.mean
         z_in = z + args.vae_jitter * torch.randn_like(z)
@@ -173,11 +192,16 @@ def stage_vae(args):
             el = time.time() - t0
             log(args.work, f"vae step {step} loss {np.mean(losses[-20:]):.4f} z_std {z.std().item():.3f} "
                 f"{el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)")
-        if step % 200 == 199:
+        if step % 100 == 99:
             torch.save(dict(state=vae.state_dict(), step=step, losses=losses), os.path.join(args.work, "vae_tmp.pt"))
     round_f16_(vae)
-    torch.save(dict(state=vae.state_dict(), losses=losses, seconds=time.time() - t0), os.path.join(args.work, "vae.pt"))
+    torch.save(dict(state=vae.state_dict(), losses=prior + losses, seconds=time.time() - t0), os.path.join(args.work, "vae.pt"))
     log(args.work, f"vae: done in {time.time() - t0:.0f}s")
+
+
+def stage_vae_more(args):
+    """More VAE steps on top of vae.pt (`--vae-more N`); the latents and the DiT must be redone."""
+    stage_vae(args, resume=True)
 
 
 def load_vae(args):
@@ -255,7 +279,7 @@ def stage_dit(args):
     losses = []
     t0 = time.time()
     log(args.work, f"dit: {n_params} params, {steps} steps of batch {B}, latents {tuple(fixed.shape[1:])}")
-    for step in range(steps):
+    for step in range(args.dit_stop or steps):  # --dit-stop: end early on the same schedule
         i2v = torch.rand(B, generator=g) < 0.5
         x0 = torch.empty(B, *fixed.shape[1:])
         cap = torch.empty(B, dtype=torch.long)
@@ -294,7 +318,7 @@ def stage_dit(args):
             el = time.time() - t0
             log(args.work, f"dit step {step} loss {np.mean(losses[-100:]):.4f} {el:.0f}s "
                 f"(eta {el / (step + 1) * (steps - step - 1):.0f}s)")
-        if step % 1000 == 999:
+        if step % 250 == 249:
             torch.save(dict(state=ema.state_dict(), step=step, losses=losses), os.path.join(args.work, "dit_tmp.pt"))
     round_f16_(ema)
     torch.save(dict(state=ema.state_dict(), losses=losses, seconds=time.time() - t0), os.path.join(args.work, "dit.pt"))
@@ -306,6 +330,7 @@ def demo_json():
     return {
         "about": "Tessera's built-in demo: a tiny Wan2.2-TI2V-architecture model trained by scripts/demo/train.py "
                  "on procedurally generated clips of one object moving over a plain background.",
+        "max_sequence_length": MAX_SEQ,
         "height": D.H, "width": D.W, "frames": D.F, "steps": STEPS, "guidance": GUIDANCE, "shift": SHIFT,
         "template": D.TEMPLATE,
         "vocabulary": [
@@ -374,7 +399,7 @@ def stage_eval(args):
             prompt = D.caption(*parts)
             g = torch.Generator().manual_seed(k)
             v = pipe(prompt=prompt, height=D.H, width=D.W, num_frames=D.F, num_inference_steps=STEPS,
-                     guidance_scale=guidance, generator=g, output_type="np").frames[0]  # (F, H, W, 3) in [0, 1]
+                     guidance_scale=guidance, generator=g, output_type="np", max_sequence_length=MAX_SEQ).frames[0]  # (F, H, W, 3) in [0, 1]
             m = D.measure(v * 255.0)
             ok, msg = check(parts, m)
             passed += ok
@@ -389,7 +414,10 @@ def stage_eval(args):
         clip = D.render(*parts, start)
         img = Image.fromarray(clip[0])
         g = torch.Generator().manual_seed(100 + k)
-        v = i2v(image=img, prompt=D.caption(*parts), height=D.H, width=D.W, num_frames=D.F,
+        # The prompt encoded by the T2V pipeline (the same tokenizer and UMT5): diffusers 0.42.1's
+        # I2V prompt_clean calls ftfy without checking that it is installed.
+        emb = pipe._get_t5_prompt_embeds(prompt=[D.caption(*parts), ""], max_sequence_length=MAX_SEQ)
+        v = i2v(image=img, prompt_embeds=emb[:1], negative_prompt_embeds=emb[1:], height=D.H, width=D.W, num_frames=D.F,
                 num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=g, output_type="np").frames[0]
         m = D.measure(v * 255.0)
         ok, msg = check(parts, m)
@@ -433,15 +461,18 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "assets", "demo"))
     ap.add_argument("--stages", default="text,vae,latents,dit,export,eval")
     ap.add_argument("--fresh", action="store_true")
-    ap.add_argument("--vae-steps", type=int, default=1500)
-    ap.add_argument("--vae-batch", type=int, default=4)
-    ap.add_argument("--vae-lr", type=float, default=2e-3)
-    ap.add_argument("--vae-jitter", type=float, default=0.05)
-    ap.add_argument("--i2v-clips", type=int, default=2000)
-    ap.add_argument("--dit-steps", type=int, default=4000)
-    ap.add_argument("--dit-batch", type=int, default=32)
+    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--vae-batch", type=int, default=2)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-obj-weight", type=float, default=8.0)
+    ap.add_argument("--vae-more", type=int, default=0, help="steps of the vae_more stage")
+    ap.add_argument("--vae-jitter", type=float, default=0.02)
+    ap.add_argument("--i2v-clips", type=int, default=600)
+    ap.add_argument("--dit-steps", type=int, default=1500)
+    ap.add_argument("--dit-stop", type=int, default=0, help="stop after this many of --dit-steps (the LR schedule stays that of --dit-steps)")
+    ap.add_argument("--dit-batch", type=int, default=16)
     ap.add_argument("--dit-lr", type=float, default=1e-3)
-    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--ema", type=float, default=0.99)
     args = ap.parse_args()
     if args.fresh and os.path.exists(args.work):
         shutil.rmtree(args.work)

@@ -205,15 +205,15 @@ fn demo_text_to_video_draws_the_caption() {
 #[test]
 fn demo_plans_equal_the_single_device_and_draw_the_caption() {
     let tmp = tempfile::tempdir().unwrap();
-    // Tiles of 32 px (2×2 latents) with a 16 px overlap: two tiles per row and column at 64×64.
-    let tiling = ["--tiling", "32,32,16,16"];
+    // Tiles of 48 px (3×3 latents) every 32 px (a 16 px blend): two tiles per row and column at 64×64.
+    let tiling = ["--tiling", "48,48,32,32"];
     let plans: [&[&str]; 6] = [
         &["--ulysses", "2"],
         &["--cfg-parallel", "2"],
         &["--cfg-parallel", "2", "--fsdp", "2"],
         &["--ulysses", "2", "--cfg-parallel", "2"],
         &["--ulysses", "2", "--vae-parallel", "2", "--vae-mode", "halo"],
-        &["--ulysses", "2", "--vae-parallel", "2", "--vae-mode", "tiles", "--tiling", "32,32,16,16"],
+        &["--ulysses", "2", "--vae-parallel", "2", "--vae-mode", "tiles", "--tiling", "48,48,32,32"],
     ];
     let mut failed = Vec::new();
     for (k, &parts) in [PROMPTS[0], PROMPTS[3]].iter().enumerate() {

@@ -37,6 +37,11 @@ pub struct DemoInfo {
     pub vocabulary: Vec<Slot>,
     /// A prompt that works (the studio's default prompt for the demo).
     pub example: String,
+    /// The prompt embeddings' length (diffusers' `max_sequence_length`); `None`: Wan's 512. The demo
+    /// was trained with 16: its ~9 prompt tokens would otherwise be few among ~500 padding rows in
+    /// every cross-attention.
+    #[serde(default)]
+    pub max_sequence_length: Option<usize>,
 }
 
 impl DemoInfo {
@@ -84,7 +89,7 @@ impl DemoInfo {
         let mut out = vec![self.template.clone()];
         for s in &self.vocabulary {
             let key = format!("{{{}}}", s.slot);
-            out = out.iter().flat_map(|p| s.words.iter().map(move |w| p.replace(&key, w))).collect();
+            out = out.iter().flat_map(|p| s.words.iter().map(|w| p.replace(&key, w))).collect();
         }
         out
     }
