@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
-    DemoInfo, DeviceKind, GenerateParams, GenerationRequest, LoraSpec, ModelFiles, Output, ParallelPlan, Prompt, Residency,
-    SchedulerKind, TextEncoderPlacement, TilingSpec, VaeMode,
+    DemoInfo, DeviceKind, GenerateParams, GenerationRequest, LoraSpec, ModelFiles, Output, ParallelPlan, Prompt,
+    Residency, SchedulerKind, TextEncoderPlacement, TilingSpec, VaeMode,
 };
 
 /// How the generation is spread over the workers.

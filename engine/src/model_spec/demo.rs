@@ -61,7 +61,10 @@ impl DemoInfo {
         let invalid = |msg: String| ModelSpecError::Invalid { component: DEMO_FILE, path: PathBuf::from(file), msg };
         for s in &self.vocabulary {
             if !self.template.contains(&format!("{{{}}}", s.slot)) {
-                return Err(invalid(format!("vocabulary slot «{}» is not in the template «{}»", s.slot, self.template)));
+                return Err(invalid(format!(
+                    "vocabulary slot «{}» is not in the template «{}»",
+                    s.slot, self.template
+                )));
             }
             if s.words.is_empty() {
                 return Err(invalid(format!("vocabulary slot «{}» has no words", s.slot)));
@@ -80,7 +83,8 @@ impl DemoInfo {
 
     /// One line for the UI: the template and each slot's words.
     pub fn vocabulary_line(&self) -> String {
-        let slots: Vec<String> = self.vocabulary.iter().map(|s| format!("{}: {}", s.slot, s.words.join(", "))).collect();
+        let slots: Vec<String> =
+            self.vocabulary.iter().map(|s| format!("{}: {}", s.slot, s.words.join(", "))).collect();
         format!("Prompts: \"{}\" — {}.", self.template, slots.join("; "))
     }
 
