@@ -33,14 +33,14 @@ printed at the end of each stage.
 usage: OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py [--work /work/demo-train]
        [--out assets/demo] [--stages text,vae,latents,dit,export,eval] [--fresh]
 
-The shipped assets/demo was made by these three commands (the VAE's first 800 steps learned the
+The shipped assets/demo was made by these four commands (the VAE's first 800 steps learned the
 background and the motion but not yet the colours; `vae_more` continues from vae.pt with a fresh
-optimizer and cosine, here with the object weighted 24×; the second one's DiT was too short and
-was redone by the third):
+optimizer and cosine, here with the object weighted 24×; the DiT then trained on the latents of
+the 1700-step VAE with 16-token prompts):
   OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages text,vae
   OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages vae_more --vae-more 500 --vae-obj-weight 24
-  OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages vae_more,latents,dit,export,eval \
-      --vae-more 400 --vae-obj-weight 24 --dit-steps 3000
+  OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages vae_more,latents --vae-more 400 --vae-obj-weight 24
+  OMP_NUM_THREADS=1 nice -n 10 python scripts/demo/train.py --stages text,dit,export,eval --dit-steps 4000
 """
 import argparse
 import json
