@@ -11,9 +11,16 @@ use egui_kittest::kittest::Queryable;
 use studio_support::{step_until, studio, studio_with_worker};
 use tessera_app::studio::state::{RunStatus, Settings, Tab};
 
-/// Small enough for a loaded 2-core CI machine, big enough for two halo slabs of 2 latent rows.
+/// The demo's own defaults (its demo.json: 64×64, 9 frames, 10 steps, CFG 3 with its prompt): two
+/// halo slabs of 2 latent rows, 3 latent chunks.
 fn demo_settings() -> Settings {
-    Settings { width: 128, height: 64, frames: 5, steps: 2, ..Settings::default() }
+    Settings::default()
+}
+
+/// Pixels whose RGB differs by more than 60 (of 255) between two RGB8 frames.
+fn changed_pixels(a: &[u8], b: &[u8]) -> usize {
+    let d = |x: &[u8], y: &[u8]| (0..3).map(|i| (x[i] as f32 - y[i] as f32).powi(2)).sum::<f32>().sqrt();
+    a.chunks(3).zip(b.chunks(3)).filter(|(x, y)| d(x, y) > 60.0).count()
 }
 
 #[test]
@@ -36,25 +43,33 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
         assert!(!app.live.ranks[rank].phases.is_empty(), "rank {rank} reported no phases");
     }
     // The whole pipeline ran: every denoising step reported, then the phases.
-    assert_eq!((app.live.progress.total, app.live.progress.step), (2, 2), "{:?}", app.live.progress);
+    let steps = app.settings.steps;
+    assert_eq!((app.live.progress.total, app.live.progress.step), (steps, steps), "{:?}", app.live.progress);
     let phases: Vec<&str> = app.live.ranks[0].phases.iter().map(|p| p.name.as_str()).collect();
     assert!(phases.contains(&"denoise") && phases.contains(&"decode"), "{phases:?}");
-    // Halo mode: one slab per rank per latent chunk (2 chunks for 5 frames).
+    // Halo mode: one slab per rank per latent chunk (3 chunks for 9 frames).
     let pieces = &app.live.pieces;
     assert_eq!(
         pieces.len(),
-        4,
+        6,
         "pieces: {:?}",
         pieces.iter().map(|p| (p.rank, p.piece.latent_chunk)).collect::<Vec<_>>()
     );
     let video = app.video.as_ref().expect("a decoded video");
-    assert_eq!((video.frames.rgb.len(), video.frames.width, video.frames.height), (5, 128, 64));
-    // A denoise preview after every step; the Live view shows the latest (8×4: the demo's
-    // 16×-spatial latent grid of 128×64).
-    assert_eq!(app.live.denoise_previews, 2);
+    assert_eq!((video.frames.rgb.len(), video.frames.width, video.frames.height), (9, 64, 64));
+    // The trained demo draws its prompt ("a red ball moving right on black"): the first and last
+    // frames differ where the ball left and where it arrived (two discs of ~150 px each), and the
+    // left half changes as much as the right (it is not noise that differs everywhere).
+    let (first, last) = (&video.frames.rgb[0], &video.frames.rgb[8]);
+    let changed = changed_pixels(first, last);
+    println!("first vs last frame: {changed} of {} pixels changed", 64 * 64);
+    assert!((150..1200).contains(&changed), "{changed} pixels changed between the first and last frame");
+    // A denoise preview after every step; the Live view shows the latest (4×4: the demo's
+    // 16×-spatial latent grid of 64×64).
+    assert_eq!(app.live.denoise_previews, steps);
     let preview = app.live.denoise_preview.as_ref().expect("a denoise preview");
-    assert_eq!((preview.step, preview.total, preview.preview.width, preview.preview.height), (2, 2, 8, 4));
-    h.get_by_label("Denoise preview after step 2/2 (latent to RGB, 8×4)");
+    assert_eq!((preview.step, preview.total, preview.preview.width, preview.preview.height), (steps, steps, 4, 4));
+    h.get_by_label(&format!("Denoise preview after step {steps}/{steps} (latent to RGB, 4×4)"));
 
     // The mosaic shows the latest chunk; go back to chunk 0 and inspect the first piece.
     let first_rank = pieces[0].rank;
@@ -71,7 +86,7 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     // Result: save an MP4.
     h.get_by_label("Result").click();
     h.run_steps(2);
-    h.get_by_label("5 frames, 128×64, 24 fps");
+    h.get_by_label("9 frames, 64×64, 24 fps");
     h.get_by_label("Save MP4").click();
     step_until(h, "the MP4 to be saved", Duration::from_secs(60), |app| {
         app.messages.items.iter().any(|m| m.text.starts_with("Saved") || m.text.starts_with("Save failed"))
@@ -80,18 +95,18 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     assert!(mp4.is_file() && std::fs::metadata(&mp4).unwrap().len() > 0, "{:?}", h.state().messages.items);
     // The saved MP4 carries the run's settings, which restore the form.
     let stored = tessera_engine::api::Settings::read(&mp4).expect("settings in the saved MP4");
-    assert_eq!((stored.params.width, stored.params.height, stored.params.steps), (128, 64, 2));
+    assert_eq!((stored.params.width, stored.params.height, stored.params.steps), (64, 64, steps));
     let mut restored = Settings { steps: 30, width: 512, use_demo: false, ..Settings::default() };
-    let demo = tessera_app::studio::demo::folder(s.data_dir.path());
+    let demo = tessera_app::studio::demo::folder().unwrap();
     tessera_app::studio::load_settings::apply(&stored, &mut restored, Some(&demo));
     assert!(restored.use_demo, "a demo run restores the demo model");
-    assert_eq!((restored.width, restored.height, restored.steps), (128, 64, 2));
+    assert_eq!((restored.width, restored.height, restored.steps), (64, 64, steps));
 
     // Compare: the run is recorded and persisted.
     h.get_by_label("Compare").click();
     h.run_steps(2);
     assert_eq!(h.state().view.tab, Tab::Compare);
-    h.get_by_label_contains("#1 demo 128×64×5, 2 ranks (halo)");
+    h.get_by_label_contains("#1 demo 64×64×9, 2 ranks (halo)");
     let saved = std::fs::read_to_string(s.data_dir.path().join("runs.json")).unwrap();
     assert!(saved.contains("\"wall_seconds\""), "{saved}");
 
@@ -99,12 +114,12 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     h.get_by_label("Generate").click();
 
     step_until(h, "the second run", Duration::from_secs(300), |app| app.runs.runs.len() == 2);
-    for title in ["#1 demo 128×64×5, 2 ranks (halo)", "#2 demo 128×64×5, 2 ranks (halo)"] {
+    for title in ["#1 demo 64×64×9, 2 ranks (halo)", "#2 demo 64×64×9, 2 ranks (halo)"] {
         h.get_by_role_and_label(Role::CheckBox, title).click();
         h.run_steps(2);
     }
     assert_eq!(h.state().view.compare_selected, [1, 2]);
-    h.get_by_label("#1 demo 128×64×5, 2 ranks (halo)  ->  #2 demo 128×64×5, 2 ranks (halo)");
+    h.get_by_label("#1 demo 64×64×9, 2 ranks (halo)  ->  #2 demo 64×64×9, 2 ranks (halo)");
     h.get_by_label_contains("denoise: ");
 }
 

@@ -58,15 +58,11 @@ const MODEL_FOLDER: &str = "../tests/fixtures/golden/a14b_t2v";
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-/// The demo, small for a 2-core CI machine: 256×128 (16×8 latents), 5 frames, 3 steps, decoded in
-/// 64-pixel tiles with a 48-pixel stride over both ranks (many tiles, both rank colours).
+/// The demo at its own defaults (demo.json: 64×64, 9 frames, its example prompt), decoded in
+/// 48-pixel tiles with a 32-pixel stride over both ranks (4 tiles per latent chunk, both rank colours).
 fn tiles_settings() -> Settings {
-    let tiling = TilingSpec { tile_height: 64, tile_width: 64, stride_height: 48, stride_width: 48 };
+    let tiling = TilingSpec { tile_height: 48, tile_width: 48, stride_height: 32, stride_width: 32 };
     Settings {
-        width: 256,
-        height: 128,
-        frames: 5,
-        steps: 3,
         plan: ParallelPlan {
             ranks: 2,
             ulysses: 2,

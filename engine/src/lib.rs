@@ -9,7 +9,7 @@
 //! - [`scheduler`]: UniPC (flow) and FlowMatchEuler samplers from `scheduler_config.json`.
 //! - [`text`]: prompt cleaning, tokenizer, UMT5 prompt embeddings and their on-disk cache.
 //! - [`pipeline`]: text/image-to-video on one device (denoise loop, CFG, expert switch, decode).
-//! - [`pipeline_folder`]: writing a whole pipeline folder with random weights (make-model, demo).
+//! - [`pipeline_folder`]: writing a whole pipeline folder with random weights (make-model, benchmarks).
 //! - [`random_weights`]: seeded random checkpoints of the real architectures (`make-model`).
 //! - [`media`]: saving video as MP4 (OpenH264 + muxide), PNG frames or safetensors.
 //! - [`tensor_io`]: reading/writing named tensors for the CLI (atomic writes).

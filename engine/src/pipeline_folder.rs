@@ -1,5 +1,5 @@
 //! A diffusers pipeline folder with the real architecture's configs and seeded random weights:
-//! what `tessera make-model` writes, the studio's built-in demo and the benchmarks use.
+//! what `tessera make-model` writes and the benchmarks use.
 //!
 //! - Wan ([`PipelineSpec`]): what the diffusers converter (`scripts/convert_wan_to_diffusers.py`)
 //!   produces for that model, minus the text encoder: `model_index.json`, `transformer/`

@@ -1,6 +1,8 @@
 //! The flags of one generation, declared once: `tessera generate` runs them and `tessera plan`
 //! predicts them, so any complete `generate` command line is also a `plan` command line. A preset
-//! (`--preset`) gives the plan and default sizes; explicit flags override it field by field.
+//! (`--preset`) gives the plan and default sizes; explicit flags override it field by field. A
+//! model folder with a `demo.json` (the built-in demo, `assets/demo`) gives the defaults of what
+//! neither the flags nor a preset set.
 
 use std::path::PathBuf;
 
@@ -8,8 +10,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tessera_engine::api::planning::{load_preset, Applied, Explicit, Preset};
 use tessera_engine::api::{
-    DeviceKind, GenerateParams, GenerationRequest, LoraSpec, ModelFiles, Output, ParallelPlan, Prompt, Residency,
-    SchedulerKind, TextEncoderPlacement, TilingSpec, VaeMode,
+    DemoInfo, DeviceKind, GenerateParams, GenerationRequest, LoraSpec, ModelFiles, Output, ParallelPlan, Prompt,
+    Residency, SchedulerKind, TextEncoderPlacement, TilingSpec, VaeMode,
 };
 
 /// How the generation is spread over the workers.
@@ -217,16 +219,20 @@ impl GenerationArgs {
     /// The request the flags describe (`generate` additionally needs --out and a prompt).
     pub fn request(&self) -> Result<GenerationRequest> {
         let applied = self.applied()?;
+        let demo = DemoInfo::read(&self.model())?;
         let need =
             |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is required (or a --preset with it)"));
         let params = GenerateParams {
-            height: need(applied.height, "--height")?,
-            width: need(applied.width, "--width")?,
-            frames: need(applied.frames, "--frames")?,
-            steps: need(applied.steps, "--steps")?,
-            guidance: applied.guidance.context("--guidance is required (or a --preset with it)")?,
+            height: need(applied.height.or(demo.as_ref().map(|d| d.height)), "--height")?,
+            width: need(applied.width.or(demo.as_ref().map(|d| d.width)), "--width")?,
+            frames: need(applied.frames.or(demo.as_ref().map(|d| d.frames)), "--frames")?,
+            steps: need(applied.steps.or(demo.as_ref().map(|d| d.steps)), "--steps")?,
+            guidance: applied
+                .guidance
+                .or(demo.as_ref().map(|d| d.guidance))
+                .context("--guidance is required (or a --preset with it)")?,
             guidance_2: self.guidance_2,
-            shift: self.shift,
+            shift: self.shift.or(demo.as_ref().and_then(|d| d.shift)),
             seed: self.seed,
             scheduler: applied.scheduler,
             sigmas: applied.sigmas.clone(),

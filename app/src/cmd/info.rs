@@ -84,7 +84,7 @@ fn describe(p: &Prompt) -> String {
     match p {
         Prompt::Text(t) => format!("{t:?}"),
         Prompt::Embeds(path) => format!("embeddings {}", path.display()),
-        Prompt::StandIn(t) => format!("{t:?} (stand-in embeddings of the demo model)"),
+        Prompt::StandIn(t) => format!("{t:?} (stand-in embeddings of the former random-weights demo)"),
     }
 }
 

@@ -115,7 +115,6 @@ impl StudioApp {
         })
     }
 
-    /// The folder the current settings use (the demo's lives in the data dir).
     /// The component files and LoRAs of the settings (none for the demo).
     pub fn model_files(&self) -> ModelFiles {
         if self.settings.use_demo {
@@ -125,9 +124,10 @@ impl StudioApp {
         }
     }
 
+    /// The folder the current settings use (the demo's is the repository's `assets/demo`).
     pub fn model_path(&self) -> PathBuf {
         if self.settings.use_demo {
-            self.data_dir.as_deref().map(super::demo::folder).unwrap_or_default()
+            super::demo::folder().unwrap_or_default()
         } else {
             PathBuf::from(self.settings.model_dir.trim())
         }
@@ -252,7 +252,6 @@ impl StudioApp {
             }
             EngineEvent::Finished(report) => {
                 self.live.status = RunStatus::Finished { wall_seconds: report.wall_seconds };
-                self.refresh_demo_info();
                 if let Some(request) = self.current.take() {
                     self.record(request, *report);
                 }
@@ -260,7 +259,6 @@ impl StudioApp {
             EngineEvent::Failed(text) => {
                 self.live.status = RunStatus::Failed(text.clone());
                 self.current = None;
-                self.refresh_demo_info();
                 self.messages.error(text);
             }
             EngineEvent::WorkersLost(text) => self.messages.error(text),
@@ -282,14 +280,6 @@ impl StudioApp {
                     self.prediction = Some(prediction);
                 }
             }
-        }
-    }
-
-    /// The demo folder is written by the first run: read it again if it was missing before.
-    fn refresh_demo_info(&mut self) {
-        if self.settings.use_demo && !matches!(self.model.info, Some(Ok(_))) {
-            self.model.path = PathBuf::new();
-            self.predicted_for = None;
         }
     }
 
@@ -381,7 +371,7 @@ impl StudioApp {
                     }
                 }
                 Done::Settings(path, Ok(from)) => {
-                    let demo = self.data_dir.as_deref().map(super::demo::folder);
+                    let demo = super::demo::folder().ok();
                     let notes = super::load_settings::apply(&from, &mut self.settings, demo.as_deref());
                     self.messages.info(format!("Loaded the settings of {}", path.display()));
                     for note in notes {

@@ -1,21 +1,20 @@
-//! The built-in demo model: a tiny pipeline with the Wan2.2 TI2V architecture (2 transformer blocks
-//! of 4 heads, a 16-channel VAE) and seeded random weights, written once into the user's data dir
-//! so the studio can be tried without downloading anything. Its pictures are noise: the weights
-//! are random, only the architecture and the parallel machinery are real.
+//! The built-in demo model: `assets/demo/` in the repository, a tiny pipeline with the Wan2.2 TI2V
+//! architecture (VAE, transformer, UMT5 + tokenizer) trained by `scripts/demo/train.py` on
+//! generated clips of one object moving over a plain background, so the studio can be tried
+//! without downloading anything and draws what the prompt says within its vocabulary. Its
+//! `demo.json` (read by the engine, `ModelSpec::demo`) gives the default request and the words.
+//!
+//! The folder is found from the executable (`target/{debug,release}/tessera` and the test
+//! binaries under `target/*/deps` sit inside the repository), then from the repository the binary
+//! was built from; `$TESSERA_DEMO_DIR` names another copy.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use anyhow::{Context, Result};
-use serde_json::json;
+use tessera_engine::api::DemoInfo;
 
-use tessera_engine::api::random_models::{write_pipeline, PipelineSpec, StoreDtype, DIFFUSERS_SHARD_BYTES};
-
-/// Bump when the demo's configs or seed change: a new folder is written beside the old one.
-const DEMO_FOLDER: &str = "demo-model-v1";
-const DEMO_SEED: u64 = 2026;
-
-/// What the UI says wherever demo output is shown.
-pub const NOISE_NOTE: &str = "Demo model: random weights with the real Wan2.2 architecture and no text encoder (the prompt seeds stand-in embeddings) — its pictures are noise by design.";
+/// The demo's folder, relative to the repository root.
+pub const DEMO_DIR: &str = "assets/demo";
 
 /// `$TESSERA_DATA_DIR`, else `$XDG_DATA_HOME/tessera`, else `~/.local/share/tessera`.
 pub fn data_dir() -> Option<PathBuf> {
@@ -27,68 +26,58 @@ pub fn data_dir() -> Option<PathBuf> {
     Some(base.join("tessera"))
 }
 
-/// The demo's folder under `data_dir` (written or not).
-pub fn folder(data_dir: &Path) -> PathBuf {
-    data_dir.join(DEMO_FOLDER)
+/// Where the demo folder is looked for, in order.
+fn candidates() -> Vec<PathBuf> {
+    if let Some(dir) = std::env::var_os("TESSERA_DEMO_DIR").filter(|v| !v.is_empty()) {
+        return vec![PathBuf::from(dir)];
+    }
+    let mut out = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        out.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(DEMO_DIR)));
+    }
+    out.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEMO_DIR));
+    out
 }
 
-/// Whether the demo folder has been written under `data_dir`.
-pub fn is_written(data_dir: &Path) -> bool {
-    folder(data_dir).join("model_index.json").is_file()
+/// The demo folder, or one line saying where it was looked for and what to do (looked up once per
+/// process: the UI asks every frame).
+pub fn folder() -> Result<PathBuf, String> {
+    static FOLDER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOLDER.get_or_init(find).clone()
 }
 
-/// The demo pipeline's spec: the golden test pipeline's tiny sizes, TI2V layout and scheduler.
-pub fn spec() -> Result<PipelineSpec> {
-    let transformer = serde_json::from_value(json!({
-        "added_kv_proj_dim": null, "attention_head_dim": 12, "cross_attn_norm": true, "eps": 1e-06,
-        "ffn_dim": 64, "freq_dim": 32, "image_dim": null, "in_channels": 8, "num_attention_heads": 4,
-        "num_layers": 2, "out_channels": 8, "patch_size": [1, 2, 2], "pos_embed_seq_len": null,
-        "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024, "text_dim": 32
-    }))
-    .context("demo transformer config")?;
-    let vae = serde_json::from_value(json!({
-        "attn_scales": [], "base_dim": 16, "decoder_base_dim": 24, "dim_mult": [1, 2, 2, 2], "dropout": 0.0,
-        "in_channels": 12, "is_residual": true, "num_res_blocks": 1, "out_channels": 12, "patch_size": 2,
-        "scale_factor_spatial": 16, "scale_factor_temporal": 4, "temperal_downsample": [false, true, true],
-        "z_dim": 8,
-        "latents_mean": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-        "latents_std": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7]
-    }))
-    .context("demo VAE config")?;
-    Ok(PipelineSpec {
-        class_name: "WanPipeline",
-        expand_timesteps: true,
-        boundary_ratio: None,
-        transformer,
-        transformer_2: None,
-        vae,
-        flow_shift: 5.0,
+fn find() -> Result<PathBuf, String> {
+    let looked = candidates();
+    // Canonical, so a run's recorded model path compares equal to the demo's whichever way it was found.
+    let found = looked.iter().find(|d| d.join("model_index.json").is_file());
+    found.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())).ok_or_else(|| {
+        let list: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "the demo model is missing: no {DEMO_DIR}/model_index.json in {}; run tessera from a checkout of the repository (or set TESSERA_DEMO_DIR to the demo folder)",
+            list.join(", ")
+        )
     })
 }
 
-/// The demo folder under `data_dir`, written on first use. Written into a temporary folder and
-/// renamed, so an interrupted first start never leaves a half-written model behind.
-pub fn ensure(data_dir: &Path) -> Result<PathBuf> {
-    let root = folder(data_dir);
-    if is_written(data_dir) {
-        return Ok(root);
-    }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating the data folder {}", data_dir.display()))?;
-    let tmp = data_dir.join(format!("{DEMO_FOLDER}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("clearing {}", tmp.display()))?;
-    }
-    write_pipeline(&tmp, &spec()?, DEMO_SEED, StoreDtype::F32, DIFFUSERS_SHARD_BYTES)
-        .map(|_| ())
-        .with_context(|| format!("writing the demo model to {}", tmp.display()))?;
-    match std::fs::rename(&tmp, &root) {
-        Ok(()) => Ok(root),
-        // Another studio (or test) finished first: theirs is identical (same seed), use it.
-        Err(_) if root.join("model_index.json").is_file() => {
-            std::fs::remove_dir_all(&tmp).ok();
-            Ok(root)
-        }
-        Err(e) => Err(e).with_context(|| format!("moving the demo model to {}", root.display())),
+/// The demo's `demo.json`, read once per process (`None` when the folder or the file is missing
+/// or unreadable: the run then fails with [`folder`]'s or the engine's message).
+pub fn info() -> Option<&'static DemoInfo> {
+    static INFO: OnceLock<Option<DemoInfo>> = OnceLock::new();
+    INFO.get_or_init(|| folder().ok().and_then(|d| DemoInfo::read(&d).ok().flatten())).as_ref()
+}
+
+/// What the UI says wherever demo output is shown: what the demo can draw.
+pub fn note() -> String {
+    match (folder(), info()) {
+        (Ok(_), Some(info)) => format!(
+            "Demo model: a tiny Wan2.2-architecture model trained on generated clips; it draws one object moving over a plain background ({}×{}, {} frames). {}",
+            info.width,
+            info.height,
+            info.frames,
+            info.vocabulary_line()
+        ),
+        (Err(e), _) => format!("Demo model: {e}"),
+        (Ok(dir), None) => format!("Demo model: {} has no readable demo.json", dir.display()),
     }
 }
 
@@ -97,18 +86,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn demo_is_written_once_deterministically_and_inspectable() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        let root_a = ensure(a.path()).unwrap();
-        let root_b = ensure(b.path()).unwrap();
-        let bytes = |root: &Path| std::fs::read(root.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
-        assert_eq!(bytes(&root_a), bytes(&root_b), "same seed, same bytes");
-        let modified = std::fs::metadata(root_a.join("model_index.json")).unwrap().modified().unwrap();
-        assert_eq!(ensure(a.path()).unwrap(), root_a);
-        let again = std::fs::metadata(root_a.join("model_index.json")).unwrap().modified().unwrap();
-        assert_eq!(modified, again, "second use must not rewrite the model");
-        let spec = tessera_engine::api::ModelSpec::from_path(&root_a).unwrap();
-        assert_eq!((spec.size_multiple(), spec.num_heads(), spec.vae.z_dim), (32, 4, 8));
+    fn the_shipped_demo_is_found_and_inspectable() {
+        let root = folder().unwrap();
+        let spec = tessera_engine::api::ModelSpec::from_path(&root).unwrap();
+        let demo = spec.demo.as_ref().expect("assets/demo has a demo.json");
+        assert_eq!(Some(demo), info());
+        assert!(spec.can_encode_text(), "the demo's prompts go through its tokenizer and UMT5");
+        assert_eq!((demo.height % spec.size_multiple(), demo.width % spec.size_multiple()), (0, 0));
+        let note = note();
+        for word in ["red", "green", "blue", "yellow", "white", "ball", "square", "left", "right", "up", "down"] {
+            assert!(note.contains(word), "{note}");
+        }
+        assert!(demo.prompts().contains(&demo.example), "the example is one of the template's prompts");
     }
 }

@@ -62,21 +62,24 @@ impl Settings {
 }
 
 impl Default for Settings {
+    /// The demo's request (its `demo.json`: size, frames, steps, guidance, an example prompt); the
+    /// fallbacks only matter when the demo folder is missing, and then the run says so.
     fn default() -> Self {
+        let demo = crate::studio::demo::info();
         Self {
             use_demo: true,
             model_dir: String::new(),
             files: ModelFiles::default(),
-            prompt: "a red fox running through fresh snow, cinematic".into(),
+            prompt: demo.map_or("a red ball moving right on black", |d| d.example.as_str()).into(),
             negative_prompt: String::new(),
             image: String::new(),
-            width: 256,
-            height: 192,
-            frames: 9,
-            steps: 4,
-            guidance: 5.0,
-            guidance_2: 5.0,
-            shift: None,
+            width: demo.map_or(64, |d| d.width),
+            height: demo.map_or(64, |d| d.height),
+            frames: demo.map_or(9, |d| d.frames),
+            steps: demo.map_or(10, |d| d.steps),
+            guidance: demo.map_or(3.0, |d| d.guidance),
+            guidance_2: demo.map_or(3.0, |d| d.guidance),
+            shift: demo.and_then(|d| d.shift),
             seed: 0,
             scheduler: None,
             sigmas: None,

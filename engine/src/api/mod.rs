@@ -18,7 +18,7 @@
 //! - [`planning`]: predictions, fit checks, plan search and presets (`tessera plan`, the studio).
 //! - [`devices`]: the doctor's device report.
 //! - [`text`]: prompt encoding in this process (`tessera encode-prompt`).
-//! - [`random_models`]: model folders with seeded random weights (demo model, `make-model`).
+//! - [`random_models`]: model folders with seeded random weights (`make-model`, benchmarks).
 //! - [`tools`]: one job on a world of workers, the VAE and transformer in process, tensor files —
 //!   for the tool commands only (`vae`, `bench`).
 //!
@@ -48,7 +48,7 @@ pub mod video;
 pub use crate::fields::{render, Audience, Field};
 pub use crate::media::{write_png, Frames, OutputKind};
 pub use crate::model_spec::{
-    Family, Layout, LoraSpec, LoraTarget, ModelFiles, ModelSpec, ModelSpecError, TextModel, Variant,
+    DemoInfo, Family, Layout, LoraSpec, LoraTarget, ModelFiles, ModelSpec, ModelSpecError, TextModel, Variant,
 };
 pub use crate::models::wan::checkpoint_keys::KeyDialect;
 pub use crate::parallel::plan::{

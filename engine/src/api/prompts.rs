@@ -72,7 +72,7 @@ impl PromptMemory {
         if model.hv15.is_some() {
             return self.resolve_hv15(req, model, negative.as_ref(), on_event);
         }
-        let max_len = DEFAULT_MAX_SEQUENCE_LENGTH;
+        let max_len = model.demo.as_ref().and_then(|d| d.max_sequence_length).unwrap_or(DEFAULT_MAX_SEQUENCE_LENGTH);
         // `validate` refused prompt text for a model without an encoder; the stand-in text model
         // below is never used then (every prompt is a file or a stand-in).
         let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));

@@ -1,5 +1,5 @@
-//! Model folders with seeded random weights of the real architectures: the studio's demo model,
-//! `tessera make-model` and the benchmarks' checkpoints. Named re-exports of
+//! Model folders with seeded random weights of the real architectures: `tessera make-model` and
+//! the benchmarks' checkpoints (the studio's demo is a trained folder, `assets/demo`). Named re-exports of
 //! [`crate::pipeline_folder`] and [`crate::random_weights`].
 
 pub use crate::pipeline_folder::{

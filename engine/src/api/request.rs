@@ -20,8 +20,9 @@ pub enum Prompt {
     /// A safetensors file holding `prompt_embeds` (or `negative_prompt_embeds` for a negative)
     /// `(1, L, text_dim)`.
     Embeds(PathBuf),
-    /// Seeded stand-in embeddings derived from the text, for models without a text encoder (the
-    /// built-in demo): the same text gives the same embeddings.
+    /// Seeded stand-in embeddings derived from the text, for models without a text encoder (what
+    /// the former random-weights demo ran; settings files of its runs still name it): the same
+    /// text gives the same embeddings.
     StandIn(String),
 }
 

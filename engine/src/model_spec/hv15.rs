@@ -156,5 +156,6 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
         scheduler_config,
         assumed: Vec::new(),
         hv15: Some(Hv15Configs { transformer: transformer_cfg, vae: vae_cfg, guidance_scale }),
+        demo: None,
     })
 }

@@ -9,6 +9,7 @@
 //!   the published pipeline settings shapes cannot tell.
 //! - [`text`]: the UMT5 encoder and tokenizer ([`TextModel`]): a folder or a single file.
 //! - [`weights_info`]: stored bytes and dtype of a component, from safetensors headers only.
+//! - [`demo`]: `demo.json`, the defaults and vocabulary of a narrow model (the built-in demo).
 //!
 //! A model is a diffusers pipeline folder, a folder of single files (ComfyUI's), or component files
 //! alone ([`ModelSpec::open`]); with a folder, each file flag replaces that component and the
@@ -19,6 +20,7 @@
 //! downstream reads folders itself. New families (HunyuanVideo 1.5) add a [`Family`] variant and a
 //! detection branch here.
 
+pub mod demo;
 pub mod files;
 pub mod hv15;
 pub mod index;
@@ -28,6 +30,7 @@ pub mod weights_info;
 
 use std::path::{Path, PathBuf};
 
+pub use demo::DemoInfo;
 pub use files::{LoraSpec, LoraTarget, ModelFiles};
 pub use hv15::Hv15Configs;
 pub use index::ModelIndex;
@@ -235,6 +238,9 @@ pub struct ModelSpec {
     /// HunyuanVideo 1.5: the configs its model code loads with (`transformer`/`vae` above then hold
     /// only the family-generic facts, see [`hv15`]); `None` for Wan.
     pub hv15: Option<Hv15Configs>,
+    /// `demo.json` of a model trained for a narrow vocabulary (the built-in demo): its default
+    /// request and the words its prompts may use ([`demo`]).
+    pub demo: Option<DemoInfo>,
 }
 
 /// Configs a folder (the `--model` diffusers folder, or `--config`) provides.
@@ -492,6 +498,7 @@ impl ModelSpec {
             scheduler_config,
             assumed,
             hv15: None,
+            demo: if pipeline { DemoInfo::read(path)? } else { None },
         };
         spec.validate()?;
         spec.check_loras()?;

@@ -10,16 +10,10 @@ use super::messages::{ModelChoice, RunRequest, Video};
 
 /// The planner's per-rank peaks per phase for `request`; `Err` when the model or the request
 /// cannot be read or the plan does not validate.
-pub fn predict(request: &RunRequest, data_dir: Option<&Path>) -> Result<Vec<RankPrediction>, String> {
+pub fn predict(request: &RunRequest) -> Result<Vec<RankPrediction>, String> {
     use tessera_engine::api::planning::{predict, Options, Request, Target};
     let root = match &request.model {
-        ModelChoice::Demo => {
-            let dir = data_dir.ok_or("no data folder")?;
-            if !crate::studio::demo::is_written(dir) {
-                return Err("the demo model is written by the first Generate".into());
-            }
-            crate::studio::demo::folder(dir)
-        }
+        ModelChoice::Demo => crate::studio::demo::folder()?,
         ModelChoice::Folder(p) => p.clone(),
     };
     let spec = ModelSpec::open(&root, &request.files).map_err(|e| e.to_string())?;

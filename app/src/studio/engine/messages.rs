@@ -61,10 +61,10 @@ impl RunRequest {
         self.model == ModelChoice::Demo
     }
 
-    /// The engine request for the model at `root` (inspected as `spec`): the demo's prompts become
-    /// stand-in embeddings; the image goes along when the model takes one.
+    /// The engine request for the model at `root` (inspected as `spec`): prompts are text for the
+    /// model's tokenizer and UMT5 (the demo's too); the image goes along when the model takes one.
     pub fn to_generation(&self, root: &Path, spec: &ModelSpec) -> GenerationRequest {
-        let prompt = |text: &str| if self.is_demo() { Prompt::StandIn(text.into()) } else { Prompt::Text(text.into()) };
+        let prompt = |text: &str| Prompt::Text(text.into());
         let mut params = self.params.clone();
         // The low-noise expert's scale exists only for two-expert (A14B) models.
         params.guidance_2 = params.guidance_2.filter(|_| spec.two_experts());

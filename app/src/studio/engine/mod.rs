@@ -60,13 +60,12 @@ impl EngineHandle {
         let session =
             Session::new(SessionOptions { worker_exe: options.worker_exe.clone(), ..SessionOptions::default() });
         let cancel = session.cancel_handle();
-        let helper_options = options.clone();
         let run = std::thread::Builder::new()
             .name("tessera-engine-run".into())
-            .spawn(move || run_loop(options, session, run_rx, run_out))?;
+            .spawn(move || run_loop(session, run_rx, run_out))?;
         let helper = std::thread::Builder::new()
             .name("tessera-engine-helper".into())
-            .spawn(move || helper_loop(helper_options, helper_rx, helper_out))?;
+            .spawn(move || helper_loop(options, helper_rx, helper_out))?;
         Ok(Self { run_commands, helper_commands, events, cancel, threads: vec![run, helper] })
     }
 
@@ -100,11 +99,10 @@ impl Drop for EngineHandle {
     }
 }
 
-fn run_loop(options: EngineOptions, mut session: Session, commands: Receiver<Command>, out: Emitter) {
-    let data_dir = options.data_dir.clone().or_else(crate::studio::demo::data_dir);
+fn run_loop(mut session: Session, commands: Receiver<Command>, out: Emitter) {
     loop {
         match commands.recv_timeout(IDLE_CHECK) {
-            Ok(Command::Run(request)) => run::run(&mut session, &request, data_dir.as_deref(), &out),
+            Ok(Command::Run(request)) => run::run(&mut session, &request, &out),
             Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
@@ -150,7 +148,7 @@ fn helper_loop(options: EngineOptions, commands: Receiver<Command>, out: Emitter
                 out.emit(EngineEvent::Presets(presets, errors));
             }
             Command::Predict(request) => {
-                let prediction = helper::predict(&request, data_dir.as_deref());
+                let prediction = helper::predict(&request);
                 out.emit(EngineEvent::Prediction(request, prediction));
             }
             Command::Shutdown => break,

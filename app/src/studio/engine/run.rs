@@ -1,8 +1,7 @@
-//! One run on the run thread: the demo model written if needed, the request checked and handed to
+//! One run on the run thread: the model found (the demo's shipped folder, or the user's), the request checked and handed to
 //! the engine's [`Session`] (which owns the workers and resolves the prompts), its events forwarded
 //! to the UI, the video converted for display.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tessera_engine::api::RunReport;
@@ -12,34 +11,17 @@ use super::emitter::Emitter;
 use super::messages::{EngineEvent, ModelChoice, RunRequest, Video};
 
 /// Runs `request`; every outcome (the video, a failure, a cancel) is reported through `out`.
-pub(crate) fn run(session: &mut Session, request: &RunRequest, data_dir: Option<&Path>, out: &Emitter) {
-    match run_inner(session, request, data_dir, out) {
+pub(crate) fn run(session: &mut Session, request: &RunRequest, out: &Emitter) {
+    match run_inner(session, request, out) {
         Ok(()) => {}
         Err(SessionError::Cancelled) => out.emit(EngineEvent::Cancelled),
         Err(e) => out.emit(EngineEvent::Failed(e.to_string())),
     }
 }
 
-fn run_inner(
-    session: &mut Session,
-    request: &RunRequest,
-    data_dir: Option<&Path>,
-    out: &Emitter,
-) -> Result<(), SessionError> {
-    let data_dir = data_dir.ok_or_else(|| {
-        SessionError::Input(
-            "no data folder: set $TESSERA_DATA_DIR or $HOME (the studio keeps the demo model and run files there)"
-                .into(),
-        )
-    })?;
+fn run_inner(session: &mut Session, request: &RunRequest, out: &Emitter) -> Result<(), SessionError> {
     let root = match &request.model {
-        ModelChoice::Demo => {
-            if !crate::studio::demo::is_written(data_dir) {
-                out.emit(EngineEvent::Preparing("writing the demo model (first start only)".into()));
-            }
-            crate::studio::demo::ensure(data_dir)
-                .map_err(|e| SessionError::Input(format!("cannot create the demo model: {e:#}")))?
-        }
+        ModelChoice::Demo => crate::studio::demo::folder().map_err(SessionError::Input)?,
         ModelChoice::Folder(p) => p.clone(),
     };
     let spec = ModelSpec::open(&root, &request.files)?;

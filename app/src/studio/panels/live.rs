@@ -12,7 +12,7 @@ use crate::studio::{demo, theme};
 pub fn live_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     status_ui(ui, &app.live);
     if app.settings.use_demo {
-        ui.colored_label(theme::NOTE, demo::NOISE_NOTE);
+        ui.colored_label(theme::NOTE, demo::note());
     }
     let predicted: Vec<(usize, u64)> = match &app.prediction {
         Some(Ok(p)) => p.iter().map(|r| (r.rank, r.peak_bytes)).collect(),

@@ -26,7 +26,7 @@ pub fn result_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         return;
     };
     if app.settings.use_demo {
-        ui.colored_label(theme::NOTE, demo::NOISE_NOTE);
+        ui.colored_label(theme::NOTE, demo::note());
     }
     let n = video.frames.rgb.len();
     ui.label(format!("{n} frames, {}×{}, {} fps", video.frames.width, video.frames.height, video.fps));

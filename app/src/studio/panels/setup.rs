@@ -81,7 +81,7 @@ pub fn setup_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
 fn model_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     ui.checkbox(&mut app.settings.use_demo, "Demo model (2 CPU virtual devices)");
     if app.settings.use_demo {
-        ui.colored_label(theme::NOTE, demo::NOISE_NOTE);
+        ui.colored_label(theme::NOTE, demo::note());
     } else {
         ui.horizontal(|ui| {
             let label = ui.label("Model folder");
