@@ -74,6 +74,10 @@ pub struct Options {
     /// The transformer stays loaded through the decode (and for the session's next run), as the
     /// job does with `keep_weights`; `false`: it is freed before the decode.
     pub keep_weights: bool,
+    /// FSDP gathers the next block while the current one runs (the workers' default; off with
+    /// `TESSERA_FSDP_PREFETCH=0`): a second gathered block, and the gather's transient beside the
+    /// block's activations instead of after them.
+    pub fsdp_prefetch: bool,
 }
 
 impl Options {
@@ -85,6 +89,7 @@ impl Options {
             attention: ChunkedAttention::default(),
             prompt_tokens: dit::TEXT_TOKENS,
             keep_weights: true,
+            fsdp_prefetch: crate::pipeline::sharded::fsdp_prefetch_enabled(),
         }
     }
 
@@ -366,15 +371,25 @@ pub fn predict(
         term("text context", dit::context_bytes(dcfg, e)),
         term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
         term("block input (tokens)", (ls * dcfg.inner_dim()) as u64 * e),
-        // The stem/head temporaries, a block's and the FSDP gather buffers never coexist: the
-        // largest counts.
+        // The stem/head temporaries and a block's never coexist: the larger counts. The FSDP
+        // gather's buffers come after the block without prefetch, beside it with.
         term(
             "block activations (FFN, attention tiles)",
-            dit::block_peak(dcfg, &run, ls, runs)
-                .max(dit::stem_head_bytes(dcfg, ls, e))
-                .max(dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)),
+            dit::block_peak(dcfg, &run, ls, runs).max(dit::stem_head_bytes(dcfg, ls, e)).max(if opts.fsdp_prefetch {
+                0
+            } else {
+                dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)
+            }),
+        ),
+        term(
+            "fsdp gather transient (prefetch, beside the block)",
+            if opts.fsdp_prefetch { dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp) } else { 0 },
         ),
         term("fsdp gathered block", dit::fsdp_gather_bytes(dcfg, e, plan.fsdp)),
+        term(
+            "fsdp prefetched block (the next, gathered during this one)",
+            if opts.fsdp_prefetch { dit::fsdp_gather_bytes(dcfg, e, plan.fsdp) } else { 0 },
+        ),
     ];
 
     // The decode working set of a rank of the VAE group (`0..vae_parallel`).

@@ -314,6 +314,12 @@ pub struct GenerateStats {
     pub step_experts: Vec<u8>,
     /// Bytes of expert weights this rank read at the boundary step (phased residency), else 0.
     pub switched_bytes: u64,
+    /// FSDP: whether the next block was gathered during the current one (a second communicator),
+    /// and the seconds the denoise was blocked on gathers (the experts loaded at the end). With
+    /// prefetch the gathers are not in `step_comm_seconds` (they run beside the compute); the
+    /// blocked time is here.
+    pub fsdp_prefetch: bool,
+    pub fsdp_wait_seconds: f64,
 }
 
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).

@@ -32,6 +32,10 @@ pub use single::SingleRank;
 pub use socket::{SocketListener, SocketOptions};
 pub use thread::ThreadComm;
 
+/// Independent transports (lanes) the socket and thread meshes form between every pair of ranks:
+/// the second carries what runs beside the compute thread's ops ([`Collective::duplicate`]).
+pub const LANES: usize = 2;
+
 /// Element-wise reduction for [`Collective::all_reduce`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReduceOp {
@@ -91,6 +95,16 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
             self.send(xs, *peer)?;
         }
         recvs.iter().map(|(peer, shape, dtype)| self.recv(*peer, shape, *dtype)).collect()
+    }
+
+    /// A second communicator over the same members, in the same rank order, whose ops may run
+    /// while this one's do (from another thread): what lets the FSDP store gather the next block
+    /// while the current one computes, since one group runs one op at a time. A collective call of
+    /// every member. NCCL: `ncclCommSplit` with one color (a second device communicator); the socket
+    /// and thread meshes: the world's second connection set (formed with the first). `None` where
+    /// the backend has no independent lane; callers then run without overlap.
+    fn duplicate(&self) -> Result<Option<Arc<dyn Collective>>> {
+        Ok(None)
     }
 
     /// Makes this rank's pending and future ops (of this group, its sub-groups and splits, where

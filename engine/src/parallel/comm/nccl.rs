@@ -624,6 +624,40 @@ impl Collective for NcclComm {
         })))
     }
 
+    fn duplicate(&self) -> Result<Option<Arc<dyn Collective>>> {
+        // One color for every member, keyed by rank: the same members in the same order, on a
+        // second device communicator. Its ops are enqueued on the calling thread's stream (candle's
+        // per-thread default stream), so a second thread's gathers run beside the compute stream.
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        self.shared.check()?;
+        {
+            let _calls = Shared::lock(&self.handle.calls);
+            let parent = self.handle.comm.load(Ordering::Acquire);
+            if parent.is_null() {
+                candle_core::bail!("NCCL duplicate: the communicator of {} was aborted", self.group_label());
+            }
+            // SAFETY: as in `split`: `parent` is live under the call lock, `comm` a valid out-pointer.
+            unsafe { sys::ncclCommSplit(parent, 0, self.rank as i32, &mut comm, std::ptr::null_mut()) }
+                .result()
+                .map_err(|e| nccl_err("ncclCommSplit", e))?;
+        }
+        if comm.is_null() {
+            candle_core::bail!("ncclCommSplit returned no communicator for the duplicate of {}", self.group_label());
+        }
+        let handle = Handle::new(comm);
+        self.shared.register(&handle);
+        Ok(Some(Arc::new(NcclComm {
+            handle,
+            shared: self.shared.clone(),
+            device: self.device.clone(),
+            stream: self.stream.clone(),
+            rank: self.rank,
+            world_size: self.world_size,
+            members: self.members.clone(),
+            host: self.host.clone(),
+        })))
+    }
+
     fn abort(&self) {
         self.shared.abort("the job is being torn down (a peer failed or the world is stopping)");
         self.host.abort();

@@ -117,6 +117,12 @@ impl Collective for TimedComm {
         self.stats.time(bytes, || self.inner.send_recv(sends, recvs))
     }
 
+    /// Not timed: the duplicate carries what runs beside the compute thread (FSDP prefetch), whose
+    /// wall time is not time the step waits; the FSDP store reports its own waits.
+    fn duplicate(&self) -> Result<Option<Arc<dyn Collective>>> {
+        self.inner.duplicate()
+    }
+
     fn abort(&self) {
         self.inner.abort();
     }
