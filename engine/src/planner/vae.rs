@@ -3,11 +3,13 @@
 //! replay is the peak of the run.
 //!
 //! What is live at any moment (read from `vae/{decoder,blocks,layers,ops,cpu_kernels,autoencoder}.rs`):
-//! - the causal caches: 2 frames of every cached conv's input (halo mode: the row-extended input),
-//!   1 frame per `downsample3d`; a new slot is made before the old one is released;
+//! - the causal caches: 2 frames of every cached conv's input (halo mode: the slab's rows and the
+//!   rows its neighbours lent), 1 frame per `downsample3d`; a new slot is made before the old one
+//!   is released;
 //! - in a residual block, everything bound with `let` until the block returns (Rust drops shadowed
 //!   bindings at the end of the scope): shortcut, norm1, conv1, norm2 and conv2 outputs;
-//! - in halo mode, each padded conv's input extended by one neighbour row above and below;
+//! - in halo mode, the rows each padded conv's neighbours lend (one above, one below), read in place
+//!   by the CPU kernels; the generic path also builds the input extended with them;
 //! - the output buffer (rank 0 only) and a host copy of each finished chunk while it is written;
 //! - on the generic (CUDA) path, per conv: zero-padded input copies, the im2col matrix of candle's
 //!   conv2d, per-frame outputs and their `stack` (the CPU path has none of these).
@@ -128,12 +130,26 @@ impl<'a> Replay<'a> {
         a.bytes(self.run.elt)
     }
 
+    /// Halo mode: what a conv with `pad` rows of padding holds beside its input while it runs: the
+    /// `2·pad` rows the neighbours lent (read in place on the CPU path, `ops::conv_frames_lent`),
+    /// plus on the generic path the input extended with them.
+    fn lent_bytes(&self, x: Act, pad: usize, halo: bool) -> u64 {
+        if !halo || pad == 0 {
+            return 0;
+        }
+        let lent = self.b(Act { h: 2 * pad, ..x });
+        match self.run.path {
+            KernelPath::Cpu => lent,
+            KernelPath::Generic => lent + self.b(Act { h: x.h + 2 * pad, ..x }),
+        }
+    }
+
     /// A per-frame conv without time taps (1×1 shortcut / qkv / proj, or a resample's 3×3):
     /// allocates the output (plus the generic path's scratch). `pad` rows come from neighbours in
-    /// halo mode (`with_halo` builds the extended input first).
+    /// halo mode.
     fn conv2d(&mut self, x: Act, out_c: usize, k: usize, pad: usize) -> Act {
         let out = x.with_c(out_c);
-        let ext = if self.run.halo && pad > 0 { self.b(Act { h: x.h + 2 * pad, ..x }) } else { 0 };
+        let ext = self.lent_bytes(x, pad, self.run.halo);
         self.mem.alloc(ext);
         self.conv_out(x, out, k);
         self.mem.free(ext);
@@ -164,8 +180,9 @@ impl<'a> Replay<'a> {
     /// slot (`layers::CausalConv3d::forward_cached`). `x` stays owned by the caller.
     fn conv_cached(&mut self, x: Act, out_c: usize, kt: usize, k: usize, pad: usize, halo: bool) -> Act {
         let slot = self.slots.next();
+        // The cache keeps the slab's rows and the rows lent to them: the extended frames' bytes.
         let ext_act = if halo && pad > 0 { Act { h: x.h + 2 * pad, ..x } } else { x };
-        let ext = if halo && pad > 0 { self.b(ext_act) } else { 0 };
+        let ext = self.lent_bytes(x, pad, halo);
         self.mem.alloc(ext);
         let out = x.with_c(out_c);
         if self.run.path == KernelPath::Generic && kt > 1 {
@@ -429,7 +446,11 @@ impl<'a> Replay<'a> {
             if !last {
                 // Stride-2 conv (right/bottom pad only: one halo row).
                 let y = Act { h: h.h / 2, w: h.w / 2, ..h };
-                let ext = if self.run.halo { self.b(Act { h: h.h + 1, ..h }) } else { 0 };
+                let ext = match (self.run.halo, self.run.path) {
+                    (false, _) => 0,
+                    (true, KernelPath::Cpu) => self.b(Act { h: 1, ..h }),
+                    (true, KernelPath::Generic) => self.b(Act { h: 1, ..h }) + self.b(Act { h: h.h + 1, ..h }),
+                };
                 self.mem.alloc(ext);
                 self.conv_out(h, y, 3);
                 self.mem.free(ext);

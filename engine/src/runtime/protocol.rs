@@ -165,6 +165,8 @@ pub struct VaePiece {
     pub seconds: f64,
     /// Bytes this piece caused its rank to send (halos, blend strips, the piece itself).
     pub bytes_sent: u64,
+    /// Halo mode: of `seconds`, the time the rank was blocked on halo exchanges (0 in tiles mode).
+    pub halo_wait_seconds: f64,
     /// Small preview of the piece's first frame (longest side ≤ 64 px).
     pub preview: Rgb8Preview,
 }

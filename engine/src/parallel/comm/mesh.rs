@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::wire::{tensor_from_bytes, tensor_to_bytes, Frame, FrameHeader, OpCode, Payload, WireDType};
-use super::{check_sub_group, Collective, CommError, ReduceOp};
+use super::{check_sub_group, Collective, CommError, PendingRecv, ReduceOp, Received};
 use crate::parallel::Rank;
 
 /// Point-to-point byte transport between the global ranks of a world.
@@ -321,6 +321,30 @@ impl Collective for MeshComm {
         Ok(())
     }
 
+    fn send_recv_start(
+        &self,
+        sends: &[(Rank, Tensor)],
+        recvs: &[(Rank, Vec<usize>, DType)],
+    ) -> Result<Box<dyn PendingRecv>> {
+        for (peer, xs) in sends {
+            self.send(xs, *peer)?;
+        }
+        if recvs.is_empty() {
+            return Ok(Box::new(Received(Vec::new())));
+        }
+        for (peer, _, _) in recvs {
+            self.check_member(*peer, "recv")?;
+        }
+        // The helper thread drains the peers' streams while the caller computes (a peer's writer
+        // would otherwise stall once this rank's socket buffer is full).
+        let (comm, recvs) = (self.clone(), recvs.to_vec());
+        let thread = std::thread::Builder::new()
+            .name("comm-recv".into())
+            .spawn(move || recvs.iter().map(|(peer, shape, dtype)| comm.recv(*peer, shape, *dtype)).collect())
+            .map_err(|e| candle_core::Error::Msg(format!("cannot start a receive thread: {e}")))?;
+        Ok(Box::new(RecvThread(thread)))
+    }
+
     fn abort(&self) {
         self.poison_all();
     }
@@ -343,6 +367,15 @@ impl Collective for MeshComm {
             me,
             device: self.device.clone(),
         }))
+    }
+}
+
+/// Receives running on a helper thread ([`MeshComm::send_recv_start`]).
+struct RecvThread(std::thread::JoinHandle<Result<Vec<Tensor>>>);
+
+impl PendingRecv for RecvThread {
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        self.0.join().map_err(|_| candle_core::Error::Msg("the receive thread panicked".into()))?
     }
 }
 

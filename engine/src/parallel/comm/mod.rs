@@ -107,6 +107,19 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
         Ok(None)
     }
 
+    /// [`Collective::send_recv`] in two halves: the sends are on their way and the receives in
+    /// flight when this returns; [`PendingRecv::wait`] returns what arrived. Between the two the
+    /// caller computes what needs none of it (the halo exchange's interior rows) and makes no other
+    /// call on this group. Socket and thread meshes receive on a helper thread meanwhile, so the
+    /// transfer proceeds while the caller computes; the default completes the exchange at once.
+    fn send_recv_start(
+        &self,
+        sends: &[(Rank, Tensor)],
+        recvs: &[(Rank, Vec<usize>, DType)],
+    ) -> Result<Box<dyn PendingRecv>> {
+        Ok(Box::new(Received(self.send_recv(sends, recvs)?)))
+    }
+
     /// Makes this rank's pending and future ops (of this group, its sub-groups and splits, where
     /// the backend shares state between them) fail at once: called when the job is being torn down
     /// (a peer failed or the supervisor shuts the world down) so that nothing keeps waiting. NCCL:
@@ -119,6 +132,21 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
 
     fn all_reduce_max(&self, xs: &Tensor) -> Result<Tensor> {
         self.all_reduce(xs, ReduceOp::Max)
+    }
+}
+
+/// The receives of a [`Collective::send_recv_start`] in flight.
+pub trait PendingRecv: Send {
+    /// Blocks until every receive has arrived; returns them in the order they were asked for.
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>>;
+}
+
+/// Receives that have already arrived.
+pub struct Received(pub Vec<Tensor>);
+
+impl PendingRecv for Received {
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        Ok(self.0)
     }
 }
 

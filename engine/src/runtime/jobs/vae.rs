@@ -146,6 +146,7 @@ pub(super) fn piece_event(p: &DecodedPiece<'_>) -> VaePiece {
         latent_rect: [p.latent_rows.start, p.latent_cols.start, p.latent_rows.len(), p.latent_cols.len()],
         seconds: p.seconds,
         bytes_sent: p.bytes_sent,
+        halo_wait_seconds: p.halo_wait_seconds,
         preview: Rgb8Preview { width: preview.width as u32, height: preview.height as u32, rgb: preview.rgb },
     }
 }

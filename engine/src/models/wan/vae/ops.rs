@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, StorageRef, Tensor};
 
-use super::cpu_kernels::{self, ConvGeom, RowInit, WeightView};
+use super::cpu_kernels::{self, ConvGeom, RowFrame, RowInit, WeightView};
 
 static FORCE_GENERIC: AtomicBool = AtomicBool::new(false);
 
@@ -182,6 +182,182 @@ pub fn conv_frames(
         outs.push(acc);
     }
     Tensor::stack(&outs, 0)
+}
+
+/// The rows a slab frame's neighbours lent it for one conv (halo mode): `above` `[C, pad_top, W]`
+/// and `below` `[C, rows, W]`; `None` is zero padding (the frame's top or bottom edge).
+#[derive(Debug, Clone, Default)]
+pub struct Lent {
+    pub above: Option<Tensor>,
+    pub below: Option<Tensor>,
+}
+
+/// Output rows `lo..hi` of a conv over `h` input rows whose outputs read no padding row: those a
+/// slab can compute before its neighbours' rows arrive.
+pub fn interior_rows(h: usize, kh: usize, stride: usize, pad_top: usize, h_out: usize) -> Range<usize> {
+    let lo = pad_top.div_ceil(stride).min(h_out);
+    let hi = if h + pad_top >= kh { ((h + pad_top - kh) / stride + 1).min(h_out) } else { 0 };
+    lo..hi.max(lo)
+}
+
+/// [`conv_frames`] over row slabs whose top/bottom padding rows come from the neighbouring slabs
+/// (halo mode), overlapping the exchange: the output rows that read no lent row are computed
+/// first, then `lent()` waits for the exchange and returns, for every output frame and time tap,
+/// the rows lent to that tap's frame; the remaining rows follow. The lent rows are read where they
+/// lie (no slab is concatenated with them) and the result equals the conv of the extended frames bit
+/// for bit. The generic path waits first and convolves the concatenated frames.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_frames_lent(
+    inputs: &ConvInputs<'_>,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: Pad2d,
+    residual: Option<&Tensor>,
+    lent: impl FnOnce() -> Result<Vec<Vec<Lent>>>,
+) -> Result<Tensor> {
+    let (o, i, kt, kh, kw) = weight.dims5()?;
+    let Some(first) = inputs.taps.iter().flatten().flatten().next() else {
+        candle_core::bail!("conv_frames_lent: no input frames")
+    };
+    let (c, h, w) = first.dims3()?;
+    let (pt, pb, pl, pr) = pad;
+    if c != i || h + pt + pb < kh || w + pl + pr < kw || stride == 0 {
+        candle_core::bail!("conv {kh}x{kw} stride {stride} on {i} channels does not fit a {c}x{h}x{w} slab padded by {pad:?}");
+    }
+    let frames = inputs.taps.len();
+    let check_lent = |lent: &[Vec<Lent>]| -> Result<()> {
+        if lent.len() != frames || lent.iter().any(|l| l.len() != kt) {
+            candle_core::bail!("conv_frames_lent: lent rows for {} frames, expected {frames} × {kt} taps", lent.len());
+        }
+        for l in lent.iter().flatten() {
+            for (part, rows) in [(&l.above, pt), (&l.below, pb)] {
+                if let Some(t) = part {
+                    let (tc, tr, tw) = t.dims3()?;
+                    if tc != c || tw != w || tr != rows {
+                        candle_core::bail!("lent rows of shape {:?} for a {c}x{h}x{w} slab padded by {pad:?}", t.shape());
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    let geom = ConvGeom::new(i, o, (h, w), (kh, kw), stride, pad);
+    let cpu = use_cpu_kernels(first) && weight.dtype() == DType::F32;
+    if !cpu || geom.h_out == 0 {
+        // Generic path: the slabs extended with their lent rows (zeros at the frame's edges).
+        let lent = lent()?;
+        check_lent(&lent)?;
+        let mut ext: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(frames);
+        for (taps, lent) in inputs.taps.iter().zip(&lent) {
+            let row = taps
+                .iter()
+                .zip(lent)
+                .map(|(f, l)| f.map(|f| extend_rows(f, l, pt, pb)).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            ext.push(row);
+        }
+        let taps = ext.iter().map(|ts| ts.iter().map(Option::as_ref).collect()).collect();
+        return conv_frames(&ConvInputs { taps }, weight, bias, stride, (0, 0, pl, pr), residual);
+    }
+    for (t, taps) in inputs.taps.iter().enumerate() {
+        if taps.len() != kt {
+            candle_core::bail!("conv with {kt} time taps got {} input frames for output frame {t}", taps.len());
+        }
+        if let Some(f) = taps.iter().flatten().find(|f| f.dims() != first.dims()) {
+            candle_core::bail!("conv input frames differ in shape: {:?} and {:?}", first.shape(), f.shape());
+        }
+    }
+    if bias.dims() != [o] {
+        candle_core::bail!("conv with {o} output channels got a bias of shape {:?}", bias.shape());
+    }
+    if let Some(r) = residual {
+        if r.dims() != [frames, o, geom.h_out, geom.w_out] {
+            let want = [frames, o, geom.h_out, geom.w_out];
+            candle_core::bail!("conv residual has shape {:?}, the output {want:?}", r.shape());
+        }
+    }
+    count_flops(o * i * kh * kw * geom.h_out * geom.w_out * inputs.taps.iter().flatten().flatten().count());
+    let wdata = cpu_f32(weight)?;
+    let bdata = cpu_f32(bias)?;
+    let bodies: Vec<Vec<Option<CpuF32<'_>>>> = inputs
+        .taps
+        .iter()
+        .map(|ts| ts.iter().map(|f| f.map(cpu_f32).transpose()).collect::<Result<Vec<_>>>())
+        .collect::<Result<_>>()?;
+    let res_data = residual.map(cpu_f32).transpose()?;
+    let res_frames: Vec<&[f32]>;
+    let init = match &res_data {
+        Some(data) => {
+            res_frames = data.chunks(geom.out_frame_len()).collect();
+            RowInit::BiasPlus(&bdata, &res_frames)
+        }
+        None => RowInit::Bias(&bdata),
+    };
+    let wv = WeightView { data: &wdata, kt };
+    let mut out = vec![0f32; frames * geom.out_frame_len()];
+    let inner = interior_rows(h, kh, stride, pt, geom.h_out);
+    {
+        let bare: Vec<Vec<Option<RowFrame<'_>>>> =
+            bodies.iter().map(|ts| ts.iter().map(|f| f.as_deref().map(RowFrame::whole)).collect()).collect();
+        cpu_kernels::conv_frames_rows(&mut out, &bare, wv, init, geom, inner.clone());
+    }
+    let lent = lent()?;
+    check_lent(&lent)?;
+    let lent_data: Vec<Vec<(Option<Tensor>, Option<Tensor>)>> = lent
+        .iter()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| {
+                    let c = |t: &Option<Tensor>| t.as_ref().map(Tensor::contiguous).transpose();
+                    Ok((c(&l.above)?, c(&l.below)?))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let lent_views: Vec<Vec<(Option<CpuF32<'_>>, Option<CpuF32<'_>>)>> = lent_data
+        .iter()
+        .map(|ls| {
+            ls.iter()
+                .map(|(a, b)| Ok((a.as_ref().map(cpu_f32).transpose()?, b.as_ref().map(cpu_f32).transpose()?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let full: Vec<Vec<Option<RowFrame<'_>>>> = bodies
+        .iter()
+        .zip(&lent_views)
+        .map(|(ts, ls)| {
+            ts.iter()
+                .zip(ls)
+                .map(|(f, (a, b))| {
+                    f.as_deref().map(|body| RowFrame { body, above: a.as_deref(), below: b.as_deref() })
+                })
+                .collect()
+        })
+        .collect();
+    cpu_kernels::conv_frames_rows(&mut out, &full, wv, init, geom, 0..inner.start);
+    cpu_kernels::conv_frames_rows(&mut out, &full, wv, init, geom, inner.end..geom.h_out);
+    from_vec(out, &[frames, o, geom.h_out, geom.w_out])
+}
+
+/// `[C, H, W]` with `pt` rows above and `pb` below: the lent ones, zeros where none were lent.
+fn extend_rows(f: &Tensor, lent: &Lent, pt: usize, pb: usize) -> Result<Tensor> {
+    let (c, _, w) = f.dims3()?;
+    let mut parts = Vec::with_capacity(3);
+    if pt > 0 {
+        parts.push(match &lent.above {
+            Some(t) => t.clone(),
+            None => Tensor::zeros((c, pt, w), f.dtype(), f.device())?,
+        });
+    }
+    parts.push(f.clone());
+    if pb > 0 {
+        parts.push(match &lent.below {
+            Some(t) => t.clone(),
+            None => Tensor::zeros((c, pb, w), f.dtype(), f.device())?,
+        });
+    }
+    Tensor::cat(&parts, 1)
 }
 
 /// Sub-pixel weights for [`upsample_conv`] when the CPU kernels will run, else `None`.
