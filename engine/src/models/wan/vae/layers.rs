@@ -1,6 +1,8 @@
 //! The VAE's leaf layers: the causal 3-D convolution (with its cache protocol) and the channel RMS
 //! norm. Weights keep PyTorch's layout; see `ops` for how they are applied.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -15,6 +17,10 @@ pub const CACHE_T: usize = 2;
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
     weight: Tensor,
+    /// The generic (CUDA) path's tap-major weight (`ops::tap_major`), made once: on a CUDA weight
+    /// at construction (`weight` is then a view of it, so the layer holds one copy), on the CPU on
+    /// first generic use (tests that force that path).
+    taps: Arc<OnceLock<Tensor>>,
     bias: Tensor,
     /// Spatial zero padding (top, bottom, left, right).
     pad: Pad2d,
@@ -27,14 +33,45 @@ impl CausalConv3d {
     pub fn new(in_c: usize, out_c: usize, kt: usize, k: usize, pad: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_c, in_c, kt, k, k), "weight")?;
         let bias = vb.get(out_c, "bias")?;
-        Ok(Self { weight, bias, pad: (pad, pad, pad, pad), stride: 1 })
+        Self::with_weight(weight, bias, (pad, pad, pad, pad), 1)
+    }
+
+    fn with_weight(weight: Tensor, bias: Tensor, pad: Pad2d, stride: usize) -> Result<Self> {
+        let taps = Arc::new(OnceLock::new());
+        let weight = if weight.device().is_cpu() {
+            weight
+        } else {
+            // Only the generic path runs off the CPU: keep the tap-major copy alone.
+            let t = ops::tap_major(&weight)?;
+            let view = t.permute((1, 2, 0, 3, 4))?;
+            let _ = taps.set(t);
+            view
+        };
+        Ok(Self { weight, taps, bias, pad, stride })
+    }
+
+    /// The tap-major weight for the generic path, made on first use.
+    fn taps(&self) -> Result<&Tensor> {
+        if let Some(t) = self.taps.get() {
+            return Ok(t);
+        }
+        let t = ops::tap_major(&self.weight)?;
+        Ok(self.taps.get_or_init(|| t))
+    }
+
+    /// `Some(taps)` when the generic path will run on `xs` (the CPU kernels need none).
+    fn taps_for(&self, xs: &Tensor) -> Result<Option<&Tensor>> {
+        if ops::cpu_fast_path(xs) && self.weight.dtype() == candle_core::DType::F32 {
+            return Ok(None);
+        }
+        self.taps().map(Some)
     }
 
     /// An `nn.Conv2d` applied per frame: weight `[O, I, k, k]` viewed as `[O, I, 1, k, k]`.
     pub fn conv2d(in_c: usize, out_c: usize, k: usize, stride: usize, pad: Pad2d, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_c, in_c, k, k), "weight")?.unsqueeze(2)?;
         let bias = vb.get(out_c, "bias")?;
-        Ok(Self { weight, bias, pad, stride })
+        Self::with_weight(weight, bias, pad, stride)
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -80,9 +117,13 @@ impl CausalConv3d {
                     let rows = pending.wait()?;
                     (0..frames.len()).map(|t| Ok(vec![lent_of(&rows, t)?])).collect()
                 };
-                ops::conv_frames_lent(&inputs, &self.weight, &self.bias, self.stride, self.pad, residual, lent)
+                let taps = self.taps_for(xs)?;
+                ops::conv_frames_lent(&inputs, &self.weight, taps, &self.bias, self.stride, self.pad, residual, lent)
             }
-            _ => ops::conv_frames(&inputs, &self.weight, &self.bias, self.stride, self.pad, residual),
+            _ => {
+                let taps = self.taps_for(xs)?;
+                ops::conv_frames_with(&inputs, &self.weight, taps, &self.bias, self.stride, self.pad, residual)
+            }
         }
     }
 
@@ -148,8 +189,9 @@ impl CausalConv3d {
             })
             .collect();
         let inputs = ConvInputs { taps };
+        let wt = self.taps_for(xs)?;
         let (ys, chunk_rows) = match pending {
-            None => (ops::conv_frames(&inputs, &self.weight, &self.bias, self.stride, self.pad, residual)?, None),
+            None => (ops::conv_frames_with(&inputs, &self.weight, wt, &self.bias, self.stride, self.pad, residual)?, None),
             Some(pending) => {
                 let mut arrived = None;
                 let lent = || -> Result<Vec<Vec<Lent>>> {
@@ -168,7 +210,8 @@ impl CausalConv3d {
                     arrived = Some(rows);
                     Ok(lent)
                 };
-                let ys = ops::conv_frames_lent(&inputs, &self.weight, &self.bias, self.stride, self.pad, residual, lent)?;
+                let ys =
+                    ops::conv_frames_lent(&inputs, &self.weight, wt, &self.bias, self.stride, self.pad, residual, lent)?;
                 (ys, arrived)
             }
         };
