@@ -78,3 +78,21 @@ fn generic_encode_matches_cpu_kernels() {
     let generic = generic(1, || model.encode(&inputs["video"], None, &mut quiet));
     assert_close("vae21 generic vs cpu kernels (encode mean)", &generic.unwrap().mean, &fast.mean, 1e-5);
 }
+
+/// The bf16 VAE CUDA workers run (`models::vae::run_dtype`), here on the CPU's generic path: the
+/// mid-network in bf16, the norm statistics and the last norm and conv in f32, the pixels f32.
+/// bf16 keeps 8 significant bits (relative rounding 2⁻⁹ ≈ 2e-3 per op); over the decoder's ~30
+/// rounded layers the error grows to the 1e-2 range, so 3e-2 relative (the GPU check's bf16
+/// tolerance) separates "rounding" from "wrong" (a wrong op is O(1)).
+#[test]
+fn bf16_decode_stays_within_bf16_rounding_of_f32() {
+    let _lock = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = Device::Cpu;
+    let (model, latents) = decoder();
+    let mut quiet = |_| {};
+    let want = model.decode(&latents, None, &mut quiet).unwrap();
+    let half = vae::load(&golden("vae22"), VaeParts::Decoder, DType::BF16, &dev).unwrap();
+    let got = generic(ops::DEFAULT_IM2COL_BUDGET, || half.decode(&latents, None, &mut quiet)).unwrap();
+    assert_eq!(got.dtype(), DType::F32, "pixels leave the bf16 decoder in f32");
+    assert_close("vae22 bf16 decode vs f32", &got, &want, 3e-2);
+}

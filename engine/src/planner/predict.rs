@@ -105,8 +105,14 @@ impl Options {
             Target::Cpu => KernelPath::Cpu,
             Target::Cuda => KernelPath::Generic,
         };
-        // The VAE always runs in f32 (the VAE job and the pipeline load it so; diffusers too).
-        VaeRun { elt: 4, path, halo, threads: self.threads }
+        VaeRun { elt: self.vae_elt(), path, halo, threads: self.threads, im2col_budget: crate::models::wan::vae::ops::im2col_budget() }
+    }
+
+    /// Bytes per VAE weight and activation: the Wan VAE runs in bf16 on CUDA (`models::vae::run_dtype`),
+    /// in f32 on the CPU.
+    fn vae_elt(&self) -> u64 {
+        let cuda = self.target == Target::Cuda;
+        crate::models::vae::run_dtype_on(crate::model_spec::Family::Wan, cuda).size_in_bytes() as u64
     }
 }
 
@@ -337,10 +343,12 @@ pub fn predict(
             expert_weights.iter().sum()
         }
     };
-    // The VAE runs in f32 on every device; the CPU decoder adds its sub-pixel upsample weights.
+    // The VAE runs in f32 on the CPU (whose decoder adds its sub-pixel upsample weights) and in
+    // bf16 on CUDA (its f32 output conv, a few thousand parameters, counted at that size too).
+    let ve = opts.vae_elt();
     let vae_dec_w =
-        params::vae_decoder(&spec.vae) * 4 + if cuda { 0 } else { params::vae_decoder_upsample_phases(&spec.vae) * 4 };
-    let vae_enc_w = params::vae_encoder(&spec.vae) * 4;
+        params::vae_decoder(&spec.vae) * ve + if cuda { 0 } else { params::vae_decoder_upsample_phases(&spec.vae) * 4 };
+    let vae_enc_w = params::vae_encoder(&spec.vae) * ve;
 
     // Held from before `load` to the end of the job: the prompt embeddings (host memory: counted
     // on the CPU only; on a GPU the predictor's run-dtype copies count while it lives) and the

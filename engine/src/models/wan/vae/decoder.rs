@@ -2,7 +2,7 @@
 //! call. Wan2.1 up blocks halve their input width after the first stage; Wan2.2 residual up blocks
 //! keep it and add a `DupUp3D` shortcut.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::blocks::{DupUp3D, MidBlock, Resample, ResampleMode, ResidualBlock};
@@ -105,7 +105,8 @@ impl Decoder {
             mid_block,
             up_blocks,
             norm_out: RmsNorm::new(out_dim, false, vb.pp("norm_out"))?,
-            conv_out: CausalConv3d::new(out_dim, cfg.out_channels, 3, 3, 1, vb.pp("conv_out"))?,
+            // Kept in f32 whatever the run dtype (the bf16 CUDA VAE): see `forward_chunk`.
+            conv_out: CausalConv3d::new(out_dim, cfg.out_channels, 3, 3, 1, vb.pp("conv_out").set_dtype(DType::F32))?,
         })
     }
 
@@ -119,6 +120,9 @@ impl Decoder {
         for b in &self.up_blocks {
             hs = b.forward(hs, cache, first_chunk)?;
         }
+        // A half-precision decode runs its last norm and conv in f32: the pixels come out of f32
+        // arithmetic (the norm's statistics are f32 in every norm, as in diffusers).
+        let hs = hs.to_dtype(DType::F32)?;
         let hs = self.norm_out.forward(&hs, true)?;
         self.conv_out.forward_cached(&hs, cache.next_slot(), None, split.as_deref())
     }

@@ -193,7 +193,7 @@ pub fn conv_frames_with(
 static IM2COL_BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_IM2COL_BUDGET);
 
 /// 256 MiB: a 512-channel 3×3 conv at 640 px width makes 11.8 MB of im2col per output row
-/// (f32), so bands of 21 rows; whole frames of the 352×640 stage would need 4.15 GB.
+/// (f32), so bands of 22 rows (248 MiB); whole frames of the 352×640 stage would need 4.15 GB.
 pub const DEFAULT_IM2COL_BUDGET: usize = 256 << 20;
 
 /// Sets the generic path's im2col budget per conv2d call (tests force many bands with a tiny one).
