@@ -623,9 +623,9 @@ mod tests {
         }
         let decodes = |r: usize| term_bytes(phase(&p.ranks[r], "decode"), "vae decode working set") > 0;
         assert!(decodes(0) && decodes(1) && !decodes(2) && !decodes(3));
-        // Encoder and decoder are loaded on the VAE group only.
+        // Encoder and decoder are loaded on the VAE group only, in bf16 on CUDA.
         let vae = |r: usize| term_bytes(phase(&p.ranks[r], "load"), "vae weights");
-        let (dec, enc) = (params::vae_decoder(&s.vae) * 4, params::vae_encoder(&s.vae) * 4);
+        let (dec, enc) = (params::vae_decoder(&s.vae) * 2, params::vae_encoder(&s.vae) * 2);
         assert_eq!((vae(0), vae(1), vae(2)), (dec + enc, dec + enc, 0));
         // Halo slabs over the two ranks: each encodes about half of what one rank alone would.
         let alone = predict(&s, &i2v, &ParallelPlan { vae_parallel: 1, ..plan }, &Options::new(Target::Cuda)).unwrap();
@@ -650,7 +650,7 @@ mod tests {
             assert!(term_bytes(phase(r, name), "vae weights") > 0, "{name}: the decoder is loaded");
         }
         assert_eq!(term_bytes(phase(r, "decode"), "transformer weights"), 0);
-        assert_eq!(r.weights_bytes, experts + params::vae_decoder(&s.vae) * 4);
+        assert_eq!(r.weights_bytes, experts + params::vae_decoder(&s.vae) * 2, "the decoder in bf16 on CUDA");
     }
 
     /// Phased residency: one expert per phase, a `switch` between the experts' denoise phases, and
