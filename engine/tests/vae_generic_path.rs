@@ -53,7 +53,10 @@ fn banded_generic_path_matches_cpu_kernels() {
     assert_eq!(generic(1, || ops::band_rows(640, 512, 3, 3, 4)), 1, "a 1-byte budget gives 1-row bands");
     // The default budget at Wan2.2's 352×640, 512-channel stage: 11.8 MB of im2col per row.
     let rows = ops::band_rows(640, 512, 3, 3, 4);
-    println!("default budget {} MiB: {rows} rows per conv2d at 640 px × 512 channels", ops::DEFAULT_IM2COL_BUDGET >> 20);
+    println!(
+        "default budget {} MiB: {rows} rows per conv2d at 640 px × 512 channels",
+        ops::DEFAULT_IM2COL_BUDGET >> 20
+    );
     assert!(rows * 640 * 512 * 9 * 4 <= ops::DEFAULT_IM2COL_BUDGET && rows >= 16, "{rows}");
     let banded = generic(1, || model.decode(&latents, None, &mut quiet)).unwrap();
     let whole = generic(usize::MAX, || model.decode(&latents, None, &mut quiet)).unwrap();

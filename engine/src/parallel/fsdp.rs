@@ -259,7 +259,8 @@ impl ShardedStore {
         let t0 = Instant::now();
         let ready = match self.prefetch.take() {
             Some(p) => {
-                let got = p.thread.join().map_err(|_| candle_core::Error::Msg("the FSDP prefetch thread panicked".into()));
+                let got =
+                    p.thread.join().map_err(|_| candle_core::Error::Msg("the FSDP prefetch thread panicked".into()));
                 // A different unit (a forward cut short by an error) is waited for and dropped.
                 if p.prefix == prefix {
                     Some(got??)

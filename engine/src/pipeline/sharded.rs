@@ -72,7 +72,11 @@ impl PlanGroups {
     }
 
     pub fn shard_options(&self) -> ShardOptions {
-        ShardOptions { fsdp: self.fsdp.clone(), ulysses: self.ulysses.clone(), fsdp_prefetch: self.fsdp_prefetch.clone() }
+        ShardOptions {
+            fsdp: self.fsdp.clone(),
+            ulysses: self.ulysses.clone(),
+            fsdp_prefetch: self.fsdp_prefetch.clone(),
+        }
     }
 }
 

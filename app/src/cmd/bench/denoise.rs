@@ -87,7 +87,9 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
     )?;
     let mut session = Session::new(SessionOptions::default());
     let mut rows = Vec::new();
-    println!("| plan | rank | transformer weights | FSDP bound | denoise heap peak | step | comm share | FSDP gather wait |");
+    println!(
+        "| plan | rank | transformer weights | FSDP bound | denoise heap peak | step | comm share | FSDP gather wait |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for plan in plans {
         let name = format!("U{} C{} F{}", plan.ulysses, plan.cfg_parallel, plan.fsdp);

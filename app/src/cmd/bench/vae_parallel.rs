@@ -137,7 +137,12 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 let shares: Vec<f64> = waits.iter().map(|(w, d)| if *d > 0.0 { w / d } else { 0.0 }).collect();
                 let wait_cell = if mode == VaeMode::Halo && n > 1 {
-                    waits.iter().zip(&shares).map(|((w, _), s)| format!("{w:.2} s ({:.1} %)", 100.0 * s)).collect::<Vec<_>>().join(" / ")
+                    waits
+                        .iter()
+                        .zip(&shares)
+                        .map(|((w, _), s)| format!("{w:.2} s ({:.1} %)", 100.0 * s))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
                 } else {
                     "–".to_string()
                 };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::wire::{tensor_from_bytes, tensor_to_bytes, Frame, FrameHeader, OpCode, Payload, WireDType};
-use super::{check_sub_group, Collective, CommError, PendingRecv, ReduceOp, Received};
+use super::{check_sub_group, Collective, CommError, PendingRecv, Received, ReduceOp};
 use crate::parallel::Rank;
 
 /// Point-to-point byte transport between the global ranks of a world.

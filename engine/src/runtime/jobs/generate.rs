@@ -100,8 +100,10 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
                 let groups = PlanGroups::new(&plan, &world)?;
                 let experts = ShardedPredictor::load_experts(&model, only, &groups, dtype, &device)?;
-                let vae =
-                    parts.map(|p| vae::load_for_model(&model, p, vae::run_dtype(model.family, &device), &device)).transpose().map_err(invalid)?;
+                let vae = parts
+                    .map(|p| vae::load_for_model(&model, p, vae::run_dtype(model.family, &device), &device))
+                    .transpose()
+                    .map_err(invalid)?;
                 let vae_bytes = if vae.is_some() { model.vae_weights().table()?.stored_bytes() } else { 0 };
                 (stats, world, groups, experts, vae, vae_bytes, false)
             }

@@ -76,7 +76,8 @@ impl Hv15ShardedTransformer {
         let block_bytes = all_blocks / cfg.num_layers.max(1) as u64;
         let (model, fsdp, resident_bytes) = match opts.fsdp.filter(|c| c.world_size() > 1) {
             Some(comm) => {
-                let store = ShardedStore::load(&index, is_block, comm, dtype, device)?.with_prefetch(opts.fsdp_prefetch);
+                let store =
+                    ShardedStore::load(&index, is_block, comm, dtype, device)?.with_prefetch(opts.fsdp_prefetch);
                 let bytes = stem_bytes + store.resident_bytes();
                 let model = HunyuanVideo15Transformer3DModel::new_stem(cfg, vb)?;
                 (model, Some(FsdpBlocks { cfg: cfg.clone(), store }), bytes)
@@ -175,7 +176,8 @@ mod tests {
                                 let base = r / size * size;
                                 world.sub_group(&(base..base + size).map(Rank).collect::<Vec<_>>()).unwrap()
                             };
-                            let opts = ShardOptions { fsdp: Some(group(f)), ulysses: Some(group(u)), ..Default::default() };
+                            let opts =
+                                ShardOptions { fsdp: Some(group(f)), ulysses: Some(group(u)), ..Default::default() };
                             let m = Hv15ShardedTransformer::load(cfg, weights, DType::F32, &Device::Cpu, opts).unwrap();
                             m.forward(x, t, None, ctx).unwrap()
                         })

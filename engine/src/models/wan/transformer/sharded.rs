@@ -172,7 +172,8 @@ impl ShardedTransformer {
         let stem_bytes = run_bytes(&|n| !is_block(n));
         let blocks: Box<dyn BlockSource> = match opts.fsdp.filter(|c| c.world_size() > 1) {
             Some(comm) => {
-                let store = ShardedStore::load(&index, is_block, comm, dtype, device)?.with_prefetch(opts.fsdp_prefetch);
+                let store =
+                    ShardedStore::load(&index, is_block, comm, dtype, device)?.with_prefetch(opts.fsdp_prefetch);
                 Box::new(FsdpBlocks { cfg: cfg.clone(), store })
             }
             None => {

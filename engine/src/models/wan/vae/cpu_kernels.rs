@@ -256,7 +256,10 @@ pub fn conv_frames_rows(
         for input in taps.iter().flatten() {
             input.assert_sizes(&g);
             // Flattening moved rows into columns: lent rows would no longer line up.
-            assert!(g.h_out == geom.h_out || (input.above.is_none() && input.below.is_none()), "conv_frames: pointwise halo");
+            assert!(
+                g.h_out == geom.h_out || (input.above.is_none() && input.below.is_none()),
+                "conv_frames: pointwise halo"
+            );
         }
     }
     if out.is_empty() || rows.is_empty() {
@@ -693,7 +696,16 @@ pub fn upsample2x_conv3x3_frames(
                     // SAFETY: as below, for the pixels (o ∈ o0..o1, y0 ≤ y < y1, x < W) this task
                     // owns; one tap frame of I·H·W values for kt = 1; `o1 ≤ O`.
                     unsafe {
-                        accumulate_band_padded(frame_out, map, &[Some(RowFrame::whole(inputs[t]))], wv, g, y0, y1, o0..o1)
+                        accumulate_band_padded(
+                            frame_out,
+                            map,
+                            &[Some(RowFrame::whole(inputs[t]))],
+                            wv,
+                            g,
+                            y0,
+                            y1,
+                            o0..o1,
+                        )
                     };
                     continue;
                 }
@@ -915,8 +927,7 @@ mod tests {
                     })
                 })
                 .collect()];
-            let bare: Vec<Vec<Option<RowFrame<'_>>>> =
-                vec![body.iter().map(|f| Some(RowFrame::whole(f))).collect()];
+            let bare: Vec<Vec<Option<RowFrame<'_>>>> = vec![body.iter().map(|f| Some(RowFrame::whole(f))).collect()];
             // Interior rows: output row y reads input rows y·s − pt .. y·s − pt + 2.
             let lo = pt.div_ceil(stride);
             let hi = (h + pt - 3) / stride + 1;
@@ -926,7 +937,10 @@ mod tests {
             conv_frames_rows(&mut got, &lent, wv, init, g, 0..lo);
             conv_frames_rows(&mut got, &lent, wv, init, g, hi..g.h_out);
             let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "w {w_in} stride {stride} pad {pad:?} kt {k_t}: the two passes differ from the extended frame");
+            assert!(
+                same,
+                "w {w_in} stride {stride} pad {pad:?} kt {k_t}: the two passes differ from the extended frame"
+            );
         }
     }
 

@@ -191,7 +191,9 @@ impl CausalConv3d {
         let inputs = ConvInputs { taps };
         let wt = self.taps_for(xs)?;
         let (ys, chunk_rows) = match pending {
-            None => (ops::conv_frames_with(&inputs, &self.weight, wt, &self.bias, self.stride, self.pad, residual)?, None),
+            None => {
+                (ops::conv_frames_with(&inputs, &self.weight, wt, &self.bias, self.stride, self.pad, residual)?, None)
+            }
             Some(pending) => {
                 let mut arrived = None;
                 let lent = || -> Result<Vec<Vec<Lent>>> {
@@ -210,8 +212,16 @@ impl CausalConv3d {
                     arrived = Some(rows);
                     Ok(lent)
                 };
-                let ys =
-                    ops::conv_frames_lent(&inputs, &self.weight, wt, &self.bias, self.stride, self.pad, residual, lent)?;
+                let ys = ops::conv_frames_lent(
+                    &inputs,
+                    &self.weight,
+                    wt,
+                    &self.bias,
+                    self.stride,
+                    self.pad,
+                    residual,
+                    lent,
+                )?;
                 (ys, arrived)
             }
         };
@@ -236,7 +246,10 @@ enum Src {
 
 /// The rows lent to frame `t` of a `[T, C, rows, W]` exchange result.
 fn lent_of(rows: &HaloRows, t: usize) -> Result<Lent> {
-    Ok(Lent { above: rows.above.as_ref().map(|a| a.get(t)).transpose()?, below: rows.below.as_ref().map(|b| b.get(t)).transpose()? })
+    Ok(Lent {
+        above: rows.above.as_ref().map(|a| a.get(t)).transpose()?,
+        below: rows.below.as_ref().map(|b| b.get(t)).transpose()?,
+    })
 }
 
 /// The cached frames' lent rows after this chunk (`None` at the frame's edge, as both parts are).

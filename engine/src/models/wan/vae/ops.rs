@@ -331,7 +331,9 @@ pub fn conv_frames_lent(
     let (c, h, w) = first.dims3()?;
     let (pt, pb, pl, pr) = pad;
     if c != i || h + pt + pb < kh || w + pl + pr < kw || stride == 0 {
-        candle_core::bail!("conv {kh}x{kw} stride {stride} on {i} channels does not fit a {c}x{h}x{w} slab padded by {pad:?}");
+        candle_core::bail!(
+            "conv {kh}x{kw} stride {stride} on {i} channels does not fit a {c}x{h}x{w} slab padded by {pad:?}"
+        );
     }
     let frames = inputs.taps.len();
     let check_lent = |lent: &[Vec<Lent>]| -> Result<()> {
@@ -343,7 +345,10 @@ pub fn conv_frames_lent(
                 if let Some(t) = part {
                     let (tc, tr, tw) = t.dims3()?;
                     if tc != c || tw != w || tr != rows {
-                        candle_core::bail!("lent rows of shape {:?} for a {c}x{h}x{w} slab padded by {pad:?}", t.shape());
+                        candle_core::bail!(
+                            "lent rows of shape {:?} for a {c}x{h}x{w} slab padded by {pad:?}",
+                            t.shape()
+                        );
                     }
                 }
             }
@@ -437,9 +442,7 @@ pub fn conv_frames_lent(
         .map(|(ts, ls)| {
             ts.iter()
                 .zip(ls)
-                .map(|(f, (a, b))| {
-                    f.as_deref().map(|body| RowFrame { body, above: a.as_deref(), below: b.as_deref() })
-                })
+                .map(|(f, (a, b))| f.as_deref().map(|body| RowFrame { body, above: a.as_deref(), below: b.as_deref() }))
                 .collect()
         })
         .collect();

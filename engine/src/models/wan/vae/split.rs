@@ -62,7 +62,9 @@ pub trait RowExchange: Send + Sync + std::fmt::Debug {
     fn start(&self, xs: &Tensor, above: usize, below: usize) -> Result<Box<dyn PendingRows>> {
         let rows = xs.dim(2)?;
         if rows < above.max(below) {
-            candle_core::bail!("halo of {above}/{below} rows needs slabs of at least that many rows, this one has {rows}");
+            candle_core::bail!(
+                "halo of {above}/{below} rows needs slabs of at least that many rows, this one has {rows}"
+            );
         }
         let (rank, world) = (self.rank(), self.world_size());
         let to_above = (below > 0 && rank > 0).then(|| xs.narrow(2, 0, below)?.contiguous()).transpose()?;
@@ -151,7 +153,11 @@ impl CommRowExchange {
     }
 
     /// The synchronous exchange behind [`RowExchange::exchange`].
-    fn exchange_now(&self, to_above: Option<Tensor>, to_below: Option<Tensor>) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn exchange_now(
+        &self,
+        to_above: Option<Tensor>,
+        to_below: Option<Tensor>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (rank, world) = (self.rank(), self.world_size());
         // A neighbour sends back what it was asked for in the same pattern: as many rows as I send
         // the other way, with my shape otherwise.
@@ -215,7 +221,9 @@ impl RowExchange for CommRowExchange {
         let t0 = Instant::now();
         let (t, c, rows, w) = xs.dims4()?;
         if rows < above.max(below) {
-            candle_core::bail!("halo of {above}/{below} rows needs slabs of at least that many rows, this one has {rows}");
+            candle_core::bail!(
+                "halo of {above}/{below} rows needs slabs of at least that many rows, this one has {rows}"
+            );
         }
         let (rank, world) = (self.rank(), self.world_size());
         let (up, down) = (rank > 0, rank + 1 < world);
