@@ -379,31 +379,34 @@ pub fn predict(
         (_, None) => (false, 0),
     };
 
+    // FSDP prefetch holds a second block only when there is a next block to gather.
+    let prefetch = opts.fsdp_prefetch && plan.fsdp > 1 && dcfg.num_layers > 1;
     // One step's working set (the same on every rank: shards are equal up to one token).
-    let denoise_work =
-        [
-            term("latents, predictions and scheduler state", dit::latent_state_bytes(dcfg, latent_elems, e, cfg_on)),
-            term("text context", dit::context_bytes(dcfg, e)),
-            term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
-            term("block input (tokens)", (ls * dcfg.inner_dim()) as u64 * e),
-            // The stem/head temporaries and a block's never coexist: the larger counts. The FSDP
-            // gather's buffers come after the block without prefetch, beside it with.
-            term(
-                "block activations (FFN, attention tiles)",
-                dit::block_peak(dcfg, &run, ls, runs)
-                    .max(dit::stem_head_bytes(dcfg, ls, e))
-                    .max(if opts.fsdp_prefetch { 0 } else { dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp) }),
-            ),
-            term(
-                "fsdp gather transient (prefetch, beside the block)",
-                if opts.fsdp_prefetch { dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp) } else { 0 },
-            ),
-            term("fsdp gathered block", dit::fsdp_gather_bytes(dcfg, e, plan.fsdp)),
-            term(
-                "fsdp prefetched block (the next, gathered during this one)",
-                if opts.fsdp_prefetch { dit::fsdp_gather_bytes(dcfg, e, plan.fsdp) } else { 0 },
-            ),
-        ];
+    let denoise_work = [
+        term("latents, predictions and scheduler state", dit::latent_state_bytes(dcfg, latent_elems, e, cfg_on)),
+        term("text context", dit::context_bytes(dcfg, e)),
+        term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
+        term("block input (tokens)", (ls * dcfg.inner_dim()) as u64 * e),
+        // The stem/head temporaries and a block's never coexist: the larger counts. The FSDP
+        // gather's buffers come after the block without prefetch, beside it with.
+        term(
+            "block activations (FFN, attention tiles)",
+            dit::block_peak(dcfg, &run, ls, runs).max(dit::stem_head_bytes(dcfg, ls, e)).max(if prefetch {
+                0
+            } else {
+                dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)
+            }),
+        ),
+        term(
+            "fsdp gather transient (prefetch, beside the block)",
+            if prefetch { dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp) } else { 0 },
+        ),
+        term("fsdp gathered block", dit::fsdp_gather_bytes(dcfg, e, plan.fsdp)),
+        term(
+            "fsdp prefetched block (the next, gathered during this one)",
+            if prefetch { dit::fsdp_gather_bytes(dcfg, e, plan.fsdp) } else { 0 },
+        ),
+    ];
 
     // The decode working set of a rank of the VAE group (`0..vae_parallel`).
     let halo = plan.vae_mode == VaeMode::Halo && plan.vae_parallel > 1;
