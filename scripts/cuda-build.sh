@@ -209,7 +209,8 @@ exec "$here/nvcc" "$@"
 WRAP
   chmod +x "$W"
   export NVCC="$W" TESSERA_PTX_CACHE
-  TESSERA_PTX_CACHE="$(ls -d "$ROOT_DIR"/target-cuda/release/build/candle-kernels-*/out 2>/dev/null | tr '\n' ' ')"
+  # No earlier full build (a fresh machine): nothing to copy; `|| true` keeps pipefail from ending the script.
+  TESSERA_PTX_CACHE="$(ls -d "$ROOT_DIR"/target-cuda/release/build/candle-kernels-*/out 2>/dev/null | tr '\n' ' ' || true)"
   # No RUSTFLAGS (nothing is linked): with CHECK_TARGET_DIR=target the CPU build's checked
   # dependencies are reused and only the crates whose features change are checked again.
   RUSTFLAGS="" CARGO_TARGET_DIR="${CHECK_TARGET_DIR:-$ROOT_DIR/target-cuda/check}" \

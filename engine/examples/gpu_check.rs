@@ -249,6 +249,7 @@ fn halo_stage(worker: &Path, scratch: &Path) -> Result<()> {
     let mut sup = Supervisor::spawn(spec).context("starting 2 CUDA workers on GPU 0")?;
     let job = Job::VaeDecode(VaeDecodeSpec {
         model: model.clone(),
+        config: None,
         latents,
         out: scratch.join("video.safetensors"),
         mode: VaeMode::Halo,

@@ -124,7 +124,7 @@ fn fsdp_2_with_a_lora_equals_one_device() -> Result<()> {
                     let (spec, weights) = (&spec, &weights);
                     s.spawn(move || -> Result<Tensor> {
                         let fsdp: Arc<dyn Collective> = Arc::new(comm);
-                        let opts = ShardOptions { fsdp: Some(fsdp), ulysses: None };
+                        let opts = ShardOptions { fsdp: Some(fsdp), ..Default::default() };
                         let model =
                             ShardedTransformer::load(&spec.transformer, weights, DType::F32, &Device::Cpu, opts)?;
                         Ok(model.forward(

@@ -148,7 +148,7 @@ fn fp8_scaled_under_fsdp_equals_one_device() -> Result<()> {
                 let (spec, weights) = (&spec, &weights);
                 s.spawn(move || -> Result<Tensor> {
                     let fsdp: Arc<dyn Collective> = Arc::new(comm);
-                    let opts = ShardOptions { fsdp: Some(fsdp), ulysses: None };
+                    let opts = ShardOptions { fsdp: Some(fsdp), ..Default::default() };
                     let model = ShardedTransformer::load(&spec.transformer, weights, DType::F32, &Device::Cpu, opts)?;
                     Ok(model.forward(
                         &io("inputs.safetensors", "latents")?,

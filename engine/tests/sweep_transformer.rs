@@ -95,7 +95,7 @@ fn run_parallel(case: &Case, u: usize, f: usize) -> candle_core::Result<Vec<Vec<
                         let base = r / size * size;
                         world.sub_group(&(base..base + size).map(Rank).collect::<Vec<_>>())
                     };
-                    let opts = ShardOptions { fsdp: Some(group(f)?), ulysses: Some(group(u)?) };
+                    let opts = ShardOptions { fsdp: Some(group(f)?), ulysses: Some(group(u)?), ..Default::default() };
                     let model = ShardedTransformer::load_dir(dir, DType::F32, &Device::Cpu, opts)?;
                     RUNS.iter()
                         .map(|(t, _)| model.forward(case.input("latents"), case.input(t), case.input("context")))

@@ -20,6 +20,32 @@ pub enum Vae {
     Hv15(AutoencoderKLHunyuanVideo15),
 }
 
+/// The dtype a worker runs a VAE of `family` in on `device`: bf16 for a Wan VAE on CUDA (its norm
+/// statistics are f32, as in diffusers, and its last norm and conv run in f32, see
+/// `wan::vae::decoder`), f32 everywhere else — the CPU kernels are f32, and HunyuanVideo 1.5's bf16
+/// path is not validated. `TESSERA_VAE_DTYPE=f32` keeps a CUDA Wan VAE in f32.
+pub fn run_dtype(family: Family, device: &Device) -> DType {
+    run_dtype_on(family, device.is_cuda())
+}
+
+/// [`run_dtype`] for a CUDA device or not (the planner asks without opening one).
+pub fn run_dtype_on(family: Family, cuda: bool) -> DType {
+    let f32_forced = std::env::var("TESSERA_VAE_DTYPE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("f32"));
+    match family {
+        Family::Wan if cuda && !f32_forced => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+/// The family of the VAE at `model` (a VAE file is a Wan VAE: only those come as single files).
+pub fn family_of(model: &Path) -> std::result::Result<Family, VaeLoadError> {
+    if model.is_file() {
+        return Ok(Family::Wan);
+    }
+    let dir = crate::weights::component_dir(model, "vae")?;
+    Family::detect(&dir).map_err(|e| VaeLoadError::Config { path: dir.display().to_string(), msg: e.to_string() })
+}
+
 /// Loads the VAE of `model` (a pipeline root holding `vae/`, or the VAE folder itself), whichever
 /// family it is.
 pub fn load(model: &Path, parts: VaeParts, dtype: DType, device: &Device) -> std::result::Result<Vae, VaeLoadError> {

@@ -11,6 +11,12 @@
 //!   returns a `VarBuilder` over the full checkpoint names, so model code builds the unit exactly as
 //!   from the checkpoint. Nothing here knows about a particular model: the Wan DiT blocks and the
 //!   UMT5 layers use it the same way.
+//! - Prefetch ([`ShardedStore::with_prefetch`], [`ShardedStore::materialize_ahead`]): given a second
+//!   communicator of the group ([`Collective::duplicate`]: a second NCCL communicator, or the socket
+//!   mesh's second lane), every gather of the store runs on it and the next unit's gather starts on
+//!   a background thread as soon as the current unit is handed out, so it overlaps the current
+//!   unit's compute (whose own collectives use the first communicator). The gathered bytes are the
+//!   same, so results are bit-identical; memory holds two gathered units instead of one.
 //!
 //! Dtypes: matrices are stored in the run dtype (what the unsharded loader converts them to);
 //! vectors and small tables (≤ 65 536 elements, e.g. norm weights and modulation tables that models
@@ -19,7 +25,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -85,6 +94,46 @@ fn shard_len(numel: usize, f: usize) -> usize {
     numel.div_ceil(f).max(1)
 }
 
+/// The gathered tensors of one unit, by checkpoint name.
+type Unit = HashMap<String, Tensor>;
+
+/// A unit being gathered on the prefetch thread.
+struct Pending {
+    prefix: String,
+    thread: JoinHandle<Result<Unit>>,
+}
+
+/// The prefetch lane and its one gather in flight. Dropping it waits for the gather (an op left
+/// running on the lane would interleave with the next store's ops on it).
+#[derive(Default)]
+struct Prefetch {
+    lane: Option<Arc<dyn Collective>>,
+    pending: Mutex<Option<Pending>>,
+    /// Nanoseconds callers of `materialize_ahead` spent blocked on gathers.
+    wait_nanos: AtomicU64,
+}
+
+impl Prefetch {
+    fn take(&self) -> Option<Pending> {
+        // A poisoned lock means a panic elsewhere; the slot is still a plain Option.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(p) = self.take() {
+            let _ = p.thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch").field("lane", &self.lane.is_some()).finish()
+    }
+}
+
 /// The sharded tensors of one FSDP group, as one rank holds them.
 #[derive(Debug, Clone)]
 pub struct ShardedStore {
@@ -92,6 +141,7 @@ pub struct ShardedStore {
     slices: BTreeMap<String, Slice>,
     dtype: DType,
     device: Device,
+    prefetch: Arc<Prefetch>,
 }
 
 impl ShardedStore {
@@ -121,7 +171,28 @@ impl ShardedStore {
             }
             slices.insert(name.clone(), Slice { shape: e.shape.clone(), local: local.to_device(device)? });
         }
-        Ok(Self { comm, slices, dtype, device: device.clone() })
+        Ok(Self { comm, slices, dtype, device: device.clone(), prefetch: Arc::default() })
+    }
+
+    /// Gathers on `lane` (a [`Collective::duplicate`] of the store's group; `None`: no prefetch)
+    /// and lets [`Self::materialize_ahead`] start the next unit's gather in the background.
+    pub fn with_prefetch(mut self, lane: Option<Arc<dyn Collective>>) -> Self {
+        if let Some(lane) = &lane {
+            debug_assert_eq!((lane.rank(), lane.world_size()), (self.comm.rank(), self.comm.world_size()));
+        }
+        self.prefetch = Arc::new(Prefetch { lane, pending: Mutex::new(None), wait_nanos: AtomicU64::new(0) });
+        self
+    }
+
+    /// Whether gathers run on a prefetch lane.
+    pub fn prefetching(&self) -> bool {
+        self.prefetch.lane.is_some()
+    }
+
+    /// Seconds callers of [`Self::materialize_ahead`] were blocked on gathers (the whole gather
+    /// without prefetch; only what the compute did not hide with it).
+    pub fn wait_seconds(&self) -> f64 {
+        self.prefetch.wait_nanos.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// Bytes this rank keeps resident.
@@ -154,25 +225,87 @@ impl ShardedStore {
     /// All-gathers tensor `name` over the group (collective: every member calls it).
     pub fn gather(&self, name: &str) -> Result<Tensor> {
         let Some(s) = self.slices.get(name) else { candle_core::bail!("tensor {name} is not in this sharded store") };
-        let n: usize = s.shape.iter().product();
-        // Rank order = element order: the concatenation is the flattened tensor plus the padding.
-        self.comm.all_gather(&s.local, 0)?.narrow(0, 0, n)?.reshape(s.shape.as_slice())
+        gather_slice(self.comm.as_ref(), s)
+    }
+
+    /// The slices under `prefix`, in name order (cheap clones: tensors share their storage).
+    fn unit_slices(&self, prefix: &str) -> Result<Vec<(String, Slice)>> {
+        let parts: Vec<(String, Slice)> = self.under(prefix).map(|(n, s)| (n.clone(), s.clone())).collect();
+        if parts.is_empty() {
+            candle_core::bail!("no sharded tensors under `{prefix}`");
+        }
+        Ok(parts)
     }
 
     /// All-gathers every tensor named `prefix.…` (in name order, the same on every member: a
     /// collective) and returns them as a `VarBuilder` over their full checkpoint names.
     pub fn materialize(&self, prefix: &str) -> Result<VarBuilder<'static>> {
-        let names: Vec<String> = self.under(prefix).map(|(n, _)| n.clone()).collect();
-        if names.is_empty() {
-            candle_core::bail!("no sharded tensors under `{prefix}`");
-        }
-        let mut map = HashMap::with_capacity(names.len());
-        for name in names {
-            let t = self.gather(&name)?;
-            map.insert(name, t);
+        let map = gather_unit(self.comm.as_ref(), &self.unit_slices(prefix)?)?;
+        Ok(VarBuilder::from_tensors(map, self.dtype, &self.device))
+    }
+
+    /// [`Self::materialize`] of `prefix`, then (with a prefetch lane) starts gathering `next` on a
+    /// background thread, which the call for `next` picks up. Every member must make the same
+    /// calls in the same order (the lane's ops are then in the same order everywhere: at most one
+    /// gather is in flight, and a call waits for it before starting another). Without a lane it is
+    /// `materialize`.
+    pub fn materialize_ahead(&self, prefix: &str, next: Option<&str>) -> Result<VarBuilder<'static>> {
+        let Some(lane) = self.prefetch.lane.clone() else {
+            let t0 = Instant::now();
+            let vb = self.materialize(prefix);
+            self.prefetch.wait_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            return vb;
+        };
+        let t0 = Instant::now();
+        let ready = match self.prefetch.take() {
+            Some(p) => {
+                let got =
+                    p.thread.join().map_err(|_| candle_core::Error::Msg("the FSDP prefetch thread panicked".into()));
+                // A different unit (a forward cut short by an error) is waited for and dropped.
+                if p.prefix == prefix {
+                    Some(got??)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let map = match ready {
+            Some(map) => map,
+            None => gather_unit(lane.as_ref(), &self.unit_slices(prefix)?)?,
+        };
+        self.prefetch.wait_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Some(next) = next {
+            let parts = self.unit_slices(next)?;
+            let device = self.device.clone();
+            let thread = std::thread::Builder::new()
+                .name("fsdp-prefetch".into())
+                .spawn(move || {
+                    let _span = tracing::debug_span!("fsdp_prefetch").entered();
+                    let unit = gather_unit(lane.as_ref(), &parts)?;
+                    // CUDA: the gathers ran on this thread's stream; finish them before another
+                    // thread's stream reads the tensors.
+                    device.synchronize()?;
+                    Ok(unit)
+                })
+                .map_err(|e| candle_core::Error::Msg(format!("cannot start the FSDP prefetch thread: {e}")))?;
+            *self.prefetch.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Pending { prefix: next.to_string(), thread });
         }
         Ok(VarBuilder::from_tensors(map, self.dtype, &self.device))
     }
+}
+
+/// All-gathers one slice over `comm` into the full tensor.
+fn gather_slice(comm: &dyn Collective, s: &Slice) -> Result<Tensor> {
+    let n: usize = s.shape.iter().product();
+    // Rank order = element order: the concatenation is the flattened tensor plus the padding.
+    comm.all_gather(&s.local, 0)?.narrow(0, 0, n)?.reshape(s.shape.as_slice())
+}
+
+/// All-gathers every slice of a unit, in the given (name) order.
+fn gather_unit(comm: &dyn Collective, parts: &[(String, Slice)]) -> Result<Unit> {
+    parts.iter().map(|(name, s)| Ok((name.clone(), gather_slice(comm, s)?))).collect()
 }
 
 #[cfg(test)]

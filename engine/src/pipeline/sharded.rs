@@ -28,6 +28,10 @@ pub struct PlanGroups {
     /// The CFG pair (branch 0 first), when `cfg_parallel` is 2.
     pub cfg: Option<Arc<dyn Collective>>,
     pub fsdp: Option<Arc<dyn Collective>>,
+    /// A second communicator of the FSDP group ([`Collective::duplicate`]) on which the next block
+    /// is gathered while the current one runs; `None` without FSDP, on a backend without a second
+    /// lane, or with `TESSERA_FSDP_PREFETCH=0`.
+    pub fsdp_prefetch: Option<Arc<dyn Collective>>,
     /// The VAE ranks `0..vae_parallel`, for members only.
     pub vae: Option<Arc<dyn Collective>>,
     /// The CFG branch this rank computes under CFG parallel (0: prompt, 1: negative prompt).
@@ -49,18 +53,37 @@ impl PlanGroups {
         };
         let u = plan.ulysses.max(1);
         let cfg = if plan.cfg_parallel == 2 { group(vec![Rank(me.0 % u), Rank(me.0 % u + u)])? } else { None };
+        let ulysses = group(plan.ulysses_group(me))?;
+        let fsdp = group(plan.fsdp_group(me))?;
+        // Every member of an FSDP group takes this branch together (the switch is the environment
+        // every worker inherits), so the duplicate is a collective call of the whole group.
+        let fsdp_prefetch = match &fsdp {
+            Some(f) if f.world_size() > 1 && fsdp_prefetch_enabled() => f.duplicate()?,
+            _ => None,
+        };
         Ok(Self {
-            ulysses: group(plan.ulysses_group(me))?,
+            ulysses,
             cfg,
-            fsdp: group(plan.fsdp_group(me))?,
+            fsdp,
+            fsdp_prefetch,
             vae: group(plan.vae_group())?,
             cfg_branch: if plan.cfg_parallel == 2 { plan.cfg_index(me) } else { 0 },
         })
     }
 
     pub fn shard_options(&self) -> ShardOptions {
-        ShardOptions { fsdp: self.fsdp.clone(), ulysses: self.ulysses.clone() }
+        ShardOptions {
+            fsdp: self.fsdp.clone(),
+            ulysses: self.ulysses.clone(),
+            fsdp_prefetch: self.fsdp_prefetch.clone(),
+        }
     }
+}
+
+/// FSDP prefetch is on unless `TESSERA_FSDP_PREFETCH=0` (a diagnostic switch: the before/after
+/// comparison of the gather wait, README "Sharded denoise").
+pub fn fsdp_prefetch_enabled() -> bool {
+    std::env::var("TESSERA_FSDP_PREFETCH").map_or(true, |v| v.trim() != "0")
 }
 
 /// One loaded transformer of either family, as this rank holds it.
@@ -153,6 +176,14 @@ impl Expert {
         match self {
             Expert::Wan(m) => m.block_bytes(),
             Expert::Hv15(m) => m.block_bytes(),
+        }
+    }
+
+    /// Seconds this expert's forwards were blocked on FSDP gathers so far.
+    pub fn gather_wait_seconds(&self) -> f64 {
+        match self {
+            Expert::Wan(m) => m.gather_wait_seconds(),
+            Expert::Hv15(m) => m.gather_wait_seconds(),
         }
     }
 }

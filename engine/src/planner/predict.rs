@@ -74,6 +74,10 @@ pub struct Options {
     /// The transformer stays loaded through the decode (and for the session's next run), as the
     /// job does with `keep_weights`; `false`: it is freed before the decode.
     pub keep_weights: bool,
+    /// FSDP gathers the next block while the current one runs (the workers' default; off with
+    /// `TESSERA_FSDP_PREFETCH=0`): a second gathered block, and the gather's transient beside the
+    /// block's activations instead of after them.
+    pub fsdp_prefetch: bool,
 }
 
 impl Options {
@@ -85,6 +89,7 @@ impl Options {
             attention: ChunkedAttention::default(),
             prompt_tokens: dit::TEXT_TOKENS,
             keep_weights: true,
+            fsdp_prefetch: crate::pipeline::sharded::fsdp_prefetch_enabled(),
         }
     }
 
@@ -100,8 +105,20 @@ impl Options {
             Target::Cpu => KernelPath::Cpu,
             Target::Cuda => KernelPath::Generic,
         };
-        // The VAE always runs in f32 (the VAE job and the pipeline load it so; diffusers too).
-        VaeRun { elt: 4, path, halo, threads: self.threads }
+        VaeRun {
+            elt: self.vae_elt(),
+            path,
+            halo,
+            threads: self.threads,
+            im2col_budget: crate::models::wan::vae::ops::im2col_budget(),
+        }
+    }
+
+    /// Bytes per VAE weight and activation: the Wan VAE runs in bf16 on CUDA (`models::vae::run_dtype`),
+    /// in f32 on the CPU.
+    fn vae_elt(&self) -> u64 {
+        let cuda = self.target == Target::Cuda;
+        crate::models::vae::run_dtype_on(crate::model_spec::Family::Wan, cuda).size_in_bytes() as u64
     }
 }
 
@@ -333,10 +350,12 @@ pub fn predict_wan(
             expert_weights.iter().sum()
         }
     };
-    // The VAE runs in f32 on every device; the CPU decoder adds its sub-pixel upsample weights.
+    // The VAE runs in f32 on the CPU (whose decoder adds its sub-pixel upsample weights) and in
+    // bf16 on CUDA (its f32 output conv, a few thousand parameters, counted at that size too).
+    let ve = opts.vae_elt();
     let vae_dec_w =
-        params::vae_decoder(&spec.vae) * 4 + if cuda { 0 } else { params::vae_decoder_upsample_phases(&spec.vae) * 4 };
-    let vae_enc_w = params::vae_encoder(&spec.vae) * 4;
+        params::vae_decoder(&spec.vae) * ve + if cuda { 0 } else { params::vae_decoder_upsample_phases(&spec.vae) * 4 };
+    let vae_enc_w = params::vae_encoder(&spec.vae) * ve;
 
     // Held from before `load` to the end of the job: the prompt embeddings (host memory: counted
     // on the CPU only; on a GPU the predictor's run-dtype copies count while it lives) and the
@@ -361,21 +380,33 @@ pub fn predict_wan(
         (_, None) => (false, 0),
     };
 
+    // FSDP prefetch holds a second block only when there is a next block to gather.
+    let prefetch = opts.fsdp_prefetch && plan.fsdp > 1 && dcfg.num_layers > 1;
     // One step's working set (the same on every rank: shards are equal up to one token).
     let denoise_work = [
         term("latents, predictions and scheduler state", dit::latent_state_bytes(dcfg, latent_elems, e, cfg_on)),
         term("text context", dit::context_bytes(dcfg, e)),
         term("rope tables", dit::rope_bytes(dcfg, tokens, plan.ulysses)),
         term("block input (tokens)", (ls * dcfg.inner_dim()) as u64 * e),
-        // The stem/head temporaries, a block's and the FSDP gather buffers never coexist: the
-        // largest counts.
+        // The stem/head temporaries and a block's never coexist: the larger counts. The FSDP
+        // gather's buffers come after the block without prefetch, beside it with.
         term(
             "block activations (FFN, attention tiles)",
-            dit::block_peak(dcfg, &run, ls, runs)
-                .max(dit::stem_head_bytes(dcfg, ls, e))
-                .max(dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)),
+            dit::block_peak(dcfg, &run, ls, runs).max(dit::stem_head_bytes(dcfg, ls, e)).max(if prefetch {
+                0
+            } else {
+                dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)
+            }),
+        ),
+        term(
+            "fsdp gather transient (prefetch, beside the block)",
+            if prefetch { dit::fsdp_gather_transient_bytes(dcfg, e, plan.fsdp) } else { 0 },
         ),
         term("fsdp gathered block", dit::fsdp_gather_bytes(dcfg, e, plan.fsdp)),
+        term(
+            "fsdp prefetched block (the next, gathered during this one)",
+            if prefetch { dit::fsdp_gather_bytes(dcfg, e, plan.fsdp) } else { 0 },
+        ),
     ];
 
     // The decode working set of a rank of the VAE group (`0..vae_parallel`).
@@ -601,9 +632,9 @@ mod tests {
         }
         let decodes = |r: usize| term_bytes(phase(&p.ranks[r], "decode"), "vae decode working set") > 0;
         assert!(decodes(0) && decodes(1) && !decodes(2) && !decodes(3));
-        // Encoder and decoder are loaded on the VAE group only.
+        // Encoder and decoder are loaded on the VAE group only, in bf16 on CUDA.
         let vae = |r: usize| term_bytes(phase(&p.ranks[r], "load"), "vae weights");
-        let (dec, enc) = (params::vae_decoder(&s.vae) * 4, params::vae_encoder(&s.vae) * 4);
+        let (dec, enc) = (params::vae_decoder(&s.vae) * 2, params::vae_encoder(&s.vae) * 2);
         assert_eq!((vae(0), vae(1), vae(2)), (dec + enc, dec + enc, 0));
         // Halo slabs over the two ranks: each encodes about half of what one rank alone would.
         let alone =
@@ -629,7 +660,7 @@ mod tests {
             assert!(term_bytes(phase(r, name), "vae weights") > 0, "{name}: the decoder is loaded");
         }
         assert_eq!(term_bytes(phase(r, "decode"), "transformer weights"), 0);
-        assert_eq!(r.weights_bytes, experts + params::vae_decoder(&s.vae) * 4);
+        assert_eq!(r.weights_bytes, experts + params::vae_decoder(&s.vae) * 2, "the decoder in bf16 on CUDA");
     }
 
     /// Phased residency: one expert per phase, a `switch` between the experts' denoise phases, and

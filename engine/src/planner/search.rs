@@ -271,7 +271,12 @@ mod tests {
         let base = ParallelPlan { ranks: 8, ulysses: 8, vae_parallel: 8, ..Default::default() };
         assert!(!fits(&predict(&s, &req, &base, &opts).unwrap(), &gpu), "no FSDP: 57 GB of experts per GPU");
         let found = cheapest_fit(&s, &req, &base, &opts, &gpu).unwrap().expect("a plan fits 8×24 GB");
-        assert!(found.plan.fsdp >= 4, "{:?}", found.plan);
+        // One bf16 expert is 28.6 GB: FSDP 2 fits only with phased residency (one expert loaded).
+        assert!(
+            found.plan.fsdp >= 4 || (found.plan.fsdp == 2 && found.plan.residency == Residency::Phased),
+            "{:?}",
+            found.plan
+        );
         assert!(fits(&found.prediction, &gpu));
         assert!(describe_changes(&base, &found.plan).iter().any(|c| c.starts_with("--fsdp")));
         // Nothing fits a single 24 GB GPU.

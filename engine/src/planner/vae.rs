@@ -3,14 +3,18 @@
 //! replay is the peak of the run.
 //!
 //! What is live at any moment (read from `vae/{decoder,blocks,layers,ops,cpu_kernels,autoencoder}.rs`):
-//! - the causal caches: 2 frames of every cached conv's input (halo mode: the row-extended input),
-//!   1 frame per `downsample3d`; a new slot is made before the old one is released;
+//! - the causal caches: 2 frames of every cached conv's input (halo mode: the slab's rows and the
+//!   rows its neighbours lent), 1 frame per `downsample3d`; a new slot is made before the old one
+//!   is released;
 //! - in a residual block, everything bound with `let` until the block returns (Rust drops shadowed
 //!   bindings at the end of the scope): shortcut, norm1, conv1, norm2 and conv2 outputs;
-//! - in halo mode, each padded conv's input extended by one neighbour row above and below;
+//! - in halo mode, the rows each padded conv's neighbours lend (one above, one below), read in place
+//!   by the CPU kernels; the generic path also builds the input extended with them;
 //! - the output buffer (rank 0 only) and a host copy of each finished chunk while it is written;
-//! - on the generic (CUDA) path, per conv: zero-padded input copies, the im2col matrix of candle's
-//!   conv2d, per-frame outputs and their `stack` (the CPU path has none of these).
+//! - on the generic (CUDA) path, per conv: the output, written band by band; per band of output rows
+//!   (sized so that its im2col stays within `ops::im2col_budget`): the band's zero-padded input
+//!   copy, the im2col matrix, candle's GEMM result and its NCHW copy, the running sum (the CPU path
+//!   has none of these).
 
 use super::live::Live;
 use super::params::vae_decoder_dims;
@@ -36,6 +40,8 @@ pub struct VaeRun {
     pub halo: bool,
     /// Threads of the CPU kernels (each holds a band scratch for narrow convs).
     pub threads: usize,
+    /// Generic path: the most bytes of im2col per conv2d call (`ops::im2col_budget`).
+    pub im2col_budget: usize,
 }
 
 /// A `[T, C, H, W]` activation (H = this rank's rows).
@@ -110,12 +116,20 @@ pub fn conv_band_scratch(run: &VaeRun, in_c: usize, out_c: usize, frames: usize,
     per_task * tasks.min(threads) as u64
 }
 
-/// Transient buffers of one per-frame 2-D conv on the generic path: two zero-pad copies of the
-/// input frame, candle's im2col matrix, the conv output and the running sum.
-pub fn generic_conv_frame_scratch(elt: u64, in_c: usize, out_c: usize, h: usize, w: usize, k: usize) -> u64 {
-    let pad = if k > 1 { (in_c * (h + 2) * w + in_c * (h + 2) * (w + 2)) as u64 } else { 0 };
+/// Transient buffers of one conv2d call of the generic path (`ops::generic_conv_frames`) on a band
+/// of `h` output rows × `w` columns: the band's input with its zero padding (two pad copies, rows
+/// then columns), candle's im2col matrix, its GEMM result and NCHW copy, and the running sum.
+pub fn generic_conv_band_scratch(elt: u64, in_c: usize, out_c: usize, h: usize, w: usize, k: usize) -> u64 {
+    let pad = if k > 1 { (in_c * (h + k - 1) * w + in_c * (h + k - 1) * (w + k - 1)) as u64 } else { 0 };
     let im2col = (h * w * in_c * k * k) as u64;
-    (pad + im2col + 2 * (out_c * h * w) as u64) * elt
+    (pad + im2col + 3 * (out_c * h * w) as u64) * elt
+}
+
+/// Output rows per conv2d call on the generic path: as many as keep the im2col matrix within
+/// `budget` bytes (`ops::band_rows`), at most the frame's.
+pub fn generic_band_rows(elt: u64, in_c: usize, h_out: usize, w_out: usize, k: usize, budget: usize) -> usize {
+    let per_row = (w_out * in_c * k * k) as u64 * elt;
+    ((budget as u64 / per_row.max(1)).max(1) as usize).min(h_out.max(1))
 }
 
 /// The replay of one VAE pass on one rank.
@@ -135,12 +149,26 @@ impl<'a> Replay<'a> {
         a.bytes(self.run.elt)
     }
 
+    /// Halo mode: what a conv with `pad` rows of padding holds beside its input while it runs: the
+    /// `2·pad` rows the neighbours lent (read in place on the CPU path, `ops::conv_frames_lent`),
+    /// plus on the generic path the input extended with them.
+    fn lent_bytes(&self, x: Act, pad: usize, halo: bool) -> u64 {
+        if !halo || pad == 0 {
+            return 0;
+        }
+        let lent = self.b(Act { h: 2 * pad, ..x });
+        match self.run.path {
+            KernelPath::Cpu => lent,
+            KernelPath::Generic => lent + self.b(Act { h: x.h + 2 * pad, ..x }),
+        }
+    }
+
     /// A per-frame conv without time taps (1×1 shortcut / qkv / proj, or a resample's 3×3):
     /// allocates the output (plus the generic path's scratch). `pad` rows come from neighbours in
-    /// halo mode (`with_halo` builds the extended input first).
+    /// halo mode.
     fn conv2d(&mut self, x: Act, out_c: usize, k: usize, pad: usize) -> Act {
         let out = x.with_c(out_c);
-        let ext = if self.run.halo && pad > 0 { self.b(Act { h: x.h + 2 * pad, ..x }) } else { 0 };
+        let ext = self.lent_bytes(x, pad, self.run.halo);
         self.mem.alloc(ext);
         self.conv_out(x, out, k);
         self.mem.free(ext);
@@ -156,13 +184,10 @@ impl<'a> Replay<'a> {
                 self.mem.transient(s);
             }
             KernelPath::Generic => {
-                // Per-frame results are kept, then `Tensor::stack` copies them into the output.
-                let frame = self.b(out.with_t(1));
-                let scratch = generic_conv_frame_scratch(self.run.elt, x.c, out.c, out.h, out.w, k);
-                self.mem.transient(scratch + frame * out.t as u64);
-                self.mem.alloc(frame * out.t as u64);
+                // The output is allocated first and written band by band.
                 self.mem.alloc(self.b(out));
-                self.mem.free(frame * out.t as u64);
+                let rows = generic_band_rows(self.run.elt, x.c, out.h, out.w, k, self.run.im2col_budget);
+                self.mem.transient(generic_conv_band_scratch(self.run.elt, x.c, out.c, rows, out.w, k));
             }
         }
     }
@@ -171,14 +196,13 @@ impl<'a> Replay<'a> {
     /// slot (`layers::CausalConv3d::forward_cached`). `x` stays owned by the caller.
     fn conv_cached(&mut self, x: Act, out_c: usize, kt: usize, k: usize, pad: usize, halo: bool) -> Act {
         let slot = self.slots.next();
+        // The cache keeps the slab's rows and the rows lent to them: the extended frames' bytes.
         let ext_act = if halo && pad > 0 { Act { h: x.h + 2 * pad, ..x } } else { x };
-        let ext = if halo && pad > 0 { self.b(ext_act) } else { 0 };
+        let ext = self.lent_bytes(x, pad, halo);
         self.mem.alloc(ext);
         let out = x.with_c(out_c);
-        if self.run.path == KernelPath::Generic && kt > 1 {
-            // Each time tap's weight slice is made contiguous for conv2d.
-            self.mem.transient((out_c * x.c * k * k) as u64 * self.run.elt);
-        }
+        // kt > 1 on the generic path: the layer's tap-major weight was made at load (no copy here).
+        let _ = kt;
         self.conv_out(x, out, k);
         // The new history (last 2 frames of old ++ input) is built while the old one is still held.
         let old_frames = self.slots.frames[slot];
@@ -466,7 +490,11 @@ impl<'a> Replay<'a> {
             if !last {
                 // Stride-2 conv (right/bottom pad only: one halo row).
                 let y = Act { h: h.h / 2, w: h.w / 2, ..h };
-                let ext = if self.run.halo { self.b(Act { h: h.h + 1, ..h }) } else { 0 };
+                let ext = match (self.run.halo, self.run.path) {
+                    (false, _) => 0,
+                    (true, KernelPath::Cpu) => self.b(Act { h: 1, ..h }),
+                    (true, KernelPath::Generic) => self.b(Act { h: 1, ..h }) + self.b(Act { h: h.h + 1, ..h }),
+                };
                 self.mem.alloc(ext);
                 self.conv_out(h, y, 3);
                 self.mem.free(ext);
@@ -659,7 +687,8 @@ pub fn encode_peak(cfg: &VaeConfig, run: VaeRun, frames: usize, h: usize, w: usi
 mod tests {
     use super::*;
 
-    const CPU: VaeRun = VaeRun { elt: 4, path: KernelPath::Cpu, halo: false, threads: 2 };
+    const CPU: VaeRun =
+        VaeRun { elt: 4, path: KernelPath::Cpu, halo: false, threads: 2, im2col_budget: DEFAULT_IM2COL_BUDGET };
 
     fn shape(t: usize, h: usize, w: usize) -> DecodeShape {
         DecodeShape { t, h, w, rows: h, cols: w, root: true, world: 1 }
@@ -675,10 +704,19 @@ mod tests {
         assert_eq!(conv_band_scratch(&generic, 8, 4, 1, 16, 10), 0);
     }
 
+    use crate::models::wan::vae::ops::DEFAULT_IM2COL_BUDGET;
+
     #[test]
     fn generic_conv_scratch_counts_im2col() {
-        // 3×3 conv, 2→3 channels, 4×5 frame: pads 2·6·5 + 2·6·7, im2col 20·18, out + acc 2·60.
-        assert_eq!(generic_conv_frame_scratch(4, 2, 3, 4, 5, 3), (60 + 84 + 360 + 120) * 4);
+        // 3×3 conv, 2→3 channels, a 4×5 band: pads 2·6·5 + 2·6·7, im2col 20·18, GEMM result,
+        // NCHW copy and sum 3·60.
+        assert_eq!(generic_conv_band_scratch(4, 2, 3, 4, 5, 3), (60 + 84 + 360 + 180) * 4);
+        // Wan2.2's 352×640, 512-channel stage: whole frames would need 4.15 GB of im2col; the
+        // 256 MiB default keeps each call to 22 rows (248 MiB).
+        let rows = generic_band_rows(4, 512, 352, 640, 3, 256 << 20);
+        assert_eq!(rows, 22);
+        assert!((rows * 640 * 512 * 9 * 4) as u64 <= 256 << 20);
+        assert_eq!(generic_band_rows(4, 512, 352, 640, 3, usize::MAX), 352);
     }
 
     /// A residual block that changes width holds shortcut, norm1, conv1, norm2 and conv2 outputs.

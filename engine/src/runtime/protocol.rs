@@ -165,6 +165,8 @@ pub struct VaePiece {
     pub seconds: f64,
     /// Bytes this piece caused its rank to send (halos, blend strips, the piece itself).
     pub bytes_sent: u64,
+    /// Halo mode: of `seconds`, the time the rank was blocked on halo exchanges (0 in tiles mode).
+    pub halo_wait_seconds: f64,
     /// Small preview of the piece's first frame (longest side ≤ 64 px).
     pub preview: Rgb8Preview,
 }
@@ -314,6 +316,12 @@ pub struct GenerateStats {
     pub step_experts: Vec<u8>,
     /// Bytes of expert weights this rank read at the boundary step (phased residency), else 0.
     pub switched_bytes: u64,
+    /// FSDP: whether the next block was gathered during the current one (a second communicator),
+    /// and the seconds the denoise was blocked on gathers (the experts loaded at the end). With
+    /// prefetch the gathers are not in `step_comm_seconds` (they run beside the compute); the
+    /// blocked time is here.
+    pub fsdp_prefetch: bool,
+    pub fsdp_wait_seconds: f64,
 }
 
 /// A VAE decode job: the VAE ranks read the same files; rank 0 writes `out` (tensor `video`).

@@ -43,11 +43,14 @@ struct Row {
     ranks: usize,
     rank: usize,
     transformer_bytes: u64,
-    /// Stem + ⌈blocks/F⌉ + one block: what FSDP F may leave resident per rank.
+    /// Stem + ⌈blocks/F⌉ + the gathered block (two with prefetch): what FSDP F may hold per rank.
     fsdp_bound_bytes: u64,
     denoise_peak_bytes: u64,
     mean_step_seconds: f64,
     comm_share: f64,
+    /// FSDP: next block gathered during the current one; share of step time blocked on gathers.
+    fsdp_prefetch: bool,
+    fsdp_wait_share: f64,
 }
 
 fn parse_plans(s: &str) -> Result<Vec<ParallelPlan>> {
@@ -84,8 +87,10 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
     )?;
     let mut session = Session::new(SessionOptions::default());
     let mut rows = Vec::new();
-    println!("| plan | rank | transformer weights | FSDP bound | denoise heap peak | step | comm share |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| plan | rank | transformer weights | FSDP bound | denoise heap peak | step | comm share | FSDP gather wait |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for plan in plans {
         let name = format!("U{} C{} F{}", plan.ulysses, plan.cfg_parallel, plan.fsdp);
         let params = GenerateParams {
@@ -114,7 +119,13 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
             let s = &rep.denoise.as_ref().with_context(|| format!("rank {r} returned no statistics"))?.stats;
             let blocks = s.block_bytes * a.layers as u64;
             let stem = s.transformer_bytes.saturating_sub(blocks / plan.fsdp as u64);
-            let bound = stem + blocks.div_ceil(plan.fsdp as u64) + if plan.fsdp > 1 { s.block_bytes } else { 0 };
+            // FSDP holds the running block, and with prefetch the next one too.
+            let gathered = match (plan.fsdp > 1, s.fsdp_prefetch) {
+                (false, _) => 0,
+                (true, false) => s.block_bytes,
+                (true, true) => 2 * s.block_bytes,
+            };
+            let bound = stem + blocks.div_ceil(plan.fsdp as u64) + gathered;
             let total: f64 = s.step_seconds.iter().sum();
             let comm: f64 = s.step_comm_seconds.iter().sum();
             let peak = rep.run.phases.iter().find(|p| p.name == "denoise").map(|p| p.peak_bytes).unwrap_or(0);
@@ -127,17 +138,21 @@ pub fn run(a: BenchDenoiseArgs) -> Result<()> {
                 denoise_peak_bytes: peak,
                 mean_step_seconds: total / s.step_seconds.len().max(1) as f64,
                 comm_share: if total > 0.0 { comm / total } else { 0.0 },
+                fsdp_prefetch: s.fsdp_prefetch,
+                fsdp_wait_share: if total > 0.0 { s.fsdp_wait_seconds / total } else { 0.0 },
             };
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             println!(
-                "| {} | {} | {:.2} GiB | {:.2} GiB | {:.2} GiB | {:.2} s | {:.1} % |",
+                "| {} | {} | {:.2} GiB | {:.2} GiB | {:.2} GiB | {:.2} s | {:.1} % | {:.1} % ({}) |",
                 row.plan,
                 r,
                 gib(row.transformer_bytes),
                 gib(row.fsdp_bound_bytes),
                 gib(row.denoise_peak_bytes),
                 row.mean_step_seconds,
-                100.0 * row.comm_share
+                100.0 * row.comm_share,
+                100.0 * row.fsdp_wait_share,
+                if row.fsdp_prefetch { "prefetch" } else { "no prefetch" },
             );
             rows.push(row);
         }

@@ -14,7 +14,7 @@ use clap::Args;
 use serde::Serialize;
 use tessera_engine::api::tools::vae::{self, Tiling};
 use tessera_engine::api::tools::{load_config, Job, Supervisor, VaeDecodeSpec, WorldSpec};
-use tessera_engine::api::{RankReport, VaeMode};
+use tessera_engine::api::{JobEvent, RankReport, VaeMode};
 
 use super::support::{ensure_latents, ensure_vae_model};
 
@@ -31,6 +31,9 @@ pub struct BenchVaeParallelArgs {
     /// World sizes to run.
     #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
     pub ranks: Vec<usize>,
+    /// Modes to run (`halo`, `tiles`).
+    #[arg(long, default_value = "halo,tiles", value_delimiter = ',')]
+    pub modes: Vec<VaeMode>,
     /// Tiling of the tiles-mode rows (sample pixels TH,TW,SH,SW).
     #[arg(long, default_value = "128,128,96,96", value_parser = Tiling::parse)]
     pub tiling: Tiling,
@@ -48,6 +51,10 @@ struct Row {
     decode_seconds: f64,
     /// Decode-phase heap peak per rank.
     decode_peak_bytes: Vec<u64>,
+    /// Halo mode: per rank, the seconds blocked on halo exchanges (summed over its pieces) and
+    /// their share of its decode seconds (summed likewise).
+    halo_wait_seconds: Vec<f64>,
+    halo_wait_share: Vec<f64>,
     weights_bytes: u64,
 }
 
@@ -76,14 +83,14 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
         a.tiling.tile_sample_stride_width,
     ];
     let mut rows = Vec::new();
-    println!("| VAE | latent T×H×W | mode | ranks | wall s | decode s | speedup | decode working set per rank GiB (rank 0 / max other) | vs N=1 (other ranks) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| VAE | latent T×H×W | mode | ranks | wall s | decode s | speedup | decode working set per rank GiB (rank 0 / max other) | vs N=1 (other ranks) | halo wait per rank (share of its decode) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for arch in a.arch.split(',').map(str::trim) {
         let model = ensure_vae_model(&a.models_dir, arch)?;
         let cfg: vae::Config = load_config(&model.join("vae"))?;
         let size = size_for(&a.sizes, arch)?;
         let latents = ensure_latents(&a.models_dir, cfg.z_dim, size)?;
-        for mode in [VaeMode::Halo, VaeMode::Tiles] {
+        for &mode in &a.modes {
             let mut base: Option<(f64, u64)> = None;
             for &n in &a.ranks {
                 let out = a.models_dir.join(format!("out-{arch}-{mode}-{n}.safetensors"));
@@ -100,7 +107,16 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
                     Supervisor::spawn(WorldSpec { ranks: n, threads_per_rank: Some(1), ..WorldSpec::default() })
                         .context("starting the workers")?;
                 let started = Instant::now();
-                let result = sup.run_job(Job::VaeDecode(spec), |_| {});
+                // Per rank: (halo wait seconds, decode seconds) summed over its pieces.
+                let mut waits = vec![(0.0f64, 0.0f64); n];
+                let result = sup.run_job(Job::VaeDecode(spec), |e| {
+                    if let JobEvent::VaePiece { rank, piece } = e {
+                        if let Some(w) = waits.get_mut(rank.0) {
+                            w.0 += piece.halo_wait_seconds;
+                            w.1 += piece.seconds;
+                        }
+                    }
+                });
                 let wall = started.elapsed().as_secs_f64();
                 sup.shutdown();
                 let result = result.with_context(|| format!("{arch} {mode} decode on {n} ranks"))?;
@@ -119,8 +135,19 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
                 let other = peaks.iter().skip(1).copied().max().unwrap_or(peaks[0]);
                 let (b_s, b_peak) = *base.get_or_insert((decode_s, peaks[0]));
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                let shares: Vec<f64> = waits.iter().map(|(w, d)| if *d > 0.0 { w / d } else { 0.0 }).collect();
+                let wait_cell = if mode == VaeMode::Halo && n > 1 {
+                    waits
+                        .iter()
+                        .zip(&shares)
+                        .map(|((w, _), s)| format!("{w:.2} s ({:.1} %)", 100.0 * s))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                } else {
+                    "–".to_string()
+                };
                 println!(
-                    "| {arch} | {}×{}×{} | {mode} | {n} | {wall:.1} | {decode_s:.1} | {:.2}× | {:.2} / {:.2} | {:.2}× |",
+                    "| {arch} | {}×{}×{} | {mode} | {n} | {wall:.1} | {decode_s:.1} | {:.2}× | {:.2} / {:.2} | {:.2}× | {wait_cell} |",
                     size[0],
                     size[1],
                     size[2],
@@ -137,6 +164,8 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
                     wall_seconds: wall,
                     decode_seconds: decode_s,
                     decode_peak_bytes: peaks,
+                    halo_wait_seconds: waits.iter().map(|w| w.0).collect(),
+                    halo_wait_share: shares,
                     weights_bytes: result.report.ranks.first().map(|r| r.weights_bytes).unwrap_or(0),
                 });
             }

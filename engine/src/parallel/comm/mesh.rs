@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::wire::{tensor_from_bytes, tensor_to_bytes, Frame, FrameHeader, OpCode, Payload, WireDType};
-use super::{check_sub_group, Collective, CommError, ReduceOp};
+use super::{check_sub_group, Collective, CommError, PendingRecv, Received, ReduceOp};
 use crate::parallel::Rank;
 
 /// Point-to-point byte transport between the global ranks of a world.
@@ -28,10 +28,16 @@ pub(crate) trait Transport: std::fmt::Debug + Send + Sync {
 }
 
 /// A group of ranks over a shared transport. Sub-groups share the parent's streams; frames carry a
-/// group tag so that misuse is reported, not silently mixed.
+/// group tag so that misuse is reported, not silently mixed. A world may have several *lanes*
+/// (independent transports between the same ranks, e.g. a second set of sockets): a group's ops run
+/// on one lane, and [`Collective::duplicate`] moves the same group to the next lane, so that two
+/// threads can each run one op at a time without their frames interleaving.
 #[derive(Clone)]
 pub struct MeshComm {
+    /// `lanes[lane]`, the transport this group's ops use.
     transport: Arc<dyn Transport>,
+    lanes: Arc<Vec<Arc<dyn Transport>>>,
+    lane: usize,
     /// Global rank of each member; index = rank within this group.
     members: Arc<Vec<usize>>,
     me: usize,
@@ -68,10 +74,20 @@ fn chunk_range(numel: usize, n: usize, i: usize) -> std::ops::Range<usize> {
 }
 
 impl MeshComm {
-    pub(crate) fn world(transport: Arc<dyn Transport>) -> Self {
+    /// The world over `lanes` (at least one; every lane joins the same ranks), running on lane 0.
+    pub(crate) fn world(lanes: Vec<Arc<dyn Transport>>) -> Self {
+        let transport = lanes[0].clone();
         let members: Vec<usize> = (0..transport.world_size()).collect();
         let me = transport.rank();
-        Self { group: group_tag(&members), members: Arc::new(members), me, transport, device: Device::Cpu }
+        Self {
+            group: group_tag(&members),
+            members: Arc::new(members),
+            me,
+            transport,
+            lanes: Arc::new(lanes),
+            lane: 0,
+            device: Device::Cpu,
+        }
     }
 
     /// Places tensors from `recv` on `device` (e.g. a CUDA device whose tensors travel via host memory).
@@ -81,8 +97,15 @@ impl MeshComm {
     }
 
     fn fail(&self, err: CommError) -> candle_core::Error {
-        self.transport.poison();
+        self.poison_all();
         err.into()
+    }
+
+    /// A failure on one lane fails the rank: every lane is poisoned, so nothing keeps waiting.
+    fn poison_all(&self) {
+        for lane in self.lanes.iter() {
+            lane.poison();
+        }
     }
 
     fn send_to(&self, member: usize, header: FrameHeader, payload: Payload) -> Result<()> {
@@ -298,8 +321,38 @@ impl Collective for MeshComm {
         Ok(())
     }
 
+    fn send_recv_start(
+        &self,
+        sends: &[(Rank, Tensor)],
+        recvs: &[(Rank, Vec<usize>, DType)],
+    ) -> Result<Box<dyn PendingRecv>> {
+        for (peer, xs) in sends {
+            self.send(xs, *peer)?;
+        }
+        if recvs.is_empty() {
+            return Ok(Box::new(Received(Vec::new())));
+        }
+        for (peer, _, _) in recvs {
+            self.check_member(*peer, "recv")?;
+        }
+        // The helper thread drains the peers' streams while the caller computes (a peer's writer
+        // would otherwise stall once this rank's socket buffer is full).
+        let (comm, recvs) = (self.clone(), recvs.to_vec());
+        let thread = std::thread::Builder::new()
+            .name("comm-recv".into())
+            .spawn(move || recvs.iter().map(|(peer, shape, dtype)| comm.recv(*peer, shape, *dtype)).collect())
+            .map_err(|e| candle_core::Error::Msg(format!("cannot start a receive thread: {e}")))?;
+        Ok(Box::new(RecvThread(thread)))
+    }
+
     fn abort(&self) {
-        self.transport.poison();
+        self.poison_all();
+    }
+
+    fn duplicate(&self) -> Result<Option<Arc<dyn Collective>>> {
+        let lane = self.lane + 1;
+        let Some(transport) = self.lanes.get(lane) else { return Ok(None) };
+        Ok(Some(Arc::new(MeshComm { transport: transport.clone(), lane, ..self.clone() })))
     }
 
     fn sub_group(&self, ranks: &[Rank]) -> Result<Arc<dyn Collective>> {
@@ -307,11 +360,22 @@ impl Collective for MeshComm {
         let members: Vec<usize> = ranks.iter().map(|r| self.members[r.0]).collect();
         Ok(Arc::new(MeshComm {
             transport: self.transport.clone(),
+            lanes: self.lanes.clone(),
+            lane: self.lane,
             group: group_tag(&members),
             members: Arc::new(members),
             me,
             device: self.device.clone(),
         }))
+    }
+}
+
+/// Receives running on a helper thread ([`MeshComm::send_recv_start`]).
+struct RecvThread(std::thread::JoinHandle<Result<Vec<Tensor>>>);
+
+impl PendingRecv for RecvThread {
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        self.0.join().map_err(|_| candle_core::Error::Msg("the receive thread panicked".into()))?
     }
 }
 

@@ -32,6 +32,10 @@ pub use single::SingleRank;
 pub use socket::{SocketListener, SocketOptions};
 pub use thread::ThreadComm;
 
+/// Independent transports (lanes) the socket and thread meshes form between every pair of ranks:
+/// the second carries what runs beside the compute thread's ops ([`Collective::duplicate`]).
+pub const LANES: usize = 2;
+
 /// Element-wise reduction for [`Collective::all_reduce`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReduceOp {
@@ -93,6 +97,29 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
         recvs.iter().map(|(peer, shape, dtype)| self.recv(*peer, shape, *dtype)).collect()
     }
 
+    /// A second communicator over the same members, in the same rank order, whose ops may run
+    /// while this one's do (from another thread): what lets the FSDP store gather the next block
+    /// while the current one computes, since one group runs one op at a time. A collective call of
+    /// every member. NCCL: `ncclCommSplit` with one color (a second device communicator); the socket
+    /// and thread meshes: the world's second connection set (formed with the first). `None` where
+    /// the backend has no independent lane; callers then run without overlap.
+    fn duplicate(&self) -> Result<Option<Arc<dyn Collective>>> {
+        Ok(None)
+    }
+
+    /// [`Collective::send_recv`] in two halves: the sends are on their way and the receives in
+    /// flight when this returns; [`PendingRecv::wait`] returns what arrived. Between the two the
+    /// caller computes what needs none of it (the halo exchange's interior rows) and makes no other
+    /// call on this group. Socket and thread meshes receive on a helper thread meanwhile, so the
+    /// transfer proceeds while the caller computes; the default completes the exchange at once.
+    fn send_recv_start(
+        &self,
+        sends: &[(Rank, Tensor)],
+        recvs: &[(Rank, Vec<usize>, DType)],
+    ) -> Result<Box<dyn PendingRecv>> {
+        Ok(Box::new(Received(self.send_recv(sends, recvs)?)))
+    }
+
     /// Makes this rank's pending and future ops (of this group, its sub-groups and splits, where
     /// the backend shares state between them) fail at once: called when the job is being torn down
     /// (a peer failed or the supervisor shuts the world down) so that nothing keeps waiting. NCCL:
@@ -105,6 +132,21 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
 
     fn all_reduce_max(&self, xs: &Tensor) -> Result<Tensor> {
         self.all_reduce(xs, ReduceOp::Max)
+    }
+}
+
+/// The receives of a [`Collective::send_recv_start`] in flight.
+pub trait PendingRecv: Send {
+    /// Blocks until every receive has arrived; returns them in the order they were asked for.
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>>;
+}
+
+/// Receives that have already arrived.
+pub struct Received(pub Vec<Tensor>);
+
+impl PendingRecv for Received {
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        Ok(self.0)
     }
 }
 

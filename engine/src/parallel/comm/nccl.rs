@@ -3,7 +3,9 @@
 //! - Every op runs on the device, on the worker's compute stream (candle's stream of the device), with
 //!   no host staging: `all_reduce`, `all_gather`, `broadcast` are NCCL collectives; `all_to_all`,
 //!   `send`, `recv` and `send_recv` are `ncclSend`/`ncclRecv` inside one NCCL group each (so the
-//!   halo pattern, where both neighbours send first, cannot deadlock).
+//!   halo pattern, where both neighbours send first, cannot deadlock). `send_recv_start` (the VAE
+//!   halo exchange) runs its group on a side stream forked from the compute stream, which waits
+//!   for it only when the rows are asked for: the exchange overlaps the interior rows' convs.
 //! - Groups: [`Collective::split`] is `ncclCommSplit` (a real device communicator per parallel group,
 //!   made once per plan by `PlanGroups::new`); only the rarely used [`Collective::sub_group`] still
 //!   goes through the host-memory socket mesh every world also forms.
@@ -35,7 +37,7 @@ use cudarc::nccl::result as nccl;
 use cudarc::nccl::safe::{Id, NcclType};
 use cudarc::nccl::sys;
 
-use super::{split_members, Collective, CommError, ReduceOp};
+use super::{split_members, Collective, CommError, PendingRecv, ReduceOp};
 use crate::parallel::Rank;
 
 /// Bytes of an NCCL unique id.
@@ -305,6 +307,16 @@ impl NcclComm {
         what: &'static str,
         enqueue: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> Result<()>,
     ) -> Result<()> {
+        self.call_on(&self.stream, what, enqueue)
+    }
+
+    /// [`Self::call`] on `stream` (the compute stream, or a side stream of `send_recv_start`).
+    fn call_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        what: &'static str,
+        enqueue: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> Result<()>,
+    ) -> Result<()> {
         self.shared.check()?;
         {
             let _calls = Shared::lock(&self.handle.calls);
@@ -313,9 +325,9 @@ impl NcclComm {
                 self.shared.check()?;
                 candle_core::bail!("NCCL {what}: the communicator of {} was aborted", self.group_label());
             }
-            enqueue(comm, self.stream.cu_stream() as sys::cudaStream_t)?;
+            enqueue(comm, stream.cu_stream() as sys::cudaStream_t)?;
         }
-        let done = self.stream.record_event(None).map_err(|e| candle_core::Error::Msg(format!("NCCL {what}: {e}")))?;
+        let done = stream.record_event(None).map_err(|e| candle_core::Error::Msg(format!("NCCL {what}: {e}")))?;
         Shared::lock(&self.shared.in_flight).push_back(InFlight {
             done,
             since: Instant::now(),
@@ -347,8 +359,22 @@ impl NcclComm {
         sends: &[(usize, Tensor)],
         recvs: &[(usize, Vec<usize>, DType)],
     ) -> Result<Vec<Tensor>> {
+        let (sends, outs) = self.p2p_buffers(what, sends, recvs)?;
+        self.enqueue_p2p(&self.stream, what, &sends, &outs)?;
+        Ok(outs.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// The device copies of `sends` and fresh receive buffers for `recvs` (allocated on the
+    /// compute stream), with every peer checked.
+    #[allow(clippy::type_complexity)]
+    fn p2p_buffers(
+        &self,
+        what: &'static str,
+        sends: &[(usize, Tensor)],
+        recvs: &[(usize, Vec<usize>, DType)],
+    ) -> Result<(Vec<(usize, Tensor)>, Vec<(usize, Tensor)>)> {
         let sends = sends.iter().map(|(p, t)| Ok((*p, self.on_device(t)?))).collect::<Result<Vec<_>>>()?;
-        let mut outs = recvs
+        let outs = recvs
             .iter()
             .map(|(p, shape, dtype)| {
                 let storage = with_nccl_type!(*dtype, "recv", T => self.output::<T>(shape))?;
@@ -361,22 +387,49 @@ impl NcclComm {
                 candle_core::bail!("NCCL {what}: peer {peer} invalid for rank {} of {}", self.rank, self.world_size);
             }
         }
-        self.call(what, |comm, stream| {
+        Ok((sends, outs))
+    }
+
+    /// Enqueues `sends` and the receives into `outs` as one NCCL group on `on`.
+    fn enqueue_p2p(
+        &self,
+        on: &Arc<CudaStream>,
+        what: &'static str,
+        sends: &[(usize, Tensor)],
+        outs: &[(usize, Tensor)],
+    ) -> Result<()> {
+        self.call_on(on, what, |comm, stream| {
             nccl::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
             let enqueued = (|| -> Result<()> {
-                for (peer, xs) in &sends {
-                    p2p(comm, &self.stream, stream, xs, *peer, true)?;
+                for (peer, xs) in sends {
+                    p2p(comm, on, stream, xs, *peer, true)?;
                 }
-                for (peer, xs) in &outs {
-                    p2p(comm, &self.stream, stream, xs, *peer, false)?;
+                for (peer, xs) in outs {
+                    p2p(comm, on, stream, xs, *peer, false)?;
                 }
                 Ok(())
             })();
             let ended = nccl::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
             enqueued?;
             ended.map(|_| ())
-        })?;
-        Ok(outs.drain(..).map(|(_, t)| t).collect())
+        })
+    }
+}
+
+/// A [`NcclComm::send_recv_start`] in flight on its side stream; the buffers live until the compute
+/// stream has waited for it.
+struct SidePending {
+    compute: Arc<CudaStream>,
+    side: Arc<CudaStream>,
+    #[allow(dead_code)] // held, not read: the sends must outlive the exchange
+    sends: Vec<(usize, Tensor)>,
+    outs: Vec<(usize, Tensor)>,
+}
+
+impl PendingRecv for SidePending {
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        self.compute.join(&self.side).map_err(|e| candle_core::Error::Msg(format!("NCCL side stream join: {e}")))?;
+        Ok(self.outs.into_iter().map(|(_, t)| t).collect())
     }
 }
 
@@ -509,6 +562,22 @@ impl Collective for NcclComm {
         self.grouped_p2p("send_recv", &sends, &recvs)
     }
 
+    /// The exchange on a side stream: it starts after what the compute stream has enqueued so far
+    /// (the rows to send, the receive buffers), runs beside what the caller enqueues next (the halo
+    /// conv's interior rows), and `wait` makes the compute stream wait for it (no host sync).
+    fn send_recv_start(
+        &self,
+        sends: &[(Rank, Tensor)],
+        recvs: &[(Rank, Vec<usize>, DType)],
+    ) -> Result<Box<dyn PendingRecv>> {
+        let sends: Vec<(usize, Tensor)> = sends.iter().map(|(r, t)| (r.0, t.clone())).collect();
+        let recvs: Vec<(usize, Vec<usize>, DType)> = recvs.iter().map(|(r, s, d)| (r.0, s.clone(), *d)).collect();
+        let (sends, outs) = self.p2p_buffers("send_recv_start", &sends, &recvs)?;
+        let side = self.stream.fork().map_err(|e| candle_core::Error::Msg(format!("NCCL side stream: {e}")))?;
+        self.enqueue_p2p(&side, "send_recv_start", &sends, &outs)?;
+        Ok(Box::new(SidePending { compute: self.stream.clone(), side, sends, outs }))
+    }
+
     fn all_gather(&self, xs: &Tensor, dim: usize) -> Result<Tensor> {
         xs.dim(dim)?;
         if self.world_size == 1 {
@@ -621,6 +690,40 @@ impl Collective for NcclComm {
             world_size: members.len(),
             members: members.iter().map(|r| self.members[r.0]).collect(),
             host: self.host.sub_group(&members)?,
+        })))
+    }
+
+    fn duplicate(&self) -> Result<Option<Arc<dyn Collective>>> {
+        // One color for every member, keyed by rank: the same members in the same order, on a
+        // second device communicator. Its ops are enqueued on the calling thread's stream (candle's
+        // per-thread default stream), so a second thread's gathers run beside the compute stream.
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        self.shared.check()?;
+        {
+            let _calls = Shared::lock(&self.handle.calls);
+            let parent = self.handle.comm.load(Ordering::Acquire);
+            if parent.is_null() {
+                candle_core::bail!("NCCL duplicate: the communicator of {} was aborted", self.group_label());
+            }
+            // SAFETY: as in `split`: `parent` is live under the call lock, `comm` a valid out-pointer.
+            unsafe { sys::ncclCommSplit(parent, 0, self.rank as i32, &mut comm, std::ptr::null_mut()) }
+                .result()
+                .map_err(|e| nccl_err("ncclCommSplit", e))?;
+        }
+        if comm.is_null() {
+            candle_core::bail!("ncclCommSplit returned no communicator for the duplicate of {}", self.group_label());
+        }
+        let handle = Handle::new(comm);
+        self.shared.register(&handle);
+        Ok(Some(Arc::new(NcclComm {
+            handle,
+            shared: self.shared.clone(),
+            device: self.device.clone(),
+            stream: self.stream.clone(),
+            rank: self.rank,
+            world_size: self.world_size,
+            members: self.members.clone(),
+            host: self.host.clone(),
         })))
     }
 

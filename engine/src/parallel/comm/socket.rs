@@ -3,9 +3,10 @@
 //!
 //! Setup: every rank binds `data-{rank}.sock` in the world's rendezvous directory *before* it reports
 //! to the supervisor, so that once all ranks have reported, rank `i` can connect to every `j < i` and
-//! accept from every `j > i`. Each stream has a writer thread fed by a bounded queue (sends never wait
-//! on this rank's own reads: no deadlock when two ranks send to each other) and read/write timeouts
-//! that turn a stuck peer into an error naming it. A closed stream (dead peer) fails immediately.
+//! accept from every `j > i`, [`super::LANES`] streams per pair (independent lanes, see `MeshComm`).
+//! Each stream has a writer thread fed by a bounded queue (sends never wait on this rank's own reads:
+//! no deadlock when two ranks send to each other) and read/write timeouts that turn a stuck peer
+//! into an error naming it. A closed stream (dead peer) fails immediately.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -24,6 +25,8 @@ use crate::parallel::Rank;
 /// Frames that may be queued per peer before `send` blocks (bounds memory held for slow peers).
 const QUEUE_FRAMES: usize = 4;
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"TSDP");
+/// Magic, rank, world size, lane: four little-endian u32.
+const HELLO_BYTES: usize = 16;
 /// Headers are a few dozen bytes; anything larger is corruption.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Unix socket paths are limited to 108 bytes including the NUL.
@@ -85,25 +88,38 @@ impl SocketListener {
         Ok(Self { listener, path, dir: dir.to_path_buf(), rank: rank.0, world_size })
     }
 
-    /// Connects to every lower rank, accepts every higher rank, and returns the world communicator.
+    /// Connects to every lower rank, accepts every higher rank, and returns the world communicator:
+    /// [`super::LANES`] streams per pair of ranks (one transport per lane, see [`MeshComm`]).
     pub fn connect_mesh(self, opts: &SocketOptions) -> Result<MeshComm, CommError> {
         let deadline = Instant::now() + opts.connect_timeout;
-        let mut streams: Vec<Option<UnixStream>> = (0..self.world_size).map(|_| None).collect();
-        for (peer, slot) in streams.iter_mut().enumerate().take(self.rank) {
-            *slot = Some(self.connect_to(peer, deadline, opts.connect_timeout)?);
+        let mut streams: Vec<Vec<Option<UnixStream>>> =
+            (0..super::LANES).map(|_| (0..self.world_size).map(|_| None).collect()).collect();
+        for (lane, lane_streams) in streams.iter_mut().enumerate() {
+            for (peer, slot) in lane_streams.iter_mut().enumerate().take(self.rank) {
+                *slot = Some(self.connect_to(peer, lane, deadline, opts.connect_timeout)?);
+            }
         }
         self.accept_higher(&mut streams, deadline, opts.connect_timeout)?;
-        let transport = SocketTransport::new(self.rank, streams, opts.io_timeout)?;
-        Ok(MeshComm::world(Arc::new(transport)))
+        let mut lanes: Vec<Arc<dyn Transport>> = Vec::with_capacity(super::LANES);
+        for lane_streams in streams {
+            lanes.push(Arc::new(SocketTransport::new(self.rank, lane_streams, opts.io_timeout)?));
+        }
+        Ok(MeshComm::world(lanes))
     }
 
-    fn connect_to(&self, peer: usize, deadline: Instant, timeout: Duration) -> Result<UnixStream, CommError> {
+    fn connect_to(
+        &self,
+        peer: usize,
+        lane: usize,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<UnixStream, CommError> {
         let path = Self::socket_path(&self.dir, Rank(peer));
         loop {
             match UnixStream::connect(&path) {
                 Ok(mut stream) => {
-                    let mut hello = Vec::with_capacity(12);
-                    for v in [HELLO_MAGIC, self.rank as u32, self.world_size as u32] {
+                    let mut hello = Vec::with_capacity(HELLO_BYTES);
+                    for v in [HELLO_MAGIC, self.rank as u32, self.world_size as u32, lane as u32] {
                         hello.extend_from_slice(&v.to_le_bytes());
                     }
                     stream.write_all(&hello).map_err(|source| CommError::Io { peer, source })?;
@@ -123,31 +139,33 @@ impl SocketListener {
 
     fn accept_higher(
         &self,
-        streams: &mut [Option<UnixStream>],
+        streams: &mut [Vec<Option<UnixStream>>],
         deadline: Instant,
         timeout: Duration,
     ) -> Result<(), CommError> {
         let setup_err = |e: std::io::Error| CommError::Setup(format!("accept on {}: {e}", self.path.display()));
         self.listener.set_nonblocking(true).map_err(setup_err)?;
-        let missing = |streams: &[Option<UnixStream>]| -> Vec<usize> {
-            (self.rank + 1..self.world_size).filter(|&r| streams[r].is_none()).collect()
+        // A peer is missing until all of its lanes are connected.
+        let missing = |streams: &[Vec<Option<UnixStream>>]| -> Vec<usize> {
+            (self.rank + 1..self.world_size).filter(|&r| streams.iter().any(|lane| lane[r].is_none())).collect()
         };
         while !missing(streams).is_empty() {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     stream.set_nonblocking(false).map_err(setup_err)?;
                     stream.set_read_timeout(Some(timeout)).map_err(setup_err)?;
-                    let mut hello = [0u8; 12];
+                    let mut hello = [0u8; HELLO_BYTES];
                     stream.read_exact(&mut hello).map_err(setup_err)?;
                     let word = |i: usize| u32::from_le_bytes([hello[i], hello[i + 1], hello[i + 2], hello[i + 3]]);
-                    let (magic, peer, world) = (word(0), word(4) as usize, word(8) as usize);
-                    if magic != HELLO_MAGIC || world != self.world_size || peer <= self.rank || peer >= world {
+                    let (magic, peer, world, lane) = (word(0), word(4) as usize, word(8) as usize, word(12) as usize);
+                    let bad = magic != HELLO_MAGIC || world != self.world_size || peer <= self.rank || peer >= world;
+                    if bad || lane >= streams.len() || streams[lane][peer].is_some() {
                         return Err(CommError::Setup(format!(
-                            "unexpected data-plane hello (rank {peer}, world {world}) at rank {}",
+                            "unexpected data-plane hello (rank {peer}, world {world}, lane {lane}) at rank {}",
                             self.rank
                         )));
                     }
-                    streams[peer] = Some(stream);
+                    streams[lane][peer] = Some(stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
@@ -370,6 +388,55 @@ mod tests {
         }
         // The listeners removed their socket files.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The second lane ([`Collective::duplicate`]) runs ops at the same time as the first, from
+    /// another thread, without their frames mixing (a sub-group's duplicate too).
+    #[test]
+    fn two_lanes_run_concurrently() {
+        let dir = unique_dir("lanes");
+        let comms = socket_world(&dir, 3, SocketOptions::default());
+        std::thread::scope(|s| {
+            for comm in comms {
+                s.spawn(move || {
+                    let world: Arc<dyn Collective> = Arc::new(comm.unwrap());
+                    let r = world.rank().0;
+                    let pair = if r < 2 { Some(world.sub_group(&[Rank(0), Rank(1)]).unwrap()) } else { None };
+                    let second = world.duplicate().unwrap().expect("the socket mesh has a second lane");
+                    assert_eq!((second.rank(), second.world_size()), (world.rank(), 3));
+                    // A duplicate of a duplicate has no third lane.
+                    assert!(second.duplicate().unwrap().is_none());
+                    let pair_second = pair.as_ref().map(|p| p.duplicate().unwrap().unwrap());
+                    std::thread::scope(|inner| {
+                        let bg = inner.spawn(|| {
+                            for i in 0..50 {
+                                let xs = Tensor::full((r * 100 + i) as f32, 1000, &Device::Cpu).unwrap();
+                                let ys = second.all_gather(&xs, 0).unwrap().to_vec1::<f32>().unwrap();
+                                for p in 0..3 {
+                                    assert_eq!(ys[p * 1000], (p * 100 + i) as f32);
+                                }
+                                if let Some(ps) = &pair_second {
+                                    let got = ps.all_reduce_sum(&xs).unwrap().to_vec1::<f32>().unwrap();
+                                    assert_eq!(got[0], (100 + 2 * i) as f32);
+                                }
+                            }
+                        });
+                        for i in 0..50 {
+                            let xs = Tensor::full(-((r * 10 + i) as f32), 3000, &Device::Cpu).unwrap();
+                            let ys = world.all_gather(&xs, 0).unwrap().to_vec1::<f32>().unwrap();
+                            for p in 0..3 {
+                                assert_eq!(ys[p * 3000], -((p * 10 + i) as f32));
+                            }
+                            if let Some(pair) = &pair {
+                                pair.barrier().unwrap();
+                            }
+                        }
+                        bg.join().unwrap();
+                    });
+                });
+            }
+        });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -61,8 +61,20 @@ impl Transport for ThreadTransport {
 pub struct ThreadComm;
 
 impl ThreadComm {
-    /// One communicator per rank, to be moved onto one thread each.
+    /// One communicator per rank, to be moved onto one thread each. Each world has [`super::LANES`]
+    /// independent sets of channels (lanes, see [`MeshComm`]), like the socket mesh.
     pub fn world(world_size: usize, timeout: Duration) -> Vec<MeshComm> {
+        let mut lanes: Vec<Vec<Arc<dyn Transport>>> = (0..world_size).map(|_| Vec::new()).collect();
+        for _ in 0..super::LANES {
+            for (rank, t) in Self::lane(world_size, timeout).into_iter().enumerate() {
+                lanes[rank].push(Arc::new(t));
+            }
+        }
+        lanes.into_iter().map(MeshComm::world).collect()
+    }
+
+    /// One set of bounded channels between every ordered pair of ranks.
+    fn lane(world_size: usize, timeout: Duration) -> Vec<ThreadTransport> {
         let mut to: Vec<Vec<Option<SyncSender<Frame>>>> = (0..world_size).map(|_| Vec::new()).collect();
         let mut from: Vec<Vec<Option<Mutex<Receiver<Frame>>>>> =
             (0..world_size).map(|_| (0..world_size).map(|_| None).collect()).collect();
@@ -80,9 +92,7 @@ impl ThreadComm {
         to.into_iter()
             .zip(from)
             .enumerate()
-            .map(|(rank, (to, from))| {
-                MeshComm::world(Arc::new(ThreadTransport { rank, world_size, to, from, timeout }))
-            })
+            .map(|(rank, (to, from))| ThreadTransport { rank, world_size, to, from, timeout })
             .collect()
     }
 

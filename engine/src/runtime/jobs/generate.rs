@@ -100,8 +100,10 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 let world: Arc<dyn Collective> = Arc::new(TimedComm::new(ctx.comm().clone(), stats.clone()));
                 let groups = PlanGroups::new(&plan, &world)?;
                 let experts = ShardedPredictor::load_experts(&model, only, &groups, dtype, &device)?;
-                let vae =
-                    parts.map(|p| vae::load_for_model(&model, p, DType::F32, &device)).transpose().map_err(invalid)?;
+                let vae = parts
+                    .map(|p| vae::load_for_model(&model, p, vae::run_dtype(model.family, &device), &device))
+                    .transpose()
+                    .map_err(invalid)?;
                 let vae_bytes = if vae.is_some() { model.vae_weights().table()?.stored_bytes() } else { 0 };
                 (stats, world, groups, experts, vae, vae_bytes, false)
             }
@@ -173,6 +175,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
         None => None,
     };
 
+    let fsdp_wait_before: f64 = predictor.loaded().map(|e| e.gather_wait_seconds()).sum();
     let mut phased = ExpertPhases::new(ctx, predictor, &model, &groups, dtype);
     let latents = {
         let to_rgb = LatentRgb::for_latent_channels(vae_cfg.z_dim);
@@ -214,6 +217,11 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     };
     out_stats.switched_bytes = phased.switched_bytes;
     let predictor = phased.finish();
+    out_stats.fsdp_prefetch = groups.fsdp_prefetch.is_some();
+    // The stores count from their load: a reused expert's earlier jobs are subtracted; an expert
+    // switched in during this job counts from its load (the one switched out is not counted).
+    let waited: f64 = predictor.loaded().map(|e| e.gather_wait_seconds()).sum();
+    out_stats.fsdp_wait_seconds = if out_stats.switched_bytes == 0 { waited - fsdp_wait_before } else { waited };
     // `keep_weights: false` frees the transformer before the decode (a lower decode peak; the next
     // run loads it again).
     let experts = spec.keep_weights.then(|| predictor.into_experts());

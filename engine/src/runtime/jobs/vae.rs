@@ -110,7 +110,11 @@ fn load(ctx: &JobCtx, model: &Path, config: Option<&Path>, parts: VaeParts) -> R
         crate::weights::Checkpoint::open(&dir)?.stored_bytes()
     };
     ctx.add_weights_bytes(bytes);
-    vae::load_with_config(model, config, parts, DType::F32, ctx.device()).map_err(|e| JobError::Invalid(e.to_string()))
+    let dtype = match config {
+        Some(_) => vae::run_dtype(crate::model_spec::Family::Wan, ctx.device()),
+        None => vae::run_dtype(vae::family_of(model).map_err(|e| JobError::Invalid(e.to_string()))?, ctx.device()),
+    };
+    vae::load_with_config(model, config, parts, dtype, ctx.device()).map_err(|e| JobError::Invalid(e.to_string()))
 }
 
 fn tiling_of([h, w, sh, sw]: [usize; 4]) -> Tiling {
@@ -146,6 +150,7 @@ pub(super) fn piece_event(p: &DecodedPiece<'_>) -> VaePiece {
         latent_rect: [p.latent_rows.start, p.latent_cols.start, p.latent_rows.len(), p.latent_cols.len()],
         seconds: p.seconds,
         bytes_sent: p.bytes_sent,
+        halo_wait_seconds: p.halo_wait_seconds,
         preview: Rgb8Preview { width: preview.width as u32, height: preview.height as u32, rgb: preview.rgb },
     }
 }

@@ -38,7 +38,9 @@ impl BlockSource for FsdpBlocks {
 
     fn block(&self, i: usize) -> Result<Cow<'_, TransformerBlock>> {
         let _span = tracing::debug_span!("fsdp_gather", i).entered();
-        let vb = self.store.materialize(&format!("{BLOCKS}.{i}"))?;
+        // The next block of this forward is gathered while this one runs (with a prefetch lane).
+        let next = (i + 1 < self.cfg.num_layers).then(|| format!("{BLOCKS}.{}", i + 1));
+        let vb = self.store.materialize_ahead(&format!("{BLOCKS}.{i}"), next.as_deref())?;
         Ok(Cow::Owned(TransformerBlock::new(&self.cfg, vb.pp(BLOCKS).pp(i))?))
     }
 }
@@ -74,7 +76,8 @@ impl Hv15ShardedTransformer {
         let block_bytes = all_blocks / cfg.num_layers.max(1) as u64;
         let (model, fsdp, resident_bytes) = match opts.fsdp.filter(|c| c.world_size() > 1) {
             Some(comm) => {
-                let store = ShardedStore::load(&index, is_block, comm, dtype, device)?;
+                let store =
+                    ShardedStore::load(&index, is_block, comm, dtype, device)?.with_prefetch(opts.fsdp_prefetch);
                 let bytes = stem_bytes + store.resident_bytes();
                 let model = HunyuanVideo15Transformer3DModel::new_stem(cfg, vb)?;
                 (model, Some(FsdpBlocks { cfg: cfg.clone(), store }), bytes)
@@ -103,6 +106,11 @@ impl Hv15ShardedTransformer {
     /// Bytes of one whole block in the run dtype (what FSDP gathers at a time).
     pub fn block_bytes(&self) -> u64 {
         self.block_bytes
+    }
+
+    /// Seconds the forward waited for FSDP gathers so far (0 without FSDP).
+    pub fn gather_wait_seconds(&self) -> f64 {
+        self.fsdp.as_ref().map_or(0.0, |f| f.store.wait_seconds())
     }
 
     /// As [`HunyuanVideo15Transformer3DModel::forward`]; every rank of the Ulysses group returns the
@@ -168,7 +176,8 @@ mod tests {
                                 let base = r / size * size;
                                 world.sub_group(&(base..base + size).map(Rank).collect::<Vec<_>>()).unwrap()
                             };
-                            let opts = ShardOptions { fsdp: Some(group(f)), ulysses: Some(group(u)) };
+                            let opts =
+                                ShardOptions { fsdp: Some(group(f)), ulysses: Some(group(u)), ..Default::default() };
                             let m = Hv15ShardedTransformer::load(cfg, weights, DType::F32, &Device::Cpu, opts).unwrap();
                             m.forward(x, t, None, ctx).unwrap()
                         })

@@ -55,6 +55,7 @@ impl AutoencoderKLHunyuanVideo15 {
                 for bi in 0..b {
                     let zs = self.frames_of(z, bi)?.narrow(2, rows.start, rows.len())?.contiguous()?;
                     let mut started = Instant::now();
+                    let mut waited = ex.wait_seconds();
                     self.decode_frames(
                         &zs,
                         Rows::Slab(ex.as_ref()),
@@ -75,12 +76,14 @@ impl AutoencoderKLHunyuanVideo15 {
                                 data: &data,
                                 seconds: started.elapsed().as_secs_f64(),
                                 bytes_sent: if rank == 0 { 0 } else { 4 * data.data.len() as u64 },
+                                halo_wait_seconds: ex.wait_seconds() - waited,
                             });
                             if let (Some(video), Some(all)) = (out.as_mut(), ex.gather_to_root(&ys, 2)?) {
                                 video.write_frames(bi, frame, &all)?;
                             }
                             progress(VaeProgress::Chunk { index: chunk, total });
                             started = Instant::now();
+                            waited = ex.wait_seconds();
                             Ok(())
                         },
                     )?;
@@ -112,6 +115,7 @@ impl AutoencoderKLHunyuanVideo15 {
                             data: f.piece,
                             seconds: f.seconds,
                             bytes_sent: f.bytes_sent,
+                            halo_wait_seconds: 0.0,
                         });
                     };
                     let mut sink = |tile: &TileBuf, spec: &TileSpec| {

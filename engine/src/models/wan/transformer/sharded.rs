@@ -34,6 +34,10 @@ pub trait BlockSource: Send + Sync {
     fn resident_bytes(&self) -> u64;
     /// Bytes of one whole block (the most a sharded source materialises at a time).
     fn block_bytes(&self) -> u64;
+    /// Seconds [`Self::block`] was blocked on FSDP gathers so far (0 for resident blocks).
+    fn gather_wait_seconds(&self) -> f64 {
+        0.0
+    }
 }
 
 /// Every block loaded and kept (no sharding).
@@ -98,7 +102,9 @@ impl BlockSource for FsdpBlocks {
 
     fn block(&self, i: usize) -> Result<Cow<'_, WanTransformerBlock>> {
         let _span = tracing::debug_span!("fsdp_gather", i).entered();
-        let vb = self.store.materialize(&format!("blocks.{i}"))?;
+        // The next block of this forward is gathered while this one runs (with a prefetch lane).
+        let next = (i + 1 < self.cfg.num_layers).then(|| format!("blocks.{}", i + 1));
+        let vb = self.store.materialize_ahead(&format!("blocks.{i}"), next.as_deref())?;
         Ok(Cow::Owned(WanTransformerBlock::new(&self.cfg, vb.pp("blocks").pp(i))?))
     }
 
@@ -109,6 +115,10 @@ impl BlockSource for FsdpBlocks {
     fn block_bytes(&self) -> u64 {
         self.store.unit_bytes("blocks.0")
     }
+
+    fn gather_wait_seconds(&self) -> f64 {
+        self.store.wait_seconds()
+    }
 }
 
 /// How a rank holds and runs one transformer.
@@ -118,6 +128,9 @@ pub struct ShardOptions {
     pub fsdp: Option<Arc<dyn Collective>>,
     /// Ulysses group (`None` or a group of one: the whole sequence on this rank).
     pub ulysses: Option<Arc<dyn Collective>>,
+    /// A [`Collective::duplicate`] of `fsdp`: the next block is gathered on it while the current
+    /// one runs (`None`: every gather on `fsdp`, before its block).
+    pub fsdp_prefetch: Option<Arc<dyn Collective>>,
 }
 
 /// One rank's transformer: replicated stem/head, blocks from a [`BlockSource`], optional Ulysses.
@@ -159,7 +172,8 @@ impl ShardedTransformer {
         let stem_bytes = run_bytes(&|n| !is_block(n));
         let blocks: Box<dyn BlockSource> = match opts.fsdp.filter(|c| c.world_size() > 1) {
             Some(comm) => {
-                let store = ShardedStore::load(&index, is_block, comm, dtype, device)?;
+                let store =
+                    ShardedStore::load(&index, is_block, comm, dtype, device)?.with_prefetch(opts.fsdp_prefetch);
                 Box::new(FsdpBlocks { cfg: cfg.clone(), store })
             }
             None => {
@@ -211,6 +225,11 @@ impl ShardedTransformer {
     /// Bytes of one whole block in the run dtype (what FSDP gathers at a time).
     pub fn block_bytes(&self) -> u64 {
         self.blocks.block_bytes()
+    }
+
+    /// Seconds the forward waited for FSDP gathers so far (see [`ShardedStore::wait_seconds`]).
+    pub fn gather_wait_seconds(&self) -> f64 {
+        self.blocks.gather_wait_seconds()
     }
 
     /// As [`WanTransformer3DModel::forward`]; every rank of the Ulysses group returns the whole
@@ -304,7 +323,11 @@ mod tests {
         // Through this path with no sharding: the same ops, bit for bit.
         let same = ShardedTransformer::from_model(model, None).forward(&xs, &t, &text)?;
         assert_eq!(max_abs(&same, &want), 0.0);
-        for (u, f) in [(2, 1), (1, 2), (4, 1), (2, 2), (1, 4), (4, 4), (2, 4)] {
+        let mut unprefetched = std::collections::HashMap::new();
+        let configs = [(2, 1, false), (1, 2, false), (4, 1, false), (2, 2, false), (1, 4, false), (4, 4, false)];
+        // With prefetch: the next block's gather on the second lane while Ulysses' all-to-alls run.
+        let prefetched = [(2, 4, false), (1, 2, true), (1, 4, true), (2, 2, true), (4, 4, true), (2, 4, true)];
+        for (u, f, prefetch) in configs.into_iter().chain(prefetched) {
             let n = u.max(f);
             let comms = ThreadComm::world(n, Duration::from_secs(20));
             let outs: Vec<(Tensor, u64)> = std::thread::scope(|s| {
@@ -320,9 +343,16 @@ mod tests {
                                 let ranks: Vec<_> = (base..base + size).map(crate::parallel::Rank).collect();
                                 world.sub_group(&ranks).unwrap()
                             };
-                            let opts = ShardOptions { fsdp: Some(group(f)), ulysses: Some(group(u)) };
+                            let fsdp = group(f);
+                            let fsdp_prefetch = if prefetch { fsdp.duplicate().unwrap() } else { None };
+                            assert_eq!(fsdp_prefetch.is_some(), prefetch, "thread meshes have a second lane");
+                            let opts = ShardOptions { fsdp: Some(fsdp), ulysses: Some(group(u)), fsdp_prefetch };
                             let model = ShardedTransformer::load_dir(dir, DType::F32, &Device::Cpu, opts).unwrap();
-                            (model.forward(xs, t, text).unwrap(), model.resident_bytes())
+                            // Twice: the second forward starts while nothing is in flight again.
+                            let first = model.forward(xs, t, text).unwrap();
+                            let again = model.forward(xs, t, text).unwrap();
+                            assert_eq!(max_abs(&first, &again), 0.0);
+                            (first, model.resident_bytes())
                         })
                     })
                     .collect();
@@ -330,12 +360,26 @@ mod tests {
             });
             for (r, (out, bytes)) in outs.iter().enumerate() {
                 let (err, rel) = (max_abs(out, &want), rel(out, &want));
-                println!("ulysses {u} fsdp {f} rank {r}: max-abs {err:.2e} rel {rel:.2e}, resident {bytes} B");
+                println!(
+                    "ulysses {u} fsdp {f} prefetch {prefetch} rank {r}: max-abs {err:.2e} rel {rel:.2e}, resident {bytes} B"
+                );
                 // Gathered weights are bit-identical (FSDP alone: exactly equal). Ulysses runs the
                 // token-local GEMMs on fewer rows, which changes their f32 blocking: rounding only.
                 assert!(rel < 1e-6, "ulysses {u} fsdp {f} rank {r}: rel {rel}");
                 if u == 1 {
                     assert_eq!(err, 0.0, "fsdp {f} rank {r}");
+                }
+            }
+            // Prefetching gathers the same bytes: bit-identical to the same plan without it.
+            match (prefetch, unprefetched.get(&(u, f))) {
+                (true, Some(base)) => {
+                    for (r, ((out, _), base)) in outs.iter().zip(base).enumerate() {
+                        assert_eq!(max_abs(out, base), 0.0, "ulysses {u} fsdp {f} rank {r}: prefetch changed bits");
+                    }
+                }
+                (true, None) => panic!("no run without prefetch for ulysses {u} fsdp {f}"),
+                (false, _) => {
+                    unprefetched.insert((u, f), outs.into_iter().map(|(o, _)| o).collect::<Vec<_>>());
                 }
             }
         }

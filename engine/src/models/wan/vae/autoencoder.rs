@@ -47,6 +47,9 @@ pub struct HaloSlab<'a> {
     /// `[frames, C·p², rows, W/p]` decoder output (patchified, not clamped), host f32.
     pub data: &'a Tensor,
     pub seconds: f64,
+    /// Of `seconds`, the time this rank was blocked on halo exchanges (the part the interior rows'
+    /// compute did not hide).
+    pub halo_wait_seconds: f64,
 }
 
 /// Encoder output: the diagonal Gaussian's mean and log-variance, `[B, z, T, h, w]` f32.
@@ -236,6 +239,7 @@ impl AutoencoderKLWan {
             let mut frame = 0;
             for i in 0..t {
                 let start = std::time::Instant::now();
+                let waited = split.wait_seconds();
                 let ys = to_host_f32(&decoder.forward_chunk(&xs.narrow(0, i, 1)?, &mut cache, i == 0)?)?;
                 let n = ys.dim(0)?;
                 on_slab(HaloSlab {
@@ -247,6 +251,7 @@ impl AutoencoderKLWan {
                     latent_w: w,
                     data: &ys,
                     seconds: start.elapsed().as_secs_f64(),
+                    halo_wait_seconds: split.wait_seconds() - waited,
                 });
                 if let Some(full) = split.gather_to_root(&ys, 2)? {
                     if let Some(out) = out.as_mut() {

@@ -20,6 +20,9 @@ pub enum Slot {
     Rep,
     /// The last one or two input frames of a causal conv, `[≤2, C, H, W]`.
     Frames(Tensor),
+    /// Halo mode: the last input frames of a causal conv on a row slab, `[≤2, C, H, W]`, and the
+    /// rows the neighbouring slabs lent them, `[≤2, C, rows, W]` (`None` at the frame's edge).
+    Slab { body: Tensor, above: Option<Tensor>, below: Option<Tensor> },
 }
 
 impl Slot {
@@ -83,6 +86,14 @@ impl FeatCache {
 
     /// Bytes held by cached frames (for memory reports).
     pub fn bytes(&self) -> usize {
-        self.slots.iter().filter_map(Slot::frames).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.slots
+            .iter()
+            .map(|s| match s {
+                Slot::Frames(t) => size(t),
+                Slot::Slab { body, above, below } => size(body) + above.iter().chain(below).map(size).sum::<usize>(),
+                _ => 0,
+            })
+            .sum()
     }
 }

@@ -105,6 +105,61 @@ pub struct WeightView<'a> {
     pub kt: usize,
 }
 
+/// One input frame of a conv: its own rows (`body`, `[I, h_in, w_in]`) and, for a horizontal slab of a
+/// frame split over ranks (halo mode), the rows the neighbouring slabs lent it: `above` is
+/// `[I, pad_top, w_in]` (the rows the top padding stands for), `below` `[I, rows, w_in]`. `None` is zero
+/// padding (the frame's own edge), so a whole frame has neither. The kernels read every row where it
+/// lies: a slab is never concatenated with its halo rows.
+#[derive(Debug, Clone, Copy)]
+pub struct RowFrame<'a> {
+    pub body: &'a [f32],
+    pub above: Option<&'a [f32]>,
+    pub below: Option<&'a [f32]>,
+}
+
+impl<'a> RowFrame<'a> {
+    /// A frame with zero padding on every side.
+    pub fn whole(body: &'a [f32]) -> Self {
+        Self { body, above: None, below: None }
+    }
+
+    /// Input row `iy` (negative: the top padding; `≥ h_in`: the bottom padding) as the slice starting
+    /// at that row of channel 0, and the stride between channels; `None` where the row is zeros.
+    /// Every slice returned holds the rest of its segment, `I · rows · w_in` values in all.
+    fn row(&self, iy: isize, g: &ConvGeom) -> Option<(&'a [f32], usize)> {
+        let seg = |data: &'a [f32], r: usize| {
+            let rows = data.len() / (g.in_channels * g.w_in).max(1);
+            (r < rows).then(|| (&data[r * g.w_in..], rows * g.w_in))
+        };
+        if iy < 0 {
+            let above = self.above?;
+            let rows = above.len() / (g.in_channels * g.w_in).max(1);
+            let r = rows as isize + iy;
+            if r < 0 {
+                return None;
+            }
+            seg(above, r as usize)
+        } else if (iy as usize) < g.h_in {
+            seg(self.body, iy as usize)
+        } else {
+            seg(self.below?, iy as usize - g.h_in)
+        }
+    }
+
+    /// Panics unless the body is one input frame and each lent segment whole rows of every channel,
+    /// the top one exactly `pad_top` rows: `row` relies on it.
+    fn assert_sizes(&self, g: &ConvGeom) {
+        assert_eq!(self.body.len(), g.in_frame_len(), "conv_frames: input frame size");
+        let row = checked_len("conv lent row", &[g.in_channels, g.w_in]);
+        if let Some(a) = self.above {
+            assert_eq!(a.len(), row * g.pad_top, "conv_frames: rows lent above");
+        }
+        if let Some(b) = self.below {
+            assert!(row > 0 && b.len() % row == 0, "conv_frames: rows lent below");
+        }
+    }
+}
+
 /// How each output row is initialised before the taps accumulate into it.
 #[derive(Debug, Clone, Copy)]
 pub enum RowInit<'a> {
@@ -160,7 +215,36 @@ pub fn conv_frames(
     init: RowInit<'_>,
     geom: ConvGeom,
 ) {
+    let frames: Vec<Vec<Option<RowFrame<'_>>>> =
+        inputs.iter().map(|taps| taps.iter().map(|f| f.map(RowFrame::whole)).collect()).collect();
+    conv_frames_rows(out, &frames, weight, init, geom, 0..geom.h_out);
+}
+
+/// [`conv_frames`] over [`RowFrame`]s (slabs with the rows their neighbours lent), computing only
+/// output rows `rows` of every frame (initialised and accumulated; the other rows are not touched).
+/// Halo mode runs it twice: the rows that read no lent row while the exchange is in flight, then the
+/// others. Each output row is computed by the same GEMMs whichever call computes it.
+pub fn conv_frames_rows(
+    out: &mut [f32],
+    inputs: &[Vec<Option<RowFrame<'_>>>],
+    weight: WeightView<'_>,
+    init: RowInit<'_>,
+    geom: ConvGeom,
+    rows: std::ops::Range<usize>,
+) {
+    assert!(rows.start <= rows.end && rows.end <= geom.h_out, "conv_frames: output rows {rows:?} of {}", geom.h_out);
     let g = geom.flattened_if_pointwise();
+    // A pointwise conv runs as one row per frame once flattened: it computes all rows or none.
+    let rows = if g.h_out == geom.h_out {
+        rows
+    } else {
+        assert!(rows.is_empty() || rows == (0..geom.h_out), "conv_frames: a pointwise conv computes all rows");
+        if rows.is_empty() {
+            0..0
+        } else {
+            0..1
+        }
+    };
     let frames = inputs.len();
     assert_eq!(out.len(), checked_len("conv_frames output", &[frames, g.out_frame_len()]), "conv_frames: output size");
     let weight_len = checked_len("conv_frames weight", &[g.out_channels, g.in_channels, weight.kt, g.kh, g.kw]);
@@ -170,16 +254,21 @@ pub fn conv_frames(
         // A tap index past `kt` would address weights beyond the end of `weight.data`.
         assert_eq!(taps.len(), weight.kt, "conv_frames: time taps per frame");
         for input in taps.iter().flatten() {
-            assert_eq!(input.len(), g.in_frame_len(), "conv_frames: input frame size");
+            input.assert_sizes(&g);
+            // Flattening moved rows into columns: lent rows would no longer line up.
+            assert!(
+                g.h_out == geom.h_out || (input.above.is_none() && input.below.is_none()),
+                "conv_frames: pointwise halo"
+            );
         }
     }
-    if out.is_empty() {
+    if out.is_empty() || rows.is_empty() {
         return;
     }
     // Narrow rows make per-row GEMMs tiny (N = width) so packing the weights dominates; there the
     // band is padded once into a scratch and each tap becomes one GEMM over the whole band.
     let banded = g.stride == 1 && g.kh * g.kw > 1 && g.w_out < BANDED_BELOW_WIDTH;
-    let tasks = plan_tasks(frames, g.h_out, g.w_out, g.out_channels, banded);
+    let tasks = plan_tasks(frames, rows, g.w_out, g.out_channels, banded);
     let ptr = OutPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&Task { t, y0, y1, o0, o1 }| {
         // SAFETY: `t < frames` and `out` holds `frames` whole frames (asserted), so the frame start
@@ -199,9 +288,9 @@ pub fn conv_frames(
         for (k, input) in inputs[t].iter().enumerate() {
             if let Some(input) = input {
                 // SAFETY: the dense map keeps every pixel of `g` inside this frame, whose rows
-                // `y0..y1` only this task writes; `input` has `g.in_frame_len()` values and
-                // `k < weight.kt` (asserted).
-                unsafe { accumulate_rows(frame_out, OutMap::dense(&g), input, weight, k, g, y0, y1) };
+                // `y0..y1` only this task writes; `input` has `g.in_frame_len()` values (and whole
+                // lent rows) and `k < weight.kt` (asserted).
+                unsafe { accumulate_rows(frame_out, OutMap::dense(&g), *input, weight, k, g, y0, y1) };
             }
         }
     });
@@ -237,7 +326,14 @@ struct Task {
 /// enough to balance two to a few dozen threads. Row bands by default; with `banded` (padded-band
 /// GEMMs), bands grow to at least [`MIN_BAND_PIXELS`] and, when that leaves too few of them, the
 /// output channels are split too.
-fn plan_tasks(frames: usize, h_out: usize, w_out: usize, out_channels: usize, banded: bool) -> Vec<Task> {
+fn plan_tasks(
+    frames: usize,
+    rows: std::ops::Range<usize>,
+    w_out: usize,
+    out_channels: usize,
+    banded: bool,
+) -> Vec<Task> {
+    let h_out = rows.len();
     let want = rayon::current_num_threads().max(1) * 4;
     let bands_per_frame = want.div_ceil(frames.max(1)).clamp(1, h_out.max(1));
     let mut band = h_out.div_ceil(bands_per_frame).max(1);
@@ -251,9 +347,9 @@ fn plan_tasks(frames: usize, h_out: usize, w_out: usize, out_channels: usize, ba
     let group = out_channels.div_ceil(groups).next_multiple_of(CHANNEL_GROUP_ALIGN).min(out_channels.max(1));
     let mut tasks = Vec::new();
     for t in 0..frames {
-        for y0 in (0..h_out).step_by(band) {
+        for y0 in rows.clone().step_by(band) {
             for o0 in (0..out_channels).step_by(group.max(1)) {
-                tasks.push(Task { t, y0, y1: (y0 + band).min(h_out), o0, o1: (o0 + group).min(out_channels) });
+                tasks.push(Task { t, y0, y1: (y0 + band).min(rows.end), o0, o1: (o0 + group).min(out_channels) });
             }
         }
     }
@@ -270,13 +366,13 @@ fn plan_tasks(frames: usize, h_out: usize, w_out: usize, out_channels: usize, ba
 /// For every output pixel (o ∈ oc, y0 ≤ y < y1, x < w_out), `frame_out + map.offset + o·map.plane +
 /// y·map.row_stride + x·map.col_stride` must be inside one allocation that only this call reads or
 /// writes at those positions while it runs; `y1 ≤ h_out`; `oc.end ≤ O`; `g.stride == 1`; `inputs`
-/// has at most `weight.kt` taps, each of `g.in_frame_len()` values; `weight.data` holds
-/// `O·I·kt·kh·kw` values.
+/// has at most `weight.kt` taps, each of `g.in_frame_len()` values (plus whole lent rows, see
+/// [`RowFrame::assert_sizes`]); `weight.data` holds `O·I·kt·kh·kw` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn accumulate_band_padded(
     frame_out: *mut f32,
     map: OutMap,
-    inputs: &[Option<&[f32]>],
+    inputs: &[Option<RowFrame<'_>>],
     weight: WeightView<'_>,
     g: ConvGeom,
     y0: usize,
@@ -295,15 +391,13 @@ unsafe fn accumulate_band_padded(
         let Some(input) = input else { continue };
         padded.fill(0.0);
         let cols = g.w_in.min(wp - g.pad_left);
-        for i in 0..g.in_channels {
-            for r in 0..prow {
-                let iy = (y0 + r) as isize - g.pad_top as isize;
-                if iy < 0 || iy >= g.h_in as isize {
-                    continue;
-                }
-                let src = (i * g.h_in + iy as usize) * g.w_in;
+        for r in 0..prow {
+            let iy = (y0 + r) as isize - g.pad_top as isize;
+            // Zero padding stays zero; a lent row is read from its neighbour's segment.
+            let Some((src, plane)) = input.row(iy, &g) else { continue };
+            for i in 0..g.in_channels {
                 let dst = (i * prow + r) * wp + g.pad_left;
-                padded[dst..dst + cols].copy_from_slice(&input[src..src + cols]);
+                padded[dst..dst + cols].copy_from_slice(&src[i * plane..i * plane + cols]);
             }
         }
         for dy in 0..g.kh {
@@ -409,13 +503,14 @@ unsafe fn init_rows(
 /// # Safety
 /// For every output pixel (o < O, y0 ≤ y < y1, x < w_out), `frame_out + map.offset + o·map.plane +
 /// y·map.row_stride + x·map.col_stride` must be inside one allocation that only this call accesses
-/// at those positions while it runs. `input` must hold `g.in_frame_len()` values, `k < weight.kt`
-/// and `weight.data` must hold `O·I·kt·kh·kw` values.
+/// at those positions while it runs. `input` must hold `g.in_frame_len()` values (plus whole lent
+/// rows, see [`RowFrame::assert_sizes`]), `k < weight.kt` and `weight.data` must hold
+/// `O·I·kt·kh·kw` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn accumulate_rows(
     frame_out: *mut f32,
     map: OutMap,
-    input: &[f32],
+    input: RowFrame<'_>,
     weight: WeightView<'_>,
     k: usize,
     g: ConvGeom,
@@ -425,14 +520,12 @@ unsafe fn accumulate_rows(
     let taps = weight.kt * g.kh * g.kw;
     let w_o_stride = (g.in_channels * taps) as isize;
     let w_i_stride = taps as isize;
-    let in_plane = (g.h_in * g.w_in) as isize;
     let s = g.stride;
     for y in y0..y1 {
         for dy in 0..g.kh {
             let iy = (y * s + dy) as isize - g.pad_top as isize;
-            if iy < 0 || iy >= g.h_in as isize {
-                continue;
-            }
+            // Zero padding contributes nothing; a lent row is read where it lies.
+            let Some((src, in_plane)) = input.row(iy, &g) else { continue };
             for dx in 0..g.kw {
                 // Output columns whose input column x*s + dx - pad_left lies inside the frame.
                 let x_lo = (g.pad_left.saturating_sub(dx)).div_ceil(s);
@@ -450,10 +543,12 @@ unsafe fn accumulate_rows(
                 // SAFETY: dst: pixels (o, y, x_lo..x_hi) with x_hi ≤ w_out, inside the allocation
                 // and this call's own by the contract. lhs: weight (o, i) at tap + o·I·taps + i·taps
                 // ≤ O·I·taps − taps + tap < weight.data.len(), as `k < kt` makes `tap < taps`. rhs:
-                // input (i, j) at iy·w_in + ix0 + j·s + i·h_in·w_in with 0 ≤ iy < h_in (checked
-                // above) and ix0 + (n−1)·s = (x_hi−1)·s + dx − pad_left ≤ last_in + dx − pad_left =
-                // w_in − 1 (x_hi ≤ last_in / s + 1), so the last element is below I·h_in·w_in =
-                // input.len(). The output aliases neither input: it is a separate `&mut` buffer.
+                // `src` starts at row r of channel 0 of a segment of I·rows·w_in values (r < rows,
+                // `RowFrame::row`), so `src` holds (I−1)·in_plane + (rows−r)·w_in values with
+                // in_plane = rows·w_in; element (i, j) is at ix0 + j·s + i·in_plane, and
+                // ix0 + (n−1)·s = (x_hi−1)·s + dx − pad_left ≤ last_in + dx − pad_left = w_in − 1
+                // (x_hi ≤ last_in / s + 1), so the last one, (I−1)·in_plane + w_in − 1, is inside.
+                // The output aliases neither input: it is a separate `&mut` buffer.
                 unsafe {
                     gemm(
                         g.out_channels,
@@ -466,9 +561,9 @@ unsafe fn accumulate_rows(
                         weight.data[tap..].as_ptr(),
                         w_i_stride,
                         w_o_stride,
-                        input[iy as usize * g.w_in + ix0..].as_ptr(),
+                        src[ix0..].as_ptr(),
                         s as isize,
-                        in_plane,
+                        in_plane as isize,
                         1.0,
                         1.0,
                         false,
@@ -556,7 +651,7 @@ pub fn upsample2x_conv3x3_frames(
     // element: only worth it where per-row GEMMs are too small to amortise packing (measured
     // interleaved on 1024/512/256-channel maps: 3.6–5.4× faster at 8–16 px, even at 32, slower at 64).
     let banded = w < UPSAMPLE_BANDED_BELOW_WIDTH;
-    let tasks = plan_tasks(frames, h, w, out_c, banded);
+    let tasks = plan_tasks(frames, 0..h, w, out_c, banded);
     let ptr = OutPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&Task { t, y0, y1, o0, o1 }| {
         // SAFETY: `t < frames` and `out` holds `frames` frames of `out_frame` values (asserted).
@@ -600,7 +695,18 @@ pub fn upsample2x_conv3x3_frames(
                 if banded {
                     // SAFETY: as below, for the pixels (o ∈ o0..o1, y0 ≤ y < y1, x < W) this task
                     // owns; one tap frame of I·H·W values for kt = 1; `o1 ≤ O`.
-                    unsafe { accumulate_band_padded(frame_out, map, &[Some(inputs[t])], wv, g, y0, y1, o0..o1) };
+                    unsafe {
+                        accumulate_band_padded(
+                            frame_out,
+                            map,
+                            &[Some(RowFrame::whole(inputs[t]))],
+                            wv,
+                            g,
+                            y0,
+                            y1,
+                            o0..o1,
+                        )
+                    };
                     continue;
                 }
                 // SAFETY: pixel (o, y, x) of this phase lands at (py + 2y)·2W + px + 2x + o·4HW, at
@@ -608,7 +714,7 @@ pub fn upsample2x_conv3x3_frames(
                 // 2y + py is one of this task's rows 2·y0..2·y1 (row tasks cover all channels:
                 // `plan_tasks` only splits channels for banded convs). `inputs[t]` has I·H·W
                 // values, `wv` O·I·1·2·2 and tap 0 < kt = 1 (asserted or built above).
-                unsafe { accumulate_rows(frame_out, map, inputs[t], wv, 0, g, y0, y1) };
+                unsafe { accumulate_rows(frame_out, map, RowFrame::whole(inputs[t]), wv, 0, g, y0, y1) };
             }
         }
     });
@@ -779,6 +885,65 @@ mod tests {
         check(3, (1, 1), 1, (0, 0, 0, 0), (3, 3));
     }
 
+    /// A slab whose top/bottom padding rows are lent by neighbours, computed in two passes (the
+    /// rows that read no lent row, then the rest), equals the conv of the slab concatenated with
+    /// those rows bit for bit, on the per-row and on the padded-band path, stride 1 and 2.
+    #[test]
+    fn lent_rows_in_two_passes_equal_the_extended_frame() {
+        for (w_in, stride, pad, k_t) in
+            [(BANDED_BELOW_WIDTH + 5, 1, (1, 1), 3), (9, 1, (1, 1), 3), (12, 2, (0, 1), 1), (9, 1, (1, 1), 1)]
+        {
+            let (c, o, h) = (5, 7, 6);
+            let (pt, pb) = pad;
+            let w = pseudo(o * c * k_t * 9, 3);
+            let b = pseudo(o, 4);
+            let body: Vec<Vec<f32>> = (0..k_t).map(|i| pseudo(c * h * w_in, 10 + i as u32)).collect();
+            let above: Vec<Vec<f32>> = (0..k_t).map(|i| pseudo(c * pt * w_in, 20 + i as u32)).collect();
+            let below: Vec<Vec<f32>> = (0..k_t).map(|i| pseudo(c * pb * w_in, 30 + i as u32)).collect();
+            // The reference: each frame extended with its lent rows, no top/bottom padding.
+            let ext: Vec<Vec<f32>> = (0..k_t)
+                .map(|i| {
+                    let mut e = Vec::new();
+                    for ch in 0..c {
+                        e.extend_from_slice(&above[i][ch * pt * w_in..(ch + 1) * pt * w_in]);
+                        e.extend_from_slice(&body[i][ch * h * w_in..(ch + 1) * h * w_in]);
+                        e.extend_from_slice(&below[i][ch * pb * w_in..(ch + 1) * pb * w_in]);
+                    }
+                    e
+                })
+                .collect();
+            let ge = ConvGeom::new(c, o, (h + pt + pb, w_in), (3, 3), stride, (0, 0, 1, 1));
+            let refs: Vec<Vec<Option<&[f32]>>> = vec![ext.iter().map(|e| Some(e.as_slice())).collect()];
+            let mut want = vec![0f32; ge.out_frame_len()];
+            conv_frames(&mut want, &refs, WeightView { data: &w, kt: k_t }, RowInit::Bias(&b), ge);
+            let g = ConvGeom::new(c, o, (h, w_in), (3, 3), stride, (pt, pb, 1, 1));
+            assert_eq!((g.h_out, g.w_out), (ge.h_out, ge.w_out));
+            let lent: Vec<Vec<Option<RowFrame<'_>>>> = vec![(0..k_t)
+                .map(|i| {
+                    Some(RowFrame {
+                        body: &body[i],
+                        above: (pt > 0).then_some(above[i].as_slice()),
+                        below: (pb > 0).then_some(below[i].as_slice()),
+                    })
+                })
+                .collect()];
+            let bare: Vec<Vec<Option<RowFrame<'_>>>> = vec![body.iter().map(|f| Some(RowFrame::whole(f))).collect()];
+            // Interior rows: output row y reads input rows y·s − pt .. y·s − pt + 2.
+            let lo = pt.div_ceil(stride);
+            let hi = (h + pt - 3) / stride + 1;
+            let mut got = vec![f32::NAN; g.out_frame_len()];
+            let (wv, init) = (WeightView { data: &w, kt: k_t }, RowInit::Bias(&b));
+            conv_frames_rows(&mut got, &bare, wv, init, g, lo..hi);
+            conv_frames_rows(&mut got, &lent, wv, init, g, 0..lo);
+            conv_frames_rows(&mut got, &lent, wv, init, g, hi..g.h_out);
+            let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "w {w_in} stride {stride} pad {pad:?} kt {k_t}: the two passes differ from the extended frame"
+            );
+        }
+    }
+
     #[test]
     fn banded_conv_splits_channels_and_matches_direct_loops() {
         // 40 output channels and a 12×10 map: banded, one band per frame, channel groups of 16.
@@ -807,7 +972,7 @@ mod tests {
             (1, 1, 1, 1, true),
             (4, 64, 100, 40, true),
         ] {
-            let tasks = plan_tasks(frames, h, w, o, banded);
+            let tasks = plan_tasks(frames, 0..h, w, o, banded);
             let mut seen = vec![0u8; frames * h * o];
             for t in &tasks {
                 assert!(t.y0 < t.y1 && t.y1 <= h && t.o0 < t.o1 && t.o1 <= o, "{t:?}");

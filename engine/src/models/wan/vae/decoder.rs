@@ -8,7 +8,7 @@
 //! working set there, and the result is the same as the 4-frame pass: each output frame is the same
 //! per-frame arithmetic over the same cached history.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::blocks::{DupUp3D, MidBlock, Resample, ResampleMode, ResidualBlock};
@@ -115,7 +115,8 @@ impl Decoder {
             mid_block,
             up_blocks,
             norm_out: RmsNorm::new(out_dim, false, vb.pp("norm_out"))?,
-            conv_out: CausalConv3d::new(out_dim, cfg.out_channels, 3, 3, 1, vb.pp("conv_out"))?,
+            // Kept in f32 whatever the run dtype (the bf16 CUDA VAE): see `forward_tail`.
+            conv_out: CausalConv3d::new(out_dim, cfg.out_channels, 3, 3, 1, vb.pp("conv_out").set_dtype(DType::F32))?,
             frame_tail_from,
         })
     }
@@ -155,6 +156,9 @@ impl Decoder {
         for b in &self.up_blocks[self.frame_tail_from..] {
             hs = b.forward(hs, cache, first_chunk)?;
         }
+        // A half-precision decode runs its last norm and conv in f32: the pixels come out of f32
+        // arithmetic (the norm's statistics are f32 in every norm, as in diffusers).
+        let hs = hs.to_dtype(DType::F32)?;
         let hs = self.norm_out.forward(&hs, true)?;
         self.conv_out.forward_cached(&hs, cache.next_slot(), None, split)
     }
@@ -194,7 +198,7 @@ mod tests {
             for b in &self.up_blocks {
                 hs = b.forward(hs, cache, first_chunk)?;
             }
-            let hs = self.norm_out.forward(&hs, true)?;
+            let hs = self.norm_out.forward(&hs.to_dtype(DType::F32)?, true)?;
             self.conv_out.forward_cached(&hs, cache.next_slot(), None, None)
         }
     }

@@ -2,7 +2,7 @@
 //! time. Wan2.1 keeps its down stages as one flat list (`down_blocks.{i}` are resnets and resamples);
 //! Wan2.2 groups each stage into a residual down block with an `AvgDown3D` shortcut.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::blocks::{AvgDown3D, MidBlock, Resample, ResampleMode, ResidualBlock};
@@ -110,7 +110,8 @@ impl Encoder {
             down_blocks,
             mid_block: MidBlock::new(out_dim, vb.pp("mid_block"))?,
             norm_out: RmsNorm::new(out_dim, false, vb.pp("norm_out"))?,
-            conv_out: CausalConv3d::new(out_dim, cfg.z_dim * 2, 3, 3, 1, vb.pp("conv_out"))?,
+            // Kept in f32 whatever the run dtype (the bf16 CUDA VAE): see `forward_chunk`.
+            conv_out: CausalConv3d::new(out_dim, cfg.z_dim * 2, 3, 3, 1, vb.pp("conv_out").set_dtype(DType::F32))?,
         })
     }
 
@@ -135,6 +136,8 @@ impl Encoder {
             }
         }
         let hs = self.mid_block.forward(hs, cache)?;
+        // A half-precision encode runs its last norm and conv in f32: the moments come out of f32.
+        let hs = hs.to_dtype(DType::F32)?;
         let hs = self.norm_out.forward(&hs, true)?;
         self.conv_out.forward_cached(&hs, cache.next_slot(), None, split.as_deref())
     }

@@ -1,12 +1,14 @@
 //! The VAE's leaf layers: the causal 3-D convolution (with its cache protocol) and the channel RMS
 //! norm. Weights keep PyTorch's layout; see `ops` for how they are applied.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::cache::Slot;
-use super::ops::{self, ConvInputs, Pad2d};
-use super::split::{with_halo, RowExchange};
+use super::ops::{self, ConvInputs, Lent, Pad2d};
+use super::split::{HaloRows, RowExchange};
 
 /// Frames of the causal time window kept between chunks (diffusers `CACHE_T`).
 pub const CACHE_T: usize = 2;
@@ -15,6 +17,10 @@ pub const CACHE_T: usize = 2;
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
     weight: Tensor,
+    /// The generic (CUDA) path's tap-major weight (`ops::tap_major`), made once: on a CUDA weight
+    /// at construction (`weight` is then a view of it, so the layer holds one copy), on the CPU on
+    /// first generic use (tests that force that path).
+    taps: Arc<OnceLock<Tensor>>,
     bias: Tensor,
     /// Spatial zero padding (top, bottom, left, right).
     pad: Pad2d,
@@ -27,14 +33,45 @@ impl CausalConv3d {
     pub fn new(in_c: usize, out_c: usize, kt: usize, k: usize, pad: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_c, in_c, kt, k, k), "weight")?;
         let bias = vb.get(out_c, "bias")?;
-        Ok(Self { weight, bias, pad: (pad, pad, pad, pad), stride: 1 })
+        Self::with_weight(weight, bias, (pad, pad, pad, pad), 1)
+    }
+
+    fn with_weight(weight: Tensor, bias: Tensor, pad: Pad2d, stride: usize) -> Result<Self> {
+        let taps = Arc::new(OnceLock::new());
+        let weight = if weight.device().is_cpu() {
+            weight
+        } else {
+            // Only the generic path runs off the CPU: keep the tap-major copy alone.
+            let t = ops::tap_major(&weight)?;
+            let view = t.permute((1, 2, 0, 3, 4))?;
+            let _ = taps.set(t);
+            view
+        };
+        Ok(Self { weight, taps, bias, pad, stride })
+    }
+
+    /// The tap-major weight for the generic path, made on first use.
+    fn taps(&self) -> Result<&Tensor> {
+        if let Some(t) = self.taps.get() {
+            return Ok(t);
+        }
+        let t = ops::tap_major(&self.weight)?;
+        Ok(self.taps.get_or_init(|| t))
+    }
+
+    /// `Some(taps)` when the generic path will run on `xs` (the CPU kernels need none).
+    fn taps_for(&self, xs: &Tensor) -> Result<Option<&Tensor>> {
+        if ops::cpu_fast_path(xs) && self.weight.dtype() == candle_core::DType::F32 {
+            return Ok(None);
+        }
+        self.taps().map(Some)
     }
 
     /// An `nn.Conv2d` applied per frame: weight `[O, I, k, k]` viewed as `[O, I, 1, k, k]`.
     pub fn conv2d(in_c: usize, out_c: usize, k: usize, stride: usize, pad: Pad2d, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_c, in_c, k, k), "weight")?.unsqueeze(2)?;
         let bias = vb.get(out_c, "bias")?;
-        Ok(Self { weight, bias, pad, stride })
+        Self::with_weight(weight, bias, pad, stride)
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -53,22 +90,13 @@ impl CausalConv3d {
         self.weight.dims()[0]
     }
 
-    /// In halo mode the rows a conv reads beyond its slab (its top/bottom padding) come from the
-    /// neighbouring slabs instead, and only the left/right padding stays.
-    fn with_rows(&self, xs: &Tensor, halo: Option<&dyn RowExchange>) -> Result<(Tensor, Pad2d)> {
-        let (pt, pb, pl, pr) = self.pad;
-        match halo {
-            Some(ex) if pt + pb > 0 => Ok((with_halo(ex, xs, pt, pb)?, (0, 0, pl, pr))),
-            _ => Ok((xs.clone(), self.pad)),
-        }
-    }
-
     /// Per-frame application of a conv without time extent (kt = 1), optionally adding `residual`.
     pub fn forward(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         self.forward_split(xs, residual, None)
     }
 
-    /// [`Self::forward`] on a row slab (halo mode) when `halo` is given.
+    /// [`Self::forward`] on a row slab (halo mode) when `halo` is given: the rows its top/bottom
+    /// padding stands for come from the neighbouring slabs, exchanged while the interior rows compute.
     pub fn forward_split(
         &self,
         xs: &Tensor,
@@ -78,18 +106,34 @@ impl CausalConv3d {
         if self.kt() != 1 {
             candle_core::bail!("conv with {} time taps needs its cache (forward_cached)", self.kt());
         }
-        let (xs, pad) = self.with_rows(xs, halo)?;
         let frames: Vec<Tensor> = (0..xs.dim(0)?).map(|t| xs.get(t)).collect::<Result<_>>()?;
         let taps = frames.iter().map(|f| vec![Some(f)]).collect();
-        ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, pad, residual)
+        let inputs = ConvInputs { taps };
+        let (pt, pb, _, _) = self.pad;
+        match halo {
+            Some(ex) if pt + pb > 0 => {
+                let pending = ex.start(xs, pt, pb)?;
+                let lent = || -> Result<Vec<Vec<Lent>>> {
+                    let rows = pending.wait()?;
+                    (0..frames.len()).map(|t| Ok(vec![lent_of(&rows, t)?])).collect()
+                };
+                let taps = self.taps_for(xs)?;
+                ops::conv_frames_lent(&inputs, &self.weight, taps, &self.bias, self.stride, self.pad, residual, lent)
+            }
+            _ => {
+                let taps = self.taps_for(xs)?;
+                ops::conv_frames_with(&inputs, &self.weight, taps, &self.bias, self.stride, self.pad, residual)
+            }
+        }
     }
 
     /// Causal conv over the chunk `xs` `[T, C, H, W]`, reading the previous chunk's last frames from
     /// `slot` (zeros before the start) and leaving this chunk's in it: running chunk by chunk equals
     /// running over the whole sequence with `kt - 1` zero frames in front.
     ///
-    /// In halo mode (`halo` given) the chunk is first extended with its neighbours' rows and the
-    /// cache keeps the extended frames, so cached frames never need a second exchange.
+    /// In halo mode (`halo` given) the chunk's halo rows are exchanged while the interior rows
+    /// compute, and the cache keeps the last frames' own rows and the rows their neighbours lent,
+    /// so cached frames never need a second exchange.
     pub fn forward_cached(
         &self,
         xs: &Tensor,
@@ -101,9 +145,17 @@ impl CausalConv3d {
         if kt == 1 {
             return self.forward_split(xs, residual, halo);
         }
-        let (xs, pad) = self.with_rows(xs, halo)?;
-        let xs = &xs;
-        let history = slot.frames().cloned();
+        let (pt, pb, _, _) = self.pad;
+        let halo = halo.filter(|_| pt + pb > 0);
+        // Halo mode: the exchange is in flight from here until the lent rows are asked for.
+        let pending = halo.map(|ex| ex.start(xs, pt, pb)).transpose()?;
+        let (history, hist_rows) = match slot {
+            Slot::Frames(h) => (Some(h.clone()), HaloRows::default()),
+            Slot::Slab { body, above, below } => {
+                (Some(body.clone()), HaloRows { above: above.clone(), below: below.clone() })
+            }
+            _ => (None, HaloRows::default()),
+        };
         let n_hist = history.as_ref().map(|h| h.dim(0)).transpose()?.unwrap_or(0);
         let t_len = xs.dim(0)?;
         let hist_frames: Vec<Tensor> = match &history {
@@ -111,29 +163,98 @@ impl CausalConv3d {
             None => vec![],
         };
         let x_frames: Vec<Tensor> = (0..t_len).map(|t| xs.get(t)).collect::<Result<_>>()?;
-        // Virtual sequence: (kt-1-n_hist) zero frames, history, chunk.
+        // Virtual sequence: (kt-1-n_hist) zero frames, history, chunk. `Src` says where a tap reads.
         let lead = kt - 1;
         let zeros = lead.saturating_sub(n_hist);
+        let src = |t: usize, k: usize| -> Option<Src> {
+            let s = t + k;
+            if s < zeros {
+                None
+            } else if s < lead {
+                let i = s - zeros + n_hist.saturating_sub(lead);
+                (i < n_hist).then_some(Src::History(i))
+            } else {
+                Some(Src::Chunk(s - lead))
+            }
+        };
         let taps = (0..t_len)
             .map(|t| {
                 (0..kt)
-                    .map(|k| {
-                        let s = t + k;
-                        if s < zeros {
-                            None
-                        } else if s < lead {
-                            hist_frames.get(s - zeros + n_hist.saturating_sub(lead))
-                        } else {
-                            Some(&x_frames[s - lead])
-                        }
+                    .map(|k| match src(t, k) {
+                        None => None,
+                        Some(Src::History(i)) => Some(&hist_frames[i]),
+                        Some(Src::Chunk(i)) => Some(&x_frames[i]),
                     })
                     .collect()
             })
             .collect();
-        let ys = ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, self.stride, pad, residual)?;
-        *slot = Slot::Frames(next_history(history.as_ref(), xs)?);
+        let inputs = ConvInputs { taps };
+        let wt = self.taps_for(xs)?;
+        let (ys, chunk_rows) = match pending {
+            None => {
+                (ops::conv_frames_with(&inputs, &self.weight, wt, &self.bias, self.stride, self.pad, residual)?, None)
+            }
+            Some(pending) => {
+                let mut arrived = None;
+                let lent = || -> Result<Vec<Vec<Lent>>> {
+                    let rows = pending.wait()?;
+                    let lent = (0..t_len)
+                        .map(|t| {
+                            (0..kt)
+                                .map(|k| match src(t, k) {
+                                    None => Ok(Lent::default()),
+                                    Some(Src::History(i)) => lent_of(&hist_rows, i),
+                                    Some(Src::Chunk(i)) => lent_of(&rows, i),
+                                })
+                                .collect()
+                        })
+                        .collect::<Result<_>>()?;
+                    arrived = Some(rows);
+                    Ok(lent)
+                };
+                let ys = ops::conv_frames_lent(
+                    &inputs,
+                    &self.weight,
+                    wt,
+                    &self.bias,
+                    self.stride,
+                    self.pad,
+                    residual,
+                    lent,
+                )?;
+                (ys, arrived)
+            }
+        };
+        *slot = match chunk_rows {
+            None => Slot::Frames(next_history(history.as_ref(), xs)?),
+            Some(rows) => Slot::Slab {
+                body: next_history(history.as_ref(), xs)?,
+                above: next_rows(hist_rows.above.as_ref(), rows.above.as_ref())?,
+                below: next_rows(hist_rows.below.as_ref(), rows.below.as_ref())?,
+            },
+        };
         Ok(ys)
     }
+}
+
+/// Where a tap of a cached conv reads: a cached frame or a frame of the chunk.
+#[derive(Clone, Copy)]
+enum Src {
+    History(usize),
+    Chunk(usize),
+}
+
+/// The rows lent to frame `t` of a `[T, C, rows, W]` exchange result.
+fn lent_of(rows: &HaloRows, t: usize) -> Result<Lent> {
+    Ok(Lent {
+        above: rows.above.as_ref().map(|a| a.get(t)).transpose()?,
+        below: rows.below.as_ref().map(|b| b.get(t)).transpose()?,
+    })
+}
+
+/// The cached frames' lent rows after this chunk (`None` at the frame's edge, as both parts are).
+fn next_rows(history: Option<&Tensor>, chunk: Option<&Tensor>) -> Result<Option<Tensor>> {
+    chunk.map(|c| next_history(history, c)).transpose()
 }
 
 /// The last `CACHE_T` frames of `history ++ xs`, in fresh storage.

@@ -6,11 +6,11 @@
 //! tests force the generic path on CPU to prove the two agree.
 
 use std::ops::{Deref, Range};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, StorageRef, Tensor};
 
-use super::cpu_kernels::{self, ConvGeom, RowInit, WeightView};
+use super::cpu_kernels::{self, ConvGeom, RowFrame, RowInit, WeightView};
 
 static FORCE_GENERIC: AtomicBool = AtomicBool::new(false);
 
@@ -109,6 +109,21 @@ pub fn conv_frames(
     pad: Pad2d,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
+    conv_frames_with(inputs, weight, None, bias, stride, pad, residual)
+}
+
+/// [`conv_frames`] with the weight's [`tap_major`] form already made (`taps`: a layer keeps it, so
+/// the generic path copies no weight per call; `None`: made here, once for the call).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_frames_with(
+    inputs: &ConvInputs<'_>,
+    weight: &Tensor,
+    taps: Option<&Tensor>,
+    bias: &Tensor,
+    stride: usize,
+    pad: Pad2d,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let (o, i, kt, kh, kw) = weight.dims5()?;
     let first = inputs.taps.iter().flatten().flatten().next();
     let Some(first) = first else { candle_core::bail!("conv_frames: no input frames") };
@@ -165,23 +180,295 @@ pub fn conv_frames(
         cpu_kernels::conv_frames(&mut out, &frame_refs, WeightView { data: &wdata, kt }, init, geom);
         return from_vec(out, &[frames, o, geom.h_out, geom.w_out]);
     }
-    // Generic path: one candle conv2d per time tap, summed; explicit zero padding.
-    let mut outs = Vec::with_capacity(frames);
-    for (t, taps) in inputs.taps.iter().enumerate() {
-        let mut acc = bias.reshape((o, 1, 1))?.broadcast_as((o, geom.h_out, geom.w_out))?.contiguous()?;
-        for (k, f) in taps.iter().enumerate() {
-            let Some(f) = f else { continue };
-            let wk = weight.narrow(2, k, 1)?.squeeze(2)?.contiguous()?;
-            let xs = f.unsqueeze(0)?.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-            let ys = xs.conv2d(&wk, 0, stride, 1, 1)?.squeeze(0)?;
-            acc = (acc + ys)?;
-        }
-        if let Some(r) = residual {
-            acc = (acc + r.get(t)?)?;
-        }
-        outs.push(acc);
+    let taps = match taps {
+        Some(t) if t.dims() == [kt, o, i, kh, kw] => t.clone(),
+        Some(t) => candle_core::bail!("tap-major weight of shape {:?} for a {:?} weight", t.shape(), weight.shape()),
+        None => tap_major(weight)?,
+    };
+    generic_conv_frames(inputs, &taps, bias, stride, pad, residual, geom.h_out, geom.w_out)
+}
+
+/// Most bytes one candle `conv2d` call may spend on its im2col matrix on the generic path
+/// (`set_im2col_budget`); rows are processed in bands that stay under it.
+static IM2COL_BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_IM2COL_BUDGET);
+
+/// 256 MiB: a 512-channel 3×3 conv at 640 px width makes 11.8 MB of im2col per output row
+/// (f32), so bands of 22 rows (248 MiB); whole frames of the 352×640 stage would need 4.15 GB.
+pub const DEFAULT_IM2COL_BUDGET: usize = 256 << 20;
+
+/// Sets the generic path's im2col budget per conv2d call (tests force many bands with a tiny one).
+pub fn set_im2col_budget(bytes: usize) {
+    IM2COL_BUDGET.store(bytes.max(1), Ordering::SeqCst);
+}
+
+/// The generic path's im2col budget per conv2d call, in bytes.
+pub fn im2col_budget() -> usize {
+    IM2COL_BUDGET.load(Ordering::Relaxed)
+}
+
+/// Output rows per conv2d call so that its im2col matrix (`rows · w_out × I·kh·kw` elements of
+/// `elt` bytes) stays within the budget (at least one row).
+pub fn band_rows(w_out: usize, in_c: usize, kh: usize, kw: usize, elt: usize) -> usize {
+    let per_row = (w_out * in_c * kh * kw * elt).max(1);
+    (im2col_budget() / per_row).max(1)
+}
+
+/// `weight` `[O, I, kt, kh, kw]` tap-major, `[kt, O, I, kh, kw]` contiguous: time tap `k` is then
+/// `taps.get(k)`, a contiguous `[O, I, kh, kw]` view that `conv2d` uses as it is. A view of the
+/// weight itself when kt = 1, else one copy (made once per layer, see `layers::CausalConv3d`).
+pub fn tap_major(weight: &Tensor) -> Result<Tensor> {
+    let (_, _, kt, _, _) = weight.dims5()?;
+    if kt == 1 && weight.is_contiguous() {
+        weight.squeeze(2)?.unsqueeze(0)
+    } else {
+        weight.permute((2, 0, 1, 3, 4))?.contiguous()
     }
-    Tensor::stack(&outs, 0)
+}
+
+/// The generic (candle) conv of [`conv_frames`]: per output frame, per band of output rows sized
+/// by the im2col budget, one `conv2d` per live time tap with the tap's weight view, summed onto
+/// the bias (and the residual) and written into the preallocated output. Zero padding: whole
+/// frames with symmetric padding use conv2d's own; a band copies its input rows with the padding
+/// it needs (a copy bounded by the band, about 1/(kh·kw) of its im2col).
+#[allow(clippy::too_many_arguments)]
+fn generic_conv_frames(
+    inputs: &ConvInputs<'_>,
+    taps: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: Pad2d,
+    residual: Option<&Tensor>,
+    h_out: usize,
+    w_out: usize,
+) -> Result<Tensor> {
+    let (_, o, i, kh, kw) = taps.dims5()?;
+    let Some(first) = inputs.taps.iter().flatten().flatten().next() else {
+        candle_core::bail!("conv_frames: no input frames")
+    };
+    let (_, h, _) = first.dims3()?;
+    let (pt, pb, pl, pr) = pad;
+    let frames = inputs.taps.len();
+    let (dtype, device) = (first.dtype(), first.device());
+    let out = Tensor::zeros((frames, o, h_out, w_out), dtype, device)?;
+    let band = band_rows(w_out, i, kh, kw, dtype.size_in_bytes()).min(h_out.max(1));
+    let bias = bias.to_dtype(dtype)?.reshape((o, 1, 1))?;
+    for (t, frame_taps) in inputs.taps.iter().enumerate() {
+        let frame_out = out.get(t)?;
+        for y0 in (0..h_out).step_by(band) {
+            let rows = band.min(h_out - y0);
+            let mut acc = bias.broadcast_as((o, rows, w_out))?.contiguous()?;
+            for (k, f) in frame_taps.iter().enumerate() {
+                let Some(f) = f else { continue };
+                let ys = if rows == h_out && pt == pb && pt == pl && pl == pr {
+                    // The whole frame with symmetric padding: conv2d pads, nothing is copied.
+                    f.unsqueeze(0)?.conv2d(&taps.get(k)?, pt, stride, 1, 1)?
+                } else {
+                    band_input(f, y0, rows, stride, kh, pad, h)?.conv2d(&taps.get(k)?, 0, stride, 1, 1)?
+                };
+                acc = (acc + ys.squeeze(0)?)?;
+            }
+            if let Some(r) = residual {
+                acc = (acc + r.get(t)?.narrow(1, y0, rows)?)?;
+            }
+            frame_out.slice_set(&acc.contiguous()?, 1, y0)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Input rows of output rows `y0..y0+rows` of a `[C, H, W]` frame, zero-padded as the conv's
+/// `pad` says (rows outside the frame are zeros), as `[1, C, rows_in, W + pl + pr]`.
+fn band_input(f: &Tensor, y0: usize, rows: usize, stride: usize, kh: usize, pad: Pad2d, h: usize) -> Result<Tensor> {
+    let (pt, _, pl, pr) = pad;
+    // Padded-frame rows read by the band: y0·s .. (y0+rows−1)·s + kh, i.e. frame rows shifted by pt.
+    let start = (y0 * stride) as isize - pt as isize;
+    let end = ((y0 + rows - 1) * stride + kh) as isize - pt as isize;
+    let (a, b) = (start.max(0) as usize, (end.min(h as isize)).max(0) as usize);
+    let (zeros_above, zeros_below) = ((a as isize - start) as usize, (end - b as isize).max(0) as usize);
+    let xs = f.narrow(1, a, b.saturating_sub(a))?;
+    let xs = if zeros_above + zeros_below > 0 { xs.pad_with_zeros(1, zeros_above, zeros_below)? } else { xs };
+    let xs = if pl + pr > 0 { xs.pad_with_zeros(2, pl, pr)? } else { xs };
+    xs.unsqueeze(0)
+}
+
+/// The rows a slab frame's neighbours lent it for one conv (halo mode): `above` `[C, pad_top, W]`
+/// and `below` `[C, rows, W]`; `None` is zero padding (the frame's top or bottom edge).
+#[derive(Debug, Clone, Default)]
+pub struct Lent {
+    pub above: Option<Tensor>,
+    pub below: Option<Tensor>,
+}
+
+/// Output rows `lo..hi` of a conv over `h` input rows whose outputs read no padding row: those a
+/// slab can compute before its neighbours' rows arrive.
+pub fn interior_rows(h: usize, kh: usize, stride: usize, pad_top: usize, h_out: usize) -> Range<usize> {
+    let lo = pad_top.div_ceil(stride).min(h_out);
+    let hi = if h + pad_top >= kh { ((h + pad_top - kh) / stride + 1).min(h_out) } else { 0 };
+    lo..hi.max(lo)
+}
+
+/// [`conv_frames`] over row slabs whose top/bottom padding rows come from the neighbouring slabs
+/// (halo mode), overlapping the exchange: the output rows that read no lent row are computed
+/// first, then `lent()` waits for the exchange and returns, for every output frame and time tap,
+/// the rows lent to that tap's frame; the remaining rows follow. The lent rows are read where they
+/// lie (no slab is concatenated with them) and the result equals the conv of the extended frames bit
+/// for bit. The generic path waits first and convolves the concatenated frames.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_frames_lent(
+    inputs: &ConvInputs<'_>,
+    weight: &Tensor,
+    taps: Option<&Tensor>,
+    bias: &Tensor,
+    stride: usize,
+    pad: Pad2d,
+    residual: Option<&Tensor>,
+    lent: impl FnOnce() -> Result<Vec<Vec<Lent>>>,
+) -> Result<Tensor> {
+    let (o, i, kt, kh, kw) = weight.dims5()?;
+    let Some(first) = inputs.taps.iter().flatten().flatten().next() else {
+        candle_core::bail!("conv_frames_lent: no input frames")
+    };
+    let (c, h, w) = first.dims3()?;
+    let (pt, pb, pl, pr) = pad;
+    if c != i || h + pt + pb < kh || w + pl + pr < kw || stride == 0 {
+        candle_core::bail!(
+            "conv {kh}x{kw} stride {stride} on {i} channels does not fit a {c}x{h}x{w} slab padded by {pad:?}"
+        );
+    }
+    let frames = inputs.taps.len();
+    let check_lent = |lent: &[Vec<Lent>]| -> Result<()> {
+        if lent.len() != frames || lent.iter().any(|l| l.len() != kt) {
+            candle_core::bail!("conv_frames_lent: lent rows for {} frames, expected {frames} × {kt} taps", lent.len());
+        }
+        for l in lent.iter().flatten() {
+            for (part, rows) in [(&l.above, pt), (&l.below, pb)] {
+                if let Some(t) = part {
+                    let (tc, tr, tw) = t.dims3()?;
+                    if tc != c || tw != w || tr != rows {
+                        candle_core::bail!(
+                            "lent rows of shape {:?} for a {c}x{h}x{w} slab padded by {pad:?}",
+                            t.shape()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    let geom = ConvGeom::new(i, o, (h, w), (kh, kw), stride, pad);
+    let cpu = use_cpu_kernels(first) && weight.dtype() == DType::F32;
+    if !cpu || geom.h_out == 0 {
+        // Generic path: the slabs extended with their lent rows (zeros at the frame's edges).
+        let lent = lent()?;
+        check_lent(&lent)?;
+        let mut ext: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(frames);
+        for (taps, lent) in inputs.taps.iter().zip(&lent) {
+            let row = taps
+                .iter()
+                .zip(lent)
+                .map(|(f, l)| f.map(|f| extend_rows(f, l, pt, pb)).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            ext.push(row);
+        }
+        let frames = ext.iter().map(|ts| ts.iter().map(Option::as_ref).collect()).collect();
+        return conv_frames_with(&ConvInputs { taps: frames }, weight, taps, bias, stride, (0, 0, pl, pr), residual);
+    }
+    for (t, taps) in inputs.taps.iter().enumerate() {
+        if taps.len() != kt {
+            candle_core::bail!("conv with {kt} time taps got {} input frames for output frame {t}", taps.len());
+        }
+        if let Some(f) = taps.iter().flatten().find(|f| f.dims() != first.dims()) {
+            candle_core::bail!("conv input frames differ in shape: {:?} and {:?}", first.shape(), f.shape());
+        }
+    }
+    if bias.dims() != [o] {
+        candle_core::bail!("conv with {o} output channels got a bias of shape {:?}", bias.shape());
+    }
+    if let Some(r) = residual {
+        if r.dims() != [frames, o, geom.h_out, geom.w_out] {
+            let want = [frames, o, geom.h_out, geom.w_out];
+            candle_core::bail!("conv residual has shape {:?}, the output {want:?}", r.shape());
+        }
+    }
+    count_flops(o * i * kh * kw * geom.h_out * geom.w_out * inputs.taps.iter().flatten().flatten().count());
+    let wdata = cpu_f32(weight)?;
+    let bdata = cpu_f32(bias)?;
+    let bodies: Vec<Vec<Option<CpuF32<'_>>>> = inputs
+        .taps
+        .iter()
+        .map(|ts| ts.iter().map(|f| f.map(cpu_f32).transpose()).collect::<Result<Vec<_>>>())
+        .collect::<Result<_>>()?;
+    let res_data = residual.map(cpu_f32).transpose()?;
+    let res_frames: Vec<&[f32]>;
+    let init = match &res_data {
+        Some(data) => {
+            res_frames = data.chunks(geom.out_frame_len()).collect();
+            RowInit::BiasPlus(&bdata, &res_frames)
+        }
+        None => RowInit::Bias(&bdata),
+    };
+    let wv = WeightView { data: &wdata, kt };
+    let mut out = vec![0f32; frames * geom.out_frame_len()];
+    let inner = interior_rows(h, kh, stride, pt, geom.h_out);
+    {
+        let bare: Vec<Vec<Option<RowFrame<'_>>>> =
+            bodies.iter().map(|ts| ts.iter().map(|f| f.as_deref().map(RowFrame::whole)).collect()).collect();
+        cpu_kernels::conv_frames_rows(&mut out, &bare, wv, init, geom, inner.clone());
+    }
+    let lent = lent()?;
+    check_lent(&lent)?;
+    let lent_data: Vec<Vec<(Option<Tensor>, Option<Tensor>)>> = lent
+        .iter()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| {
+                    let c = |t: &Option<Tensor>| t.as_ref().map(Tensor::contiguous).transpose();
+                    Ok((c(&l.above)?, c(&l.below)?))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let lent_views: Vec<Vec<(Option<CpuF32<'_>>, Option<CpuF32<'_>>)>> = lent_data
+        .iter()
+        .map(|ls| {
+            ls.iter()
+                .map(|(a, b)| Ok((a.as_ref().map(cpu_f32).transpose()?, b.as_ref().map(cpu_f32).transpose()?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let full: Vec<Vec<Option<RowFrame<'_>>>> = bodies
+        .iter()
+        .zip(&lent_views)
+        .map(|(ts, ls)| {
+            ts.iter()
+                .zip(ls)
+                .map(|(f, (a, b))| f.as_deref().map(|body| RowFrame { body, above: a.as_deref(), below: b.as_deref() }))
+                .collect()
+        })
+        .collect();
+    cpu_kernels::conv_frames_rows(&mut out, &full, wv, init, geom, 0..inner.start);
+    cpu_kernels::conv_frames_rows(&mut out, &full, wv, init, geom, inner.end..geom.h_out);
+    from_vec(out, &[frames, o, geom.h_out, geom.w_out])
+}
+
+/// `[C, H, W]` with `pt` rows above and `pb` below: the lent ones, zeros where none were lent.
+fn extend_rows(f: &Tensor, lent: &Lent, pt: usize, pb: usize) -> Result<Tensor> {
+    let (c, _, w) = f.dims3()?;
+    let mut parts = Vec::with_capacity(3);
+    if pt > 0 {
+        parts.push(match &lent.above {
+            Some(t) => t.clone(),
+            None => Tensor::zeros((c, pt, w), f.dtype(), f.device())?,
+        });
+    }
+    parts.push(f.clone());
+    if pb > 0 {
+        parts.push(match &lent.below {
+            Some(t) => t.clone(),
+            None => Tensor::zeros((c, pb, w), f.dtype(), f.device())?,
+        });
+    }
+    Tensor::cat(&parts, 1)
 }
 
 /// Sub-pixel weights for [`upsample_conv`] when the CPU kernels will run, else `None`.

@@ -42,6 +42,8 @@ pub struct DecodedPiece<'a> {
     pub data: &'a TileBuf,
     pub seconds: f64,
     pub bytes_sent: u64,
+    /// Halo mode: of `seconds`, the time blocked on halo exchanges (0 in tiles mode).
+    pub halo_wait_seconds: f64,
 }
 
 /// A small RGB8 picture of a piece's first frame.
@@ -124,6 +126,7 @@ impl AutoencoderKLWan {
                         seconds: slab.seconds,
                         // Halo rows per conv plus this slab to rank 0 (rank 0 keeps its own).
                         bytes_sent: if rank == 0 { 0 } else { 4 * data.data.len() as u64 },
+                        halo_wait_seconds: slab.halo_wait_seconds,
                     });
                 })
             }
@@ -168,6 +171,7 @@ impl AutoencoderKLWan {
                             data: f.piece,
                             seconds: f.seconds,
                             bytes_sent: f.bytes_sent,
+                            halo_wait_seconds: 0.0,
                         });
                     };
                     let mut sink = |tile: &TileBuf, spec: &super::tiling::TileSpec| {

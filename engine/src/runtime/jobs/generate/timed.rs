@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Result, Tensor};
 
-use crate::parallel::comm::{Collective, ReduceOp};
+use crate::parallel::comm::{Collective, PendingRecv, ReduceOp};
 use crate::parallel::Rank;
 
 /// Totals over every op of a [`TimedComm`] and its sub-groups.
@@ -117,8 +117,40 @@ impl Collective for TimedComm {
         self.stats.time(bytes, || self.inner.send_recv(sends, recvs))
     }
 
+    /// The start and the wait are timed (the wait is what the caller could not hide).
+    fn send_recv_start(
+        &self,
+        sends: &[(Rank, Tensor)],
+        recvs: &[(Rank, Vec<usize>, DType)],
+    ) -> Result<Box<dyn PendingRecv>> {
+        let bytes = sends.iter().map(|(_, xs)| size(xs)).sum();
+        let inner = self.stats.time(bytes, || self.inner.send_recv_start(sends, recvs))?;
+        Ok(Box::new(TimedPending { inner, stats: self.stats.clone() }))
+    }
+
+    /// Not timed: the duplicate carries what runs beside the compute thread (FSDP prefetch), whose
+    /// wall time is not time the step waits; the FSDP store reports its own waits.
+    fn duplicate(&self) -> Result<Option<Arc<dyn Collective>>> {
+        self.inner.duplicate()
+    }
+
     fn abort(&self) {
         self.inner.abort();
+    }
+}
+
+/// A [`TimedComm::send_recv_start`] in flight: its wait counts as communication (not as a call).
+struct TimedPending {
+    inner: Box<dyn PendingRecv>,
+    stats: Arc<CommStats>,
+}
+
+impl PendingRecv for TimedPending {
+    fn wait(self: Box<Self>) -> Result<Vec<Tensor>> {
+        let t0 = Instant::now();
+        let out = self.inner.wait();
+        self.stats.nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
     }
 }
 
