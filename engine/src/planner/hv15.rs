@@ -26,7 +26,7 @@ use super::model::ModelSpec;
 use super::predict::{
     Options, PhasePrediction, PredictError, Prediction, RankPrediction, Request, Target, Term, CUDA_CONTEXT_BYTES,
 };
-use super::vae::{conv_band_scratch, generic_conv_frame_scratch, KernelPath, VaeRun};
+use super::vae::{conv_band_scratch, generic_band_rows, generic_conv_band_scratch, KernelPath, VaeRun};
 use crate::models::hv15::transformer::Config as DitConfig;
 use crate::models::hv15::vae::Config as VaeConfig;
 use crate::models::wan::transformer::attention::ChunkedAttention;
@@ -356,13 +356,11 @@ impl DecodeReplay<'_> {
         self.mem.free(rows);
         let out = x.with_c(out_c);
         if self.run.path == KernelPath::Generic {
-            // candle's conv2d per frame and tap (im2col), the per-frame results, then their stack.
-            let frames = self.b(out);
-            let scratch = generic_conv_frame_scratch(self.run.elt, x.c, out_c, x.h, x.w, 3);
-            self.mem.transient(scratch + frames);
-            self.mem.alloc(frames);
-            self.mem.alloc(frames);
-            self.mem.free(frames);
+            // `ops::conv_frames` on the generic path: the output allocated first and written band by
+            // band, each band's conv2d im2col within the budget (as the Wan replay).
+            self.mem.alloc(self.b(out));
+            let rows = generic_band_rows(self.run.elt, x.c, out.h, out.w, 3, self.run.im2col_budget);
+            self.mem.transient(generic_conv_band_scratch(self.run.elt, x.c, out_c, rows, out.w, 3));
         } else {
             self.mem.alloc(self.b(out));
             let band = conv_band_scratch(&self.run, x.c, out_c, out.t, out.h, out.w);
@@ -657,8 +655,13 @@ pub fn predict(
 
     let v = plan.vae_parallel.max(1);
     let halo = plan.vae_mode == VaeMode::Halo && v > 1;
-    let run =
-        VaeRun { elt: 4, path: if cuda { KernelPath::Generic } else { KernelPath::Cpu }, halo, threads: opts.threads };
+    let run = VaeRun {
+        elt: 4,
+        path: if cuda { KernelPath::Generic } else { KernelPath::Cpu },
+        halo,
+        threads: opts.threads,
+        im2col_budget: crate::models::wan::vae::ops::im2col_budget(),
+    };
     let s = vcfg.spatial_compression_ratio;
     let video = (3 * vcfg.decoded_frames(lt) * lh * s * lw * s) as u64 * 4;
     let decode_work = |rank: usize| -> u64 {
@@ -818,7 +821,7 @@ mod tests {
     #[test]
     fn streamed_decode_is_bounded_and_halo_splits_it() {
         let cfg = VaeConfig::default();
-        let run = VaeRun { elt: 4, path: KernelPath::Cpu, halo: false, threads: 1 };
+        let run = VaeRun { elt: 4, path: KernelPath::Cpu, halo: false, threads: 1, im2col_budget: usize::MAX };
         // 480p (30 × 53 latents): 31 frames cost about as much as 9 beyond the output video.
         let video = |t: usize| (3 * cfg.decoded_frames(t) * 480 * 848) as u64 * 4;
         let p9 = decode_peak(&cfg, run, (9, 30, 53), 30, true, 1) - video(9);
