@@ -44,7 +44,12 @@ fn demo_runs_end_to_end_on_two_worker_processes() {
     }
     // The whole pipeline ran: every denoising step reported, then the phases.
     let steps = app.settings.steps;
-    assert_eq!((app.live.progress.total, app.live.progress.step), (steps as u64, steps as u64), "{:?}", app.live.progress);
+    assert_eq!(
+        (app.live.progress.total, app.live.progress.step),
+        (steps as u64, steps as u64),
+        "{:?}",
+        app.live.progress
+    );
     let phases: Vec<&str> = app.live.ranks[0].phases.iter().map(|p| p.name.as_str()).collect();
     assert!(phases.contains(&"denoise") && phases.contains(&"decode"), "{phases:?}");
     // Halo mode: one slab per rank per latent chunk (3 chunks for 9 frames).

@@ -217,7 +217,7 @@ fn schedule_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
                 s.shift = custom.then_some(5.0);
             }
             if let Some(shift) = &mut s.shift {
-                ui.add(egui::DragValue::new(shift).range(0.1..=20.0).speed(0.1));
+                ui.add(egui::DragValue::new(shift).range(0.1..=20.0).speed(0.1)).labelled_by(label.id);
             }
         });
         ui.end_row();
