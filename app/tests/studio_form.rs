@@ -22,7 +22,7 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
     assert_eq!((h.state().settings.width, h.state().settings.frames), (250, 13));
     // Shown inline while typing, in the form's words (no CLI flag names)…
     h.get_by_label("Width 250 is not a multiple of 32 for this model; nearest valid: 224 or 256");
-    // …and as a message when Generate is pressed anyway (the demo is written, then the check fails).
+    // …and as a message when Generate is pressed anyway (the check fails before any worker starts).
     h.get_by_label("Generate").click();
     step_until(h, "the invalid-size message", Duration::from_secs(120), |app| {
         app.messages.items.iter().any(|m| m.text.starts_with("Width 250"))
@@ -33,9 +33,9 @@ fn form_fills_and_an_invalid_size_names_the_nearest_valid_values() {
     h.get_by_label("Dismiss").click();
     h.run_steps(2);
     assert!(h.state().messages.items.is_empty());
-    // The first Generate wrote the demo model; once it is read the panel shows what it is.
+    // Once the shipped demo folder is read the panel shows what it is.
     step_until(h, "the demo model's description", Duration::from_secs(30), |app| matches!(app.model.info, Some(Ok(_))));
-    h.get_by_label_contains("Wan2.2 TI2V-5B layout (WanPipeline), 2 blocks × 4 heads");
+    h.get_by_label_contains("Wan2.2 TI2V-5B layout (WanPipeline), 4 blocks × 4 heads");
     h.get_by_label("Snap to valid").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.width, 256);
