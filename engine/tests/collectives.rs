@@ -18,6 +18,7 @@ fn ops(world: usize) -> Vec<CollectiveOp> {
         CollectiveOp::SendRecv,
         CollectiveOp::AllGather { dim: 0 },
         CollectiveOp::AllGather { dim: 2 },
+        CollectiveOp::AllGatherInto,
         CollectiveOp::Broadcast { root: world - 1 },
         CollectiveOp::AllToAll { split_dim: 1, concat_dim: 0 },
         CollectiveOp::AllToAll { split_dim: 1, concat_dim: 2 },

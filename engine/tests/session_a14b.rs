@@ -209,16 +209,11 @@ fn phased_residency_holds_one_expert_and_changes_nothing() {
         // The phases hold the same activations; the difference is the expert not loaded: its
         // weights (`shard`, what `transformer_bytes` counts) and the few tens of KiB a loaded expert
         // keeps beside them (tables, per-tensor headers), which is large only next to this ~200 KB
-        // tiny model (measured without prefetch: 112% of the shard). With FSDP prefetch the next
-        // block's gather runs on a background thread, so whether its gathered block (`block_bytes`)
-        // is alive at a run's peak is a matter of timing, in either run: the band widens by one
-        // block each way (measured with prefetch: 80–144% of the shard; the block is 50% of it).
-        let stats = d(&pipeline);
-        let jitter = if stats.fsdp_prefetch { stats.block_bytes as f64 } else { 0.0 };
-        println!("rank {rank}: one gathered block {} B, prefetch {}", stats.block_bytes, stats.fsdp_prefetch);
+        // tiny model (measured: 109–116% of the shard, with FSDP prefetch: its next block is
+        // reserved when the gather is issued, so the peaks do not depend on thread timing).
         assert!(
-            saved >= 0.9 * shard as f64 - jitter && saved <= 1.25 * shard as f64 + jitter,
-            "rank {rank}: saved {saved} B, shard {shard} B, prefetch jitter {jitter} B"
+            saved >= 0.9 * shard as f64 && saved <= 1.25 * shard as f64,
+            "rank {rank}: saved {saved} B, shard {shard} B"
         );
     }
     assert!(

@@ -277,12 +277,19 @@ impl ShardedStore {
         self.prefetch.wait_nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if let Some(next) = next {
             let parts = self.unit_slices(next)?;
+            // The next unit's memory is taken here, on the caller's thread, before its gather is
+            // issued: a rank then holds two gathered units from this moment on, whatever the
+            // threads' timing, as the planner's prefetch term says (a gather left to allocate on
+            // its own thread held them only when it happened to finish before this unit's compute).
+            let reserved = reserve_unit(&parts, self.comm.world_size(), &self.device)?;
+            // CUDA: the zero fill ran on this thread's stream; the gather writes on the prefetch's.
+            self.device.synchronize()?;
             let device = self.device.clone();
             let thread = std::thread::Builder::new()
                 .name("fsdp-prefetch".into())
                 .spawn(move || {
                     let _span = tracing::debug_span!("fsdp_prefetch").entered();
-                    let unit = gather_unit(lane.as_ref(), &parts)?;
+                    let unit = gather_unit_into(lane.as_ref(), &parts, reserved)?;
                     // CUDA: the gathers ran on this thread's stream; finish them before another
                     // thread's stream reads the tensors.
                     device.synchronize()?;
@@ -306,6 +313,24 @@ fn gather_slice(comm: &dyn Collective, s: &Slice) -> Result<Tensor> {
 /// All-gathers every slice of a unit, in the given (name) order.
 fn gather_unit(comm: &dyn Collective, parts: &[(String, Slice)]) -> Result<Unit> {
     parts.iter().map(|(name, s)| Ok((name.clone(), gather_slice(comm, s)?))).collect()
+}
+
+/// The flat (padded) destination of every slice of a unit: `F` slices' worth each.
+fn reserve_unit(parts: &[(String, Slice)], f: usize, device: &Device) -> Result<Vec<Tensor>> {
+    parts.iter().map(|(_, s)| Tensor::zeros(s.local.elem_count() * f, s.local.dtype(), device)).collect()
+}
+
+/// [`gather_unit`] into the destinations [`reserve_unit`] made, in the same order.
+fn gather_unit_into(comm: &dyn Collective, parts: &[(String, Slice)], reserved: Vec<Tensor>) -> Result<Unit> {
+    parts
+        .iter()
+        .zip(reserved)
+        .map(|((name, s), out)| {
+            comm.all_gather_into(&s.local, &out)?;
+            let n: usize = s.shape.iter().product();
+            Ok((name.clone(), out.narrow(0, 0, n)?.reshape(s.shape.as_slice())?))
+        })
+        .collect()
 }
 
 #[cfg(test)]

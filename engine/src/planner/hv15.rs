@@ -641,16 +641,22 @@ pub fn predict(
     let rope = len as u64 * half + if u > 1 { ls as u64 * half } else { 0 };
     let block = block_peak(dcfg, e, u, &ChunkedAttention::default(), ls, len, n);
     let head = 3 * (ls * d) as u64 * e + (len * z) as u64 * e * 3;
+    // FSDP prefetch (the workers' default, `hv15/transformer/sharded.rs` gathers block i + 1 while
+    // block i runs): a second gathered block, reserved when its gather is issued, and the
+    // gather's transient beside the block's activations instead of after them. Only with a next
+    // block to gather.
+    let prefetch = opts.fsdp_prefetch && plan.fsdp > 1 && dcfg.num_layers > 1;
+    let (gathered, transient) =
+        (fsdp_gather_bytes(dcfg, e, plan.fsdp), fsdp_gather_transient_bytes(dcfg, e, plan.fsdp));
     let denoise_work = [
         term("latents, predictions and scheduler state", state),
         term("text context", ctx),
         term("rope tables", rope),
         term("video tokens", x_full + x_shard),
-        term(
-            "block activations (FFN, attention tiles)",
-            block.max(head).max(fsdp_gather_transient_bytes(dcfg, e, plan.fsdp)),
-        ),
-        term("fsdp gathered block", fsdp_gather_bytes(dcfg, e, plan.fsdp)),
+        term("block activations (FFN, attention tiles)", block.max(head).max(if prefetch { 0 } else { transient })),
+        term("fsdp gather transient (prefetch, beside the block)", if prefetch { transient } else { 0 }),
+        term("fsdp gathered block", gathered),
+        term("fsdp prefetched block (the next, gathered during this one)", if prefetch { gathered } else { 0 }),
     ];
 
     let v = plan.vae_parallel.max(1);
@@ -816,6 +822,33 @@ mod tests {
         // At least the two L×ffn FFN tensors and the eight L×D tensors bound by then.
         let floor = (2 * len * cfg.ff_dim() + 8 * len * cfg.inner_dim()) as u64 * 2;
         assert!(one >= floor, "{one} < {floor}");
+    }
+
+    /// With FSDP over a model of several blocks the denoise holds the next block too (gathered
+    /// while the current one runs), unless prefetch is off; one block has no next.
+    #[test]
+    fn fsdp_prefetch_holds_a_second_block() {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/configs"));
+        let spec = ModelSpec::from_path(&root.join("hv15-480p-t2v")).unwrap();
+        let req = Request { height: 480, width: 848, frames: 121, guidance: 6.0, image: false };
+        let plan = ParallelPlan { ranks: 4, ulysses: 2, cfg_parallel: 2, fsdp: 4, ..Default::default() };
+        let denoise = |prefetch: bool, spec: &ModelSpec| {
+            let mut opts = Options::new(Target::Cuda);
+            opts.fsdp_prefetch = prefetch;
+            let p = predict(spec, &req, &plan, &opts).unwrap();
+            let phase = p.ranks[0].phases.iter().find(|p| p.name == "denoise").unwrap().clone();
+            let t = |name: &str| phase.terms.iter().find(|t| t.name == name).map_or(0, |t| t.bytes);
+            (phase.peak_bytes, t("fsdp prefetched block (the next, gathered during this one)"))
+        };
+        let block = fsdp_gather_bytes(&spec.hv15.as_ref().unwrap().transformer, 2, 4);
+        let (with, held) = denoise(true, &spec);
+        let (without, none) = denoise(false, &spec);
+        assert_eq!((held, none), (block, 0));
+        // The gather's transient moves beside the activations; the block is added on top.
+        assert!(with >= without + block, "{with} vs {without} + {block}");
+        let mut one = spec.clone();
+        one.hv15.as_mut().unwrap().transformer.num_layers = 1;
+        assert_eq!(denoise(true, &one).1, 0, "one block: nothing to prefetch");
     }
 
     #[test]

@@ -147,6 +147,7 @@ fn checks(n: usize) -> Vec<CheckSpec> {
     let ops = [
         CollectiveOp::SendRecv,
         CollectiveOp::AllGather { dim: 1 },
+        CollectiveOp::AllGatherInto,
         CollectiveOp::Broadcast { root: n - 1 },
         CollectiveOp::AllToAll { split_dim: 1, concat_dim: 0 },
         CollectiveOp::AllReduce(ReduceOp::Sum),

@@ -22,6 +22,8 @@ pub enum CollectiveOp {
     AllGather {
         dim: usize,
     },
+    /// `all_gather` along dim 0 into a tensor the caller allocated (the FSDP prefetch's form).
+    AllGatherInto,
     Broadcast {
         root: usize,
     },
@@ -38,6 +40,7 @@ impl CollectiveOp {
         match self {
             Self::SendRecv => "send_recv".into(),
             Self::AllGather { dim } => format!("all_gather(dim {dim})"),
+            Self::AllGatherInto => "all_gather_into".into(),
             Self::Broadcast { root } => format!("broadcast(root {root})"),
             Self::AllToAll { split_dim, concat_dim } => format!("all_to_all({split_dim}->{concat_dim})"),
             Self::AllReduce(ReduceOp::Sum) => "all_reduce_sum".into(),
@@ -116,6 +119,13 @@ pub fn run_op(comm: &dyn Collective, op: CollectiveOp, xs: &Tensor) -> Result<Te
             comm.send_recv(&sends, &recvs)?.pop().ok_or_else(|| candle_core::Error::Msg("send_recv: no tensor".into()))
         }
         CollectiveOp::AllGather { dim } => comm.all_gather(xs, dim),
+        CollectiveOp::AllGatherInto => {
+            let mut shape = xs.dims().to_vec();
+            shape[0] *= n;
+            let out = Tensor::zeros(shape, xs.dtype(), xs.device())?;
+            comm.all_gather_into(xs, &out)?;
+            Ok(out)
+        }
         CollectiveOp::Broadcast { root } => comm.broadcast(xs, Rank(root)),
         CollectiveOp::AllToAll { split_dim, concat_dim } => comm.all_to_all(xs, split_dim, concat_dim),
         CollectiveOp::AllReduce(reduce) => comm.all_reduce(xs, reduce),
@@ -134,6 +144,7 @@ pub fn reference(spec: &CheckSpec, group_size: usize) -> Result<Vec<Tensor>> {
         .map(|r| match spec.op {
             CollectiveOp::SendRecv => Ok(xs[(r + n - 1) % n].clone()),
             CollectiveOp::AllGather { dim } => Tensor::cat(&xs, dim),
+            CollectiveOp::AllGatherInto => Tensor::cat(&xs, 0),
             CollectiveOp::Broadcast { root } => Ok(xs[root].clone()),
             CollectiveOp::AllToAll { split_dim, concat_dim } => {
                 let chunk = xs[0].dim(split_dim)? / n;
@@ -173,6 +184,7 @@ mod tests {
             CollectiveOp::SendRecv,
             CollectiveOp::AllGather { dim: 0 },
             CollectiveOp::AllGather { dim: 1 },
+            CollectiveOp::AllGatherInto,
             CollectiveOp::Broadcast { root: 1 },
             CollectiveOp::AllToAll { split_dim: 1, concat_dim: 0 },
             CollectiveOp::AllReduce(ReduceOp::Sum),

@@ -206,6 +206,33 @@ impl Collective for MeshComm {
         Tensor::cat(&parts, dim)
     }
 
+    /// Each peer's slice is written into its rows of `out` as it arrives: besides `out`, the
+    /// transient is the wire bytes and one decoded slice at a time.
+    fn all_gather_into(&self, xs: &Tensor, out: &Tensor) -> Result<()> {
+        super::check_gather_into(xs, out, self.members.len())?;
+        let rows = xs.dim(0)?;
+        if self.members.len() == 1 {
+            return out.slice_set(xs, 0, 0);
+        }
+        let header = self.header(OpCode::AllGather, xs.dtype(), xs.dims())?;
+        let bytes = Arc::new(tensor_to_bytes(xs)?);
+        for peer in self.peers() {
+            self.send_to(peer, header.clone(), Payload::whole(bytes.clone()))?;
+        }
+        drop(bytes);
+        for member in 0..self.members.len() {
+            if member == self.me {
+                out.slice_set(xs, 0, member * rows)?;
+            } else {
+                let frame = self.recv_from(member, OpCode::AllGather, Some(&header))?;
+                let part = tensor_from_bytes(frame.payload.as_slice(), header.dtype, xs.dims(), xs.device())?;
+                drop(frame);
+                out.slice_set(&part, 0, member * rows)?;
+            }
+        }
+        Ok(())
+    }
+
     fn broadcast(&self, xs: &Tensor, root: Rank) -> Result<Tensor> {
         let root = self.check_member(root, "broadcast")?;
         let header = self.header(OpCode::Broadcast, xs.dtype(), xs.dims())?;

@@ -59,6 +59,15 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
     fn recv(&self, src: Rank, shape: &[usize], dtype: DType) -> Result<Tensor>;
     /// Concatenates every rank's `xs` along `dim`, in rank order.
     fn all_gather(&self, xs: &Tensor, dim: usize) -> Result<Tensor>;
+    /// [`Collective::all_gather`] along dim 0, written into `out` (contiguous, the same dtype and
+    /// device, `world_size · xs.dim(0)` rows of `xs`'s row shape) instead of a new tensor: the
+    /// caller owns the result's memory from the moment it issues the gather, as a CUDA caching
+    /// allocator holds an all-gather's output from the launch. What lets an FSDP prefetch hold the
+    /// next unit's bytes whatever the threads' timing. The default gathers, then copies.
+    fn all_gather_into(&self, xs: &Tensor, out: &Tensor) -> Result<()> {
+        check_gather_into(xs, out, self.world_size())?;
+        out.slice_set(&self.all_gather(xs, 0)?, 0, 0)
+    }
     /// Returns `root`'s `xs` on every rank (other ranks' `xs` only give shape and dtype).
     fn broadcast(&self, xs: &Tensor, root: Rank) -> Result<Tensor>;
     /// Ulysses exchange: splits `xs` into `world_size` equal chunks along `split_dim`, sends chunk `j`
@@ -181,6 +190,21 @@ impl From<CommError> for candle_core::Error {
 
 /// Validates a sub-group member list against a parent group of `world_size`, returning the caller's
 /// index in it.
+/// The shape contract of [`Collective::all_gather_into`]: one clear error instead of a copy into
+/// the wrong rows.
+pub(crate) fn check_gather_into(xs: &Tensor, out: &Tensor, world_size: usize) -> Result<()> {
+    let (x, o) = (xs.dims(), out.dims());
+    let rows_fit = !x.is_empty() && o.len() == x.len() && o[0] == x[0] * world_size && o[1..] == x[1..];
+    if !rows_fit || xs.dtype() != out.dtype() || !out.is_contiguous() {
+        return Err(candle_core::Error::Msg(format!(
+            "all_gather_into: {:?} {x:?} from each of {world_size} ranks does not fill a contiguous {:?} {o:?}",
+            xs.dtype(),
+            out.dtype()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_sub_group(ranks: &[Rank], world_size: usize, me: Rank) -> Result<usize> {
     if ranks.is_empty() {
         candle_core::bail!("sub_group: empty rank list");

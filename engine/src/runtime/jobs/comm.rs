@@ -27,7 +27,7 @@ fn bus_factor(op: CollectiveOp, n: usize) -> f64 {
     let n = n as f64;
     match op {
         CollectiveOp::AllReduce(_) => 2.0 * (n - 1.0) / n,
-        CollectiveOp::AllGather { .. } => n - 1.0,
+        CollectiveOp::AllGather { .. } | CollectiveOp::AllGatherInto => n - 1.0,
         CollectiveOp::AllToAll { .. } => (n - 1.0) / n,
         CollectiveOp::Broadcast { .. } | CollectiveOp::SendRecv => 1.0,
         CollectiveOp::Barrier => 0.0,

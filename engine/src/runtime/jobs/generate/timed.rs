@@ -87,6 +87,10 @@ impl Collective for TimedComm {
         self.stats.time(size(xs), || self.inner.all_gather(xs, dim))
     }
 
+    fn all_gather_into(&self, xs: &Tensor, out: &Tensor) -> Result<()> {
+        self.stats.time(size(xs), || self.inner.all_gather_into(xs, out))
+    }
+
     fn broadcast(&self, xs: &Tensor, root: Rank) -> Result<Tensor> {
         self.stats.time(size(xs), || self.inner.broadcast(xs, root))
     }
