@@ -122,7 +122,7 @@ fn doctor_selftest_passes_on_a_socket_world_of_3() {
     println!("{}", report.render());
     assert!(report.passed());
     let socket = &report.backends[0];
-    assert_eq!((socket.backend.as_str(), socket.checks.len(), socket.bench.len()), ("socket", 21, 5));
+    assert_eq!((socket.backend.as_str(), socket.checks.len(), socket.bench.len()), ("socket", 24, 5));
     assert!(socket.checks.iter().any(|c| c.group == Some(vec![2, 1, 0]) && c.bitwise));
     assert!(socket.bench.iter().all(|r| r.algbw_gbps > 0.0));
 }

@@ -166,8 +166,26 @@ fn hv15_prompt_text_is_encoded_by_the_session() {
     req.model = root.to_path_buf();
     req.prompt = Prompt::Text(text.into());
     req.negative = None;
+    let cache = tmp.path().join("prompt-cache");
+    let options = || SessionOptions { prompt_cache_dir: Some(cache.clone()), ..options() };
     let mut session = Session::new(options());
     let g = session.generate(&req, &mut |_| {}).unwrap();
+    // The embeddings went to the on-disk cache (the prompt and the empty negative); a new session
+    // takes them from there without loading Qwen, and generates the same latents.
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, 2, "one cache entry per encoded text");
+    let mut fresh = Session::new(options());
+    let mut stages = Vec::new();
+    let again = fresh
+        .generate(&req, &mut |e| {
+            if let JobEvent::Stage { message } = e {
+                stages.push(message.clone());
+            }
+        })
+        .unwrap();
+    fresh.shutdown();
+    assert!(!stages.iter().any(|m| m.contains("Qwen2.5-VL")), "the cache was not used: {stages:?}");
+    assert_eq!(errors(&again.latents, &g.latents).0, 0.0, "cached embeddings give other latents");
 
     let tok = MllmTokenizer::from_path(&root.join("tokenizer")).unwrap();
     let qwen = qwen25vl_text::load(&root.join("text_encoder"), DType::F32, &Device::Cpu).unwrap();

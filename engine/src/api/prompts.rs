@@ -126,8 +126,26 @@ impl PromptMemory {
         let max_len = text::hv15::MAX_LENGTH;
         let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));
         let key = |t: &str| (text_model.clone(), t.to_string(), max_len);
-        let missing: Vec<&str> =
+        let mut missing: Vec<&str> =
             texts.iter().map(|(t, _)| *t).filter(|t| !self.encoded.contains_key(&key(t))).collect();
+        missing.dedup();
+        // The on-disk cache first: the Qwen model (28 GB in f32 at the real size) is loaded only
+        // for texts it does not hold, and what it encodes is stored for the next session.
+        let disk = self.disk_cache.clone().map(PromptCache::new);
+        let mut disk_keys = HashMap::new();
+        if let (Some(cache), Some(_), false) = (&disk, model.text_model(), missing.is_empty()) {
+            for t in &missing {
+                let k = text::hv15::cache_key(&text_model, t, max_len)?;
+                if let Some(e) = cache.get(&k, &Device::Cpu)? {
+                    self.encoded.insert(key(t), e);
+                }
+                disk_keys.insert(t.to_string(), k);
+            }
+            missing.retain(|t| !self.encoded.contains_key(&key(t)));
+            if missing.is_empty() {
+                tracing::info!("HunyuanVideo 1.5 prompt embeddings served from cache; Qwen2.5-VL not loaded");
+            }
+        }
         if !missing.is_empty() {
             on_event(&JobEvent::Stage { message: "encoding the prompts (Qwen2.5-VL on the host)".into() });
             let (encoder, tokenizer) = match (&model.components.text_encoder, &model.components.tokenizer) {
@@ -139,6 +157,9 @@ impl PromptMemory {
                 .map_err(|e| SessionError::Input(format!("loading the text encoder: {e}")))?;
             for t in missing {
                 let e = text::hv15::mllm_embeds(&qwen, &tok, t, max_len)?;
+                if let (Some(cache), Some(k)) = (&disk, disk_keys.get(t)) {
+                    cache.put(k, &e)?;
+                }
                 self.encoded.insert(key(t), e);
             }
         }

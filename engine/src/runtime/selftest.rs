@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn check_list_covers_every_op_and_a_split_group() {
         let specs = checks(3);
-        assert_eq!(specs.iter().filter(|s| s.group.is_none()).count(), 14);
+        assert_eq!(specs.iter().filter(|s| s.group.is_none()).count(), 16);
         assert!(specs.iter().any(|s| s.group == Some(vec![2, 1, 0])));
         for s in &specs {
             assert_eq!(s.shape[1] % 3, 0);

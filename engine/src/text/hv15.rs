@@ -12,10 +12,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use tokenizers::Tokenizer;
 
+use super::cache::{model_identity, PromptCache};
 use super::TextError;
+use crate::model_spec::TextModel;
 use crate::models::qwen25vl_text::Qwen25VlTextModel;
 
 /// The pipeline's system message, with the 8-space runs its backslash line continuations leave
@@ -105,6 +107,17 @@ pub fn mllm_embeds(
     }
     let hidden = model.hidden_skipping(&ids, LAYERS_TO_SKIP)?;
     Ok(hidden.narrow(0, crop, ids.len() - crop)?.unsqueeze(0)?)
+}
+
+/// The on-disk cache key of `prompt`'s [`mllm_embeds`] (f32) by the Qwen text model of `model`:
+/// the model's identity (its `config.json`, weight files and `tokenizer.json`, as for UMT5), this
+/// extraction (system message, `hidden_states[-3]`, crop) and the length. Nothing is read but
+/// metadata, so a cache hit never maps the 7 B-parameter model.
+pub fn cache_key(model: &TextModel, prompt: &str, max_length: usize) -> Result<String, TextError> {
+    let tokenizer_json = super::tokenizer::tokenizer_file(&model.tokenizer);
+    let identity = model_identity(model, &tokenizer_json)?;
+    let extraction = format!("hunyuanvideo-1.5 mllm: hidden_states[-{}], {SYSTEM_MESSAGE}", LAYERS_TO_SKIP + 1);
+    Ok(PromptCache::key(&format!("{identity}{extraction}"), prompt, max_length, DType::F32))
 }
 
 /// The ByT5 input of `prompt` as `extract_glyph_texts` makes it: every `"…"` or `“…”` (non-greedy,
