@@ -341,19 +341,28 @@ impl DecodeReplay<'_> {
         (a.t * a.c * a.h * a.w) as u64 * self.run.elt
     }
 
-    /// `CausalConv3d::forward`: the replicate (or halo) padding — the rows' concatenation, then
-    /// the columns' — the output, and the new two-frame cache made before the old one goes.
-    /// The padded input is dropped at return.
+    /// `CausalConv3d::forward`: the replicate padding — the rows' concatenation, then the
+    /// columns' — or on a halo slab (`forward_slab`) the columns' copy and the two rows per frame
+    /// the neighbours lend (read where they lie); the output, and the new two-frame cache (the
+    /// padded frames, or the slab's rows and the lent ones: as many bytes) made before the old one
+    /// goes. The padded input is dropped at return.
     fn conv(&mut self, x: Act, out_c: usize) -> Act {
-        let rows = self.b(Act { h: x.h + 2, ..x });
         let padded = Act { h: x.h + 2, w: x.w + 2, ..x };
-        let pb = self.b(padded);
-        if self.run.halo {
-            self.mem.transient(2 * self.b(Act { t: x.t, h: 1, ..x })); // the two rows sent
-        }
-        self.mem.alloc(rows);
-        self.mem.alloc(pb);
-        self.mem.free(rows);
+        let pb = if self.run.halo {
+            let cols = Act { w: x.w + 2, ..x };
+            let row = self.b(Act { h: 1, ..cols });
+            self.mem.transient(2 * row); // the two rows sent
+            let held = self.b(cols) + 2 * row; // the slab's columns' copy and the rows received
+            self.mem.alloc(held);
+            held
+        } else {
+            let rows = self.b(Act { h: x.h + 2, ..x });
+            let pb = self.b(padded);
+            self.mem.alloc(rows);
+            self.mem.alloc(pb);
+            self.mem.free(rows);
+            pb
+        };
         let out = x.with_c(out_c);
         if self.run.path == KernelPath::Generic {
             // `ops::conv_frames` on the generic path: the output allocated first and written band by

@@ -165,7 +165,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
             &world,
             groups.vae.as_ref(),
             &plan,
-            vae.as_ref().and_then(Vae::as_wan),
+            vae.as_ref(),
             &latent_stats,
             model.index.expand_timesteps,
             path,

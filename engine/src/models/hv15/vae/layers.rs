@@ -3,7 +3,8 @@
 //! laid out `[T, C, H, W]` (frames-major, as the Wan VAE's kernels take them).
 //!
 //! Every part runs on a *chunk* of frames and keeps what the next chunk needs in [`Caches`]: the last
-//! two (padded) input frames of each causal conv and the keys/values of the frame-causal mid
+//! two padded input frames of each causal conv (on a row slab: their rows and the rows the
+//! neighbours lent them) and the keys/values of the frame-causal mid
 //! attention. One chunk of all frames is exactly diffusers' forward; several chunks give the same
 //! numbers (each output frame reads the same taps, each query frame the same keys), which is what
 //! bounds the memory of a long decode. Rows are either the whole frame or a slab of it ([`Rows`]):
@@ -14,8 +15,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::models::wan::vae::layers::RmsNorm;
-use crate::models::wan::vae::ops::{self, ConvInputs};
-use crate::models::wan::vae::split::RowExchange;
+use crate::models::wan::vae::ops::{self, ConvInputs, Lent};
+use crate::models::wan::vae::split::{HaloRows, RowExchange};
 
 /// How the rows of a feature map meet the rest of the frame.
 #[derive(Clone, Copy, Debug)]
@@ -28,10 +29,19 @@ pub enum Rows<'a> {
     Slab(&'a dyn RowExchange),
 }
 
+/// An input frame a causal conv keeps for the next chunk: the padded frame (whole rows), or a
+/// slab's column-padded rows with the rows its neighbours lent above and below them (halo mode,
+/// where the padding rows are never concatenated to the slab).
+#[derive(Debug, Clone)]
+enum CachedFrame {
+    Padded(Tensor),
+    Slab { body: Tensor, above: Tensor, below: Tensor },
+}
+
 /// What the causal convs and the mid attention carry from one chunk to the next.
 #[derive(Debug, Default)]
 pub struct Caches {
-    convs: Vec<Option<[Tensor; 2]>>,
+    convs: Vec<Option<[CachedFrame; 2]>>,
     at: usize,
     /// Keys and values `[frames·H·W, C]` of every frame so far (whole rows, also in halo mode).
     kv: Option<(Tensor, Tensor)>,
@@ -53,7 +63,7 @@ impl Caches {
         self.chunks += 1;
     }
 
-    fn next_conv(&mut self) -> &mut Option<[Tensor; 2]> {
+    fn next_conv(&mut self) -> &mut Option<[CachedFrame; 2]> {
         if self.at == self.convs.len() {
             self.convs.push(None);
         }
@@ -103,11 +113,15 @@ impl CausalConv3d {
         rows: Rows<'_>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        if let Rows::Slab(ex) = rows {
+            return self.forward_slab(xs, caches, ex, residual);
+        }
         let padded = pad_replicate(xs, rows)?;
         let frames: Vec<Tensor> = (0..padded.dim(0)?).map(|t| padded.get(t)).collect::<Result<_>>()?;
         let slot = caches.next_conv();
         let history = match slot.take() {
-            Some(h) => h,
+            Some([CachedFrame::Padded(a), CachedFrame::Padded(b)]) => [a, b],
+            Some(_) => candle_core::bail!("a conv cache of a row slab met a whole frame"),
             None => [frames[0].clone(), frames[0].clone()],
         };
         let seq: Vec<&Tensor> = history.iter().chain(frames.iter()).collect();
@@ -115,9 +129,110 @@ impl CausalConv3d {
         let ys = ops::conv_frames(&ConvInputs { taps }, &self.weight, &self.bias, 1, (0, 0, 0, 0), residual)?;
         // Fresh copies, so the cache never keeps a whole chunk alive through a view.
         let n = seq.len();
-        *slot = Some([seq[n - 2].force_contiguous()?, seq[n - 1].force_contiguous()?]);
+        *slot = Some([
+            CachedFrame::Padded(seq[n - 2].force_contiguous()?),
+            CachedFrame::Padded(seq[n - 1].force_contiguous()?),
+        ]);
         Ok(ys)
     }
+
+    /// [`Self::forward`] on a row slab (halo mode), overlapping the exchange: the columns are
+    /// replicated here, the slab's edge rows go to the neighbours, and the output rows that read
+    /// no lent row are computed while they travel (`ops::conv_frames_lent`); at the frame's global
+    /// top/bottom the lent row is the slab's own edge row (replicate padding). The same taps as
+    /// the padded frame of [`pad_replicate`], so the same numbers bit for bit.
+    fn forward_slab(
+        &self,
+        xs: &Tensor,
+        caches: &mut Caches,
+        ex: &dyn RowExchange,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (t_len, _, h, w) = xs.dims4()?;
+        let cols = Tensor::cat(&[&xs.narrow(3, 0, 1)?, xs, &xs.narrow(3, w - 1, 1)?], 3)?;
+        let pending = ex.start(&cols, 1, 1)?;
+        let frames: Vec<Tensor> = (0..t_len).map(|t| cols.get(t)).collect::<Result<_>>()?;
+        let slot = caches.next_conv();
+        let history = match slot.take() {
+            Some(
+                [CachedFrame::Slab { body: b0, above: a0, below: l0 }, CachedFrame::Slab { body: b1, above: a1, below: l1 }],
+            ) => Some([(b0, a0, l0), (b1, a1, l1)]),
+            Some(_) => candle_core::bail!("a conv cache of a whole frame met a row slab"),
+            None => None,
+        };
+        // The sequence a tap reads: two cached frames (copies of frame 0 before the first chunk),
+        // then the chunk's frames.
+        let src = |s: usize| -> Src {
+            match (&history, s) {
+                (Some(_), 0 | 1) => Src::History(s),
+                (Some(_), s) => Src::Chunk(s - 2),
+                (None, s) => Src::Chunk(s.saturating_sub(2)),
+            }
+        };
+        let body = |s: Src| -> &Tensor {
+            match (s, &history) {
+                (Src::History(i), Some(h)) => &h[i].0,
+                (Src::Chunk(i), _) | (Src::History(i), None) => &frames[i],
+            }
+        };
+        let taps = (0..t_len).map(|t| (0..3).map(|k| Some(body(src(t + k)))).collect()).collect();
+        let mut arrived: Option<(Vec<Tensor>, Vec<Tensor>)> = None;
+        let lent = || -> Result<Vec<Vec<Lent>>> {
+            let HaloRows { above, below } = pending.wait()?;
+            // Replicate at the frame's global edges: the slab's own first/last row.
+            let edge = |lent: &Option<Tensor>, t: usize, row: usize| -> Result<Tensor> {
+                match lent {
+                    Some(r) => r.get(t),
+                    None => frames[t].narrow(1, row, 1),
+                }
+            };
+            let up = (0..t_len).map(|t| edge(&above, t, 0)).collect::<Result<Vec<_>>>()?;
+            let down = (0..t_len).map(|t| edge(&below, t, h - 1)).collect::<Result<Vec<_>>>()?;
+            let of = |s: Src| -> Lent {
+                let (a, b) = match (s, &history) {
+                    (Src::History(i), Some(h)) => (h[i].1.clone(), h[i].2.clone()),
+                    (Src::Chunk(i), _) | (Src::History(i), None) => (up[i].clone(), down[i].clone()),
+                };
+                Lent { above: Some(a), below: Some(b) }
+            };
+            let lent = (0..t_len).map(|t| (0..3).map(|k| of(src(t + k))).collect()).collect();
+            arrived = Some((up, down));
+            Ok(lent)
+        };
+        let ys = ops::conv_frames_lent(
+            &ConvInputs { taps },
+            &self.weight,
+            None,
+            &self.bias,
+            1,
+            (1, 1, 0, 0),
+            residual,
+            lent,
+        )?;
+        let Some((up, down)) = arrived else { candle_core::bail!("the halo rows of a conv never arrived") };
+        // The last two frames of the sequence, in fresh storage (no view keeps the chunk alive).
+        let keep = |s: Src| -> Result<CachedFrame> {
+            let (b, a, l) = match (s, &history) {
+                (Src::History(i), Some(h)) => (h[i].0.clone(), h[i].1.clone(), h[i].2.clone()),
+                (Src::Chunk(i), _) | (Src::History(i), None) => (frames[i].clone(), up[i].clone(), down[i].clone()),
+            };
+            Ok(CachedFrame::Slab {
+                body: b.force_contiguous()?,
+                above: a.force_contiguous()?,
+                below: l.force_contiguous()?,
+            })
+        };
+        let n = t_len + 2;
+        *slot = Some([keep(src(n - 2))?, keep(src(n - 1))?]);
+        Ok(ys)
+    }
+}
+
+/// Where a tap of a slab conv reads: a cached frame or a frame of the chunk.
+#[derive(Clone, Copy)]
+enum Src {
+    History(usize),
+    Chunk(usize),
 }
 
 /// A 1×1×1 `nn.Conv3d` (attention projections, `conv_shortcut`): a per-pixel linear map.
@@ -435,6 +550,72 @@ mod tests {
         let (i1, i2, i3, ch) = (1, 0, 1, 1);
         let v: f32 = y.get(i1)?.get(ch)?.get(i2)?.get(i3)?.to_scalar()?;
         assert_eq!(v, (((i1 * 2 + i2) * 2 + i3) * 2 + ch) as f32);
+        Ok(())
+    }
+
+    /// A causal conv on row slabs over 2 and 3 in-process ranks (the halo exchange overlapped with
+    /// the interior rows), chunk after chunk, gives each rank exactly its rows of the whole-frame
+    /// conv: the same taps and the same kernels' summation order, replicate padding only at the
+    /// frame's global top and bottom. Narrow and wide frames (the CPU kernels band below 192
+    /// output columns).
+    #[test]
+    fn slab_conv_equals_the_whole_frame_rows_bit_for_bit() -> Result<()> {
+        use std::sync::Arc;
+
+        use crate::models::wan::vae::split::{split_rows, CommRowExchange};
+        use crate::parallel::comm::{Collective, ThreadComm};
+
+        let dev = Device::Cpu;
+        for (c, o, h, w) in [(3, 4, 7, 5), (2, 3, 6, 200)] {
+            let tensors = std::collections::HashMap::from([
+                ("conv.weight".to_string(), Tensor::randn(0f32, 1.0, (o, c, 3, 3, 3), &dev)?),
+                ("conv.bias".to_string(), Tensor::randn(0f32, 1.0, o, &dev)?),
+            ]);
+            let conv = CausalConv3d::new(c, o, VarBuilder::from_tensors(tensors, candle_core::DType::F32, &dev))?;
+            // A first chunk of one frame, then two frames with a residual (the resnets' conv2).
+            let chunks = [Tensor::randn(0f32, 1.0, (1, c, h, w), &dev)?, Tensor::randn(0f32, 1.0, (2, c, h, w), &dev)?];
+            let residuals = [None, Some(Tensor::randn(0f32, 1.0, (2, o, h, w), &dev)?)];
+            let mut caches = Caches::new();
+            let mut whole = Vec::new();
+            for (x, r) in chunks.iter().zip(&residuals) {
+                caches.begin_chunk();
+                whole.push(conv.forward(x, &mut caches, Rows::Whole, r.as_ref())?);
+            }
+            for world in [2, 3] {
+                let comms = ThreadComm::world(world, std::time::Duration::from_secs(30));
+                std::thread::scope(|s| -> Result<()> {
+                    let handles: Vec<_> = comms
+                        .into_iter()
+                        .enumerate()
+                        .map(|(rank, comm)| {
+                            let (conv, chunks, residuals, whole) = (&conv, &chunks, &residuals, &whole);
+                            s.spawn(move || -> Result<()> {
+                                let ex = CommRowExchange::new(Arc::new(comm) as Arc<dyn Collective>, h);
+                                let rows = split_rows(h, world)[rank].clone();
+                                let mut caches = Caches::new();
+                                for (i, (x, r)) in chunks.iter().zip(residuals).enumerate() {
+                                    caches.begin_chunk();
+                                    let slab = x.narrow(2, rows.start, rows.len())?.contiguous()?;
+                                    let r = r
+                                        .as_ref()
+                                        .map(|r| r.narrow(2, rows.start, rows.len())?.contiguous())
+                                        .transpose()?;
+                                    let got = conv.forward(&slab, &mut caches, Rows::Slab(&ex), r.as_ref())?;
+                                    let want = whole[i].narrow(2, rows.start, rows.len())?;
+                                    let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                                    assert_eq!(diff, 0.0, "width {w}, world {world}, rank {rank}, chunk {i}");
+                                }
+                                Ok(())
+                            })
+                        })
+                        .collect();
+                    for h in handles {
+                        h.join().expect("rank thread")?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
         Ok(())
     }
 

@@ -12,8 +12,7 @@ use super::super::{JobCtx, JobError};
 use crate::model_spec::ModelSpec;
 use crate::models::siglip::{self, ImageEncoder};
 use crate::models::vae::Vae;
-use crate::models::wan::vae::AutoencoderKLWan;
-use crate::models::wan::vae::Tiling;
+use crate::models::wan::vae::{Moments, Tiling};
 use crate::parallel::comm::Collective;
 use crate::parallel::plan::{ParallelPlan, VaeMode};
 use crate::parallel::Rank;
@@ -64,7 +63,7 @@ pub fn image_condition(
     world: &Arc<dyn Collective>,
     vae_group: Option<&Arc<dyn Collective>>,
     plan: &ParallelPlan,
-    vae: Option<&AutoencoderKLWan>,
+    vae: Option<&Vae>,
     stats: &LatentStats,
     expand_timesteps: bool,
     path: &Path,
@@ -78,18 +77,11 @@ pub fn image_condition(
     let encodes = vae_group.is_some() || ctx.rank() == Rank(0);
     let mine = if encodes {
         let _encode = ctx.phase("encode_image");
-        let vae = vae.ok_or_else(|| JobError::Invalid(format!("rank {} has no VAE encoder loaded", ctx.rank().0)))?;
+        let vae = loaded_encoder(ctx, vae)?;
         let invalid = |e: String| JobError::Invalid(e);
         let image = load_image(path, params.height, params.width, device).map_err(invalid)?;
         let video = condition_video(expand_timesteps, &image, params).map_err(|e| invalid(e.to_string()))?;
-        let tiling = match plan.vae_mode {
-            VaeMode::Tiles => Some(Tiling::from(plan.vae_tiling.unwrap_or_default())),
-            VaeMode::Halo => None,
-        };
-        let moments = match vae_group {
-            Some(group) => vae.encode_parallel(&video, group, plan.vae_mode, tiling.as_ref(), &mut |_| {})?,
-            None => vae.encode(&video, tiling.as_ref(), &mut |_| {})?,
-        };
+        let moments = encode(vae, &video, vae_group, plan)?;
         drop(video);
         let cond =
             condition_from_mean(stats, expand_timesteps, &moments.mean, params).map_err(|e| invalid(e.to_string()))?;
@@ -102,6 +94,30 @@ pub fn image_condition(
     }
     let payload = world.broadcast(&mine.contiguous()?, Rank(0))?;
     Ok(if expand_timesteps { Condition::first_frame(payload, t)? } else { Condition::Channels(payload) })
+}
+
+/// The VAE this rank loaded for the image encode (the VAE group's ranks, or rank 0 alone, load
+/// its encoder).
+fn loaded_encoder<'a>(ctx: &JobCtx, vae: Option<&'a Vae>) -> Result<&'a Vae, JobError> {
+    vae.ok_or_else(|| JobError::Invalid(format!("rank {} has no VAE encoder loaded", ctx.rank().0)))
+}
+
+/// The image video's latent moments, either family: patch-parallel over the VAE group in the
+/// plan's mode (halo slabs, or tiles with the plan's tiling), or on this rank alone.
+fn encode(
+    vae: &Vae,
+    video: &Tensor,
+    group: Option<&Arc<dyn Collective>>,
+    plan: &ParallelPlan,
+) -> Result<Moments, JobError> {
+    let tiling = match plan.vae_mode {
+        VaeMode::Tiles => Some(Tiling::from(plan.vae_tiling.unwrap_or_default())),
+        VaeMode::Halo => None,
+    };
+    Ok(match group {
+        Some(group) => vae.encode_parallel(video, group, plan.vae_mode, tiling.as_ref(), &mut |_| {})?,
+        None => vae.encode(video, tiling.as_ref(), &mut |_| {})?,
+    })
 }
 
 /// The RGB pixels of an HV1.5 I2V image resized into the run's size, which must be the image's
@@ -170,23 +186,14 @@ pub fn hv15_image_condition(
     let encodes = vae_group.is_some() || ctx.rank() == Rank(0);
     let mine = if encodes {
         let _encode = ctx.phase("encode_image");
-        let vae = vae.ok_or_else(|| JobError::Invalid(format!("rank {} has no VAE encoder loaded", ctx.rank().0)))?;
+        let vae = loaded_encoder(ctx, vae)?;
         let Vae::Hv15(hv_vae) = vae else { return Err(JobError::Invalid("not a HunyuanVideo 1.5 VAE".into())) };
         let px = hv15_pixels(model, path, params)?;
         let (bh, bw) = (params.height, params.width);
         // `VaeImageProcessor.preprocess`: `2 · (v / 255) − 1` in f32, `[1, 3, 1, H, W]`.
         let data: Vec<f32> = px.iter().map(|v| 2.0 * (*v as f32 / 255.0) - 1.0).collect();
         let video = Tensor::from_vec(data, (bh, bw, 3), device)?.permute((2, 0, 1))?.reshape((1, 3, 1, bh, bw))?;
-        let tiling = match plan.vae_mode {
-            VaeMode::Tiles => Some(Tiling::from(plan.vae_tiling.unwrap_or_default())),
-            VaeMode::Halo => None,
-        };
-        let moments = match vae_group {
-            Some(group) => {
-                vae.encode_parallel(&video.contiguous()?, group, plan.vae_mode, tiling.as_ref(), &mut |_| {})?
-            }
-            None => vae.encode(&video.contiguous()?, tiling.as_ref(), &mut |_| {})?,
-        };
+        let moments = encode(vae, &video.contiguous()?, vae_group, plan)?;
         let latent = (moments.mean * hv_vae.config().scaling_factor)?;
         let latents = Tensor::zeros((1, z, t, h, w), DType::F32, device)?;
         Hv15Pipeline::cond_and_mask(&latents, Some(&latent)).map_err(|e| JobError::Invalid(e.to_string()))?
