@@ -350,17 +350,7 @@ pub fn write_hv15_pipeline(
         shard_bytes,
     )
     .map_err(|e| fail("transformer", e))?;
-    let vcfg = &spec.vae;
-    let v = random_weights::write_component(
-        &out.join("vae"),
-        "diffusion_pytorch_model",
-        &spec.vae_config(),
-        |vb| hv15::vae::AutoencoderKLHunyuanVideo15::new(vcfg, crate::models::wan::vae::VaeParts::Both, vb).map(|_| ()),
-        seed,
-        dtype,
-        u64::MAX,
-    )
-    .map_err(|e| fail("vae", e))?;
+    let v = random_weights::write_hv15_vae(&out.join("vae"), &spec.vae, seed, dtype).map_err(|e| fail("vae", e))?;
     for (dir, file, value) in [
         ("scheduler", "scheduler_config.json", spec.scheduler_config()),
         ("guider", "guider_config.json", spec.guider_config()),

@@ -184,6 +184,31 @@ pub fn write_vae(
     )
 }
 
+/// Writes a random `AutoencoderKLHunyuanVideo15` folder (`config.json` + weights) for `cfg`.
+pub fn write_hv15_vae(
+    dir: &Path,
+    cfg: &crate::models::hv15::vae::Config,
+    seed: u64,
+    dtype: StoreDtype,
+) -> Result<WrittenComponent, TensorIoError> {
+    use crate::models::hv15::vae::{AutoencoderKLHunyuanVideo15, CLASS_NAME};
+    let mut config =
+        serde_json::to_value(cfg).map_err(|e| TensorIoError::Write { path: dir.into(), msg: e.to_string() })?;
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("_class_name".into(), CLASS_NAME.into());
+        obj.insert("_diffusers_version".into(), "0.42.1".into());
+    }
+    write_component(
+        dir,
+        "diffusion_pytorch_model",
+        &config,
+        |vb| AutoencoderKLHunyuanVideo15::new(cfg, crate::models::wan::vae::VaeParts::Both, vb).map(|_| ()),
+        seed,
+        dtype,
+        u64::MAX,
+    )
+}
+
 /// diffusers' default `max_shard_size` ("5GB" = 5·10⁹ bytes): real-size transformers are written
 /// in shards of this size, as the Hub checkpoints are (T2V-A14B in f32: 12 shards per expert).
 pub const DIFFUSERS_SHARD_BYTES: u64 = 5_000_000_000;

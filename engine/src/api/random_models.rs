@@ -6,5 +6,5 @@ pub use crate::pipeline_folder::{
     write_hv15_pipeline, write_json, write_pipeline, Arch, FolderError, Hv15Spec, PipelineSpec, DIFFUSERS_VERSION,
 };
 pub use crate::random_weights::{
-    standard_normal, write_transformer, write_vae, StoreDtype, WrittenComponent, DIFFUSERS_SHARD_BYTES,
+    standard_normal, write_hv15_vae, write_transformer, write_vae, StoreDtype, WrittenComponent, DIFFUSERS_SHARD_BYTES,
 };

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::de::DeserializeOwned;
-use tessera_engine::api::random_models::{standard_normal, write_vae, StoreDtype};
+use tessera_engine::api::random_models::{standard_normal, write_hv15_vae, write_vae, StoreDtype};
 use tessera_engine::api::tools::vae;
 use tessera_engine::api::write_tensors;
 
@@ -19,20 +19,36 @@ pub fn peak_rss_bytes() -> Result<u64> {
     Ok(kb * 1024)
 }
 
-/// A VAE-only pipeline folder of `arch` (`wan2.1-vae`, `wan2.2-vae`) with seed-0 random weights,
-/// written on first use.
+/// A VAE-only pipeline folder of `arch` (`wan2.1-vae`, `wan2.2-vae`, `hv15-vae`) with seed-0
+/// random weights, written on first use.
 pub fn ensure_vae_model(dir: &Path, arch: &str) -> Result<PathBuf> {
+    if !["wan2.1-vae", "wan2.2-vae", "hv15-vae"].contains(&arch) {
+        bail!("unknown arch `{arch}` (wan2.1-vae, wan2.2-vae, hv15-vae)");
+    }
     let root = dir.join(format!("{arch}-seed0"));
     if !root.join("vae/config.json").is_file() {
-        let cfg = match arch {
-            "wan2.1-vae" => vae::Config::wan21(),
-            "wan2.2-vae" => vae::Config::wan22(),
-            other => bail!("unknown arch `{other}` (wan2.1-vae, wan2.2-vae)"),
-        };
         eprintln!("writing {arch} with seeded random weights to {}", root.display());
-        write_vae(&root.join("vae"), &cfg, 0, StoreDtype::F32)?;
+        let dir = root.join("vae");
+        match arch {
+            "wan2.1-vae" => write_vae(&dir, &vae::Config::wan21(), 0, StoreDtype::F32)?,
+            "wan2.2-vae" => write_vae(&dir, &vae::Config::wan22(), 0, StoreDtype::F32)?,
+            _ => write_hv15_vae(&dir, &Default::default(), 0, StoreDtype::F32)?,
+        };
     }
     Ok(root)
+}
+
+/// Latent channels of a VAE folder's `config.json`, either family (Wan `z_dim`, HunyuanVideo 1.5
+/// `latent_channels`).
+pub fn latent_channels(vae_dir: &Path) -> Result<usize> {
+    let path = vae_dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    v.get("z_dim")
+        .or_else(|| v.get("latent_channels"))
+        .and_then(serde_json::Value::as_u64)
+        .map(|z| z as usize)
+        .with_context(|| format!("{}: neither z_dim nor latent_channels", path.display()))
 }
 
 /// Unit-variance latents `(1, z, T, H, W)` for `size` = [T, H, W], written on first use.

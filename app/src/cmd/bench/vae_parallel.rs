@@ -12,20 +12,22 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use tessera_engine::api::tools::vae::{self, Tiling};
-use tessera_engine::api::tools::{load_config, Job, Supervisor, VaeDecodeSpec, WorldSpec};
+use tessera_engine::api::tools::vae::Tiling;
+use tessera_engine::api::tools::{Job, Supervisor, VaeDecodeSpec, WorldSpec};
 use tessera_engine::api::{JobEvent, RankReport, VaeMode};
 
-use super::support::{ensure_latents, ensure_vae_model};
+use super::support::{ensure_latents, ensure_vae_model, latent_channels};
 
 #[derive(Args, Debug)]
 pub struct BenchVaeParallelArgs {
     /// Where the make-model checkpoints and latents are kept between runs.
     #[arg(long, default_value = "target/bench-models")]
     pub models_dir: PathBuf,
+    /// VAEs to run: `wan2.1-vae`, `wan2.2-vae`, `hv15-vae` (HunyuanVideo 1.5; 5 GB of f32 weights).
     #[arg(long, default_value = "wan2.1-vae,wan2.2-vae")]
     pub arch: String,
-    /// Latent T,H,W per arch: `wan2.1-vae=1,32,32;wan2.2-vae=1,16,16` (a 256×256 frame by default).
+    /// Latent T,H,W per arch: `wan2.1-vae=1,32,32;wan2.2-vae=1,16,16;hv15-vae=1,16,16` (a 256×256
+    /// frame by default).
     #[arg(long)]
     pub sizes: Option<String>,
     /// World sizes to run.
@@ -71,7 +73,8 @@ fn size_for(sizes: &Option<String>, arch: &str) -> Result<[usize; 3]> {
             }
         }
     }
-    Ok(if arch == "wan2.2-vae" { [1, 16, 16] } else { [1, 32, 32] })
+    // One 256×256 frame: Wan2.1 compresses 8×, Wan2.2 and HunyuanVideo 1.5 16×.
+    Ok(if arch == "wan2.1-vae" { [1, 32, 32] } else { [1, 16, 16] })
 }
 
 pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
@@ -87,9 +90,8 @@ pub fn run(a: BenchVaeParallelArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for arch in a.arch.split(',').map(str::trim) {
         let model = ensure_vae_model(&a.models_dir, arch)?;
-        let cfg: vae::Config = load_config(&model.join("vae"))?;
         let size = size_for(&a.sizes, arch)?;
-        let latents = ensure_latents(&a.models_dir, cfg.z_dim, size)?;
+        let latents = ensure_latents(&a.models_dir, latent_channels(&model.join("vae"))?, size)?;
         for &mode in &a.modes {
             let mut base: Option<(f64, u64)> = None;
             for &n in &a.ranks {
