@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Tensor};
 
+pub mod peaks;
+
 /// `target/<profile>/<name>`: the binaries `cargo test --workspace` builds beside the test runner.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use tessera_e2e::peaks::{self, peaks};
 use tessera_e2e::{error_line, run, tessera};
 use tessera_engine::tensor_io;
 
@@ -29,30 +30,12 @@ const PLANS: [(&str, &[&str]); 2] = [
     ),
 ];
 
-/// The bar (the counts are exact, the working sets replays of the code's allocations).
-const TOLERANCE: f64 = 0.10;
-
-const MIB: f64 = (1u64 << 20) as f64;
-
 /// `(1, 512, 3584)` Qwen-width prompt and negative embeddings (all tokens valid: 512 is the
 /// planner's default context length).
 fn write_embeds(path: &Path) {
     let dev = Device::Cpu;
     let e = || (Tensor::randn(0f32, 1.0, (1, 512, 3584), &dev).unwrap() * 0.1).unwrap();
     tensor_io::write_atomic(path, &[("prompt_embeds", e()), ("negative_prompt_embeds", e())]).unwrap();
-}
-
-fn peaks(v: &serde_json::Value) -> Vec<(u64, Vec<(String, u64)>)> {
-    v["ranks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let phases = r["phases"].as_array().unwrap().iter();
-            let phases = phases.map(|p| (p["name"].as_str().unwrap().to_string(), p["peak_bytes"].as_u64().unwrap()));
-            (r["rank"].as_u64().unwrap(), phases.collect())
-        })
-        .collect()
 }
 
 #[test]
@@ -103,36 +86,7 @@ fn a_make_model_hv15_folder_generates_on_two_workers_as_planned() {
             .args(["--device", "cpu", "--json"]));
         assert!(o.status.success(), "{label}: {}", error_line(&o));
         let predicted = peaks(&serde_json::from_slice(&o.stdout).unwrap());
-        let names = |v: &[(u64, Vec<(String, u64)>)]| -> Vec<(u64, Vec<String>)> {
-            v.iter().map(|(r, p)| (*r, p.iter().map(|(n, _)| n.clone()).collect())).collect()
-        };
-        assert_eq!(names(&predicted), names(&measured), "{label}: the plan must have the job's phases on every rank");
-        for ((rank, measured), (_, predicted)) in measured.iter().zip(&predicted) {
-            for ((phase, m), (_, p)) in measured.iter().zip(predicted) {
-                rows.push((label, *rank, phase.clone(), *p, *m, (*p as f64 - *m as f64) / *m as f64));
-            }
-        }
+        rows.extend(peaks::rows(label, &predicted, &measured));
     }
-
-    println!(
-        "{:<36} {:>4}  {:<10} {:>14} {:>14} {:>8}",
-        "plan", "rank", "phase", "predicted MiB", "measured MiB", "error"
-    );
-    for (label, rank, phase, p, m, err) in &rows {
-        println!(
-            "{label:<36} {rank:>4}  {phase:<10} {:>14.1} {:>14.1} {:>+7.2}%",
-            *p as f64 / MIB,
-            *m as f64 / MIB,
-            err * 100.0
-        );
-    }
-    let worst = rows.iter().map(|r| r.5.abs()).fold(0.0, f64::max);
-    println!("largest |error|: {:.2}% over {} rank-phases", worst * 100.0, rows.len());
-    for (label, rank, phase, p, m, err) in &rows {
-        assert!(
-            err.abs() <= TOLERANCE,
-            "{label}, rank {rank}, {phase}: predicted {p} B, measured {m} B ({:+.1}%)",
-            err * 100.0
-        );
-    }
+    peaks::check(&rows);
 }

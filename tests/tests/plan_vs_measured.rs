@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use tessera_e2e::peaks::{self, peaks};
 use tessera_e2e::{error_line, golden, run, tessera};
 use tessera_engine::tensor_io;
 
@@ -31,11 +32,6 @@ const PLANS: [(&str, &[&str]); 2] = [
     ),
 ];
 
-/// The bar. The terms are exact parameter counts and replays of the code's allocations,
-/// so the errors seen are well under 1%; what can move a peak between runs is which rank's
-/// message is still in flight when a collective peaks, and the worker's own heap (~0.1 MiB).
-const TOLERANCE: f64 = 0.10;
-
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// `(1, 512, 4096)` prompt and negative embeddings, as the UMT5 encoder pads them.
@@ -43,21 +39,6 @@ fn write_embeds(path: &Path) {
     let dev = Device::Cpu;
     let e = || (Tensor::randn(0f32, 1.0, (1, 512, 4096), &dev).unwrap() * 0.1).unwrap();
     tensor_io::write_atomic(path, &[("prompt_embeds", e()), ("negative_prompt_embeds", e())]).unwrap();
-}
-
-/// `(rank, [(phase, peak bytes)])` in order from a run report or a plan (both have
-/// `ranks[].phases[]`).
-fn peaks(v: &serde_json::Value) -> Vec<(u64, Vec<(String, u64)>)> {
-    v["ranks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let phases = r["phases"].as_array().unwrap().iter();
-            let phases = phases.map(|p| (p["name"].as_str().unwrap().to_string(), p["peak_bytes"].as_u64().unwrap()));
-            (r["rank"].as_u64().unwrap(), phases.collect())
-        })
-        .collect()
 }
 
 #[test]
@@ -95,38 +76,9 @@ fn plan_predicts_every_ranks_phase_peaks() {
             .args(["--device", "cpu", "--json"]));
         assert!(o.status.success(), "{label}: {}", error_line(&o));
         let predicted = peaks(&serde_json::from_slice(&o.stdout).unwrap());
-        let names = |v: &[(u64, Vec<(String, u64)>)]| -> Vec<(u64, Vec<String>)> {
-            v.iter().map(|(r, p)| (*r, p.iter().map(|(n, _)| n.clone()).collect())).collect()
-        };
-        assert_eq!(names(&predicted), names(&measured), "{label}: the plan must have the job's phases on every rank");
-        for ((rank, measured), (_, predicted)) in measured.iter().zip(&predicted) {
-            for ((phase, m), (_, p)) in measured.iter().zip(predicted) {
-                rows.push((label, *rank, phase.clone(), *p, *m, (*p as f64 - *m as f64) / *m as f64));
-            }
-        }
+        rows.extend(peaks::rows(label, &predicted, &measured));
     }
-
-    println!(
-        "{:<22} {:>4}  {:<10} {:>14} {:>14} {:>8}",
-        "plan", "rank", "phase", "predicted MiB", "measured MiB", "error"
-    );
-    for (label, rank, phase, p, m, err) in &rows {
-        println!(
-            "{label:<22} {rank:>4}  {phase:<10} {:>14.1} {:>14.1} {:>+7.2}%",
-            *p as f64 / MIB,
-            *m as f64 / MIB,
-            err * 100.0
-        );
-    }
-    let worst = rows.iter().map(|r| r.5.abs()).fold(0.0, f64::max);
-    println!("largest |error|: {:.2}% over {} rank-phases", worst * 100.0, rows.len());
-    for (label, rank, phase, p, m, err) in &rows {
-        assert!(
-            err.abs() <= TOLERANCE,
-            "{label}, rank {rank}, {phase}: predicted {p} B, measured {m} B ({:+.1}%)",
-            err * 100.0
-        );
-    }
+    peaks::check(&rows);
 }
 
 /// `--text-encoder-on sharded`: the UMT5 layers split over the ranks in a job of their own before the
@@ -184,6 +136,6 @@ fn plan_predicts_the_sharded_text_encoder_phase() {
             m as f64 / MIB,
             err * 100.0
         );
-        assert!(err.abs() <= TOLERANCE, "rank {rank}: predicted {p} B, measured {m} B");
+        assert!(err.abs() <= peaks::TOLERANCE, "rank {rank}: predicted {p} B, measured {m} B");
     }
 }

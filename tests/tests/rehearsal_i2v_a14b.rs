@@ -17,6 +17,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use tessera_e2e::peaks::{self, peaks};
 use tessera_e2e::{error_line, golden, run, tessera};
 use tessera_engine::api::planning::load_preset;
 use tessera_engine::api::random_models::{write_pipeline, Arch, PipelineSpec, StoreDtype, DIFFUSERS_SHARD_BYTES};
@@ -48,24 +49,6 @@ const PLAN: [&str; 18] = [
     "--steps",
     "2",
 ];
-
-/// The bar (see `plan_vs_measured.rs`).
-const TOLERANCE: f64 = 0.10;
-
-const MIB: f64 = (1u64 << 20) as f64;
-
-fn peaks(v: &serde_json::Value) -> Vec<(u64, Vec<(String, u64)>)> {
-    v["ranks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let phases = r["phases"].as_array().unwrap().iter();
-            let phases = phases.map(|p| (p["name"].as_str().unwrap().to_string(), p["peak_bytes"].as_u64().unwrap()));
-            (r["rank"].as_u64().unwrap(), phases.collect())
-        })
-        .collect()
-}
 
 fn write_inputs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let dev = Device::Cpu;
@@ -123,33 +106,10 @@ fn the_8x4090_i2v_plan_rehearsed_on_8_cpu_workers() {
         .args(["--device", "cpu", "--threads", "1", "--json"]));
     assert!(o.status.success(), "{}", error_line(&o));
     let predicted = peaks(&serde_json::from_slice(&o.stdout).unwrap());
-    let names = |v: &[(u64, Vec<(String, u64)>)]| -> Vec<(u64, Vec<String>)> {
-        v.iter().map(|(r, p)| (*r, p.iter().map(|(n, _)| n.clone()).collect())).collect()
-    };
-    assert_eq!(names(&predicted), names(&measured), "the plan must have the job's phases on every rank");
+    let rows = peaks::rows("i2v-a14b preset", &predicted, &measured);
     for (rank, phases) in &measured {
         let order: Vec<&str> = phases.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(order, ["load", "encode_image", "denoise_high", "switch", "denoise_low", "decode"], "rank {rank}");
     }
-
-    println!("{:>4}  {:<13} {:>14} {:>14} {:>8}", "rank", "phase", "predicted MiB", "measured MiB", "error");
-    let mut worst: f64 = 0.0;
-    let mut failures = Vec::new();
-    for ((rank, measured), (_, predicted)) in measured.iter().zip(&predicted) {
-        for ((phase, m), (_, p)) in measured.iter().zip(predicted) {
-            let err = (*p as f64 - *m as f64) / *m as f64;
-            println!(
-                "{rank:>4}  {phase:<13} {:>14.1} {:>14.1} {:>+7.2}%",
-                *p as f64 / MIB,
-                *m as f64 / MIB,
-                err * 100.0
-            );
-            worst = worst.max(err.abs());
-            if err.abs() > TOLERANCE {
-                failures.push(format!("rank {rank} {phase}: predicted {p} B, measured {m} B ({:+.1}%)", err * 100.0));
-            }
-        }
-    }
-    println!("largest |error|: {:.2}% over {} rank-phases", worst * 100.0, measured.len() * 6);
-    assert!(failures.is_empty(), "{failures:#?}");
+    peaks::check(&rows);
 }
