@@ -17,23 +17,14 @@ mod multiprocess_util;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use multiprocess_util::init_logging;
+use multiprocess_util::{init_logging, session_options};
 use tessera_engine::api::{
-    GenerateParams, Generation, GenerationRequest, ParallelPlan, Prompt, Residency, Session, SessionOptions,
-    TilingSpec, VaeMode,
+    GenerateParams, Generation, GenerationRequest, ParallelPlan, Prompt, Residency, Session, TilingSpec, VaeMode,
 };
 use tessera_engine::tensor_io;
 
 fn case_dir(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden")).join(name)
-}
-
-fn options() -> SessionOptions {
-    SessionOptions {
-        worker_exe: Some(env!("CARGO_BIN_EXE_tessera-worker").into()),
-        threads_per_rank: Some(1),
-        ..SessionOptions::default()
-    }
 }
 
 fn request(dir: &std::path::Path, plan: ParallelPlan) -> (GenerationRequest, serde_json::Value) {
@@ -92,7 +83,7 @@ fn phase_peak(g: &Generation, rank: usize, name: &str) -> Option<u64> {
 fn plans_match_one_rank(name: &str) {
     init_logging();
     let dir = case_dir(name);
-    let mut session = Session::new(options());
+    let mut session = Session::new(session_options());
     let run = |session: &mut Session, plan: ParallelPlan| {
         let (req, case) = request(&dir, plan);
         let g = session.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{name} {plan:?}: {e}"));
@@ -170,7 +161,7 @@ fn phased_residency_holds_one_expert_and_changes_nothing() {
     init_logging();
     let dir = case_dir("a14b_i2v");
     let base = ParallelPlan { ranks: 2, cfg_parallel: 2, fsdp: 2, ..ParallelPlan::default() };
-    let mut session = Session::new(options());
+    let mut session = Session::new(session_options());
     let mut run = |plan: ParallelPlan| {
         let (req, case) = request(&dir, plan);
         let g = session.generate(&req, &mut |_| {}).unwrap();

@@ -9,22 +9,14 @@ mod multiprocess_util;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use multiprocess_util::init_logging;
+use multiprocess_util::{init_logging, session_options};
 use tessera_engine::api::{
-    GenerateParams, GenerationRequest, JobEvent, Output, ParallelPlan, Prompt, Session, SessionError, SessionOptions,
+    GenerateParams, GenerationRequest, JobEvent, Output, ParallelPlan, Prompt, Session, SessionError,
 };
 use tessera_engine::tensor_io;
 
 fn golden() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden/pipeline"))
-}
-
-pub fn options() -> SessionOptions {
-    SessionOptions {
-        worker_exe: Some(env!("CARGO_BIN_EXE_tessera-worker").into()),
-        threads_per_rank: Some(1),
-        ..SessionOptions::default()
-    }
 }
 
 fn request(steps: usize, plan: ParallelPlan) -> GenerationRequest {
@@ -63,7 +55,7 @@ fn session_cancels_reuses_workers_and_matches_diffusers() {
     let out = tmp.path().join("video.safetensors");
     std::fs::write(&out, b"an earlier video").unwrap();
     let plan = ParallelPlan { ranks: 4, ulysses: 2, cfg_parallel: 2, fsdp: 4, vae_parallel: 2, ..Default::default() };
-    let mut session = Session::new(options());
+    let mut session = Session::new(session_options());
     let cancel = session.cancel_handle();
     let mut long = request(1000, plan);
     long.output = Some(Output { path: out.clone(), fps: None, latents: None });

@@ -12,7 +12,7 @@ mod multiprocess_util;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use multiprocess_util::init_logging;
+use multiprocess_util::{errors, init_logging, session_options};
 use tessera_engine::api::{
     GenerateParams, GenerationRequest, JobEvent, ParallelPlan, Prompt, Session, SessionOptions, TilingSpec, VaeMode,
 };
@@ -20,14 +20,6 @@ use tessera_engine::tensor_io;
 
 fn case() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/hv15/pipeline"))
-}
-
-fn options() -> SessionOptions {
-    SessionOptions {
-        worker_exe: Some(env!("CARGO_BIN_EXE_tessera-worker").into()),
-        threads_per_rank: Some(1),
-        ..SessionOptions::default()
-    }
 }
 
 /// The golden call: 32×48, 5 frames, 4 steps; the embeddings file holds diffusers' argument names
@@ -54,14 +46,6 @@ fn request(guidance: f64, plan: ParallelPlan) -> GenerationRequest {
     }
 }
 
-/// (max-abs, ‖a − b‖ / ‖b‖).
-fn errors(got: &Tensor, want: &Tensor) -> (f32, f32) {
-    let d = (got - want).unwrap();
-    let max = d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    (max, norm(&d) / norm(want))
-}
-
 fn golden(name: &str) -> Tensor {
     tensor_io::read_tensor(&case().join("outputs.safetensors"), name, DType::F32, &Device::Cpu).unwrap()
 }
@@ -69,7 +53,7 @@ fn golden(name: &str) -> Tensor {
 #[test]
 fn hv15_generation_on_workers_matches_one_rank_and_diffusers() {
     init_logging();
-    let mut session = Session::new(options());
+    let mut session = Session::new(session_options());
     let (want_latents, want_video) = (golden("final_latents_g6"), golden("video_g6"));
 
     let single = session.generate(&request(6.0, ParallelPlan::default()), &mut |_| {}).unwrap();
@@ -167,14 +151,14 @@ fn hv15_prompt_text_is_encoded_by_the_session() {
     req.prompt = Prompt::Text(text.into());
     req.negative = None;
     let cache = tmp.path().join("prompt-cache");
-    let options = || SessionOptions { prompt_cache_dir: Some(cache.clone()), ..options() };
-    let mut session = Session::new(options());
+    let cached = || SessionOptions { prompt_cache_dir: Some(cache.clone()), ..session_options() };
+    let mut session = Session::new(cached());
     let g = session.generate(&req, &mut |_| {}).unwrap();
     // The embeddings went to the on-disk cache (the prompt and the empty negative); a new session
     // takes them from there without loading Qwen, and generates the same latents.
     let entries = std::fs::read_dir(&cache).unwrap().count();
     assert_eq!(entries, 2, "one cache entry per encoded text");
-    let mut fresh = Session::new(options());
+    let mut fresh = Session::new(cached());
     let mut stages = Vec::new();
     let again = fresh
         .generate(&req, &mut |e| {

@@ -12,20 +12,12 @@ mod multiprocess_util;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use multiprocess_util::init_logging;
-use tessera_engine::api::{GenerateParams, GenerationRequest, ParallelPlan, Prompt, Session, SessionOptions, VaeMode};
+use multiprocess_util::{errors, init_logging, session_options};
+use tessera_engine::api::{GenerateParams, GenerationRequest, ParallelPlan, Prompt, Session, VaeMode};
 use tessera_engine::tensor_io;
 
 fn case() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/hv15/pipeline_i2v"))
-}
-
-fn options() -> SessionOptions {
-    SessionOptions {
-        worker_exe: Some(env!("CARGO_BIN_EXE_tessera-worker").into()),
-        threads_per_rank: Some(1),
-        ..SessionOptions::default()
-    }
 }
 
 fn request(model: &Path, guidance: f64, shift: Option<f64>, plan: ParallelPlan) -> GenerationRequest {
@@ -52,14 +44,6 @@ fn request(model: &Path, guidance: f64, shift: Option<f64>, plan: ParallelPlan) 
     }
 }
 
-/// (max-abs, ‖a − b‖ / ‖b‖).
-fn errors(got: &Tensor, want: &Tensor) -> (f32, f32) {
-    let d = (got - want).unwrap();
-    let max = d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    (max, norm(&d) / norm(want))
-}
-
 fn golden(name: &str) -> Tensor {
     tensor_io::read_tensor(&case().join("outputs.safetensors"), name, DType::F32, &Device::Cpu).unwrap()
 }
@@ -71,7 +55,7 @@ fn halo(ranks: usize, ulysses: usize, cfg_parallel: usize, fsdp: usize) -> Paral
 #[test]
 fn hv15_i2v_on_workers_matches_one_rank_and_diffusers() {
     init_logging();
-    let mut session = Session::new(options());
+    let mut session = Session::new(session_options());
     let want = golden("final_latents_g6");
     let single = session.generate(&request(&case(), 6.0, None, ParallelPlan::default()), &mut |_| {}).unwrap();
     let (max, rel) = errors(&single.latents, &want);

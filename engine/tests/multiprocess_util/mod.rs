@@ -6,9 +6,27 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
+use tessera_engine::api::SessionOptions;
 use tessera_engine::parallel::comm::check::{max_abs_diff, reference, CheckSpec};
 use tessera_engine::parallel::comm::wire::tensor_from_bytes;
 use tessera_engine::runtime::{Job, JobOutput, Supervisor, WorldSpec};
+
+/// Session options for the real worker binary, one CPU thread per rank.
+pub fn session_options() -> SessionOptions {
+    SessionOptions {
+        worker_exe: Some(env!("CARGO_BIN_EXE_tessera-worker").into()),
+        threads_per_rank: Some(1),
+        ..SessionOptions::default()
+    }
+}
+
+/// (max-abs, ‖a − b‖ / ‖b‖) in f32.
+pub fn errors(got: &Tensor, want: &Tensor) -> (f32, f32) {
+    let d = (got - want).unwrap();
+    let max = d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    (max, norm(&d) / norm(want))
+}
 
 pub fn spec(ranks: usize) -> WorldSpec {
     WorldSpec {
