@@ -159,6 +159,17 @@ pub fn write_component(
     })
 }
 
+/// `cfg` as diffusers writes a `config.json`: its fields, `_class_name` and `_diffusers_version`.
+fn diffusers_config(dir: &Path, cfg: &impl serde::Serialize, class: &str) -> Result<serde_json::Value, TensorIoError> {
+    let mut config =
+        serde_json::to_value(cfg).map_err(|e| TensorIoError::Write { path: dir.into(), msg: e.to_string() })?;
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("_class_name".into(), class.into());
+        obj.insert("_diffusers_version".into(), "0.42.1".into());
+    }
+    Ok(config)
+}
+
 /// Writes a random `AutoencoderKLWan` folder (`config.json` + weights) for `cfg`.
 pub fn write_vae(
     dir: &Path,
@@ -167,12 +178,7 @@ pub fn write_vae(
     dtype: StoreDtype,
 ) -> Result<WrittenComponent, TensorIoError> {
     use crate::models::wan::vae::{AutoencoderKLWan, VaeParts};
-    let mut config =
-        serde_json::to_value(cfg).map_err(|e| TensorIoError::Write { path: dir.into(), msg: e.to_string() })?;
-    if let Some(obj) = config.as_object_mut() {
-        obj.insert("_class_name".into(), "AutoencoderKLWan".into());
-        obj.insert("_diffusers_version".into(), "0.42.1".into());
-    }
+    let config = diffusers_config(dir, cfg, "AutoencoderKLWan")?;
     write_component(
         dir,
         "diffusion_pytorch_model",
@@ -192,12 +198,7 @@ pub fn write_hv15_vae(
     dtype: StoreDtype,
 ) -> Result<WrittenComponent, TensorIoError> {
     use crate::models::hv15::vae::{AutoencoderKLHunyuanVideo15, CLASS_NAME};
-    let mut config =
-        serde_json::to_value(cfg).map_err(|e| TensorIoError::Write { path: dir.into(), msg: e.to_string() })?;
-    if let Some(obj) = config.as_object_mut() {
-        obj.insert("_class_name".into(), CLASS_NAME.into());
-        obj.insert("_diffusers_version".into(), "0.42.1".into());
-    }
+    let config = diffusers_config(dir, cfg, CLASS_NAME)?;
     write_component(
         dir,
         "diffusion_pytorch_model",
