@@ -305,9 +305,14 @@ impl ShardedStore {
 
 /// All-gathers one slice over `comm` into the full tensor.
 fn gather_slice(comm: &dyn Collective, s: &Slice) -> Result<Tensor> {
+    unflatten(comm.all_gather(&s.local, 0)?, s)
+}
+
+/// A slice's gathered flat tensor as the checkpoint's tensor: rank order is element order, so the
+/// concatenation is the flattened tensor plus the padding.
+fn unflatten(flat: Tensor, s: &Slice) -> Result<Tensor> {
     let n: usize = s.shape.iter().product();
-    // Rank order = element order: the concatenation is the flattened tensor plus the padding.
-    comm.all_gather(&s.local, 0)?.narrow(0, 0, n)?.reshape(s.shape.as_slice())
+    flat.narrow(0, 0, n)?.reshape(s.shape.as_slice())
 }
 
 /// All-gathers every slice of a unit, in the given (name) order.
@@ -327,8 +332,7 @@ fn gather_unit_into(comm: &dyn Collective, parts: &[(String, Slice)], reserved: 
         .zip(reserved)
         .map(|((name, s), out)| {
             comm.all_gather_into(&s.local, &out)?;
-            let n: usize = s.shape.iter().product();
-            Ok((name.clone(), out.narrow(0, 0, n)?.reshape(s.shape.as_slice())?))
+            Ok((name.clone(), unflatten(out, s)?))
         })
         .collect()
 }
