@@ -5,14 +5,15 @@
 //!   produces for that model, minus the text encoder: `model_index.json`, `transformer/`
 //!   (+ `transformer_2/` for A14B), `vae/` and `scheduler/`.
 //! - HunyuanVideo 1.5 ([`Hv15Spec`]): the `hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*`
-//!   layout minus the text and image encoders: `model_index.json`, `transformer/`, `vae/`,
-//!   `scheduler/` and `guider/`.
+//!   layout minus the text encoders: `model_index.json`, `transformer/`, `vae/`, `scheduler/`,
+//!   `guider/`, and for image-to-video `image_encoder/` (SigLIP) and `feature_extractor/`.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use crate::models::hv15;
+use crate::models::siglip;
 use crate::models::wan::{transformer, vae};
 use crate::random_weights::{self, StoreDtype, WrittenComponent};
 use crate::tensor_io::write_file_atomic;
@@ -208,13 +209,16 @@ pub struct Hv15Spec {
     pub target_size: usize,
     pub task_type: &'static str,
     pub vae: hv15::vae::Config,
+    /// Image-to-video: the SigLIP tower of `image_encoder/` (the published one, cut to `--layers`
+    /// encoder layers like the transformer).
+    pub image_encoder: Option<siglip::Config>,
     pub shift: f64,
     pub guidance_scale: f64,
 }
 
 impl Hv15Spec {
-    /// The spec of an HV1.5 arch with `layers` dual-stream blocks (default: the real 54); `None`
-    /// for the other archs.
+    /// The spec of an HV1.5 arch with `layers` dual-stream blocks (default: the real 54) and, for
+    /// image-to-video, `layers` SigLIP layers (at most its real 27); `None` for the other archs.
     pub fn for_arch(arch: Arch, layers: Option<usize>) -> Result<Option<Self>, FolderError> {
         let (class_name, target_size, task_type, shift) = match arch {
             Arch::Hv15T2v480p => ("HunyuanVideo15Pipeline", 640, "t2v", 5.0),
@@ -229,12 +233,18 @@ impl Hv15Spec {
             }
             transformer.num_layers = n;
         }
+        let image_encoder = (task_type == "i2v").then(|| {
+            let real = siglip::Config::so400m_patch14_384();
+            let num_hidden_layers = layers.map_or(real.num_hidden_layers, |n| n.min(real.num_hidden_layers));
+            siglip::Config { num_hidden_layers, ..real }
+        });
         Ok(Some(Self {
             class_name,
             transformer,
             target_size,
             task_type,
             vae: hv15::vae::Config::default(),
+            image_encoder,
             shift,
             guidance_scale: 6.0,
         }))
@@ -264,8 +274,9 @@ impl Hv15Spec {
         v
     }
 
-    /// `model_index.json`: the encoders are not written, so they are `[null, null]` (prompts are
-    /// given as embeddings, or the encoders' folders added).
+    /// `model_index.json`: the text encoders are not written, so they are `[null, null]` (prompts
+    /// are given as embeddings, or the encoders' folders added); image-to-video names its image
+    /// encoder and feature extractor as the published folder does.
     pub fn model_index(&self) -> Value {
         let component = |class: &str| json!(["diffusers", class]);
         let none = json!([null, null]);
@@ -281,11 +292,29 @@ impl Hv15Spec {
             "transformer": component("HunyuanVideo15Transformer3DModel"),
             "vae": component(hv15::vae::CLASS_NAME),
         });
-        if self.class_name == "HunyuanVideo15ImageToVideoPipeline" {
-            index["image_encoder"] = none.clone();
-            index["feature_extractor"] = none;
+        if self.image_encoder.is_some() {
+            index["image_encoder"] = json!(["transformers", "SiglipVisionModel"]);
+            index["feature_extractor"] = json!(["transformers", "SiglipImageProcessor"]);
         }
         index
+    }
+
+    /// `feature_extractor/preprocessor_config.json`: `SiglipImageProcessor` as siglip-so400m-patch14-384
+    /// has it (bicubic resize to the tower's square, rescale by 1/255, normalise by 0.5/0.5), with
+    /// the keys transformers 5 saves (the golden feature extractor's).
+    pub fn feature_extractor_config(cfg: &siglip::Config) -> Value {
+        json!({
+            "do_convert_rgb": true,
+            "do_normalize": true,
+            "do_rescale": true,
+            "do_resize": true,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_processor_type": "SiglipImageProcessor",
+            "image_std": [0.5, 0.5, 0.5],
+            "resample": 3,
+            "rescale_factor": 1.0 / 255.0,
+            "size": { "height": cfg.image_size, "width": cfg.image_size }
+        })
     }
 
     /// `scheduler/scheduler_config.json`: `FlowMatchEulerDiscreteScheduler(shift=s)` with every
@@ -351,15 +380,23 @@ pub fn write_hv15_pipeline(
     )
     .map_err(|e| fail("transformer", e))?;
     let v = random_weights::write_hv15_vae(&out.join("vae"), &spec.vae, seed, dtype).map_err(|e| fail("vae", e))?;
-    for (dir, file, value) in [
+    let mut written = vec![("transformer", t), ("vae", v)];
+    let mut configs = vec![
         ("scheduler", "scheduler_config.json", spec.scheduler_config()),
         ("guider", "guider_config.json", spec.guider_config()),
-    ] {
+    ];
+    if let Some(cfg) = &spec.image_encoder {
+        let dir = out.join("image_encoder");
+        let w = random_weights::write_siglip_vision(&dir, cfg, seed, dtype).map_err(|e| fail("image_encoder", e))?;
+        written.push(("image_encoder", w));
+        configs.push(("feature_extractor", "preprocessor_config.json", Hv15Spec::feature_extractor_config(cfg)));
+    }
+    for (dir, file, value) in configs {
         std::fs::create_dir_all(out.join(dir)).map_err(|e| FolderError(format!("creating {dir}/: {e}")))?;
         write_json(&out.join(dir).join(file), &value)?;
     }
     write_json(&out.join("model_index.json"), &spec.model_index())?;
-    Ok(vec![("transformer", t), ("vae", v)])
+    Ok(written)
 }
 
 /// The seed of `transformer_2`: the two experts share tensor names, so the same seed would make
@@ -523,7 +560,19 @@ mod tests {
         }
         let i2v = Hv15Spec::for_arch(Arch::Hv15I2v480p, Some(2)).unwrap().unwrap();
         assert_eq!(i2v.transformer.num_layers, 2);
-        assert_eq!(i2v.model_index()["image_encoder"], json!([null, null]));
+        // I2V writes its SigLIP tower and feature extractor: model_index names them as the golden
+        // I2V folder does (transformers 5 calls the processor `SiglipImageProcessorPil`; the
+        // published folder, saved by transformers 4, `SiglipImageProcessor`).
+        let index = i2v.model_index();
+        assert_eq!(index["image_encoder"], json!(["transformers", "SiglipVisionModel"]));
+        assert_eq!(index["feature_extractor"], json!(["transformers", "SiglipImageProcessor"]));
+        assert_eq!(keys(&index), keys(&golden("../hv15/pipeline_i2v/model_index.json")));
+        assert_eq!(i2v.image_encoder.as_ref().unwrap().num_hidden_layers, 2);
+        assert_eq!(
+            Hv15Spec::for_arch(Arch::Hv15I2v480p, Some(60)).unwrap().unwrap().image_encoder.unwrap().num_hidden_layers,
+            27
+        );
+        assert!(Hv15Spec::for_arch(Arch::Hv15T2v480p, None).unwrap().unwrap().image_encoder.is_none());
         assert!(Hv15Spec::for_arch(Arch::Hv15T2v480p, Some(0)).is_err());
         assert!(Hv15Spec::for_arch(Arch::Wan22Ti2v5b, None).unwrap().is_none());
         assert!(PipelineSpec::for_arch(Arch::Hv15T2v720p, None).is_err());
@@ -537,5 +586,36 @@ mod tests {
         let mut index = golden("../hv15/pipeline/model_index.json");
         index["_diffusers_version"] = DIFFUSERS_VERSION.into();
         assert_eq!(t2v.model_index(), index);
+    }
+
+    /// The SigLIP files: the config is the so400m tower's with transformers 5's keys (the golden
+    /// tiny tower's config is reproduced value for value from its fields), the feature extractor
+    /// the golden one at 384 pixels, and the module tree asks for the golden tower's tensor names
+    /// (layer for layer, with the pooling head).
+    #[test]
+    fn hv15_i2v_siglip_files_are_the_real_ones() {
+        let golden_cfg = golden("../hv15/siglip/image_encoder/config.json");
+        let tiny = siglip::Config::from_json(&golden_cfg.to_string()).unwrap();
+        assert_eq!(tiny.to_transformers_json("float32"), golden_cfg);
+        let real = Hv15Spec::for_arch(Arch::Hv15I2v480p, None).unwrap().unwrap().image_encoder.unwrap();
+        assert_eq!((real.hidden_size, real.intermediate_size, real.num_attention_heads), (1152, 4304, 16));
+        assert_eq!((real.image_size, real.patch_size, real.num_hidden_layers, real.num_patches()), (384, 14, 27, 729));
+        let mut fe = golden("../hv15/siglip/feature_extractor/preprocessor_config.json");
+        fe["size"] = json!({ "height": 384, "width": 384 });
+        assert_eq!(Hv15Spec::feature_extractor_config(&real), fe);
+
+        let shapes = |file: &Path| -> Vec<(String, Vec<usize>)> {
+            let table = crate::weights::TensorTable::open(&[file.to_path_buf()], &|k| Some(k.to_string())).unwrap();
+            table.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let w = random_weights::write_siglip_vision(tmp.path(), &tiny, 0, StoreDtype::F32).unwrap();
+        let want = shapes(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/hv15/siglip/image_encoder/model.safetensors"),
+        );
+        assert_eq!(shapes(&tmp.path().join("model.safetensors")), want);
+        assert_eq!(w.tensors, want.len());
+        assert!(want.iter().any(|(k, _)| k == "head.probe"), "the golden tower keeps its pooling head");
     }
 }

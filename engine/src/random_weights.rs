@@ -210,6 +210,49 @@ pub fn write_hv15_vae(
     )
 }
 
+/// Writes a random `SiglipVisionModel` folder (`config.json` + `model.safetensors`, as transformers 5
+/// saves it: no `vision_model.` prefix, and the pooling head `head.*` the engine never reads, so the
+/// folder holds the published checkpoint's tensors).
+pub fn write_siglip_vision(
+    dir: &Path,
+    cfg: &crate::models::siglip::Config,
+    seed: u64,
+    dtype: StoreDtype,
+) -> Result<WrittenComponent, TensorIoError> {
+    use crate::models::siglip::SiglipVisionModel;
+    let torch_dtype = match dtype {
+        StoreDtype::F32 => "float32",
+        StoreDtype::Bf16 => "bfloat16",
+    };
+    write_component(
+        dir,
+        "model",
+        &cfg.to_transformers_json(torch_dtype),
+        |vb| {
+            SiglipVisionModel::new(cfg, vb.clone())?;
+            siglip_pooling_head(cfg, vb.pp("head"))
+        },
+        seed,
+        dtype,
+        u64::MAX,
+    )
+}
+
+/// `SiglipMultiheadAttentionPoolingHead`'s tensors: the probe token, `nn.MultiheadAttention`'s packed
+/// input projection and output projection, the layer norm and the MLP.
+fn siglip_pooling_head(cfg: &crate::models::siglip::Config, vb: candle_nn::VarBuilder) -> candle_core::Result<()> {
+    let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+    vb.get((1, 1, d), "probe")?;
+    let attn = vb.pp("attention");
+    attn.get((3 * d, d), "in_proj_weight")?;
+    attn.get(3 * d, "in_proj_bias")?;
+    candle_nn::linear(d, d, attn.pp("out_proj"))?;
+    candle_nn::layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm"))?;
+    candle_nn::linear(d, i, vb.pp("mlp").pp("fc1"))?;
+    candle_nn::linear(i, d, vb.pp("mlp").pp("fc2"))?;
+    Ok(())
+}
+
 /// diffusers' default `max_shard_size` ("5GB" = 5·10⁹ bytes): real-size transformers are written
 /// in shards of this size, as the Hub checkpoints are (T2V-A14B in f32: 12 shards per expert).
 pub const DIFFUSERS_SHARD_BYTES: u64 = 5_000_000_000;

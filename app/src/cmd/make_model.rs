@@ -2,7 +2,8 @@
 //! weights (engine `pipeline_folder`), to test and benchmark at real size without downloading
 //! anything. The VAE archs write `vae/` only; `--layers N` keeps the real widths but cuts the
 //! transformer to N blocks. The `hv15-*` archs write HunyuanVideo 1.5 folders (transformer, VAE,
-//! scheduler, guider; no text or image encoders).
+//! scheduler, guider; no text encoders); `hv15-480p-i2v` adds its SigLIP image encoder (cut to N
+//! layers too, at most its 27) and feature extractor.
 
 use std::path::PathBuf;
 
@@ -35,7 +36,8 @@ pub struct MakeModelArgs {
     /// Storage dtype (the Hub stores Wan VAEs and the Wan2.2 transformers in f32).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
-    /// Transformer blocks to write (default: the real depth). Widths stay the real ones.
+    /// Transformer blocks to write (default: the real depth), and SigLIP layers of an I2V folder
+    /// (at most its 27). Widths stay the real ones.
     #[arg(long)]
     pub layers: Option<usize>,
     /// Largest transformer shard in bytes (diffusers' default "5GB"); bigger components are

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::models::hv15::transformer::Config as TransformerConfig;
 use crate::models::hv15::vae::Config as VaeConfig;
+use crate::models::siglip::Config as SiglipConfig;
 use crate::models::wan::transformer::config::Config as DitConfig;
 use crate::models::wan::vae::config::Config as WanVaeConfig;
 
@@ -27,6 +28,8 @@ pub struct Hv15Configs {
     pub vae: VaeConfig,
     /// `guider/guider_config.json` `guidance_scale` (the folder's default CFG scale), if present.
     pub guidance_scale: Option<f64>,
+    /// Image-to-video: `image_encoder/config.json` (the SigLIP tower the job loads, the planner counts).
+    pub image_encoder: Option<SiglipConfig>,
 }
 
 /// `guider/guider_config.json` (`ClassifierFreeGuidance`): the field a run's default takes.
@@ -123,10 +126,13 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
             "step-distilled (use_meanflow) transformers run in the image-to-video pipeline only (diffusers' text-to-video loop passes no timestep_r)",
         ));
     }
-    if variant == Variant::Hv15I2v {
-        config("image_encoder", "config.json")?;
+    let image_encoder = if variant == Variant::Hv15I2v {
+        let text: serde_json::Value = read_json(&config("image_encoder", "config.json")?, "image_encoder")?;
         config("feature_extractor", "preprocessor_config.json")?;
-    }
+        Some(SiglipConfig::from_json(&text.to_string()).map_err(|e| invalid("image_encoder", e))?)
+    } else {
+        None
+    };
     let transformer = Component::folder(path.join("transformer"))?;
     let vae = Component::folder(path.join("vae"))?;
     let weights = WeightsInfo::read(&[&transformer, &vae])
@@ -155,7 +161,7 @@ pub(super) fn open(path: &Path, files: &ModelFiles) -> Result<ModelSpec, ModelSp
         files: files.clone(),
         scheduler_config,
         assumed: Vec::new(),
-        hv15: Some(Hv15Configs { transformer: transformer_cfg, vae: vae_cfg, guidance_scale }),
+        hv15: Some(Hv15Configs { transformer: transformer_cfg, vae: vae_cfg, guidance_scale, image_encoder }),
         demo: None,
     })
 }

@@ -282,6 +282,18 @@ impl ShardedPredictor {
         })
     }
 
+    /// HunyuanVideo 1.5 image-to-video: the SigLIP image embeddings `(1, K, image_dim)` both
+    /// branches take, converted once to the branches' dtype and device (encoded after the load,
+    /// with the image condition).
+    pub fn set_image_embeds(&mut self, image: &Tensor) -> Result<()> {
+        let text = &self.prompt.text;
+        let image = image.to_device(text.device())?.to_dtype(text.dtype())?;
+        for branch in std::iter::once(&mut self.prompt).chain(self.negative.as_mut()) {
+            branch.image = Some(image.clone());
+        }
+        Ok(())
+    }
+
     /// The run's timesteps: a meanflow expert takes `timestep_r` = the timestep after the current
     /// one, 0 at the last (the HV1.5 I2V pipeline's loop).
     pub fn set_schedule(&mut self, timesteps: &[f32]) {

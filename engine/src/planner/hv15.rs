@@ -1,9 +1,11 @@
-//! HunyuanVideo 1.5 terms of the memory planner: parameter counts of its transformer, VAE and
-//! Qwen2.5-VL text model from their configs (equal to the real checkpoints' manifests, tested),
-//! weights per FSDP shard, a replay of one dual-stream block (`models/hv15/transformer/block.rs`)
-//! with the Ulysses exchange of `ulysses.rs`, and a replay of the streamed VAE decode
-//! (`models/hv15/vae/{layers,decoder}.rs`), then [`predict`]: the `Generate` job's phases per rank
-//! for an HV1.5 text-to-video folder, under the names `--report` uses.
+//! HunyuanVideo 1.5 terms of the memory planner: parameter counts of its transformer, VAE,
+//! Qwen2.5-VL text model and SigLIP image encoder from their configs (equal to the real
+//! checkpoints' manifests, SigLIP to the golden tower, tested), weights per FSDP shard, a replay of
+//! one dual-stream block (`models/hv15/transformer/block.rs`) with the Ulysses exchange of
+//! `ulysses.rs`, replays of the streamed VAE decode and of the one-frame image encode
+//! (`models/hv15/vae/{layers,decoder,encoder}.rs`) and of SigLIP (`models/siglip/vision.rs`), then
+//! [`predict`]: the `Generate` job's phases per rank for an HV1.5 text- or image-to-video folder,
+//! under the names `--report` uses.
 //!
 //! What differs from Wan (`super::dit`, `super::vae`), read from the code:
 //! - every weight is held in the run dtype (no f32-kept tables), and the gathered FSDP block's
@@ -16,7 +18,12 @@
 //!   video output comes back by all-to-all and the context output by all-gather;
 //! - the VAE decodes one latent frame per chunk (then 4 video frames per chunk), each causal conv
 //!   keeping its last two *padded* input frames, and the mid attention every frame's keys and
-//!   values so far (`[frames·h·w, C]` each).
+//!   values so far (`[frames·h·w, C]` each); the I2V image encode is one chunk of one frame, so
+//!   every conv's cache stays until the pass ends;
+//! - image-to-video runs one `encode_image` phase on the VAE group: rank 0 loads SigLIP (f32),
+//!   encodes and drops it, then the group encodes the image through the VAE encoder it holds from
+//!   `load` on; SigLIP's tokens join every branch's context, and every rank holds the image
+//!   embeddings through the denoise and the condition `[cond latents, mask]` to the end.
 
 use serde::Deserialize;
 
@@ -29,7 +36,9 @@ use super::predict::{
 use super::vae::{conv_band_scratch, generic_band_rows, generic_conv_band_scratch, KernelPath, VaeRun};
 use crate::models::hv15::transformer::Config as DitConfig;
 use crate::models::hv15::vae::Config as VaeConfig;
+use crate::models::siglip::Config as SiglipConfig;
 use crate::models::wan::transformer::attention::ChunkedAttention;
+use crate::models::wan::vae::TilePlan;
 use crate::parallel::plan::{ParallelPlan, PlanModel, VaeMode};
 
 /// `nn.Linear(i, o)` with bias.
@@ -143,6 +152,65 @@ pub fn qwen_layer(q: &QwenSize) -> u64 {
 /// The text model: embedding, every layer, final norm.
 pub fn qwen_total(q: &QwenSize) -> u64 {
     (q.vocab_size * q.hidden_size) as u64 + q.num_hidden_layers as u64 * qwen_layer(q) + q.hidden_size as u64
+}
+
+/// One SigLIP encoder layer: two layer norms, the q/k/v/out projections and the MLP, all with
+/// biases.
+pub fn siglip_layer(cfg: &SiglipConfig) -> u64 {
+    let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+    4 * d as u64 + 4 * linear(d, d) + linear(d, i) + linear(i, d)
+}
+
+/// The SigLIP tower the job loads (`image_encoder/`): the patch conv and position table, the
+/// layers and `post_layernorm` — not the pooling head (`head.*`), which is never read.
+pub fn siglip_total(cfg: &SiglipConfig) -> u64 {
+    let d = cfg.hidden_size;
+    let embeddings = conv(cfg.num_channels, d, cfg.patch_size * cfg.patch_size) + (cfg.num_patches() * d) as u64;
+    embeddings + cfg.num_hidden_layers as u64 * siglip_layer(cfg) + 2 * d as u64
+}
+
+/// Peak bytes of SigLIP's `image_embeds` of one image (`models/siglip`, f32) above its weights:
+/// the resized image and its pixel values (bound through the forward), the embeddings, then a
+/// layer's attention — q, k and v projected and split into heads by copy, the scores and their
+/// scaled copy, the softmax (the scores stay bound to the attention's return), the context and
+/// its merged copy, the output projection — and its MLP (the inner projection with its GELU
+/// beside it, the output projection), beside the layer's input and its attention residual.
+pub fn siglip_peak(cfg: &SiglipConfig) -> u64 {
+    let (k, d, i) = (cfg.num_patches() as u64, cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let side = cfg.image_size as u64;
+    let (x, inner) = (k * d * 4, k * i * 4);
+    let scores = cfg.num_attention_heads as u64 * k * k * 4;
+    let mut m = Live::default();
+    m.alloc(3 * side * side); // the resized RGB
+    m.alloc(3 * side * side * 4); // pixel values
+    m.free(3 * side * side);
+    m.alloc(x); // patch conv
+    m.alloc(x); // + positions (the layers' first input)
+    m.free(x);
+    m.alloc(x); // layer_norm1
+    for _ in 0..3 {
+        lin(&mut m, x);
+        m.alloc(x); // heads copy; the projection dies with the statement
+        m.free(x);
+    }
+    m.alloc(scores); // q·kᵀ
+    m.alloc(scores); // · scale
+    m.free(scores);
+    m.alloc(scores); // softmax
+    m.alloc(x); // w·v
+    m.alloc(x); // merged heads copy
+    m.free(x);
+    lin(&mut m, x); // out_proj
+    m.free(4 * x + 2 * scores); // q, k, v, the context, the scores and probabilities
+    m.alloc(x); // + attention
+    m.free(2 * x); // the attention output and layer_norm1
+    m.alloc(x); // layer_norm2
+    lin(&mut m, inner); // fc1
+    m.free(x);
+    m.alloc(inner); // GELU (fc1's output stays bound)
+    lin(&mut m, x); // fc2
+    m.alloc(x); // + MLP
+    m.peak()
 }
 
 /// Transformer weights one rank holds: the stem whole and `1/fsdp` of the blocks, all in the run
@@ -322,8 +390,9 @@ impl Act {
     }
 }
 
-/// The replay of a streamed HV1.5 VAE decode on one rank (its whole frame or its halo slab).
-struct DecodeReplay<'a> {
+/// The replay of a streamed HV1.5 VAE pass — decode or encode — on one rank (its whole frame or
+/// its halo slab): the parts (`models/hv15/vae/layers.rs`) are the same both ways.
+struct VaeReplay<'a> {
     cfg: &'a VaeConfig,
     run: VaeRun,
     mem: Live,
@@ -336,7 +405,7 @@ struct DecodeReplay<'a> {
     full_h: usize,
 }
 
-impl DecodeReplay<'_> {
+impl VaeReplay<'_> {
     fn b(&self, a: Act) -> u64 {
         (a.t * a.c * a.h * a.w) as u64 * self.run.elt
     }
@@ -479,6 +548,98 @@ impl DecodeReplay<'_> {
         y
     }
 
+    /// `group_mean` of `x` over groups of `g` channels: `sum` then the scaling (the sum freed);
+    /// `g = 1` is the input itself. Leaves the mean live.
+    fn group_mean(&mut self, x: Act, g: usize) -> Act {
+        let y = Act { c: x.c / g, ..x };
+        if g > 1 {
+            self.mem.alloc(self.b(y)); // sum over the group
+            self.mem.alloc(self.b(y)); // · 1/g
+            self.mem.free(self.b(y));
+        }
+        y
+    }
+
+    /// `Downsample::forward` on the first chunk (global frame 0 alone) with its input held by the
+    /// caller: the conv to `out_c / factor` channels; the input's space-to-depth copy and its group
+    /// mean (the copy dies with the statement); the space-to-depth copy of the conv output (the
+    /// temporal one then doubles its channels by concatenation) — the spatial one makes the
+    /// shortcut first, the temporal one last —; then the sum.
+    fn downsample(&mut self, x: Act, out_c: usize, temporal: bool) -> Act {
+        let factor = if temporal { 8 } else { 4 };
+        let h = self.conv(x, out_c / factor);
+        let y = Act { c: out_c, h: x.h / 2, w: x.w / 2, ..x };
+        // Frame 0 of a temporal downsample averages half as many channels.
+        let g = factor * x.c / out_c / if temporal { 2 } else { 1 };
+        let shortcut = |r: &mut Self| -> u64 {
+            let s2d = Act { c: 4 * x.c, ..y };
+            r.mem.alloc(r.b(s2d));
+            let mean = r.group_mean(s2d, g);
+            if g > 1 {
+                r.mem.free(r.b(s2d));
+            }
+            r.b(mean)
+        };
+        let conv_part = |r: &mut Self| -> u64 {
+            let packed = r.b(h);
+            r.mem.alloc(packed);
+            if temporal {
+                r.mem.alloc(2 * packed); // cat([h0, h0], channels)
+                r.mem.free(packed);
+                2 * packed
+            } else {
+                packed
+            }
+        };
+        // The two replays mutate the live bytes: their order is the code's.
+        let held = if temporal {
+            let first = conv_part(self);
+            first + shortcut(self)
+        } else {
+            let first = shortcut(self);
+            first + conv_part(self)
+        };
+        self.mem.alloc(self.b(y)); // the sum
+        self.mem.free(held + self.b(h));
+        y
+    }
+
+    /// `Encoder::forward` on the first chunk (one frame `x`, its rows of this rank) with its input
+    /// held by the caller; returns the moments (live). Every conv's two cached frames and the mid
+    /// attention's keys/values stay until the pass ends (one chunk: nothing is replaced).
+    fn encoder_chunk(&mut self, x: Act) -> Act {
+        let cfg = self.cfg;
+        let mut h = self.conv(x, cfg.block_out_channels[0]);
+        for d in cfg.down_blocks() {
+            for _ in 0..cfg.layers_per_block {
+                let y = self.resnet(h, d.out_c);
+                self.mem.free(self.b(h));
+                h = y;
+            }
+            if let Some((c, temporal)) = d.down {
+                let y = self.downsample(h, c, temporal);
+                self.mem.free(self.b(h));
+                h = y;
+            }
+        }
+        // `MidBlock::forward` binds its three results to its return; `forward_mid` then drops
+        // its last input.
+        let mid = cfg.mid_channels();
+        let m1 = self.resnet(h, mid);
+        let m2 = self.attention(m1);
+        let m3 = self.resnet(m2, mid);
+        self.mem.free(self.b(m1) + self.b(m2) + self.b(h));
+        // The group-mean shortcut, norm_out (the mid output stays bound) and conv_out with the
+        // shortcut fused.
+        let out_c = 2 * cfg.latent_channels;
+        let shortcut = self.group_mean(m3, mid / out_c);
+        let normed = self.norm(m3);
+        let y = self.conv(normed, out_c);
+        let shortcut_bytes = if mid / out_c > 1 { self.b(shortcut) } else { 0 };
+        self.mem.free(shortcut_bytes + self.b(normed) + self.b(m3));
+        y
+    }
+
     /// `Decoder::forward` on one chunk of `t` latent frames; returns the video frames (live).
     /// `forward_mid` holds conv_in's shortcut and output and the mid block's three results to its
     /// return; `forward_up` borrows its input, so a stage's input lives until the stage returns.
@@ -530,7 +691,7 @@ pub fn decode_peak(
     root: bool,
     world: usize,
 ) -> u64 {
-    let mut r = DecodeReplay { cfg, run, mem: Live::default(), caches: Vec::new(), at: 0, kv: 0, full_h: h };
+    let mut r = VaeReplay { cfg, run, mem: Live::default(), caches: Vec::new(), at: 0, kv: 0, full_h: h };
     let z = cfg.latent_channels;
     r.mem.alloc((z * t * h * w) as u64 * 4); // latents as received
     r.mem.alloc((z * t * rows * w) as u64 * run.elt); // this rank's frames-major latents
@@ -567,6 +728,19 @@ pub fn decode_peak(
     r.mem.peak()
 }
 
+/// Peak bytes of the VAE encode of one image (`AutoencoderKLHunyuanVideo15::encode_frames`, one
+/// frame, one chunk) on a rank holding `rows` of the `h` latent rows (its halo slab; all of them
+/// otherwise) of an `h × w` latent grid: the input rows as the encoder takes them, then the
+/// encoder pass. The moments are a few latent-sized tensors (not counted).
+pub fn encode_peak(cfg: &VaeConfig, run: VaeRun, (h, w): (usize, usize), rows: usize) -> u64 {
+    let mut r = VaeReplay { cfg, run, mem: Live::default(), caches: Vec::new(), at: 0, kv: 0, full_h: h };
+    let s = cfg.spatial_compression_ratio;
+    let x = Act { t: 1, c: cfg.in_channels, h: rows * s, w: w * s };
+    r.mem.alloc(r.b(x));
+    r.encoder_chunk(x);
+    r.mem.peak()
+}
+
 /// Prompt tokens of one branch the transformer attends to (trimmed to the valid ones; 1000 is
 /// the pipeline's limit, the planner's default is the options' `prompt_tokens`).
 fn context_tokens(opts: &Options) -> usize {
@@ -586,8 +760,32 @@ pub fn host_text_encoder_bytes(spec: &ModelSpec) -> u64 {
     qwen_total(&q) * 4
 }
 
-/// Every rank's peak per phase of an HV1.5 text-to-video generation (`load`, `denoise`,
-/// `decode`; prompts are encoded on the host, so no `text_encode` phase).
+/// The image-to-video facts of a request: the SigLIP tower, its tokens' share of the context, and
+/// the bucket-sized RGB image every encoding rank reads (`None` for text-to-video).
+struct ImageInput<'a> {
+    siglip: &'a SiglipConfig,
+    /// `3·H·W` bytes (the run size is the image's bucket).
+    pixels: u64,
+}
+
+/// Checks the request against the folder's variant (an I2V folder needs `--image`, a T2V folder
+/// takes none) and returns the image input of an I2V request.
+fn image_input<'a>(spec: &'a ModelSpec, req: &Request) -> Result<Option<ImageInput<'a>>, PredictError> {
+    let variant = spec.variant.describe();
+    if !req.image {
+        if spec.requires_image() {
+            return Err(PredictError::Request(format!("this model ({variant}) is image-to-video: add --image")));
+        }
+        return Ok(None);
+    }
+    let Some(siglip) = spec.hv15.as_ref().and_then(|hv| hv.image_encoder.as_ref()) else {
+        return Err(PredictError::Request(format!("this model ({variant}) is text-to-video only: drop --image")));
+    };
+    Ok(Some(ImageInput { siglip, pixels: (3 * req.height * req.width) as u64 }))
+}
+
+/// Every rank's peak per phase of an HV1.5 generation (`load`, `encode_image` on the VAE group for
+/// image-to-video, `denoise`, `decode`; prompts are encoded on the host, so no `text_encode` phase).
 pub fn predict(
     spec: &ModelSpec,
     req: &Request,
@@ -610,11 +808,7 @@ pub fn predict(
     };
     gen.validate(spec.size_multiple())?;
     plan.validate(PlanModel { num_heads: dcfg.num_attention_heads, cfg: req.guidance > 1.0 })?;
-    if req.image {
-        return Err(PredictError::Request(
-            "HunyuanVideo 1.5 image-to-video is not planned yet: drop --image (text-to-video folders run)".into(),
-        ));
-    }
+    let image = image_input(spec, req)?;
     let (lt, lh, lw) = spec.latent_grid(req.height, req.width, req.frames);
     let cuda = opts.target == Target::Cuda;
     let e: u64 = if cuda { 2 } else { 4 };
@@ -625,21 +819,31 @@ pub fn predict(
     let len = lt * lh * lw;
     let u = plan.ulysses.max(1);
     let ls = len.div_ceil(u);
-    let n = context_tokens(opts);
+    // I2V: the SigLIP tokens join every branch's context (`[image, glyph, text]`), whole on every
+    // Ulysses rank like the text.
+    let image_tokens = image.as_ref().map_or(0, |i| i.siglip.num_patches());
+    let n = context_tokens(opts) + image_tokens;
 
     let dit_w = weights_bytes(dcfg, e, plan.fsdp);
-    let vae_w = vae_decoder(vcfg) * 4;
+    // The VAE group holds the decoder and, for I2V, the encoder, in f32, from `load` to the end.
+    let vae_w = (vae_decoder(vcfg) + if image.is_some() { vae_encoder(vcfg) } else { 0 }) * 4;
     // Prompt embeddings: sent inline in the job spec and copied into a tensor (host, f32) on the
     // CPU; the predictor's run-dtype copies on a GPU.
-    let embeds = branches * (n * dcfg.text_embed_dim) as u64 * if cuda { e } else { 4 * 2 };
+    let embeds = branches * (context_tokens(opts) * dcfg.text_embed_dim) as u64 * if cuda { e } else { 4 * 2 };
+    // I2V: the image embeddings `(1, K, image_dim)` the predictor holds (both branches share one
+    // tensor) and the condition `[cond latents, mask]` `(1, z + 1, T, h, w)` f32, held to the end.
+    let image_embeds = (image_tokens * dcfg.image_embed_dim) as u64 * e;
+    let lhw = (lt * lh * lw) as u64;
+    let condition = if image.is_some() { (z + 1) as u64 * lhw * 4 } else { 0 };
     let latents = (z * len) as u64 * 4;
     let slabs = if cuda { 0 } else { opts.threads as u64 * opts.l2_bytes };
 
-    // One step: Euler's latents, the model input `[latents, zero cond, zero mask]` (the zeros and
-    // the concatenation), each branch's prediction and the CFG combination.
-    let lhw = (lt * lh * lw) as u64;
+    // One step: Euler's latents, the model input — T2V: `[latents, zero cond, zero mask]` (the
+    // zeros and the concatenation, in the predictor), I2V: the loop's `[latents, condition]` —,
+    // each branch's prediction and the CFG combination.
     let preds = if branches == 2 { 3 } else { 1 };
-    let state = latents + (z as u64 * lhw) * e + ((z + 1) as u64 + (2 * z + 1) as u64) * lhw * e + preds * latents;
+    let input = if image.is_some() { (2 * z + 1) as u64 } else { (z + 1) as u64 + (2 * z + 1) as u64 } * lhw * e;
+    let state = latents + (z as u64 * lhw) * e + input + preds * latents;
     // One forward: the embedded video tokens (all of them, bound through the loop; the shard's
     // copy with Ulysses), the context stream, RoPE tables (f32 cos/sin over the grid, the shard's
     // copy), then the blocks.
@@ -658,6 +862,7 @@ pub fn predict(
     let (gathered, transient) =
         (fsdp_gather_bytes(dcfg, e, plan.fsdp), fsdp_gather_transient_bytes(dcfg, e, plan.fsdp));
     let denoise_work = [
+        term("image embeddings", image_embeds),
         term("latents, predictions and scheduler state", state),
         term("text context", ctx),
         term("rope tables", rope),
@@ -693,7 +898,6 @@ pub fn predict(
                 // One latent tile (diffusers' 16 × 16 default) streamed over all frames, plus the
                 // finished tiles this rank holds and, on rank 0, the output video.
                 let t = plan.vae_tiling.unwrap_or_default().as_array();
-                let s = vcfg.spatial_compression_ratio;
                 let (th, tw) = ((t[0] / s).clamp(1, lh), (t[1] / s).clamp(1, lw));
                 let grid = (lh.div_ceil(th.max(1)), lw.div_ceil(tw.max(1)));
                 let tile = decode_peak(vcfg, VaeRun { halo: false, ..run }, (lt, th, tw), th, false, 1);
@@ -704,6 +908,14 @@ pub fn predict(
             }
         };
         replay.max(finish)
+    };
+    let encode_work = |rank: usize, image: &ImageInput<'_>| -> u64 {
+        // Rank 0 first: SigLIP's f32 weights, the image's RGB and the tower's activations (the
+        // tower is dropped before the VAE encode).
+        let siglip =
+            if rank == 0 { siglip_total(image.siglip) * 4 + image.pixels + siglip_peak(image.siglip) } else { 0 };
+        let vae = vae_encode_work(vcfg, plan, run, rank, (req.height, req.width), image.pixels);
+        siglip.max(if vae > 0 { image_embeds + vae } else { 0 })
     };
 
     let mut ranks = Vec::with_capacity(plan.ranks);
@@ -724,7 +936,15 @@ pub fn predict(
         // (`Hv15ShardedTransformer::load`), so that buffer never meets the whole part: no term.
         t.push(term("initial latents", latents));
         phases.push(PhasePrediction::new("load", t));
+        if let (Some(image), true) = (&image, decodes) {
+            let mut t = loaded();
+            t.push(term("initial latents", latents));
+            t.push(term("matmul slabs", slabs));
+            t.push(term("image encode working set (SigLIP, then the VAE)", encode_work(rank, image)));
+            phases.push(PhasePrediction::new("encode_image", t));
+        }
         let mut t = loaded();
+        t.push(term("image condition", condition));
         t.push(term("matmul slabs", slabs));
         t.extend(denoise_work.iter().cloned());
         phases.push(PhasePrediction::new("denoise", t));
@@ -734,6 +954,7 @@ pub fn predict(
             term("transformer weights", if opts.keep_weights { dit_w } else { 0 }),
             term("vae weights", vw),
             term("latents", latents),
+            term("image condition", condition),
             term("matmul slabs", slabs),
             term("vae decode working set", if decodes { decode_work(rank) } else { 0 }),
         ];
@@ -753,6 +974,45 @@ pub fn predict(
         });
     }
     Ok(Prediction { ranks, host_text_encoder_bytes: host_text_encoder_bytes(spec) })
+}
+
+/// The VAE part of the image encode on `rank` of the VAE group (0: it takes no part), in the
+/// plan's mode (`runtime/jobs/generate/inputs.rs` and `models/hv15/vae/parallel.rs`): the RGB
+/// image and its `[-1, 1]` f32 video, bound through the encode, then the encoder over this rank's
+/// halo slab, the whole frame (one rank), or one tile (tiles mode; the frames-major copy of the
+/// whole image held beside it). A frame smaller than one tile is encoded untiled by rank 0 alone.
+fn vae_encode_work(
+    cfg: &VaeConfig,
+    plan: &ParallelPlan,
+    run: VaeRun,
+    rank: usize,
+    (height, width): (usize, usize),
+    pixels: u64,
+) -> u64 {
+    let s = cfg.spatial_compression_ratio;
+    let (lh, lw) = (height / s, width / s);
+    let v = plan.vae_parallel.max(1);
+    let untiled = VaeRun { halo: false, ..run };
+    let replay = match plan.vae_mode {
+        VaeMode::Halo => {
+            let rows = crate::models::wan::vae::split::split_rows(lh, v).get(rank).map_or(lh, |r| r.len());
+            encode_peak(cfg, run, (lh, lw), rows)
+        }
+        VaeMode::Tiles => {
+            let tiling = crate::models::wan::vae::Tiling::from(plan.vae_tiling.unwrap_or_default());
+            if !TilePlan::encode_needs_tiling(&tiling, height, width) {
+                if rank > 0 {
+                    return 0;
+                }
+                encode_peak(cfg, untiled, (lh, lw), lh)
+            } else {
+                let (th, tw) =
+                    (tiling.tile_sample_min_height.min(height) / s, tiling.tile_sample_min_width.min(width) / s);
+                pixels * 4 + encode_peak(cfg, untiled, (th, tw), th)
+            }
+        }
+    };
+    pixels + pixels * 4 + replay
 }
 
 #[cfg(test)]
@@ -858,6 +1118,109 @@ mod tests {
         let mut one = spec.clone();
         one.hv15.as_mut().unwrap().transformer.num_layers = 1;
         assert_eq!(denoise(true, &one).1, 0, "one block: nothing to prefetch");
+    }
+
+    /// The tower's count equals the golden SigLIP's tensors (its pooling head aside), layer for
+    /// layer; the published so400m tower is 0.41 B parameters without its head.
+    #[test]
+    fn siglip_counts_match_the_golden_tower() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/hv15/siglip/image_encoder");
+        let cfg = SiglipConfig::from_json(&std::fs::read_to_string(format!("{dir}/config.json")).unwrap()).unwrap();
+        let file = std::path::PathBuf::from(format!("{dir}/model.safetensors"));
+        let table = crate::weights::TensorTable::open(&[file], &|k| Some(k.to_string())).unwrap();
+        let tensors: BTreeMap<String, Vec<usize>> = table.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect();
+        assert_eq!(siglip_layer(&cfg), count(&tensors, |k| k.starts_with("encoder.layers.0.")));
+        assert_eq!(siglip_total(&cfg), count(&tensors, |k| !k.starts_with("head.")));
+        assert_eq!(siglip_total(&SiglipConfig::so400m_patch14_384()), 412_987_248);
+    }
+
+    fn i2v_spec() -> ModelSpec {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/configs"));
+        let mut spec = ModelSpec::from_path(&root.join("hv15-480p-t2v")).unwrap();
+        spec.variant = crate::model_spec::Variant::Hv15I2v;
+        spec.hv15.as_mut().unwrap().image_encoder = Some(SiglipConfig::so400m_patch14_384());
+        spec
+    }
+
+    fn phase(p: &Prediction, rank: usize, name: &str) -> PhasePrediction {
+        p.ranks[rank].phases.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("rank {rank}: no {name}")).clone()
+    }
+
+    fn term_bytes(p: &PhasePrediction, name: &str) -> u64 {
+        p.terms.iter().find(|t| t.name == name).map_or(0, |t| t.bytes)
+    }
+
+    /// Image-to-video: the VAE group encodes (rank 0 also runs SigLIP) and holds the encoder; the
+    /// SigLIP tokens widen every rank's context, whose denoise also holds the image embeddings and
+    /// the condition.
+    #[test]
+    fn i2v_encodes_on_the_vae_group_and_widens_the_context() {
+        let i2v = i2v_spec();
+        let mut t2v = i2v.clone();
+        t2v.variant = crate::model_spec::Variant::Hv15T2v;
+        t2v.hv15.as_mut().unwrap().image_encoder = None;
+        let req = Request { height: 480, width: 848, frames: 121, guidance: 6.0, image: true };
+        let plan = ParallelPlan { ranks: 4, ulysses: 2, cfg_parallel: 2, vae_parallel: 2, ..Default::default() };
+        let opts = Options::new(Target::Cuda);
+        let p = predict(&i2v, &req, &plan, &opts).unwrap();
+        let t = predict(&t2v, &Request { image: false, ..req }, &plan, &opts).unwrap();
+        for r in &p.ranks {
+            let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
+            let want: &[&str] = if r.rank < 2 {
+                &["load", "encode_image", "denoise", "decode"]
+            } else {
+                &["load", "denoise", "decode"]
+            };
+            assert_eq!(names, want, "rank {}", r.rank);
+        }
+        let cfg = &i2v.hv15.as_ref().unwrap().transformer;
+        let vcfg = &i2v.hv15.as_ref().unwrap().vae;
+        let vae = |p: &Prediction, r| term_bytes(&phase(p, r, "load"), "vae weights");
+        assert_eq!(vae(&p, 1) - vae(&t, 1), vae_encoder(vcfg) * 4);
+        assert_eq!(vae(&p, 2), 0);
+        let (i, o) = (phase(&p, 2, "denoise"), phase(&t, 2, "denoise"));
+        assert_eq!(term_bytes(&i, "text context") - term_bytes(&o, "text context"), (729 * cfg.inner_dim() * 2) as u64);
+        assert_eq!(term_bytes(&i, "image embeddings"), (729 * cfg.image_embed_dim * 2) as u64);
+        let (lt, lh, lw) = i2v.latent_grid(480, 848, 121);
+        assert_eq!(term_bytes(&i, "image condition"), ((cfg.out_channels + 1) * lt * lh * lw * 4) as u64);
+        // 729 image tokens beside 512 text tokens and ~12 k video tokens per Ulysses shard: the
+        // block's joint attention grows by a few percent, the denoise peak by less.
+        let grew = i.peak_bytes - o.peak_bytes;
+        assert!(grew > 0 && grew < o.peak_bytes / 10, "{} vs {}", i.peak_bytes, o.peak_bytes);
+        // Rank 0's encode: SigLIP (0.41 B f32 parameters) or the VAE pass, whichever is larger.
+        let work = |p: &Prediction, r| {
+            term_bytes(&phase(p, r, "encode_image"), "image encode working set (SigLIP, then the VAE)")
+        };
+        assert!(work(&p, 0) >= siglip_total(&SiglipConfig::so400m_patch14_384()) * 4);
+        assert!(work(&p, 1) > 0);
+    }
+
+    #[test]
+    fn the_request_must_match_the_variant() {
+        let opts = Options::new(Target::Cpu);
+        let req = Request { height: 480, width: 848, frames: 5, guidance: 6.0, image: false };
+        let err = predict(&i2v_spec(), &req, &ParallelPlan::single(), &opts).unwrap_err();
+        assert!(err.to_string().contains("add --image"), "{err}");
+        let mut t2v = i2v_spec();
+        t2v.variant = crate::model_spec::Variant::Hv15T2v;
+        t2v.hv15.as_mut().unwrap().image_encoder = None;
+        let err = predict(&t2v, &Request { image: true, ..req }, &ParallelPlan::single(), &opts).unwrap_err();
+        assert!(err.to_string().contains("drop --image"), "{err}");
+    }
+
+    /// One 480p frame through the real encoder: halo slabs over two ranks hold about half of
+    /// what one rank does (the two cached frames of every conv dominate).
+    #[test]
+    fn image_encode_halves_with_halo_2() {
+        let cfg = VaeConfig::default();
+        let run = VaeRun { elt: 4, path: KernelPath::Cpu, halo: false, threads: 1, im2col_budget: usize::MAX };
+        let whole = encode_peak(&cfg, run, (30, 53), 30);
+        let slab = encode_peak(&cfg, VaeRun { halo: true, ..run }, (30, 53), 15);
+        assert!(slab < whole * 6 / 10 && slab > whole * 4 / 10, "halo 2: {slab} vs {whole}");
+        // At least every conv's two cached padded frames of the first down block (5 convs at
+        // 128 channels, full resolution).
+        let caches = 5 * 2 * (128 * 482 * 850 * 4) as u64;
+        assert!(whole > caches, "{whole} < {caches}");
     }
 
     #[test]

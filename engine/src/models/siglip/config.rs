@@ -54,6 +54,45 @@ fn default_eps() -> f64 {
 }
 
 impl Config {
+    /// `google/siglip-so400m-patch14-384`'s vision tower, HunyuanVideo 1.5 I2V's image encoder
+    /// (27 layers of width 1152, 729 tokens of 14-pixel patches of a 384×384 image).
+    pub fn so400m_patch14_384() -> Self {
+        Self {
+            hidden_size: 1152,
+            intermediate_size: 4304,
+            num_hidden_layers: 27,
+            num_attention_heads: 16,
+            num_channels: 3,
+            image_size: 384,
+            patch_size: 14,
+            hidden_act: "gelu_pytorch_tanh".into(),
+            layer_norm_eps: 1e-6,
+        }
+    }
+
+    /// `config.json` as transformers 5 saves a `SiglipVisionModel` (the golden tower's keys; the
+    /// pooling head is kept, as the published checkpoint has it); `dtype` is the stored dtype's
+    /// torch name.
+    pub fn to_transformers_json(&self, dtype: &str) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["SiglipVisionModel"],
+            "attention_dropout": 0.0,
+            "dtype": dtype,
+            "hidden_act": self.hidden_act,
+            "hidden_size": self.hidden_size,
+            "image_size": self.image_size,
+            "intermediate_size": self.intermediate_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "model_type": "siglip_vision_model",
+            "num_attention_heads": self.num_attention_heads,
+            "num_channels": self.num_channels,
+            "num_hidden_layers": self.num_hidden_layers,
+            "patch_size": self.patch_size,
+            "transformers_version": "5.24.0",
+            "vision_use_head": true
+        })
+    }
+
     /// Parses `config.json` text: a vision config, or a `SiglipConfig` holding one.
     pub fn from_json(text: &str) -> Result<Self, String> {
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;

@@ -5,7 +5,9 @@
 //!
 //! Phases (each a `PhaseSpan` with its memory peak): `load` (every rank its transformer part: stem
 //! replicated, blocks whole or its FSDP slices; the VAE on the ranks that decode, the encoder on
-//! the VAE group for I2V, which encodes the image patch-parallel; under phased residency only the first step's expert), `denoise` — for
+//! the VAE group for I2V; under phased residency only the first step's expert), `encode_image` (I2V, on
+//! the VAE group — rank 0 alone when it is one rank —: the image encoded patch-parallel; HV1.5 rank 0
+//! first runs SigLIP), `denoise` — for
 //! two-expert models `denoise_high`, [`switch`,] `denoise_low`, see [`experts`] — (the shared loop with [`ShardedPredictor`]: CFG branches on the two
 //! halves of the world, Ulysses inside each half, FSDP gathers per block), `decode` (the VAE group
 //! `0..vae_parallel` in tiles or halo mode, with `VaePiece` events; rank 0 alone when it is 1).
@@ -63,7 +65,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let vae_cfg = &model.vae;
     let cfg_on = params.cfg();
 
-    let mut embeds = inputs::prompt_embeds(spec, cfg_on)?;
+    let embeds = inputs::prompt_embeds(spec, cfg_on)?;
     let shape = wan_pipeline::latent_shape(params, vae_cfg.scale_factor_spatial, vae_cfg.z_dim);
     let given = spec.latents.as_ref().map(|w| w.to_tensor(&device)).transpose()?;
     let latents = wan_pipeline::initial_latents(params, &shape, given.as_ref(), &device).map_err(invalid)?;
@@ -88,7 +90,7 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     let first_expert = sched.timesteps().first().map_or(0, |&t| loop_spec.expert_at(t));
     let only = experts::to_load(plan.residency, model.two_experts(), first_expert);
     let load_started = Instant::now();
-    let (stats, world, groups, predictor, vae, vae_bytes, mut out_stats) = {
+    let (stats, world, groups, mut predictor, vae, vae_bytes, mut out_stats) = {
         let _load = ctx.phase("load");
         let (stats, world, groups, mut slots, vae, vae_bytes, mut reused) = match resident::take(&key) {
             Some(r) => {
@@ -115,12 +117,6 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
                 slots[first] = Some(ShardedPredictor::load_expert(&model, first, &groups, dtype, &device)?);
                 reused = false;
             }
-        }
-        // HunyuanVideo 1.5 I2V: SigLIP's image embeddings join both branches' context.
-        if let (Some(path), Some(_)) = (&spec.image, &model.hv15) {
-            let image = inputs::hv15_image_embeds(ctx, &world, &model, path, params)?;
-            embeds.negative.iter_mut().for_each(|n| n.image = Some(image.clone()));
-            embeds.prompt.image = Some(image);
         }
         let mut predictor =
             ShardedPredictor::with_branches(slots, &groups, &embeds.prompt, embeds.negative.as_ref(), dtype, &device)?;
@@ -149,17 +145,23 @@ pub fn run(ctx: &JobCtx, spec: &GenerateSpec) -> Result<JobOutput, JobError> {
     }
     let latent_stats = LatentStats::new(&vae_cfg.latents_mean, &vae_cfg.latents_std, &device)?;
     let condition = match &spec.image {
-        Some(path) if model.hv15.is_some() => Some(inputs::hv15_image_condition(
-            ctx,
-            &world,
-            groups.vae.as_ref(),
-            &plan,
-            vae.as_ref(),
-            &model,
-            path,
-            params,
-            &shape,
-        )?),
+        Some(path) if model.hv15.is_some() => {
+            // One `encode_image` phase on the encoding ranks: rank 0 runs SigLIP (its image
+            // embeddings join both branches' context), then the VAE group encodes the image.
+            let _encode = encodes.then(|| ctx.phase("encode_image"));
+            predictor.set_image_embeds(&inputs::hv15_image_embeds(ctx, &world, &model, path, params)?)?;
+            Some(inputs::hv15_image_condition(
+                ctx,
+                &world,
+                groups.vae.as_ref(),
+                &plan,
+                vae.as_ref(),
+                &model,
+                path,
+                params,
+                &shape,
+            )?)
+        }
         Some(path) => Some(inputs::image_condition(
             ctx,
             &world,

@@ -137,7 +137,8 @@ fn hv15_pixels(model: &ModelSpec, path: &Path, params: &GenerateParams) -> Resul
 }
 
 /// HunyuanVideo 1.5's SigLIP image embeddings `(1, K, image_dim)` on every rank: rank 0 loads the
-/// folder's `feature_extractor/` and `image_encoder/` (f32), encodes, and broadcasts.
+/// folder's `feature_extractor/` and `image_encoder/` (f32), encodes, drops the encoder and
+/// broadcasts (inside the caller's `encode_image` phase).
 pub fn hv15_image_embeds(
     ctx: &JobCtx,
     world: &Arc<dyn Collective>,
@@ -146,13 +147,11 @@ pub fn hv15_image_embeds(
     params: &GenerateParams,
 ) -> Result<Tensor, JobError> {
     let invalid = |e: siglip::ImageEncoderError| JobError::Invalid(e.to_string());
-    let dir = model.root.join("image_encoder");
-    let text = std::fs::read_to_string(dir.join("config.json"))
-        .map_err(|e| JobError::Invalid(format!("{}: {e}", dir.join("config.json").display())))?;
-    let cfg = siglip::Config::from_json(&text).map_err(JobError::Invalid)?;
+    let Some(cfg) = model.hv15.as_ref().and_then(|hv| hv.image_encoder.as_ref()) else {
+        return Err(JobError::Invalid("not a HunyuanVideo 1.5 image-to-video model (no image_encoder/)".into()));
+    };
     let shape = (1, cfg.num_patches(), cfg.hidden_size);
     let mine = if ctx.rank() == Rank(0) {
-        let _encode = ctx.phase("encode_image");
         let enc = ImageEncoder::load(&model.root, ctx.device()).map_err(invalid)?;
         let px = hv15_pixels(model, path, params)?;
         enc.embeds(&px, (params.height, params.width)).map_err(invalid)?.to_dtype(DType::F32)?
@@ -168,7 +167,7 @@ pub fn hv15_image_embeds(
 /// HunyuanVideo 1.5's image condition `[cond latents, mask]` `(1, z + 1, T, h, w)` on every rank:
 /// the VAE group encodes the image (`mode() · scaling_factor`, patch-parallel in the plan's VAE
 /// mode, or rank 0 alone), the latent goes to frame 0 with a mask of 1 there, and the world gets
-/// rank 0's by broadcast.
+/// rank 0's by broadcast (inside the caller's `encode_image` phase on the encoding ranks).
 #[allow(clippy::too_many_arguments)]
 pub fn hv15_image_condition(
     ctx: &JobCtx,
@@ -185,7 +184,6 @@ pub fn hv15_image_condition(
     let [_, z, t, h, w] = *latent_shape;
     let encodes = vae_group.is_some() || ctx.rank() == Rank(0);
     let mine = if encodes {
-        let _encode = ctx.phase("encode_image");
         let vae = loaded_encoder(ctx, vae)?;
         let Vae::Hv15(hv_vae) = vae else { return Err(JobError::Invalid("not a HunyuanVideo 1.5 VAE".into())) };
         let px = hv15_pixels(model, path, params)?;
