@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use multiprocess_util::{errors, init_logging, session_options};
 use tessera_engine::api::{
-    GenerateParams, GenerationRequest, JobEvent, ParallelPlan, Prompt, Session, SessionOptions, TilingSpec, VaeMode,
+    GenerateParams, GenerationRequest, JobEvent, ParallelPlan, Prompt, Session, SessionOptions, TextEncoderPlacement,
+    TilingSpec, VaeMode,
 };
 use tessera_engine::tensor_io;
 
@@ -123,6 +124,72 @@ fn hv15_generation_on_workers_matches_one_rank_and_diffusers() {
     session.shutdown();
 }
 
+/// The golden pipeline in `root` (symlinks) with the golden Qwen2.5-VL (`hv15/qwen/text_encoder`)
+/// and the prompt case's tokenizer, so prompt text can be encoded.
+fn with_prompt_text_encoder(root: &std::path::Path) {
+    let fixtures = case().join("..");
+    for entry in ["model_index.json", "scheduler", "guider", "transformer", "vae"] {
+        std::os::unix::fs::symlink(case().join(entry).canonicalize().unwrap(), root.join(entry)).unwrap();
+    }
+    std::os::unix::fs::symlink(fixtures.join("qwen/text_encoder").canonicalize().unwrap(), root.join("text_encoder"))
+        .unwrap();
+    std::os::unix::fs::symlink(fixtures.join("prompt/tokenizer").canonicalize().unwrap(), root.join("tokenizer"))
+        .unwrap();
+}
+
+/// `--text-encoder-on sharded`: the world first encodes the prompt and the empty negative with
+/// Qwen2.5-VL split by layer over its two ranks (`text_encode` in every rank's report, each
+/// holding its share), then generates latents equal to the host-encoded run's (the split is exact,
+/// `sharded_hv15_text_encoder`). The prompt cache is consulted first and filled after, the same
+/// entries as the host path's: a fresh session finds both and runs no text job.
+#[test]
+fn hv15_prompt_text_split_over_the_workers_equals_the_host() {
+    init_logging();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("model");
+    std::fs::create_dir(&root).unwrap();
+    with_prompt_text_encoder(&root);
+    let mut req = request(6.0, ParallelPlan { ranks: 2, cfg_parallel: 2, vae_parallel: 2, ..Default::default() });
+    req.model = root.clone();
+    req.prompt = Prompt::Text("A quiet lake at dawn, mist over the water, no text anywhere.".into());
+    req.negative = None;
+    let mut host_session = Session::new(session_options());
+    let host = host_session.generate(&req, &mut |_| {}).unwrap();
+    host_session.shutdown();
+    assert!(host.report.ranks.iter().all(|r| r.text_encoder_weights_bytes == 0));
+
+    req.plan.text_encoder = TextEncoderPlacement::Sharded;
+    let cache = tmp.path().join("prompt-cache");
+    let cached = || SessionOptions { prompt_cache_dir: Some(cache.clone()), ..session_options() };
+    let mut sharded_session = Session::new(cached());
+    let sharded = sharded_session.generate(&req, &mut |_| {}).unwrap();
+    sharded_session.shutdown();
+    let (max, rel) = errors(&sharded.latents, &host.latents);
+    println!("Qwen split over 2 workers vs on the host, C2: latents max-abs {max:.2e} rel {rel:.2e}");
+    assert!(rel <= 1e-6, "rel {rel:.2e}");
+    assert!(sharded.report.text_encoder_wall_seconds.is_some(), "no text job ran");
+    for r in &sharded.report.ranks {
+        let phases: Vec<&str> = r.run.phases.iter().map(|p| p.name.as_str()).collect();
+        println!("rank {}: Qwen shard {} B, phases {phases:?}", r.run.rank, r.text_encoder_weights_bytes);
+        assert!(r.text_encoder_weights_bytes > 0 && phases.contains(&"text_encode"), "rank {}: {phases:?}", r.run.rank);
+    }
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2, "one cache entry per encoded text");
+
+    let mut fresh = Session::new(cached());
+    let mut stages = Vec::new();
+    let again = fresh
+        .generate(&req, &mut |e| {
+            if let JobEvent::Stage { message } = e {
+                stages.push(message.clone());
+            }
+        })
+        .unwrap();
+    fresh.shutdown();
+    assert!(!stages.iter().any(|m| m.contains("Qwen2.5-VL")), "the cache was not used: {stages:?}");
+    assert!(again.report.text_encoder_wall_seconds.is_none(), "a text job ran on cached prompts");
+    assert_eq!(errors(&again.latents, &sharded.latents).0, 0.0, "cached embeddings give other latents");
+}
+
 /// Prompt text on an HV1.5 folder with `text_encoder/` (Qwen2.5-VL) and `tokenizer/`: the session
 /// encodes the prompt and the default empty negative on the host (chat template, crop,
 /// `hidden_states[-3]`; diffusers parity in `parity_hv15_prompt`) and the workers' run equals the
@@ -138,13 +205,7 @@ fn hv15_prompt_text_is_encoded_by_the_session() {
     let fixtures = case().join("..");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    for entry in ["model_index.json", "scheduler", "guider", "transformer", "vae"] {
-        std::os::unix::fs::symlink(case().join(entry).canonicalize().unwrap(), root.join(entry)).unwrap();
-    }
-    std::os::unix::fs::symlink(fixtures.join("qwen/text_encoder").canonicalize().unwrap(), root.join("text_encoder"))
-        .unwrap();
-    std::os::unix::fs::symlink(fixtures.join("prompt/tokenizer").canonicalize().unwrap(), root.join("tokenizer"))
-        .unwrap();
+    with_prompt_text_encoder(root);
     let text = "A quiet lake at dawn, mist over the water, no text anywhere.";
     let mut req = request(6.0, ParallelPlan { ranks: 2, cfg_parallel: 2, vae_parallel: 2, ..Default::default() });
     req.model = root.to_path_buf();

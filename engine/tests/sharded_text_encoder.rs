@@ -6,12 +6,13 @@
 //! differs, which is a copy. So sharded equals single-device exactly (checked ≤1e-6 to stay robust
 //! to a future change of kernel threading), and the golden diffusers reference at ≤1e-4.
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use common::on_ranks;
 use tessera_engine::model_spec::TextModel;
-use tessera_engine::parallel::comm::{Collective, ThreadComm};
 use tessera_engine::tensor_io;
 use tessera_engine::text::sharded::{embed_prompts_sharded, ShardedTextEncoder};
 use tessera_engine::text::{PromptCache, TextEncoder, TextEncoderOptions};
@@ -25,18 +26,6 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     (d / n.max(1e-30)).sqrt()
-}
-
-fn on_ranks<T: Send + 'static>(world: usize, f: impl Fn(Arc<dyn Collective>) -> T + Send + Sync + 'static) -> Vec<T> {
-    let f = Arc::new(f);
-    let handles: Vec<_> = ThreadComm::world(world, std::time::Duration::from_secs(60))
-        .into_iter()
-        .map(|c| {
-            let f = f.clone();
-            std::thread::spawn(move || f(Arc::new(c)))
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 #[test]

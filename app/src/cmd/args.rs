@@ -38,7 +38,8 @@ pub struct PlanFlags {
     /// Tiled VAE decode: TILE_H,TILE_W,STRIDE_H,STRIDE_W in pixels (tiles mode).
     #[arg(long, value_name = "TH,TW,SH,SW", value_parser = TilingSpec::parse)]
     pub tiling: Option<TilingSpec>,
-    /// Where the UMT5 text encoder runs: cpu (the host) or sharded (split by layer over the ranks).
+    /// Where the prompt's text encoder (UMT5; HunyuanVideo 1.5: Qwen2.5-VL) runs: cpu (the host) or
+    /// sharded (split by layer over the ranks).
     #[arg(long = "text-encoder-on", id = "text_encoder_on", value_enum)]
     pub text_encoder: Option<TextEncoderPlacement>,
     /// Two-expert models (A14B): pipeline (both experts loaded for the whole run) or phased (only the

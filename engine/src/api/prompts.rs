@@ -1,7 +1,7 @@
-//! Prompt resolution for a [`super::Session`]: text through UMT5 (on the host, or split by layer over
-//! the session's workers when the plan says `sharded`), embeddings files, or seeded stand-ins. Every
-//! encoded text is kept in memory per (model, text), on top of the on-disk prompt cache, so a
-//! second run with the same prompt encodes nothing.
+//! Prompt resolution for a [`super::Session`]: text through UMT5 or HunyuanVideo 1.5's Qwen2.5-VL
+//! (on the host, or split by layer over the session's workers when the plan says `sharded`),
+//! embeddings files, or seeded stand-ins. Every encoded text is kept in memory per (model, text),
+//! on top of the on-disk prompt cache, so a second run with the same prompt encodes nothing.
 //!
 //! HunyuanVideo 1.5 prompts have two streams: MLLM (Qwen2.5-VL) states and ByT5 glyph states.
 //! Its embeddings files use diffusers' argument names (`prompt_embeds`, `prompt_embeds_mask`,
@@ -21,7 +21,7 @@ use crate::models::hv15::transformer::valid_rows;
 use crate::parallel::plan::TextEncoderPlacement;
 use crate::pipeline::request::RequestError;
 use crate::pipeline::sampling;
-use crate::runtime::protocol::{EncodePromptSpec, Job, JobData, WireTensor};
+use crate::runtime::protocol::{DeviceKind, EncodePromptSpec, Job, JobData, PromptEncoder, WireTensor};
 use crate::runtime::{JobEvent, JobResult, Supervisor};
 use crate::text::{self, PromptCache, TextEncoderOptions, DEFAULT_MAX_SEQUENCE_LENGTH};
 
@@ -70,7 +70,7 @@ impl PromptMemory {
             })
             .collect();
         if model.hv15.is_some() {
-            return self.resolve_hv15(req, model, negative.as_ref(), on_event);
+            return self.resolve_hv15(req, model, negative.as_ref(), world, on_event);
         }
         let max_len = model.demo.as_ref().and_then(|d| d.max_sequence_length).unwrap_or(DEFAULT_MAX_SEQUENCE_LENGTH);
         // `validate` refused prompt text for a model without an encoder; the stand-in text model
@@ -99,13 +99,14 @@ impl PromptMemory {
     }
 
     /// [`Self::resolve`] for HunyuanVideo 1.5: embeddings files (both streams), stand-ins, or text
-    /// through its MLLM (Qwen2.5-VL on the host) and, for quoted text, its ByT5 glyph encoder (on
-    /// the host).
+    /// through its MLLM (Qwen2.5-VL on the host, or split by layer over `world` when the plan says
+    /// `sharded`) and, for quoted text, its ByT5 glyph encoder (on the host: small).
     fn resolve_hv15(
         &mut self,
         req: &GenerationRequest,
         model: &ModelSpec,
         negative: Option<&Prompt>,
+        world: &mut Supervisor,
         on_event: &mut dyn FnMut(&JobEvent),
     ) -> Result<Resolved, SessionError> {
         let Some(hv) = &model.hv15 else { return Err(SessionError::Input("not a HunyuanVideo 1.5 model".into())) };
@@ -115,13 +116,6 @@ impl PromptMemory {
             if let Some(Prompt::Text(t)) = p {
                 texts.push((t.as_str(), field));
             }
-        }
-        if !texts.is_empty() && req.plan.text_encoder == TextEncoderPlacement::Sharded {
-            return Err(RequestError::new(
-                Field::TextEncoder,
-                "HunyuanVideo 1.5 encodes prompts on the host so far: set «text-encoder» cpu",
-            )
-            .into());
         }
         let max_len = text::hv15::MAX_LENGTH;
         let text_model = model.text_model().unwrap_or_else(|| TextModel::in_folder(&model.root));
@@ -134,8 +128,10 @@ impl PromptMemory {
         let disk = self.disk_cache.clone().map(PromptCache::new);
         let mut disk_keys = HashMap::new();
         if let (Some(cache), Some(_), false) = (&disk, model.text_model(), missing.is_empty()) {
+            let on_cpu = req.plan.text_encoder == TextEncoderPlacement::Cpu || req.device == DeviceKind::Cpu;
+            let dtype = text::hv15::run_dtype(&text_model, on_cpu)?;
             for t in &missing {
-                let k = text::hv15::cache_key(&text_model, t, max_len)?;
+                let k = text::hv15::cache_key(&text_model, t, max_len, dtype)?;
                 if let Some(e) = cache.get(&k, &Device::Cpu)? {
                     self.encoded.insert(key(t), e);
                 }
@@ -146,17 +142,34 @@ impl PromptMemory {
                 tracing::info!("HunyuanVideo 1.5 prompt embeddings served from cache; Qwen2.5-VL not loaded");
             }
         }
+        let mut text_job = None;
         if !missing.is_empty() {
-            on_event(&JobEvent::Stage { message: "encoding the prompts (Qwen2.5-VL on the host)".into() });
             let (encoder, tokenizer) = match (&model.components.text_encoder, &model.components.tokenizer) {
                 (Some(e), Some(t)) => (e, t),
                 _ => return Err(SessionError::Input("the model has no text_encoder/ and tokenizer/".into())),
             };
-            let tok = text::hv15::MllmTokenizer::from_path(tokenizer)?;
-            let qwen = crate::models::qwen25vl_text::load(encoder, DType::F32, &Device::Cpu)
-                .map_err(|e| SessionError::Input(format!("loading the text encoder: {e}")))?;
-            for t in missing {
-                let e = text::hv15::mllm_embeds(&qwen, &tok, t, max_len)?;
+            let encoded = match req.plan.text_encoder {
+                TextEncoderPlacement::Cpu => {
+                    on_event(&JobEvent::Stage { message: "encoding the prompts (Qwen2.5-VL on the host)".into() });
+                    let tok = text::hv15::MllmTokenizer::from_path(tokenizer)?;
+                    let qwen = crate::models::qwen25vl_text::load(encoder, DType::F32, &Device::Cpu)
+                        .map_err(text::TextError::from)?;
+                    missing
+                        .iter()
+                        .map(|t| text::hv15::mllm_embeds(&qwen, &tok, t, max_len))
+                        .collect::<Result<_, _>>()?
+                }
+                TextEncoderPlacement::Sharded => {
+                    on_event(&JobEvent::Stage {
+                        message: "encoding the prompts (Qwen2.5-VL split by layer over the workers)".into(),
+                    });
+                    let (encoded, job) =
+                        encode_on_workers(world, &text_model, PromptEncoder::Hv15Mllm, &missing, max_len, on_event)?;
+                    text_job = job;
+                    encoded
+                }
+            };
+            for (t, e) in missing.into_iter().zip(encoded) {
                 if let (Some(cache), Some(k)) = (&disk, disk_keys.get(t)) {
                     cache.put(k, &e)?;
                 }
@@ -202,7 +215,7 @@ impl PromptMemory {
         let (prompt, prompt_2) = source(&req.prompt, Field::PromptEmbeds, "")?;
         let negative = negative.map(|n| source(n, Field::NegativePromptEmbeds, "negative_")).transpose()?;
         let (negative, negative_2) = negative.map_or((None, None), |(t, g)| (Some(t), g));
-        Ok(Resolved { prompt, negative, prompt_2, negative_2, text_job: None })
+        Ok(Resolved { prompt, negative, prompt_2, negative_2, text_job })
     }
 
     /// Embeddings of `texts` with the text encoder `text` (encoding only those not in memory),
@@ -258,39 +271,53 @@ impl PromptMemory {
             }
             TextEncoderPlacement::Sharded => {
                 on_event(&JobEvent::Stage { message: "encoding the prompts on the workers".into() });
-                let mut tensors = Vec::new();
-                let mut last = None;
-                // The text job takes a prompt and a negative: two texts at a time.
-                for pair in missing.chunks(2) {
-                    let spec = EncodePromptSpec {
-                        text: model.clone(),
-                        prompts: pair.iter().map(|t| t.to_string()).collect(),
-                        max_sequence_length: max_len,
-                        cache_dir: cache_dir.clone(),
-                    };
-                    let result = world.run_job(Job::EncodePrompt(spec), |e| on_event(e))?;
-                    for (_, data) in &result.data {
-                        if let JobData::Tensor { tensor, .. } = data {
-                            tensors.push(tensor.to_tensor(&Device::Cpu)?);
-                        }
-                    }
-                    last = Some(result);
-                }
-                (tensors, last)
+                let encoder = PromptEncoder::Umt5 { cache_dir };
+                encode_on_workers(world, model, encoder, &missing, max_len, on_event)?
             }
         };
-        if tensors.len() != missing.len() {
-            return Err(SessionError::Input(format!(
-                "the text encoder returned {} embeddings for {} prompts",
-                tensors.len(),
-                missing.len()
-            )));
-        }
         for (t, e) in missing.iter().zip(tensors) {
             self.encoded.insert((model.clone(), t.to_string(), max_len), e.to_dtype(DType::F32)?);
         }
         Ok(job)
     }
+}
+
+/// `texts` encoded by the world's text job with `encoder` (a prompt and a negative per job, what
+/// the job takes), f32 on the host in order, and the last job's result (its `text_encode` phase
+/// goes into the run's report).
+fn encode_on_workers(
+    world: &mut Supervisor,
+    text: &TextModel,
+    encoder: PromptEncoder,
+    texts: &[&str],
+    max_len: usize,
+    on_event: &mut dyn FnMut(&JobEvent),
+) -> Result<(Vec<Tensor>, Option<JobResult>), SessionError> {
+    let mut tensors = Vec::with_capacity(texts.len());
+    let mut last = None;
+    for pair in texts.chunks(2) {
+        let spec = EncodePromptSpec {
+            encoder: encoder.clone(),
+            text: text.clone(),
+            prompts: pair.iter().map(|t| t.to_string()).collect(),
+            max_sequence_length: max_len,
+        };
+        let result = world.run_job(Job::EncodePrompt(spec), |e| on_event(e))?;
+        for (_, data) in &result.data {
+            if let JobData::Tensor { tensor, .. } = data {
+                tensors.push(tensor.to_tensor(&Device::Cpu)?);
+            }
+        }
+        last = Some(result);
+    }
+    if tensors.len() != texts.len() {
+        return Err(SessionError::Input(format!(
+            "the text encoder returned {} embeddings for {} prompts",
+            tensors.len(),
+            texts.len()
+        )));
+    }
+    Ok((tensors, last))
 }
 
 /// Tensor `name` of an embeddings file, checked to be `(1, L, text_dim)`: read on the host (the

@@ -34,7 +34,8 @@ impl std::fmt::Display for VaeMode {
     }
 }
 
-/// Where the UMT5 text encoder runs.
+/// Where the prompt's text encoder runs (Wan: UMT5; HunyuanVideo 1.5: Qwen2.5-VL, its ByT5 glyph
+/// encoder staying on the host).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TextEncoderPlacement {
@@ -42,7 +43,8 @@ pub enum TextEncoderPlacement {
     #[default]
     #[value(alias = "host")]
     Cpu,
-    /// Split by layer over the worker ranks (`text::sharded`): each holds ~1/N of the layers.
+    /// Split by layer over the worker ranks (`text::sharded`, `text::hv15_sharded`): each holds ~1/N
+    /// of the layers.
     #[value(alias = "workers")]
     Sharded,
 }

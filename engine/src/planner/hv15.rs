@@ -39,7 +39,9 @@ use crate::models::hv15::vae::Config as VaeConfig;
 use crate::models::siglip::Config as SiglipConfig;
 use crate::models::wan::transformer::attention::ChunkedAttention;
 use crate::models::wan::vae::TilePlan;
-use crate::parallel::plan::{ParallelPlan, PlanModel, VaeMode};
+use crate::parallel::plan::{ParallelPlan, PlanModel, TextEncoderPlacement, VaeMode};
+use crate::text::hv15::{layers_taken, PIPELINE_CROP_START};
+use crate::text::sharded::LayerShard;
 
 /// `nn.Linear(i, o)` with bias.
 fn linear(i: usize, o: usize) -> u64 {
@@ -751,13 +753,107 @@ fn term(name: &str, bytes: u64) -> Term {
     Term { name: name.into(), bytes }
 }
 
-/// Host bytes of the Qwen2.5-VL text model in f32 (the host encodes HV1.5 prompts), read from
-/// `text_encoder/config.json`; 0 without one.
-pub fn host_text_encoder_bytes(spec: &ModelSpec) -> u64 {
-    let Some(dir) = &spec.components.text_encoder else { return 0 };
-    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return 0 };
-    let Ok(q) = serde_json::from_str::<QwenSize>(&text) else { return 0 };
-    qwen_total(&q) * 4
+/// The Qwen2.5-VL text model's size from `text_encoder/config.json` (`None` without a readable one:
+/// prompts then come as embeddings files).
+fn qwen_size(spec: &ModelSpec) -> Option<QwenSize> {
+    let dir = spec.components.text_encoder.as_ref()?;
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()
+}
+
+/// Peak bytes one Qwen2.5-VL decoder layer allocates above its input, over `n` tokens in the run
+/// dtype (`e` bytes; `models/qwen25vl_text/model.rs`): the input norm (bound to the end of the
+/// attention's statement); q, k and v projected (matmul, then the bias sum) and split into heads
+/// by a copy; RoPE on q and k in f32 (on bf16: the f32 copy, the rotation, the cast back), the
+/// unrotated ones staying bound (shadowed) to the return; k and v repeated to every query head
+/// (GQA; copies, the originals bound too); the scores and their scaled copy, the f32 causal mask
+/// (and its run-dtype copy), the masked scores and the softmax; the context, its merged-heads copy
+/// and `o_proj`. Then the residual sum, and the MLP in one statement: the norm, gate, SiLU, up and
+/// their product all live until `down_proj` returns.
+pub fn qwen_layer_peak(q: &QwenSize, n: usize, e: u64) -> u64 {
+    let (n, h, i) = (n as u64, q.hidden_size as u64, q.intermediate_size as u64);
+    let (heads, kv_heads) = (q.num_attention_heads as u64, q.num_key_value_heads as u64);
+    let x = n * h * e;
+    let kv = n * kv_heads * (h / heads) * e;
+    let scores = heads * n * n * e;
+    let mut m = Live::default();
+    m.alloc(x); // input_layernorm
+    for r in [x, kv, kv] {
+        lin(&mut m, r);
+        m.alloc(r); // heads(..).contiguous()
+        m.free(r); // the projection, at the closure's return
+    }
+    for r in [x, kv] {
+        let rf = r / e * 4;
+        if e == 4 {
+            m.alloc(rf); // rope (the input is already f32)
+        } else {
+            m.alloc(rf); // to_dtype(F32)
+            m.alloc(rf); // rope
+            m.alloc(r); // back to the run dtype
+            m.free(2 * rf);
+        }
+    }
+    if heads != kv_heads {
+        m.alloc(2 * x); // k and v repeated
+    }
+    m.alloc(scores); // q·kᵀ
+    m.alloc(scores); // · scale
+    m.free(scores);
+    m.alloc(n * n * 4 + if e == 4 { 0 } else { n * n * e }); // the causal mask
+    m.alloc(scores); // + mask
+    m.alloc(scores); // softmax
+    m.free(scores);
+    m.alloc(x); // probs·v
+    m.alloc(x); // merged heads copy
+    m.alloc(x); // o_proj
+    let attention = m.peak();
+    // After the attention: its input (the norm), its output and the residual sum, then the MLP.
+    let mut m = Live::with_base(x);
+    m.alloc(x); // post_attention_layernorm
+    for _ in 0..4 {
+        m.alloc(n * i * e); // gate, SiLU, up, product
+    }
+    m.alloc(x); // down_proj
+    m.free(4 * n * i * e + x);
+    m.alloc(x); // + MLP
+    attention.max(m.peak())
+}
+
+/// The `text_encode` phase's terms on `rank` of `ranks` when the Qwen2.5-VL text model runs split
+/// by layer over them (`text::hv15_sharded`) for `prompts` prompts: the rank's share of the layers
+/// the pipeline's hidden state needs (the last two and the final norm are never loaded) in the run
+/// dtype, the token embedding on rank 0; over the template prefix and `prompt_tokens` tokens, the
+/// hidden state it starts from (rank 0: the embedding; later ranks: the f32 copy they receive and
+/// its run-dtype cast), the previous layer's output beside the running layer, the RoPE tables and
+/// one layer's working set ([`qwen_layer_peak`]); and the `[1, prompt_tokens, hidden]` f32 results
+/// every rank ends with.
+pub fn text_encode_terms(q: &QwenSize, opts: &Options, rank: usize, ranks: usize, prompts: usize) -> Vec<Term> {
+    let e: u64 = if opts.target == Target::Cuda { 2 } else { 4 };
+    let shard = LayerShard::new(layers_taken(q.num_hidden_layers), rank, ranks);
+    let h = q.hidden_size as u64;
+    let mut weights = shard.layers.len() as u64 * qwen_layer(q) * e;
+    if shard.is_first() {
+        weights += q.vocab_size as u64 * h * e;
+    }
+    let n = opts.prompt_tokens + PIPELINE_CROP_START;
+    let x = n as u64 * h * e;
+    let act = if rank < shard.holders {
+        let input = if shard.is_first() { x } else { n as u64 * h * 4 + if e == 4 { 0 } else { x } };
+        let previous = if shard.layers.len() > 1 { x } else { 0 };
+        let rope = 2 * n as u64 * (h / q.num_attention_heads as u64 / 2) * 4;
+        input + previous + rope + if shard.layers.is_empty() { 0 } else { qwen_layer_peak(q, n, e) }
+    } else {
+        0
+    };
+    let result = prompts as u64 * opts.prompt_tokens as u64 * h * 4;
+    let slabs =
+        if opts.target == Target::Cpu && !shard.layers.is_empty() { opts.threads as u64 * opts.l2_bytes } else { 0 };
+    vec![
+        term("text encoder weights", weights),
+        term("text encoder activations", act),
+        term("prompt embeddings", result),
+        term("matmul slabs", slabs),
+    ]
 }
 
 /// The image-to-video facts of a request: the SigLIP tower, its tokens' share of the context, and
@@ -784,8 +880,10 @@ fn image_input<'a>(spec: &'a ModelSpec, req: &Request) -> Result<Option<ImageInp
     Ok(Some(ImageInput { siglip, pixels: (3 * req.height * req.width) as u64 }))
 }
 
-/// Every rank's peak per phase of an HV1.5 generation (`load`, `encode_image` on the VAE group for
-/// image-to-video, `denoise`, `decode`; prompts are encoded on the host, so no `text_encode` phase).
+/// Every rank's peak per phase of an HV1.5 generation (`text_encode` when the plan splits the Qwen
+/// text model over the ranks, `load`, `encode_image` on the VAE group for image-to-video,
+/// `denoise`, `decode`; with the text encoder on the host, its f32 bytes are reported beside the
+/// ranks instead).
 pub fn predict(
     spec: &ModelSpec,
     req: &Request,
@@ -918,6 +1016,11 @@ pub fn predict(
         siglip.max(if vae > 0 { image_embeds + vae } else { 0 })
     };
 
+    // The Qwen text model: split over the ranks in a text job of its own before the generation, or
+    // on the host.
+    let qwen = qwen_size(spec);
+    let sharded_text = plan.text_encoder == TextEncoderPlacement::Sharded;
+
     let mut ranks = Vec::with_capacity(plan.ranks);
     for rank in 0..plan.ranks {
         let decodes = rank < v;
@@ -931,6 +1034,11 @@ pub fn predict(
             ]
         };
         let mut phases = Vec::new();
+        if let (Some(q), true) = (&qwen, sharded_text) {
+            let mut t = text_encode_terms(q, opts, rank, plan.ranks, branches as usize);
+            t.push(term("cuda context", context));
+            phases.push(PhasePrediction::new("text_encode", t));
+        }
         let mut t = loaded();
         // FSDP slices are read through a byte buffer (on the CPU) before the stem is loaded
         // (`Hv15ShardedTransformer::load`), so that buffer never meets the whole part: no term.
@@ -973,7 +1081,12 @@ pub fn predict(
             phases,
         });
     }
-    Ok(Prediction { ranks, host_text_encoder_bytes: host_text_encoder_bytes(spec) })
+    // The host's f32 Qwen (`--text-encoder-on cpu`); none when the ranks run it.
+    let host_text = match (&qwen, sharded_text) {
+        (Some(q), false) => qwen_total(q) * 4,
+        _ => 0,
+    };
+    Ok(Prediction { ranks, host_text_encoder_bytes: host_text })
 }
 
 /// The VAE part of the image encode on `rank` of the VAE group (0: it takes no part), in the
@@ -1118,6 +1231,51 @@ mod tests {
         let mut one = spec.clone();
         one.hv15.as_mut().unwrap().transformer.num_layers = 1;
         assert_eq!(denoise(true, &one).1, 0, "one block: nothing to prefetch");
+    }
+
+    /// `--text-encoder-on sharded`: the published Qwen2.5-VL (28 layers; `hidden_states[-3]` takes
+    /// 26) split over four ranks 7/7/6/6 in a `text_encode` phase before `load`, rank 0 also holding
+    /// the token embedding and nobody the last two layers or the final norm; the host's 28 GB f32
+    /// copy is gone and the other phases are unchanged. Ranks beyond the layers hold nothing.
+    #[test]
+    fn sharded_qwen_runs_on_the_ranks_instead_of_the_host() {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/configs"));
+        let spec = ModelSpec::from_path(&root.join("hv15-480p-t2v")).unwrap();
+        let q = qwen_size(&spec).expect("the config folder has text_encoder/config.json");
+        let req = Request { height: 480, width: 848, frames: 121, guidance: 6.0, image: false };
+        let host_plan = ParallelPlan { ranks: 4, ulysses: 2, cfg_parallel: 2, fsdp: 4, ..Default::default() };
+        let plan = ParallelPlan { text_encoder: TextEncoderPlacement::Sharded, ..host_plan };
+        let opts = Options::new(Target::Cuda);
+        let host = predict(&spec, &req, &host_plan, &opts).unwrap();
+        let sharded = predict(&spec, &req, &plan, &opts).unwrap();
+        assert_eq!(host.host_text_encoder_bytes, qwen_total(&q) * 4);
+        assert_eq!(host.host_text_encoder_bytes, 28_282_476_544);
+        assert_eq!(sharded.host_text_encoder_bytes, 0);
+        let (layer, embedding) = (qwen_layer(&q) * 2, (q.vocab_size * q.hidden_size) as u64 * 2);
+        let mut held = 0;
+        for (rank, layers) in [7, 7, 6, 6].into_iter().enumerate() {
+            let names: Vec<&str> = sharded.ranks[rank].phases.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names, ["text_encode", "load", "denoise", "decode"]);
+            assert!(!host.ranks[rank].phases.iter().any(|p| p.name == "text_encode"));
+            assert_eq!(sharded.ranks[rank].phases[1..], host.ranks[rank].phases[..], "rank {rank}");
+            let text = phase(&sharded, rank, "text_encode");
+            let weights = term_bytes(&text, "text encoder weights");
+            assert_eq!(weights, layers * layer + if rank == 0 { embedding } else { 0 }, "rank {rank}");
+            held += weights;
+            // One layer's working set over 620 tokens: at least the MLP's four `n × intermediate`
+            // tensors, far below the rank's weights; the phase is not the rank's peak.
+            let act = term_bytes(&text, "text encoder activations");
+            let mlp = 4 * 620 * q.intermediate_size as u64 * 2;
+            assert!(act >= mlp && act < weights / 10, "rank {rank}: {act} B of activations");
+            assert!(text.peak_bytes < sharded.ranks[rank].peak_bytes, "rank {rank}: text_encode is the peak");
+        }
+        assert_eq!(held, qwen_total(&q) * 2 - 2 * layer - q.hidden_size as u64 * 2);
+        // The golden-sized model (4 layers, 2 taken) over 3 ranks: the third holds nothing but the
+        // results.
+        let tiny = QwenSize { num_hidden_layers: 4, ..q.clone() };
+        let third = text_encode_terms(&tiny, &opts, 2, 3, 2);
+        assert_eq!((third[0].bytes, third[1].bytes), (0, 0));
+        assert_eq!(third[2].bytes, 2 * 512 * q.hidden_size as u64 * 4);
     }
 
     /// The tower's count equals the golden SigLIP's tensors (its pooling head aside), layer for

@@ -99,12 +99,6 @@ pub fn candidates(spec: &ModelSpec, req: &Request, ranks: usize) -> Vec<Parallel
     let divisors: Vec<usize> = (1..=ranks).filter(|d| ranks.is_multiple_of(*d)).collect();
     let vae_groups: Vec<usize> = if ranks > 1 { vec![1, ranks] } else { vec![1] };
     // Only two-expert models have a residency to choose.
-    // HunyuanVideo 1.5 encodes its prompts on the host (its Qwen encoder is not split yet).
-    let text_placements: &[TextEncoderPlacement] = if spec.hv15.is_some() {
-        &[TextEncoderPlacement::Cpu]
-    } else {
-        &[TextEncoderPlacement::Cpu, TextEncoderPlacement::Sharded]
-    };
     let residencies: &[Residency] =
         if spec.transformer_2.is_some() { &[Residency::Pipeline, Residency::Phased] } else { &[Residency::Pipeline] };
     for cfg_parallel in [1, 2] {
@@ -114,7 +108,7 @@ pub fn candidates(spec: &ModelSpec, req: &Request, ranks: usize) -> Vec<Parallel
         for &fsdp in &divisors {
             for &vae_parallel in &vae_groups {
                 for (vae_mode, vae_tiling) in [(VaeMode::Halo, None), (VaeMode::Tiles, Some(TilingSpec::default()))] {
-                    for &text_encoder in text_placements {
+                    for text_encoder in [TextEncoderPlacement::Cpu, TextEncoderPlacement::Sharded] {
                         for &residency in residencies {
                             let p = ParallelPlan {
                                 ranks,

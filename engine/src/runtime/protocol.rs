@@ -361,12 +361,23 @@ pub struct VaeEncodeSpec {
 /// second, if any).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncodePromptSpec {
-    /// The UMT5 encoder and tokenizer (folders or single files).
+    pub encoder: PromptEncoder,
+    /// The encoder and its tokenizer (UMT5: folders or single files; Qwen2.5-VL: folders).
     pub text: crate::model_spec::TextModel,
     pub prompts: Vec<String>,
+    /// UMT5: the padded length; HunyuanVideo 1.5: the prompt tokens kept after the crop.
     pub max_sequence_length: usize,
-    /// Prompt-embedding cache folder (`None`: no cache).
-    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// Which prompt encoder a text job splits over the world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PromptEncoder {
+    /// Wan's UMT5 (`text::sharded`), with the prompt-embedding cache folder rank 0 consults and
+    /// fills (`None`: no cache).
+    Umt5 { cache_dir: Option<std::path::PathBuf> },
+    /// HunyuanVideo 1.5's MLLM prompt, Qwen2.5-VL (`text::hv15_sharded`): the session consults and
+    /// fills the cache around the job (the host path shares that code), so the job has none.
+    Hv15Mllm,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -30,6 +30,10 @@ pub const MAX_LENGTH: usize = 1000;
 /// `num_hidden_layers_to_skip`: the embedding is `hidden_states[-3]`.
 const LAYERS_TO_SKIP: usize = 2;
 
+/// The pipeline's hard-coded `crop_start`: the real Qwen2.5-VL tokenizer's count of template
+/// prefix tokens (the encoder runs over them too; the planner sizes a prompt with it).
+pub const PIPELINE_CROP_START: usize = 108;
+
 /// The chat template rendered for `[system, user]` with `add_generation_prompt=True`; an empty
 /// prompt becomes `" "` (the pipeline's `format_text_input`).
 pub fn chat_template(prompt: &str, system: &str) -> String {
@@ -93,6 +97,30 @@ impl MllmTokenizer {
     }
 }
 
+/// `num_hidden_layers_to_skip`'s hidden state as a layer count: `hidden_states[-3]` of a model of
+/// `num_hidden_layers` is the output of its first `num_hidden_layers − 2` decoder layers (the later
+/// ones never run).
+pub fn layers_taken(num_hidden_layers: usize) -> usize {
+    num_hidden_layers.saturating_sub(LAYERS_TO_SKIP)
+}
+
+/// The valid ids of `prompt` (see [`MllmTokenizer::ids`]), refused when nothing is left after the
+/// crop.
+pub(crate) fn prompt_ids(tokenizer: &MllmTokenizer, prompt: &str, max_length: usize) -> Result<Vec<u32>, TextError> {
+    let ids = tokenizer.ids(prompt, max_length)?;
+    if ids.len() <= tokenizer.crop_start() {
+        return Err(TextError::BadLength(max_length));
+    }
+    Ok(ids)
+}
+
+/// The pipeline's cut of the taken hidden state `[N, hidden]`: the rows after the template prefix,
+/// `[1, N − crop_start, hidden]`.
+pub(crate) fn crop_prompt_rows(hidden: &Tensor, crop_start: usize) -> Result<Tensor, TextError> {
+    let n = hidden.dim(0)?;
+    Ok(hidden.narrow(0, crop_start, n - crop_start)?.unsqueeze(0)?)
+}
+
 /// `prompt_embeds` of one prompt, valid rows only: `[1, N, hidden]` with `N ≤ max_length`.
 pub fn mllm_embeds(
     model: &Qwen25VlTextModel,
@@ -100,24 +128,30 @@ pub fn mllm_embeds(
     prompt: &str,
     max_length: usize,
 ) -> Result<Tensor, TextError> {
-    let ids = tokenizer.ids(prompt, max_length)?;
-    let crop = tokenizer.crop_start();
-    if ids.len() <= crop {
-        return Err(TextError::BadLength(max_length));
-    }
-    let hidden = model.hidden_skipping(&ids, LAYERS_TO_SKIP)?;
-    Ok(hidden.narrow(0, crop, ids.len() - crop)?.unsqueeze(0)?)
+    let ids = prompt_ids(tokenizer, prompt, max_length)?;
+    let hidden = model.hidden(&ids, layers_taken(model.config().num_hidden_layers))?;
+    crop_prompt_rows(&hidden, tokenizer.crop_start())
 }
 
-/// The on-disk cache key of `prompt`'s [`mllm_embeds`] (f32) by the Qwen text model of `model`:
-/// the model's identity (its `config.json`, weight files and `tokenizer.json`, as for UMT5), this
-/// extraction (system message, `hidden_states[-3]`, crop) and the length. Nothing is read but
-/// metadata, so a cache hit never maps the 7 B-parameter model.
-pub fn cache_key(model: &TextModel, prompt: &str, max_length: usize) -> Result<String, TextError> {
+/// The dtype the Qwen text model runs in: f32 on the CPU (the host, or CPU workers), the
+/// checkpoint's on a GPU (bf16 for the published weights), as the UMT5 split runs.
+pub fn run_dtype(model: &TextModel, on_cpu: bool) -> Result<DType, TextError> {
+    if on_cpu {
+        return Ok(DType::F32);
+    }
+    super::encoder::resolve_dtype(&model.files()?, None)
+}
+
+/// The on-disk cache key of `prompt`'s [`mllm_embeds`] by the Qwen text model of `model` run in
+/// `dtype` ([`run_dtype`]: a bf16 GPU run's embeddings are not the f32 host's): the model's
+/// identity (its `config.json`, weight files and `tokenizer.json`, as for UMT5), this extraction
+/// (system message, `hidden_states[-3]`, crop) and the length. Nothing is read but metadata, so a
+/// cache hit never maps the 7 B-parameter model.
+pub fn cache_key(model: &TextModel, prompt: &str, max_length: usize, dtype: DType) -> Result<String, TextError> {
     let tokenizer_json = super::tokenizer::tokenizer_file(&model.tokenizer);
     let identity = model_identity(model, &tokenizer_json)?;
     let extraction = format!("hunyuanvideo-1.5 mllm: hidden_states[-{}], {SYSTEM_MESSAGE}", LAYERS_TO_SKIP + 1);
-    Ok(PromptCache::key(&format!("{identity}{extraction}"), prompt, max_length, DType::F32))
+    Ok(PromptCache::key(&format!("{identity}{extraction}"), prompt, max_length, dtype))
 }
 
 /// The ByT5 input of `prompt` as `extract_glyph_texts` makes it: every `"…"` or `“…”` (non-greedy,

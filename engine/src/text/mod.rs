@@ -6,6 +6,7 @@
 //!   and zero-padded exactly as `_get_t5_prompt_embeds`.
 //! - [`sharded`] — `--text-encoder-on sharded`: UMT5 split by layer over the worker ranks.
 //! - [`hv15`] — HunyuanVideo 1.5's MLLM prompt: Qwen2.5-VL chat template, crop, `hidden_states[-3]`.
+//! - [`hv15_sharded`] — the same prompt with Qwen2.5-VL split by layer over the worker ranks.
 //! - [`byt5`] — HunyuanVideo 1.5's glyph encoder: ByT5 tokenizer + T5 encoder on the quoted text.
 //! - [`cache`] — embeddings on disk keyed by (prompt, model identity, length, dtype), so a re-run
 //!   with the same prompt never loads the 11 GB encoder.
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod clean;
 pub mod encoder;
 pub mod hv15;
+pub mod hv15_sharded;
 pub mod sharded;
 pub mod tokenizer;
 
@@ -42,6 +44,8 @@ pub enum TextError {
     Weights(#[from] crate::weights::WeightsError),
     #[error(transparent)]
     Spec(#[from] crate::model_spec::ModelSpecError),
+    #[error("HunyuanVideo 1.5 text encoder (Qwen2.5-VL): {0}")]
+    Qwen(#[from] crate::models::qwen25vl_text::TextModelLoadError),
     #[error("text encoder failed: {0}")]
     Model(#[from] candle_core::Error),
     #[error("prompt-embedding cache {path}: {msg}")]

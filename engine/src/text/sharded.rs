@@ -52,8 +52,7 @@ pub struct ShardedTextEncoder {
     layers: UMT5Layers,
     final_norm: Option<RmsNorm>,
     comm: Arc<dyn Collective>,
-    /// Ranks `0..holders` hold layers (all of them unless the world has more ranks than layers).
-    holders: usize,
+    shard: LayerShard,
     device: Device,
     dtype: DType,
     max_sequence_length: usize,
@@ -70,18 +69,17 @@ impl ShardedTextEncoder {
         let tokenizer = PromptTokenizer::from_path(&model.tokenizer)?;
         let cfg = model.config()?;
         let dtype = resolve_dtype(&model.files()?, opts.dtype)?;
-        let (rank, world) = (comm.rank().0, comm.world_size());
-        // More ranks than layers: the extra ranks hold nothing and only receive the result.
-        let holders = world.min(cfg.num_layers).max(1);
-        let range = layer_split(cfg.num_layers, holders).get(rank).cloned().unwrap_or(0..0);
+        let shard = LayerShard::new(cfg.num_layers, comm.rank().0, comm.world_size());
         let vb = model.weights()?.var_builder(dtype, &opts.device)?;
-        let embed_tokens = (rank == 0).then(|| umt5::encoder::embedding(&cfg, &vb)).transpose()?;
-        let layers = UMT5Layers::new(&cfg, &vb, range.clone())?;
-        let final_norm = (rank + 1 == holders)
+        let embed_tokens = shard.is_first().then(|| umt5::encoder::embedding(&cfg, &vb)).transpose()?;
+        let layers = UMT5Layers::new(&cfg, &vb, shard.layers.clone())?;
+        let final_norm = shard
+            .is_last()
             .then(|| RmsNorm::new(cfg.d_model, cfg.layer_norm_epsilon, vb.pp("encoder").pp("final_layer_norm")))
             .transpose()?;
-        let weights_bytes = shard_bytes(&cfg, range.len(), rank == 0, rank + 1 == holders, dtype)?;
-        tracing::info!(rank, layers = ?range, gb = weights_bytes as f64 / 1e9, "loaded text encoder shard");
+        let weights_bytes = shard_bytes(&cfg, shard.layers.len(), shard.is_first(), shard.is_last(), dtype)?;
+        let gb = weights_bytes as f64 / 1e9;
+        tracing::info!(rank = shard.rank, layers = ?shard.layers, gb, "loaded text encoder shard");
         Ok(Self {
             tokenizer,
             cfg,
@@ -89,7 +87,7 @@ impl ShardedTextEncoder {
             layers,
             final_norm,
             comm,
-            holders,
+            shard,
             device: opts.device.clone(),
             dtype,
             max_sequence_length: opts.max_sequence_length,
@@ -109,43 +107,100 @@ impl ShardedTextEncoder {
     /// `prompt_embeds` `(1, max_sequence_length, d_model)` f32 on every rank (collective).
     pub fn encode(&self, prompt: &str) -> Result<Tensor, TextError> {
         let tokens = self.tokenizer.encode(&prompt_clean(prompt), self.max_sequence_length)?;
-        let rank = self.comm.rank().0;
         let len = tokens.len;
-        let last = Rank(self.holders - 1);
-        let padded = (1, self.max_sequence_length, self.cfg.d_model);
-        if rank >= self.holders {
-            let zeros = Tensor::zeros(padded, DType::F32, &Device::Cpu)?;
-            return Ok(self.comm.broadcast(&zeros, last)?);
-        }
+        let padded = [1, self.max_sequence_length, self.cfg.d_model];
+        let embed = || -> Result<Tensor, TextError> {
+            let embed = self.embed_tokens.as_ref().ok_or_else(|| candle_core::Error::msg("only rank 0 embeds"))?;
+            let ids = Tensor::new(&tokens.ids[..len], &self.device)?.unsqueeze(0)?;
+            let max_id = tokens.ids[..len].iter().copied().max().unwrap_or(0) as usize;
+            if max_id >= self.cfg.vocab_size {
+                return Err(TextError::Model(candle_core::Error::Msg(format!(
+                    "token id {max_id} is outside the text encoder's vocabulary of {} (tokenizer and text_encoder do not match)",
+                    self.cfg.vocab_size
+                ))));
+            }
+            Ok(embed.forward(&ids)?.to_dtype(DType::F32)?)
+        };
         // Only the real tokens run, as in the single-device encoder (same rows, less work).
-        let inputs = AttentionInputs::new(&self.cfg, len, None, &self.device)?;
-        let shape = [1, len, self.cfg.d_model];
-        let xs = match &self.embed_tokens {
-            Some(embed) => {
-                let ids = Tensor::new(&tokens.ids[..len], &self.device)?.unsqueeze(0)?;
-                let max_id = tokens.ids[..len].iter().copied().max().unwrap_or(0) as usize;
-                if max_id >= self.cfg.vocab_size {
-                    return Err(TextError::Model(candle_core::Error::Msg(format!(
-                        "token id {max_id} is outside the text encoder's vocabulary of {} (tokenizer and text_encoder do not match)",
-                        self.cfg.vocab_size
-                    ))));
-                }
-                embed.forward(&ids)?.to_dtype(DType::F32)?
-            }
-            None => self.comm.recv(Rank(rank - 1), &shape, DType::F32)?.to_device(&self.device)?,
+        let layers = |xs: Tensor| -> Result<Tensor, TextError> {
+            let inputs = AttentionInputs::new(&self.cfg, len, None, &self.device)?;
+            Ok(self.layers.forward(&xs, &inputs)?)
         };
-        let xs = self.layers.forward(&xs, &inputs)?;
-        let embeds = match &self.final_norm {
-            Some(norm) => {
-                let hidden = norm.forward(&xs)?.to_dtype(DType::F32)?.to_dtype(self.dtype)?.to_dtype(DType::F32)?;
-                zero_pad_rows(&hidden, self.max_sequence_length)?.to_device(&Device::Cpu)?
-            }
-            None => {
-                self.comm.send(&xs.to_device(&Device::Cpu)?, Rank(rank + 1))?;
-                Tensor::zeros(padded, DType::F32, &Device::Cpu)?
+        let finish = |xs: Tensor| -> Result<Tensor, TextError> {
+            let norm = self
+                .final_norm
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::msg("only the last holder has the final norm"))?;
+            let hidden = norm.forward(&xs)?.to_dtype(DType::F32)?.to_dtype(self.dtype)?.to_dtype(DType::F32)?;
+            Ok(zero_pad_rows(&hidden, self.max_sequence_length)?.to_device(&Device::Cpu)?)
+        };
+        self.shard.pass(self.comm.as_ref(), &self.device, &[1, len, self.cfg.d_model], &padded, embed, layers, finish)
+    }
+}
+
+/// Where one rank stands in a model split by layer over a collective: ranks `0..holders` hold
+/// `layer_split(num_layers, holders)`, rank 0 also the embedding, the last holder whatever turns
+/// the final hidden state into the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerShard {
+    pub rank: usize,
+    /// All ranks unless the world has more ranks than layers: the extra ranks hold nothing and
+    /// only receive the result (the world's size is the denoiser's choice, not the encoder's).
+    pub holders: usize,
+    /// This rank's layers (empty beyond the holders).
+    pub layers: Range<usize>,
+}
+
+impl LayerShard {
+    pub fn new(num_layers: usize, rank: usize, world: usize) -> Self {
+        let holders = world.min(num_layers).max(1);
+        let layers = layer_split(num_layers, holders).get(rank).cloned().unwrap_or(0..0);
+        Self { rank, holders, layers }
+    }
+
+    /// Holds the embedding and starts every pass.
+    pub fn is_first(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Makes the result of every pass.
+    pub fn is_last(&self) -> bool {
+        self.rank + 1 == self.holders
+    }
+
+    /// One prompt through the split model (collective; every rank of `comm` calls it): rank 0
+    /// starts from `embed()`, each later holder from the hidden state `hidden` (f32) its
+    /// predecessor sends, `layers` runs this rank's layers, and the last holder's `finish` makes
+    /// the result (f32 on the host, `out`), broadcast so every rank returns it. Hidden states
+    /// travel as f32 whatever the run dtype: the conversion is exact, and both ends agree on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pass(
+        &self,
+        comm: &dyn Collective,
+        device: &Device,
+        hidden: &[usize],
+        out: &[usize],
+        embed: impl FnOnce() -> Result<Tensor, TextError>,
+        layers: impl FnOnce(Tensor) -> Result<Tensor, TextError>,
+        finish: impl FnOnce(Tensor) -> Result<Tensor, TextError>,
+    ) -> Result<Tensor, TextError> {
+        let placeholder = || Tensor::zeros(out, DType::F32, &Device::Cpu);
+        let result = if self.rank >= self.holders {
+            placeholder()?
+        } else {
+            let xs = match self.rank {
+                0 => embed()?,
+                r => comm.recv(Rank(r - 1), hidden, DType::F32)?.to_device(device)?,
+            };
+            let xs = layers(xs)?;
+            if self.is_last() {
+                finish(xs)?
+            } else {
+                comm.send(&xs.to_dtype(DType::F32)?.to_device(&Device::Cpu)?, Rank(self.rank + 1))?;
+                placeholder()?
             }
         };
-        Ok(self.comm.broadcast(&embeds, last)?)
+        Ok(comm.broadcast(&result, Rank(self.holders - 1))?)
     }
 }
 

@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
+use tessera_engine::parallel::comm::{Collective, ThreadComm};
 
 pub mod recording;
 pub mod sweep;
@@ -33,4 +35,21 @@ pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let (max, rel) = errors(got, want);
     println!("{name}: max_abs {max:.3e}  rel {rel:.3e}  (tolerance rel {tol:.0e})");
     assert!(rel <= tol, "{name}: relative error {rel:.3e} above {tol:.0e} (max abs {max:.3e})");
+}
+
+/// Runs `f` on every rank of a `world`-rank thread collective (one thread per rank, as the worker
+/// processes run the same code over sockets) and returns each rank's result, rank order.
+pub fn on_ranks<T: Send + 'static>(
+    world: usize,
+    f: impl Fn(Arc<dyn Collective>) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let f = Arc::new(f);
+    let handles: Vec<_> = ThreadComm::world(world, std::time::Duration::from_secs(60))
+        .into_iter()
+        .map(|c| {
+            let f = f.clone();
+            std::thread::spawn(move || f(Arc::new(c)))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
 }

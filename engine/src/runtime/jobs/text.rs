@@ -1,10 +1,12 @@
-//! The sharded text-encoder job: UMT5 split by layer over every rank of the world
-//! (`text::sharded`), embeddings on every rank; rank 0 sends them back as `JobData`.
+//! The sharded text-encoder job: UMT5 (`text::sharded`) or HunyuanVideo 1.5's Qwen2.5-VL
+//! (`text::hv15_sharded`) split by layer over every rank of the world, embeddings on every rank;
+//! rank 0 sends them back as `JobData`.
 
 use candle_core::DType;
 
 use super::{JobCtx, JobError};
-use crate::runtime::protocol::{EncodePromptSpec, JobData, JobOutput, WireTensor, WorkerEvent};
+use crate::runtime::protocol::{EncodePromptSpec, JobData, JobOutput, PromptEncoder, WireTensor, WorkerEvent};
+use crate::text::hv15_sharded::embed_mllm_prompts_sharded;
 use crate::text::sharded::embed_prompts_sharded;
 use crate::text::{PromptCache, TextEncoderOptions};
 
@@ -15,13 +17,27 @@ pub fn encode_prompt(ctx: &JobCtx, spec: &EncodePromptSpec) -> Result<JobOutput,
             spec.prompts.len()
         )));
     }
-    let opts =
-        TextEncoderOptions { device: ctx.device().clone(), dtype: None, max_sequence_length: spec.max_sequence_length };
-    let cache = spec.cache_dir.clone().map(PromptCache::new);
     let prompts: Vec<&str> = spec.prompts.iter().map(String::as_str).collect();
     let (embeds, weights_bytes) = {
         let _encode = ctx.phase("text_encode");
-        embed_prompts_sharded(&spec.text, &prompts, &opts, cache.as_ref(), ctx.comm().clone())?
+        match &spec.encoder {
+            PromptEncoder::Umt5 { cache_dir } => {
+                let opts = TextEncoderOptions {
+                    device: ctx.device().clone(),
+                    dtype: None,
+                    max_sequence_length: spec.max_sequence_length,
+                };
+                let cache = cache_dir.clone().map(PromptCache::new);
+                embed_prompts_sharded(&spec.text, &prompts, &opts, cache.as_ref(), ctx.comm().clone())?
+            }
+            PromptEncoder::Hv15Mllm => embed_mllm_prompts_sharded(
+                &spec.text,
+                &prompts,
+                spec.max_sequence_length,
+                ctx.device(),
+                ctx.comm().clone(),
+            )?,
+        }
     };
     ctx.add_weights_bytes(weights_bytes);
     if ctx.rank().0 == 0 {
