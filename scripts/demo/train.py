@@ -59,7 +59,7 @@ diffusers, against 72/80 at 8 and 73/80 at 24; on an earlier VAE 65/80 unweighte
   $P --stages vae_more,latents,vae_eval --vae-more 1000 --vae-obj-weight 8
   $P --stages dit,export,eval,eval_all --dit-steps 12000 --dit-obj-weight 16
 A rerun of these commands in an empty work folder (torch 2.15.0 CPU, diffusers 0.42.1, transformers
-from PyPI on 2026-12-03) wrote every file of assets/demo byte for byte.
+5.24.0) wrote every file of assets/demo byte for byte.
 """
 import argparse
 import json
